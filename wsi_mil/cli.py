@@ -1,0 +1,141 @@
+"""The ``wsi-mil`` command: parses arguments and calls the library, nothing more."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from wsi_mil import __version__
+from wsi_mil.errors import WsiMilError
+
+logger = logging.getLogger("wsi_mil")
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="YAML config (see configs/default.yaml)")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config key"
+    )
+    parser.add_argument("--workers", type=int, help="local Dask worker processes (default: one per core; 0: no Dask)")
+    parser.add_argument("--scheduler", help="address of an existing Dask scheduler, e.g. tcp://host:8786")
+    parser.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
+    parser.add_argument("--debug", action="store_true", help="log tracebacks of failures")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar, warnings and errors only")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wsi-mil", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"wsi-mil {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    tile = commands.add_parser(
+        "tile",
+        help="detect tissue and write patch bags",
+        description="Tile slides into patch bags (HDF5 or Zarr) with a QC image per slide.",
+    )
+    tile.add_argument("paths", nargs="+", help="slide files, folders (recursive) or a CSV with a 'path' column")
+    tile.add_argument("--out", required=True, type=Path, help="run directory")
+    tile.add_argument("--target-mpp", type=float, nargs="+", help="target um/px; several give one bag set each")
+    tile.add_argument("--magnification", type=float, nargs="+", help="target magnification(s), e.g. 20 (= 0.5 um/px)")
+    tile.add_argument("--level", type=int, help="tile at this pyramid level in pixels (no MPP needed)")
+    tile.add_argument("--patch-size", type=int, help="patch side in pixels at the target resolution")
+    tile.add_argument("--overlap", type=float, help="fraction of a patch shared with its neighbour")
+    tile.add_argument("--tissue-threshold", type=float, help="minimum tissue fraction of a kept patch")
+    tile.add_argument("--format", dest="bag_format", choices=("h5", "zarr"), help="bag format")
+    tile.add_argument("--save-pixels", action="store_true", default=None, help="store patch pixels in the bag")
+    tile.add_argument("--reader", choices=("auto", "openslide", "tiffslide", "image"), help="slide reader")
+    tile.add_argument("--mpp", type=float, help="level-0 um/px for slides without (a CSV mpp column wins)")
+    tile.add_argument("--extensions", nargs="+", help="file suffixes to pick up in folders")
+    _add_common(tile)
+    tile.set_defaults(handler=_run_tile)
+
+    demo = commands.add_parser("demo", help="tile the bundled or shared demo slides")
+    demo.add_argument("--out", type=Path, help="run directory (default: ./wsi-mil-demo)")
+    demo.add_argument("--workers", type=int, help="local Dask worker processes")
+    demo.add_argument("--quiet", action="store_true")
+    demo.add_argument("--debug", action="store_true")
+    demo.set_defaults(handler=_run_demo)
+    return parser
+
+
+def _tiling_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    tiling = {
+        key: getattr(args, key)
+        for key in (
+            "target_mpp", "magnification", "level", "patch_size", "overlap", "tissue_threshold",
+            "bag_format", "save_pixels", "reader", "mpp", "extensions",
+        )  # fmt: skip
+        if getattr(args, key) is not None
+    }
+    if args.level is not None:
+        tiling.setdefault("target_mpp", [])
+    if args.magnification is not None:
+        tiling.setdefault("target_mpp", [])
+    parallel = {k: getattr(args, k) for k in ("workers", "scheduler") if getattr(args, k) is not None}
+    return {"tiling": tiling, "parallel": parallel}
+
+
+def _summarize(records: list[dict[str, Any]], run_dir: Path) -> int:
+    counts: dict[str, int] = {}
+    for record in records:
+        counts[record["status"]] = counts.get(record["status"], 0) + 1
+    summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "nothing to do"
+    logger.warning("tiling: %s; manifest: %s", summary, run_dir / "manifest.csv")
+    return 1 if counts.get("failed") else 0
+
+
+def _run_tile(args: argparse.Namespace) -> int:
+    from wsi_mil.config import load_config
+    from wsi_mil.io.discover import find_slides
+    from wsi_mil.tiling.tile import tile_slides
+
+    config = load_config(args.config, overrides=_tiling_overrides(args), sets=args.set)
+    sources = find_slides(args.paths, extensions=config.tiling.extensions)
+    if not sources:
+        raise WsiMilError(f"no slides found in {', '.join(args.paths)} (extensions: {' '.join(config.tiling.extensions)})")
+    logger.info("tiling %d slide(s) into %s", len(sources), args.out)
+    records = tile_slides(
+        sources, args.out, config=config, overwrite=args.overwrite, debug=args.debug, progress=not args.quiet
+    )
+    return _summarize(records, args.out)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from wsi_mil.demo import run_demo
+
+    return run_demo(out=args.out, workers=args.workers, progress=not args.quiet, debug=args.debug)
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s" if args.debug else "%(message)s"))
+    root = logging.getLogger("wsi_mil")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args)
+    try:
+        return int(args.handler(args))
+    except WsiMilError as error:
+        if args.debug:
+            logger.exception("wsi-mil failed")
+        else:
+            logger.error("error: %s", error)
+        return 2
+    except KeyboardInterrupt:
+        logger.error("interrupted; rerun the same command to resume")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,252 @@
+"""Typed configuration: dataclasses with defaults, loaded from YAML, overridden from the CLI.
+
+Every error names the key, the file and what is allowed, before any work starts.
+The resolved configuration is written as JSON beside the outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from wsi_mil.errors import ConfigError
+
+#: File name suffixes scanned in folders (lower case). Multi-file formats are
+#: handled by discovery (DICOM folders, MIRAX companion folders, VMS image lists).
+DEFAULT_EXTENSIONS = (
+    ".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide",
+    ".bif", ".dcm", ".png", ".jpg", ".jpeg", ".bmp",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TissueConfig:
+    """Tissue detection (see wsi_mil.tiling.tissue); defaults suit H&E and IHC brightfield slides."""
+
+    #: ``auto`` (fluorescence on a dark background, else hsv_otsu), ``hsv_otsu``
+    #: (saturation), ``gray_otsu`` (darkness) or ``fluorescence`` (brightness).
+    method: str = "auto"
+    #: Detection resolution in um/px; a pyramid level between this and
+    #: ``thumbnail_mpp_max`` is used as stored, otherwise a finer one is reduced to it.
+    thumbnail_mpp: float = 8.0
+    thumbnail_mpp_max: float = 16.0
+    #: Median filter window, in thumbnail pixels (odd).
+    median_size: int = 5
+    #: Clip range of the Otsu threshold on saturation (0-1).
+    saturation_range: tuple[float, float] = (0.07, 0.15)
+    #: Clip range of the Otsu threshold on darkness 1 - grey (0-1).
+    darkness_range: tuple[float, float] = (0.08, 0.25)
+    #: Clip range of the Otsu threshold on brightness (fluorescence).
+    brightness_range: tuple[float, float] = (0.08, 0.3)
+    #: Pixels darker than this value (HSV V, 0-1) are not tissue.
+    black_value: float = 0.12
+    #: Radius of the closing disk, in um.
+    closing_radius_um: float = 24.0
+    #: Tissue fragments smaller than this area are dropped, in um^2.
+    min_object_um2: float = 20_000.0
+    #: Holes smaller than this area are filled, in um^2.
+    max_hole_um2: float = 40_000.0
+    #: Remove red, green and blue marker ink.
+    remove_pen: bool = True
+    #: Ink blobs smaller than this are not marker strokes, in um^2.
+    min_pen_um2: float = 10_000.0
+    #: Faint ink-coloured pixels this close to a stroke are its blurred edge, in um.
+    pen_halo_um: float = 200.0
+    #: Ink mask dilation radius, in um.
+    pen_margin_um: float = 16.0
+
+    CHOICES: typing.ClassVar[dict[str, tuple[str, ...]]] = {"method": ("auto", "hsv_otsu", "gray_otsu", "fluorescence")}
+
+
+@dataclass(frozen=True)
+class TilingConfig:
+    """Patch grid and bag output."""
+
+    #: Target resolutions in um/px; one bag set each.
+    target_mpp: tuple[float, ...] = (0.5,)
+    #: Target magnifications (20 -> 0.5 um/px by the 10/x convention); replace target_mpp.
+    magnification: tuple[float, ...] = ()
+    #: Tile in pixels at this pyramid level instead (no MPP needed); replaces both.
+    level: int | None = None
+    patch_size: int = 256
+    #: Fraction of a patch shared with its neighbour, 0 <= overlap < 1.
+    overlap: float = 0.0
+    #: Keep a patch when at least this fraction of it is tissue.
+    tissue_threshold: float = 0.5
+    bag_format: str = "h5"
+    #: Store patch pixels (N, H, W, 3) uint8 in the bag.
+    save_pixels: bool = False
+    reader: str = "auto"
+    #: Level-0 MPP for every slide of the run (a CSV 'mpp' column wins per slide).
+    mpp: float | None = None
+    #: Write a QC image per slide and bag set.
+    qc: bool = True
+    extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
+
+    CHOICES: typing.ClassVar[dict[str, tuple[Any, ...]]] = {
+        "bag_format": ("h5", "zarr"),
+        "reader": ("auto", "openslide", "tiffslide", "image"),
+    }
+
+    def check(self) -> None:
+        if self.patch_size < 8:
+            raise ValueError("patch_size must be at least 8")
+        if not 0.0 <= self.overlap < 1.0:
+            raise ValueError("overlap must be in [0, 1)")
+        if not 0.0 <= self.tissue_threshold <= 1.0:
+            raise ValueError("tissue_threshold must be in [0, 1]")
+        if self.level is None and not (self.target_mpp or self.magnification):
+            raise ValueError("set target_mpp, magnification or level")
+        if any(value <= 0 for value in (*self.target_mpp, *self.magnification)):
+            raise ValueError("target_mpp and magnification must be positive")
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    """Where per-slide tasks run."""
+
+    #: Dask worker processes on this machine; null = one per core; 0 = no Dask (debugging).
+    workers: int | None = None
+    #: Address of an existing Dask scheduler (tcp://host:8786); replaces the local cluster.
+    scheduler: str | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    tiling: TilingConfig = field(default_factory=TilingConfig)
+    tissue: TissueConfig = field(default_factory=TissueConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+
+
+def _describe(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
+    """Check (and gently convert) ``value`` to the annotated type ``tp``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: {key} = {value!r} should be {_describe(tp)}")
+    if origin is tuple:
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(item, args[0], key, where) for item in items)
+        if len(items) != len(args):
+            raise ConfigError(f"{where}: {key} = {value!r} should have {len(args)} values")
+        return tuple(_coerce(item, arg, key, where) for item, arg in zip(items, args, strict=True))
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp is bool and isinstance(value, bool):
+        return value
+    if tp is str and isinstance(value, str):
+        return value
+    raise ConfigError(f"{where}: {key} = {value!r} should be {_describe(tp)}")
+
+
+def _build(cls: type, data: dict[str, Any], section: str, where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{section}.{key}"
+        if key not in names:
+            raise ConfigError(f"{where}: unknown key {dotted!r}; allowed: {', '.join(sorted(names))}")
+        values[key] = _coerce(value, hints[key], dotted, where)
+        choices = getattr(cls, "CHOICES", {}).get(key)
+        if choices and values[key] not in choices:
+            raise ConfigError(f"{where}: {dotted} = {value!r}; allowed values: {', '.join(map(str, choices))}")
+    instance = cls(**values)
+    check = getattr(instance, "check", None)
+    if check is not None:
+        try:
+            check()
+        except ValueError as error:
+            raise ConfigError(f"{where}: {section}: {error}") from error
+    return instance
+
+
+SECTIONS: dict[str, type] = {"tiling": TilingConfig, "tissue": TissueConfig, "parallel": ParallelConfig}
+
+
+def config_from_dict(data: dict[str, Any], *, where: str = "config") -> Config:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: the top level must be a mapping of sections ({', '.join(SECTIONS)})")
+    unknown = set(data) - set(SECTIONS)
+    if unknown:
+        raise ConfigError(f"{where}: unknown section(s) {sorted(unknown)}; allowed: {', '.join(SECTIONS)}")
+    sections = {}
+    for name, cls in SECTIONS.items():
+        section = data.get(name) or {}
+        if not isinstance(section, dict):
+            raise ConfigError(f"{where}: section {name!r} must be a mapping")
+        sections[name] = _build(cls, section, name, where)
+    return Config(**sections)
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """``section.key=value`` (value parsed as YAML) -> (section, key, value)."""
+    import yaml
+
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise ConfigError(f"--set {text!r}: expected section.key=value, e.g. tiling.target_mpp=1.0")
+    dotted, raw = text.split("=", 1)
+    section, key = dotted.strip().split(".", 1)
+    return section, key, yaml.safe_load(raw)
+
+
+def load_config(
+    path: str | Path | None = None,
+    *,
+    overrides: dict[str, dict[str, Any]] | None = None,
+    sets: list[str] | None = None,
+) -> Config:
+    """Defaults, then the YAML file, then ``overrides`` (named CLI flags), then ``--set`` pairs."""
+    import yaml
+
+    data: dict[str, Any] = {}
+    where = "defaults"
+    if path is not None:
+        path = Path(path)
+        where = str(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML ({error})") from error
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections ({', '.join(SECTIONS)})")
+    merged = {name: dict(data.get(name) or {}) for name in SECTIONS}
+    merged.update({k: v for k, v in data.items() if k not in SECTIONS})
+    for section, values in (overrides or {}).items():
+        merged.setdefault(section, {}).update(values)
+    for text in sets or []:
+        section, key, value = parse_override(text)
+        merged.setdefault(section, {})[key] = value
+        where = f"{where} + --set"
+    return config_from_dict(merged, where=where)
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def config_to_json(config: Any) -> str:
+    return json.dumps(config_to_dict(config), indent=2, sort_keys=True)

@@ -1,0 +1,205 @@
+"""The reader protocol every slide backend implements, and their shared base class.
+
+The protocol is OpenSlide's, with two deliberate differences: ``read_region``
+returns RGB (transparent areas composited on the slide's background, white by
+default) rather than RGBA, and it can return a NumPy array (``as_array=True``).
+Backend failures surface as :class:`~wsi_mil.errors.SlideReadError` naming the
+file, never as a library's own exception.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, ClassVar, Literal, Protocol, overload, runtime_checkable
+
+import numpy as np
+from PIL import Image
+
+from wsi_mil.errors import SlideReadError
+from wsi_mil.io.mpp import MppInfo, resolve_mpp
+
+
+@runtime_checkable
+class SlideReader(Protocol):
+    """What the pipeline needs from a slide, shaped like ``openslide.OpenSlide``."""
+
+    path: Path
+    backend: str
+
+    @property
+    def dimensions(self) -> tuple[int, int]: ...
+    @property
+    def level_count(self) -> int: ...
+    @property
+    def level_dimensions(self) -> tuple[tuple[int, int], ...]: ...
+    @property
+    def level_downsamples(self) -> tuple[float, ...]: ...
+    @property
+    def mpp(self) -> float | None: ...
+    @property
+    def objective_power(self) -> float | None: ...
+    @property
+    def properties(self) -> Mapping[str, Any]: ...
+
+    def read_region(
+        self, location: tuple[int, int], level: int, size: tuple[int, int], *, as_array: bool = False
+    ) -> Image.Image | np.ndarray: ...
+    def get_thumbnail(self, size: tuple[int, int]) -> Image.Image: ...
+    def close(self) -> None: ...
+
+
+def composite_on_background(rgba: np.ndarray, background: tuple[int, int, int]) -> np.ndarray:
+    """(H, W, 4) uint8 RGBA -> (H, W, 3) uint8 RGB over an opaque background."""
+    rgb = rgba[..., :3]
+    alpha = rgba[..., 3]
+    if alpha.min() == 255:
+        return np.ascontiguousarray(rgb)
+    weight = alpha[..., None].astype(np.float32) / 255.0
+    back = np.asarray(background, dtype=np.float32)
+    return (rgb * weight + back * (1.0 - weight) + 0.5).astype(np.uint8)
+
+
+def to_rgb_uint8(array: np.ndarray, background: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
+    """Any (H, W), (H, W, 1|3|4) image array -> (H, W, 3) uint8."""
+    if array.dtype != np.uint8:
+        from skimage.util import img_as_ubyte
+
+        array = img_as_ubyte(array)
+    if array.ndim == 2:
+        array = array[..., None]
+    channels = array.shape[-1]
+    if channels == 1:
+        return np.repeat(array, 3, axis=-1)
+    if channels == 2:  # grey + alpha
+        array = np.concatenate([np.repeat(array[..., :1], 3, axis=-1), array[..., 1:]], axis=-1)
+        channels = 4
+    if channels == 4:
+        return composite_on_background(array, background)
+    return np.ascontiguousarray(array[..., :3])
+
+
+class BaseReader(abc.ABC):
+    """Shared behaviour of the backends: MPP, thumbnails, context management, errors."""
+
+    backend: ClassVar[str]
+
+    def __init__(self, path: str | Path, *, mpp_override: float | None = None) -> None:
+        self.path = Path(path)
+        self._mpp_override = mpp_override
+        self._mpp_info: MppInfo | None = None
+
+    # --- what each backend provides -------------------------------------------------
+    @property
+    @abc.abstractmethod
+    def level_dimensions(self) -> tuple[tuple[int, int], ...]: ...
+
+    @property
+    @abc.abstractmethod
+    def level_downsamples(self) -> tuple[float, ...]: ...
+
+    @property
+    @abc.abstractmethod
+    def properties(self) -> Mapping[str, Any]: ...
+
+    @abc.abstractmethod
+    def _read_rgb(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        """Read (h, w, 3) uint8 RGB; location in level-0 pixels, size at ``level``."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    # --- shared ---------------------------------------------------------------------
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        return self.level_dimensions[0]
+
+    @property
+    def level_count(self) -> int:
+        return len(self.level_dimensions)
+
+    @property
+    def mpp_info(self) -> MppInfo:
+        if self._mpp_info is None:
+            self._mpp_info = resolve_mpp(
+                self.properties, override=self._mpp_override, slide_name=self.path.name
+            )
+        return self._mpp_info
+
+    @property
+    def mpp(self) -> float | None:
+        """Level-0 microns per pixel, or None when no usable value is known."""
+        return self.mpp_info.mpp
+
+    @property
+    def objective_power(self) -> float | None:
+        for key in ("openslide.objective-power", "tiffslide.objective-power", "aperio.AppMag"):
+            try:
+                return float(self.properties[key])
+            except (KeyError, TypeError, ValueError):
+                continue
+        return None
+
+    @property
+    def background(self) -> tuple[int, int, int]:
+        color = str(self.properties.get("openslide.background-color") or "FFFFFF")
+        try:
+            return (int(color[0:2], 16), int(color[2:4], 16), int(color[4:6], 16))
+        except ValueError:
+            return (255, 255, 255)
+
+    @overload
+    def read_region(
+        self, location: tuple[int, int], level: int, size: tuple[int, int], *, as_array: Literal[False] = ...
+    ) -> Image.Image: ...
+    @overload
+    def read_region(
+        self, location: tuple[int, int], level: int, size: tuple[int, int], *, as_array: Literal[True]
+    ) -> np.ndarray: ...
+    def read_region(
+        self, location: tuple[int, int], level: int, size: tuple[int, int], *, as_array: bool = False
+    ) -> Image.Image | np.ndarray:
+        """Read an RGB region: ``location`` in level-0 pixels, ``size`` (w, h) at ``level``."""
+        if not 0 <= level < self.level_count:
+            raise ValueError(f"{self.path.name}: level {level} out of range 0..{self.level_count - 1}")
+        try:
+            rgb = self._read_rgb((int(location[0]), int(location[1])), level, (int(size[0]), int(size[1])))
+        except SlideReadError:
+            raise
+        except Exception as error:  # backend libraries raise their own types
+            raise SlideReadError(
+                f"{self.path}: could not decode pixels at {tuple(location)} level {level} "
+                f"({type(error).__name__}: {error}). The file is damaged or uses an unsupported "
+                "compression; re-copy or re-export it."
+            ) from error
+        return rgb if as_array else Image.fromarray(rgb)
+
+    def get_best_level_for_downsample(self, downsample: float) -> int:
+        """The coarsest level whose downsample does not exceed ``downsample`` (1% slack)."""
+        best = 0
+        for level, level_downsample in enumerate(self.level_downsamples):
+            if level_downsample <= downsample * 1.01:
+                best = level
+        return best
+
+    def get_thumbnail(self, size: tuple[int, int]) -> Image.Image:
+        """An RGB thumbnail that fits in ``size``, read from the best pyramid level."""
+        width, height = self.dimensions
+        downsample = max(width / size[0], height / size[1], 1.0)
+        level = self.get_best_level_for_downsample(downsample)
+        image = self.read_region((0, 0), level, self.level_dimensions[level])
+        image.thumbnail((max(1, int(width / downsample)), max(1, int(height / downsample))), Image.Resampling.BOX)
+        return image
+
+    def __enter__(self) -> BaseReader:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.path)!r})"

@@ -1,0 +1,67 @@
+"""``RUN_DIR/manifest.csv``: one row per slide, stage and output set, rewritten atomically.
+
+Only the driver process writes it (workers return records), so concurrent tasks
+never race on the file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from wsi_mil.store.atomic import atomic_output
+
+MANIFEST_NAME = "manifest.csv"
+#: Leading columns, in order; stage-specific columns follow in first-seen order.
+BASE_COLUMNS = (
+    "stage", "slide_id", "bag_set", "path", "reader", "mpp", "mpp_source", "level",
+    "patch_size", "n_patches", "seconds", "status", "error", "note",
+)  # fmt: skip
+KEY = ("stage", "slide_id", "bag_set")
+
+
+class Manifest:
+    def __init__(self, run_dir: str | Path) -> None:
+        self.path = Path(run_dir) / MANIFEST_NAME
+        self.rows: dict[tuple[str, ...], dict[str, Any]] = {}
+        self.columns: list[str] = list(BASE_COLUMNS)
+        if self.path.exists():
+            with self.path.open(newline="") as handle:
+                reader = csv.DictReader(handle)
+                for column in reader.fieldnames or []:
+                    if column not in self.columns:
+                        self.columns.append(column)
+                for row in reader:
+                    self.rows[self._key(row)] = row
+
+    @staticmethod
+    def _key(row: dict[str, Any]) -> tuple[str, ...]:
+        return tuple(str(row.get(k) or "") for k in KEY)
+
+    def update(self, records: Iterable[dict[str, Any]]) -> None:
+        for record in records:
+            for column in record:
+                if column not in self.columns:
+                    self.columns.append(column)
+            self.rows[self._key(record)] = dict(record)
+
+    def save(self) -> Path:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=self.columns, extrasaction="ignore")
+        writer.writeheader()
+        for key in sorted(self.rows):
+            writer.writerow({c: _cell(self.rows[key].get(c)) for c in self.columns})
+        with atomic_output(self.path) as tmp:
+            tmp.write_text(buffer.getvalue())
+        return self.path
+
+
+def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return value

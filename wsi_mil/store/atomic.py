@@ -1,0 +1,62 @@
+"""Write to a temporary name beside the target and rename on success.
+
+A file or folder that exists under its final name is therefore complete. Partial
+outputs of a killed run keep a ``.partial-`` name and are removed on the next run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+PARTIAL_TAG = ".partial-"
+
+
+def partial_path(final: Path) -> Path:
+    return final.with_name(f".{final.name}{PARTIAL_TAG}{os.getpid()}")
+
+
+def remove_path(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def clean_partials(final: Path) -> None:
+    """Remove what killed runs left behind for ``final``."""
+    for stale in final.parent.glob(f".{final.name}{PARTIAL_TAG}*"):
+        remove_path(stale)
+
+
+def commit(temporary: Path, final: Path) -> None:
+    """Move a finished temporary file or folder to its final name, replacing any old one."""
+    if temporary.is_dir():
+        if final.exists():
+            trash = final.with_name(f".{final.name}.old-{os.getpid()}")
+            os.replace(final, trash)
+            os.replace(temporary, final)
+            remove_path(trash)
+        else:
+            os.replace(temporary, final)
+    else:
+        os.replace(temporary, final)
+
+
+@contextlib.contextmanager
+def atomic_output(final: str | Path) -> Iterator[Path]:
+    """Yield a temporary path to write; it becomes ``final`` only if the block succeeds."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    clean_partials(final)
+    temporary = partial_path(final)
+    try:
+        yield temporary
+    except BaseException:
+        remove_path(temporary)
+        raise
+    commit(temporary, final)

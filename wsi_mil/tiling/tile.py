@@ -1,0 +1,273 @@
+"""The tiling stage: one slide -> one patch bag per target resolution, and a whole folder in bulk.
+
+Layout under ``RUN_DIR``: with one target, ``bags/<slide_id>.h5|.zarr`` and
+``qc/<slide_id>.png``; with several (e.g. 0.25, 0.5, 1 and 2 um/px), one set per
+target: ``bags/<set>/<slide_id>.h5`` and ``qc/<set>/<slide_id>.png``, where the set is
+named ``0.5mpp``, ``20x`` or ``level1``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from wsi_mil.config import Config, TilingConfig, config_to_dict, config_to_json
+from wsi_mil.errors import WsiMilError
+from wsi_mil.io.base import BaseReader
+from wsi_mil.io.discover import SlideSource, check_unique_ids
+from wsi_mil.io.open import open_slide
+from wsi_mil.manifest import Manifest
+from wsi_mil.store.atomic import atomic_output
+from wsi_mil.store.bags import BAG_FORMAT_VERSION, TISSUE_FRACTION, TISSUE_MASK, bag_path, open_bag_writer
+from wsi_mil.tiling.grid import GridSpec, plan_grid, select_patches
+from wsi_mil.tiling.qc import render_qc, save_qc
+from wsi_mil.tiling.thumbnail import ASSUMED_MPP, Thumbnail, read_detection_thumbnail
+from wsi_mil.tiling.tissue import detect_tissue
+
+logger = logging.getLogger(__name__)
+
+STAGE = "tile"
+PIXEL_BATCH = 64
+
+
+@dataclass(frozen=True)
+class BagSet:
+    """One output set of the run: a target resolution and where its files go."""
+
+    name: str
+    target_mpp: float | None
+    level: int | None
+    bag_dir: Path
+    qc_dir: Path
+
+
+def bag_sets(run_dir: str | Path, tiling: TilingConfig) -> list[BagSet]:
+    run_dir = Path(run_dir)
+    if tiling.level is not None:
+        targets: list[tuple[str, float | None]] = [(f"level{tiling.level}", None)]
+    elif tiling.magnification:
+        targets = [(f"{m:g}x", 10.0 / m) for m in tiling.magnification]
+    else:
+        targets = [(f"{m:g}mpp", m) for m in tiling.target_mpp]
+    single = len(targets) == 1
+    return [
+        BagSet(
+            name=name,
+            target_mpp=mpp,
+            level=tiling.level,
+            bag_dir=run_dir / "bags" if single else run_dir / "bags" / name,
+            qc_dir=run_dir / "qc" if single else run_dir / "qc" / name,
+        )
+        for name, mpp in targets
+    ]
+
+
+def _record(source: SlideSource, bag_set: BagSet, **fields: Any) -> dict[str, Any]:
+    record = {"stage": STAGE, "slide_id": source.slide_id, "bag_set": bag_set.name, "path": str(source.path)}
+    record.update(fields)
+    return record
+
+
+def _read_pixels(slide: BaseReader, coords: np.ndarray, spec: GridSpec) -> np.ndarray:
+    """(n, S, S, 3) uint8 patches at the target resolution, S = target_patch_size."""
+    out = np.empty((len(coords), spec.target_patch_size, spec.target_patch_size, 3), dtype=np.uint8)
+    size = (spec.patch_size, spec.patch_size)
+    for i, (x, y) in enumerate(coords):
+        patch = slide.read_region((int(x), int(y)), spec.patch_level, size)
+        if spec.patch_size != spec.target_patch_size:
+            patch = patch.resize((spec.target_patch_size,) * 2, Image.Resampling.LANCZOS)
+        out[i] = np.asarray(patch)
+    return out
+
+
+def _bag_attrs(source: SlideSource, slide: BaseReader, spec: GridSpec, config: Config) -> dict[str, Any]:
+    return {
+        "patch_size": spec.patch_size,
+        "patch_level": spec.patch_level,
+        "patch_size_level0": spec.patch_size_level0,
+        "step_level0": spec.step_level0,
+        "target_patch_size": spec.target_patch_size,
+        "target_mpp": spec.target_mpp,
+        "slide_mpp": spec.slide_mpp,
+        "mpp_source": slide.mpp_info.source,
+        "level_dim": list(slide.dimensions),
+        "slide_path": str(source.path),
+        "slide_id": source.slide_id,
+        "reader": slide.backend,
+        "tissue_threshold": config.tiling.tissue_threshold,
+        "format_version": BAG_FORMAT_VERSION,
+        "tiling_config": config_to_json(config),
+    }
+
+
+def _write_set(
+    source: SlideSource,
+    slide: BaseReader,
+    thumb: Thumbnail,
+    mask: np.ndarray,
+    bag_set: BagSet,
+    config: Config,
+    started: float,
+) -> dict[str, Any]:
+    tiling = config.tiling
+    spec = plan_grid(
+        slide, patch_size=tiling.patch_size, target_mpp=bag_set.target_mpp, level=bag_set.level, overlap=tiling.overlap
+    )
+    coords, fractions = select_patches(mask, thumb.downsample, slide.dimensions, spec, tiling.tissue_threshold)
+    note = ""
+    width, height = slide.dimensions
+    if min(width, height) < spec.patch_size_level0:
+        note = f"slide ({width}x{height}) is smaller than one patch ({spec.patch_size_level0} level-0 px)"
+    elif not mask.any():
+        note = "no tissue found"
+    elif len(coords) == 0:
+        note = f"no patch reaches tissue_threshold {tiling.tissue_threshold}"
+
+    path = bag_path(bag_set.bag_dir, source.slide_id, tiling.bag_format)
+    with open_bag_writer(path) as writer:
+        writer.write_coords(coords, _bag_attrs(source, slide, spec, config))
+        writer.write_array(TISSUE_FRACTION, fractions)
+        writer.write_array(
+            TISSUE_MASK, mask.astype(np.uint8), {"downsample": thumb.downsample, "mpp": thumb.mpp}
+        )
+        if tiling.save_pixels:
+            writer.create_pixels(len(coords), spec.target_patch_size)
+            for start in range(0, len(coords), PIXEL_BATCH):
+                writer.write_pixels(start, _read_pixels(slide, coords[start : start + PIXEL_BATCH], spec))
+    if tiling.qc:
+        qc = render_qc(thumb.rgb, mask, coords, spec.patch_size_level0, thumb.downsample)
+        save_qc(qc, bag_set.qc_dir / f"{source.slide_id}.png")
+    if note:
+        logger.info("%s [%s]: empty bag: %s", source.slide_id, bag_set.name, note)
+    return _record(
+        source,
+        bag_set,
+        reader=slide.backend,
+        mpp=slide.mpp,
+        mpp_source=slide.mpp_info.source,
+        level=spec.patch_level,
+        patch_size=spec.patch_size,
+        n_patches=len(coords),
+        seconds=round(time.perf_counter() - started, 3),
+        status="done",
+        error="",
+        note=note,
+    )
+
+
+def tile_slide(
+    source: SlideSource, run_dir: str | Path, *, config: Config, overwrite: bool = False, debug: bool = False
+) -> list[dict[str, Any]]:
+    """Tile one slide into one bag per target resolution.
+
+    Never raises for a bad slide: each bag set gets a manifest record with
+    status ``done``, ``skipped`` (complete output exists) or ``failed`` (error).
+    """
+    started = time.perf_counter()
+    sets = bag_sets(run_dir, config.tiling)
+    todo = [s for s in sets if overwrite or not bag_path(s.bag_dir, source.slide_id, config.tiling.bag_format).exists()]
+    records = [_record(source, s, status="skipped", note="complete bag exists") for s in sets if s not in todo]
+    if not todo:
+        return records
+    try:
+        slide = open_slide(source.path, reader=config.tiling.reader, mpp=source.mpp or config.tiling.mpp)
+    except Exception as error:
+        return records + [_failure(source, s, error, started, debug) for s in todo]
+    with slide:
+        if slide.mpp is None:  # fail fast, before any pixel work, where an MPP is needed
+            for bag_set in [s for s in todo if s.target_mpp is not None]:
+                try:
+                    plan_grid(slide, patch_size=config.tiling.patch_size, target_mpp=bag_set.target_mpp)
+                except Exception as error:
+                    records.append(_failure(source, bag_set, error, started, debug))
+                    todo.remove(bag_set)
+            if not todo:
+                return records
+        try:
+            thumb = read_detection_thumbnail(
+                slide, target_mpp=config.tissue.thumbnail_mpp, max_mpp=config.tissue.thumbnail_mpp_max
+            )
+            mask = detect_tissue(thumb.rgb, mpp=thumb.mpp or ASSUMED_MPP * thumb.downsample, config=config.tissue)
+        except Exception as error:
+            return records + [_failure(source, s, error, started, debug) for s in todo]
+        for bag_set in todo:
+            try:
+                records.append(_write_set(source, slide, thumb, mask, bag_set, config, started))
+            except Exception as error:
+                records.append(_failure(source, bag_set, error, started, debug))
+    return records
+
+
+def _failure(
+    source: SlideSource, bag_set: BagSet, error: BaseException, started: float, debug: bool
+) -> dict[str, Any]:
+    message = str(error) if isinstance(error, WsiMilError) else f"{source.path}: {type(error).__name__}: {error}"
+    if debug:
+        logger.exception("%s [%s] failed", source.slide_id, bag_set.name)
+    return _record(
+        source, bag_set, seconds=round(time.perf_counter() - started, 3), status="failed", error=message.replace("\n", " ")
+    )
+
+
+def tile_slides(
+    sources: Sequence[SlideSource],
+    run_dir: str | Path,
+    *,
+    config: Config,
+    overwrite: bool = False,
+    debug: bool = False,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Tile every slide, one Dask task each; returns the manifest records of this call.
+
+    Duplicate slide ids are refused before any work. Each finished slide is
+    written to ``RUN_DIR/manifest.csv`` at once, so a killed run keeps its record.
+    """
+    from wsi_mil.parallel import map_slides
+
+    check_unique_ids(sources)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_output(run_dir / "tiling_config.json") as tmp:
+        tmp.write_text(json.dumps(config_to_dict(config), indent=2, sort_keys=True))
+    manifest = Manifest(run_dir)
+    results: list[dict[str, Any]] = []
+
+    def on_result(source: SlideSource, records: list[dict[str, Any]]) -> None:
+        for record in records:
+            if record["status"] == "failed":
+                logger.error("%s: %s", source.slide_id, record["error"])
+        results.extend(records)
+        manifest.update(records)
+        manifest.save()
+
+    def on_crash(source: SlideSource, error: BaseException) -> None:
+        message = (
+            f"{source.path}: the worker processing this slide died ({type(error).__name__}: {error}); "
+            "the file probably crashes its reader. Try --reader tiffslide, or check the file."
+        )
+        on_result(source, [_failure(source, s, WsiMilError(message), time.perf_counter(), False) for s in bag_sets(run_dir, config.tiling)])
+
+    map_slides(
+        tile_slide,
+        list(sources),
+        on_result=on_result,
+        on_crash=on_crash,
+        workers=config.parallel.workers,
+        scheduler=config.parallel.scheduler,
+        desc="tiling",
+        progress=progress,
+        run_dir=run_dir,
+        config=config,
+        overwrite=overwrite,
+        debug=debug,
+    )
+    return results
