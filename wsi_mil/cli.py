@@ -105,9 +105,11 @@ def _run_tile(args: argparse.Namespace) -> int:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from wsi_mil.demo import run_demo
+    from wsi_mil.demo import format_report, run_demo
 
-    return run_demo(out=args.out, workers=args.workers, progress=not args.quiet, debug=args.debug)
+    records, run_dir = run_demo(out=args.out, workers=args.workers, progress=not args.quiet, debug=args.debug)
+    print(format_report(records, run_dir))  # the demo's result table is its output
+    return 1 if any(r["status"] == "failed" for r in records) else 0
 
 
 def _setup_logging(args: argparse.Namespace) -> None:

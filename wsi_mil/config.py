@@ -42,7 +42,7 @@ class TissueConfig:
     #: Clip range of the Otsu threshold on darkness 1 - grey (0-1).
     darkness_range: tuple[float, float] = (0.08, 0.25)
     #: Clip range of the Otsu threshold on brightness (fluorescence).
-    brightness_range: tuple[float, float] = (0.08, 0.3)
+    brightness_range: tuple[float, float] = (0.04, 0.12)
     #: Pixels darker than this value (HSV V, 0-1) are not tissue.
     black_value: float = 0.12
     #: Radius of the closing disk, in um.

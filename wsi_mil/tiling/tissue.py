@@ -121,8 +121,15 @@ def detect_tissue(rgb: np.ndarray, *, mpp: float, config: TissueConfig | None = 
         score, (low, high) = 1.0 - color.rgb2gray(rgb), config.darkness_range
     else:
         score, (low, high) = hsv[..., 2], config.brightness_range
+    if method == "fluorescence":
+        # Nuclei are sparse bright dots on black: a local mean, not a median, sees them as tissue.
+        from scipy import ndimage
+
+        size = max(3, _odd(int(round(config.closing_radius_um / mpp))))
+        score = ndimage.uniform_filter(score.astype(np.float32), size=size)
     score8 = (np.clip(score, 0, 1) * 255).astype(np.uint8)
-    score8 = filters.median(score8, footprint=np.ones((_odd(config.median_size),) * 2, dtype=bool))
+    if method != "fluorescence":
+        score8 = filters.median(score8, footprint=np.ones((_odd(config.median_size),) * 2, dtype=bool))
 
     background_like = score8 < 255 * low  # Otsu on glass-only pixels would split noise
     threshold = filters.threshold_otsu(score8) / 255 if np.ptp(score8) > 0 else high

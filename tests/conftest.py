@@ -1,0 +1,52 @@
+"""Fixtures: the shared real data (skipped cleanly when absent) and synthetic slides."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from wsi_mil.datasets import shared_data_dir
+from wsi_mil.synthetic import Region, write_synthetic_slide
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data (or $WSI_MIL_DATA); tests that need it skip when it is absent."""
+    path = shared_data_dir()
+    if path is None:
+        pytest.skip("shared real data not found: put it at ../shared/data or set WSI_MIL_DATA")
+    return path
+
+
+#: The reference synthetic slide: 4096x3072 at 0.5 um/px, levels 1/4/16, one tissue
+#: rectangle aligned to the 256-px grid: 6 x 4 = 24 patches of 256 px at 0.5 um/px.
+REFERENCE_REGION = Region(1024, 512, 1536, 1024)
+REFERENCE_COORDS = sorted((x, y) for x in range(1024, 2560, 256) for y in range(512, 1536, 256))
+
+
+@pytest.fixture(scope="session")
+def make_slide(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """Factory for synthetic Aperio-style slides, cached per argument set."""
+    cache: dict[tuple, Path] = {}
+    folder = tmp_path_factory.mktemp("slides")
+
+    def make(name: str = "reference", **kwargs) -> Path:
+        kwargs.setdefault("width", 4096)
+        kwargs.setdefault("height", 3072)
+        kwargs.setdefault("mpp", 0.5)
+        kwargs.setdefault("regions", (REFERENCE_REGION,))
+        kwargs.setdefault("downsamples", (1, 4, 16))
+        key = (name, tuple(sorted((k, repr(v)) for k, v in kwargs.items())))
+        if key not in cache:
+            suffix = "" if "." in name else ".svs"
+            cache[key] = write_synthetic_slide(folder / f"{name}{suffix}", **kwargs)
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def reference_slide(make_slide: Callable[..., Path]) -> Path:
+    return make_slide()
