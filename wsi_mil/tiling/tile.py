@@ -70,6 +70,16 @@ def bag_sets(run_dir: str | Path, tiling: TilingConfig) -> list[BagSet]:
     ]
 
 
+def qc_path(bag_set: BagSet, slide_id: str) -> Path:
+    return bag_set.qc_dir / f"{slide_id}.png"
+
+
+def _is_complete(bag_set: BagSet, slide_id: str, tiling: TilingConfig) -> bool:
+    if tiling.qc and not qc_path(bag_set, slide_id).exists():
+        return False
+    return bag_path(bag_set.bag_dir, slide_id, tiling.bag_format).exists()
+
+
 def _record(source: SlideSource, bag_set: BagSet, **fields: Any) -> dict[str, Any]:
     record = {"stage": STAGE, "slide_id": source.slide_id, "bag_set": bag_set.name, "path": str(source.path)}
     record.update(fields)
@@ -131,6 +141,9 @@ def _write_set(
     elif len(coords) == 0:
         note = f"no patch reaches tissue_threshold {tiling.tissue_threshold}"
 
+    if tiling.qc:  # before the bag: the bag is the set's completion marker
+        qc = render_qc(thumb.rgb, mask, coords, spec.patch_size_level0, thumb.downsample)
+        save_qc(qc, qc_path(bag_set, source.slide_id))
     path = bag_path(bag_set.bag_dir, source.slide_id, tiling.bag_format)
     with open_bag_writer(path) as writer:
         writer.write_coords(coords, _bag_attrs(source, slide, spec, config))
@@ -142,9 +155,6 @@ def _write_set(
             writer.create_pixels(len(coords), spec.target_patch_size)
             for start in range(0, len(coords), PIXEL_BATCH):
                 writer.write_pixels(start, _read_pixels(slide, coords[start : start + PIXEL_BATCH], spec))
-    if tiling.qc:
-        qc = render_qc(thumb.rgb, mask, coords, spec.patch_size_level0, thumb.downsample)
-        save_qc(qc, bag_set.qc_dir / f"{source.slide_id}.png")
     if note:
         logger.info("%s [%s]: empty bag: %s", source.slide_id, bag_set.name, note)
     return _record(
@@ -173,7 +183,7 @@ def tile_slide(
     """
     started = time.perf_counter()
     sets = bag_sets(run_dir, config.tiling)
-    todo = [s for s in sets if overwrite or not bag_path(s.bag_dir, source.slide_id, config.tiling.bag_format).exists()]
+    todo = [s for s in sets if overwrite or not _is_complete(s, source.slide_id, config.tiling)]
     records = [_record(source, s, status="skipped", note="complete bag exists") for s in sets if s not in todo]
     if not todo:
         return records
