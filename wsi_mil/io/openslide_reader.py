@@ -2,27 +2,29 @@
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from wsi_mil.io.base import BaseReader, composite_on_background
+from wsi_mil.io.base import BaseReader, to_rgb_uint8
 
 
-class OpenSlideReader(BaseReader):
-    backend = "openslide"
+class WrappedSlideReader(BaseReader):
+    """A backend around a library object that already has OpenSlide's API."""
 
     def __init__(self, path: str | Path, *, mpp_override: float | None = None) -> None:
         super().__init__(path, mpp_override=mpp_override)
-        import openslide  # binary wheel from openslide-bin; no system library needed
+        self._slide = self._open(self.path)
 
-        self._slide = openslide.OpenSlide(str(self.path))
+    @abc.abstractmethod
+    def _open(self, path: Path) -> Any: ...
 
     @property
     def level_dimensions(self) -> tuple[tuple[int, int], ...]:
-        return tuple(self._slide.level_dimensions)
+        return tuple((int(w), int(h)) for w, h in self._slide.level_dimensions)
 
     @property
     def level_downsamples(self) -> tuple[float, ...]:
@@ -32,9 +34,18 @@ class OpenSlideReader(BaseReader):
     def properties(self) -> Mapping[str, Any]:
         return self._slide.properties
 
-    def _read_rgb(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
-        rgba = np.asarray(self._slide.read_region(location, level, size))
-        return composite_on_background(rgba, self.background)
-
     def close(self) -> None:
         self._slide.close()
+
+
+class OpenSlideReader(WrappedSlideReader):
+    backend = "openslide"
+
+    def _open(self, path: Path) -> Any:
+        import openslide  # binary wheel from openslide-bin; no system library needed
+
+        return openslide.OpenSlide(str(path))
+
+    def _read_rgb(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        # RGBA with transparent areas outside the scanned region: composite on the background.
+        return to_rgb_uint8(np.asarray(self._slide.read_region(location, level, size)), self.background)
