@@ -38,7 +38,8 @@ def test_overrides_in_order(tmp_path: Path) -> None:
         ("tiling:\n  bag_format: parquet\n", ["tiling.bag_format", "h5, zarr"]),
         ("tissue:\n  method: deep\n", ["tissue.method", "hsv_otsu"]),
         ("tiling:\n  overlap: 1.5\n", ["overlap", "[0, 1)"]),
-        ("extract:\n  batch: 2\n", ["unknown section", "extract"]),
+        ("extract:\n  batch: 2\n", ["extract.batch", "batch_size"]),
+        ("training:\n  epochs: 2\n", ["unknown section", "training"]),
     ],
 )
 def test_errors_name_key_file_and_allowed_values(tmp_path: Path, yaml_text: str, fragments: list[str]) -> None:

@@ -53,6 +53,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(tile)
     tile.set_defaults(handler=_run_tile)
 
+    extract = commands.add_parser(
+        "extract",
+        help="turn every bag of a run into a feature file",
+        description="Extract features of every bag under RUN_DIR/bags into RUN_DIR/features/<encoder>/.",
+    )
+    extract.add_argument("run_dir", type=Path, help="run directory holding bags/ (from wsi-mil tile)")
+    extract.add_argument("--encoder", help="encoder name (wsi-mil encoders) or timm:<model>")
+    extract.add_argument("--weights", choices=("imagenet", "random"), help="pretrained weights (random: tests only)")
+    extract.add_argument("--checkpoint-path", help="local weights file (.pth/.bin/.safetensors), e.g. UNI")
+    extract.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    extract.add_argument("--batch-size", type=int)
+    extract.add_argument("--num-workers", type=int, help="DataLoader reading processes")
+    extract.add_argument("--format", dest="feature_format", choices=("h5", "zarr"))
+    extract.add_argument("--dtype", choices=("float32", "float16"))
+    _add_common(extract)
+    extract.set_defaults(handler=_run_extract)
+
+    encoders = commands.add_parser("encoders", help="list the registered encoders")
+    encoders.add_argument("--quiet", action="store_true")
+    encoders.add_argument("--debug", action="store_true")
+    encoders.set_defaults(handler=_run_encoders)
+
     demo = commands.add_parser("demo", help="tile the bundled or shared demo slides")
     demo.add_argument("--out", type=Path, help="run directory (default: ./wsi-mil-demo)")
     demo.add_argument("--workers", type=int, help="local Dask worker processes")
@@ -79,12 +101,12 @@ def _tiling_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return {"tiling": tiling, "parallel": parallel}
 
 
-def _summarize(records: list[dict[str, Any]], run_dir: Path) -> int:
+def _summarize(records: list[dict[str, Any]], run_dir: Path, stage: str = "tiling") -> int:
     counts: dict[str, int] = {}
     for record in records:
         counts[record["status"]] = counts.get(record["status"], 0) + 1
     summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "nothing to do"
-    logger.warning("tiling: %s; manifest: %s", summary, run_dir / "manifest.csv")
+    logger.warning("%s: %s; manifest: %s", stage, summary, run_dir / "manifest.csv")
     return 1 if counts.get("failed") else 0
 
 
@@ -102,6 +124,31 @@ def _run_tile(args: argparse.Namespace) -> int:
         sources, args.out, config=config, overwrite=args.overwrite, debug=args.debug, progress=not args.quiet
     )
     return _summarize(records, args.out)
+
+
+def _run_extract(args: argparse.Namespace) -> int:
+    from wsi_mil.config import load_config
+    from wsi_mil.features.extract import extract_run
+
+    extract = {
+        key: getattr(args, key)
+        for key in ("encoder", "weights", "checkpoint_path", "device", "batch_size", "num_workers", "feature_format", "dtype")
+        if getattr(args, key) is not None
+    }
+    parallel = {k: getattr(args, k) for k in ("workers", "scheduler") if getattr(args, k) is not None}
+    config = load_config(args.config, overrides={"extract": extract, "parallel": parallel}, sets=args.set)
+    records = extract_run(args.run_dir, config=config, overwrite=args.overwrite, debug=args.debug, progress=not args.quiet)
+    return _summarize(records, args.run_dir, "extraction")
+
+
+def _run_encoders(args: argparse.Namespace) -> int:
+    from wsi_mil.features.registry import encoder_config, list_encoders
+
+    for name in list_encoders():
+        config = encoder_config(name)
+        print(f"{name:20s} {config.embed_dim:5d}-d  {config.input_size}px  {config.description}")
+    print(f"{'timm:<name>':20s}   any timm model, e.g. timm:vit_large_patch16_224 with --checkpoint-path")
+    return 0
 
 
 def _run_demo(args: argparse.Namespace) -> int:

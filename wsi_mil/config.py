@@ -107,6 +107,49 @@ class TilingConfig:
 
 
 @dataclass(frozen=True)
+class ExtractConfig:
+    """Feature extraction with a frozen encoder."""
+
+    #: A registered encoder (see ``wsi-mil encoders``) or ``timm:<model name>``.
+    encoder: str = "efficientnet_lite0"
+    #: ``imagenet`` or ``random`` (plumbing tests only; recorded in every file).
+    weights: str = "imagenet"
+    #: A local state dict (.pth/.bin/.safetensors) to load instead, e.g. UNI's weights.
+    checkpoint_path: str | None = None
+    #: ``auto`` (cuda when available), ``cpu``, ``cuda`` or ``cuda:N``.
+    device: str = "auto"
+    #: Patches per batch; null: 32 on CPU, 256 on CUDA.
+    batch_size: int | None = None
+    #: DataLoader worker processes reading patches; null: 1 on CPU, min(8, cores) on CUDA.
+    num_workers: int | None = None
+    #: Torch compute threads on CPU; null: all cores.
+    threads: int | None = None
+    #: ``auto`` (TorchScript freeze on CPU, eager+autocast on CUDA), ``eager``, ``jit``, ``compile``.
+    freeze: str = "auto"
+    #: Decode stored TIFF tiles directly when the patch grid lines up with them.
+    direct_tiles: bool = True
+    #: Stored feature dtype.
+    dtype: str = "float32"
+    #: Feature file format.
+    feature_format: str = "h5"
+
+    CHOICES: typing.ClassVar[dict[str, tuple[Any, ...]]] = {
+        "weights": ("imagenet", "random"),
+        "freeze": ("auto", "eager", "jit", "compile"),
+        "dtype": ("float32", "float16"),
+        "feature_format": ("h5", "zarr"),
+    }
+
+    def check(self) -> None:
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        if self.num_workers is not None and self.num_workers < 0:
+            raise ValueError("num_workers must be >= 0")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+
+
+@dataclass(frozen=True)
 class ParallelConfig:
     """Where per-slide tasks run."""
 
@@ -120,6 +163,7 @@ class ParallelConfig:
 class Config:
     tiling: TilingConfig = field(default_factory=TilingConfig)
     tissue: TissueConfig = field(default_factory=TissueConfig)
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
 
@@ -182,7 +226,12 @@ def _build(cls: type, data: dict[str, Any], section: str, where: str) -> Any:
     return instance
 
 
-SECTIONS: dict[str, type] = {"tiling": TilingConfig, "tissue": TissueConfig, "parallel": ParallelConfig}
+SECTIONS: dict[str, type] = {
+    "tiling": TilingConfig,
+    "tissue": TissueConfig,
+    "extract": ExtractConfig,
+    "parallel": ParallelConfig,
+}
 
 
 def config_from_dict(data: dict[str, Any], *, where: str = "config") -> Config:

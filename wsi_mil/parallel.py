@@ -27,8 +27,12 @@ def default_workers() -> int:
 
 
 @contextlib.contextmanager
-def dask_client(*, workers: int | None = None, scheduler: str | None = None) -> Iterator[Any]:
-    """A ``distributed.Client``: connected to ``scheduler``, or on a new local cluster."""
+def dask_client(*, workers: int | None = None, scheduler: str | None = None, daemon: bool = True) -> Iterator[Any]:
+    """A ``distributed.Client``: connected to ``scheduler``, or on a new local cluster.
+
+    ``daemon=False`` lets tasks start processes of their own (torch DataLoader workers).
+    """
+    import dask
     from distributed import Client, LocalCluster
 
     if scheduler:
@@ -36,13 +40,14 @@ def dask_client(*, workers: int | None = None, scheduler: str | None = None) -> 
             yield client
         return
     n_workers = workers or default_workers()
-    cluster = LocalCluster(
-        n_workers=n_workers,
-        threads_per_worker=1,
-        processes=True,
-        dashboard_address=None,
-        silence_logs=logging.ERROR,
-    )
+    with dask.config.set({"distributed.worker.daemon": daemon}):
+        cluster = LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        )
     try:
         with Client(cluster) as client:
             yield client
@@ -66,6 +71,8 @@ def map_slides(
     scheduler: str | None = None,
     desc: str = "slides",
     progress: bool = True,
+    daemon: bool = True,
+    resources: dict[str, float] | None = None,
     **kwargs: Any,
 ) -> None:
     """Run ``function(item, **kwargs)`` for every item, one Dask task each.
@@ -86,9 +93,10 @@ def map_slides(
             return
         from distributed import as_completed
 
-        with dask_client(workers=workers, scheduler=scheduler) as client:
+        with dask_client(workers=workers, scheduler=scheduler, daemon=daemon) as client:
             futures = {
-                client.submit(function, item, pure=False, retries=0, **kwargs): item for item in items
+                client.submit(function, item, pure=False, retries=0, resources=resources, **kwargs): item
+                for item in items
             }
             for future in as_completed(futures):
                 item = futures[future]

@@ -104,6 +104,8 @@ class BagWriter(abc.ABC):
 def _h5_attr(value: Any) -> Any:
     if value is None:
         return math.nan
+    if isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) for v in value):
+        return np.asarray(value)
     if isinstance(value, (dict, list, tuple)):
         return json.dumps(value)
     return value

@@ -109,7 +109,7 @@ def _bag_attrs(source: SlideSource, slide: BaseReader, spec: GridSpec, config: C
         "slide_mpp": spec.slide_mpp,
         "mpp_source": slide.mpp_info.source,
         "level_dim": list(slide.dimensions),
-        "slide_path": str(source.path),
+        "slide_path": str(Path(source.path).resolve()),
         "slide_id": source.slide_id,
         "reader": slide.backend,
         "tissue_threshold": config.tiling.tissue_threshold,

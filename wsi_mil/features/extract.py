@@ -1,0 +1,293 @@
+"""The extraction stage: every bag of a run -> ``features/<encoder>/<slide_id>.h5|.zarr``.
+
+One slide at a time per device. Patches stream through a torch DataLoader (worker
+processes with their own slide handles, pinned memory on CUDA, prefetch); the batch
+transform (resize + normalize) runs on the device; the encoder is frozen for
+inference once per process and reused for every slide.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wsi_mil.config import Config, ExtractConfig
+from wsi_mil.errors import BagFormatError, WsiMilError
+from wsi_mil.store.bags import read_bag
+from wsi_mil.store.features import write_features
+
+logger = logging.getLogger(__name__)
+
+STAGE = "extract"
+BAG_SUFFIXES = (".h5", ".zarr")
+
+
+class SlideMismatchError(WsiMilError, ValueError):
+    """The slide on disk is not the one the bag was made from."""
+
+
+@dataclass(frozen=True)
+class ExtractionJob:
+    """One bag to turn into one feature file."""
+
+    slide_id: str
+    bag_set: str
+    bag_path: Path
+    out_path: Path
+
+
+def encoder_dir_name(encoder: str) -> str:
+    return encoder.replace(":", "-").replace("/", "-")
+
+
+def find_jobs(run_dir: str | Path, config: ExtractConfig) -> list[ExtractionJob]:
+    """Every bag under ``RUN_DIR/bags`` (and its per-resolution sets), with its output path."""
+    run_dir = Path(run_dir)
+    bags_root = run_dir / "bags"
+    if not bags_root.is_dir():
+        raise WsiMilError(f"{run_dir}: no bags/ folder; run `wsi-mil tile ... --out {run_dir}` first")
+    out_root = run_dir / "features" / encoder_dir_name(config.encoder)
+    jobs = []
+    folders = [(bags_root, "")] + [(d, d.name) for d in sorted(bags_root.iterdir()) if d.is_dir() and d.suffix != ".zarr"]
+    for folder, set_name in folders:
+        for bag in sorted(folder.iterdir()):
+            if bag.name.startswith(".") or bag.suffix not in BAG_SUFFIXES:
+                continue
+            out_dir = out_root / set_name if set_name else out_root
+            jobs.append(ExtractionJob(bag.stem, set_name or "-", bag, out_dir / f"{bag.stem}.{config.feature_format}"))
+    return jobs
+
+
+# Encoders are built and frozen once per process (a Dask worker extracts many slides).
+_ENCODER_CACHE: dict[tuple, Any] = {}
+
+
+def _encoder(config: ExtractConfig) -> Any:
+    from wsi_mil.features.registry import create_encoder
+
+    key = (config.encoder, config.weights, config.checkpoint_path)
+    if key not in _ENCODER_CACHE:
+        _ENCODER_CACHE[key] = create_encoder(config.encoder, weights=config.weights, checkpoint_path=config.checkpoint_path)
+    return _ENCODER_CACHE[key]
+
+
+def _frozen(encoder: Any, example: Any, device: Any, mode: str) -> Any:
+    from wsi_mil.features.freeze import optimize_for_inference
+
+    key = ("frozen", encoder.name, encoder.weights, str(device), mode, tuple(example.shape[1:]))
+    if key not in _ENCODER_CACHE:
+        _ENCODER_CACHE[key] = optimize_for_inference(encoder.model, example, device=device, mode=mode)
+    return _ENCODER_CACHE[key]
+
+
+def _defaults(config: ExtractConfig, device: Any) -> tuple[int, int, int]:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cuda = device.type == "cuda"
+    batch = config.batch_size or (256 if cuda else 32)
+    workers = config.num_workers if config.num_workers is not None else (min(8, cores) if cuda else 1)
+    threads = config.threads or cores
+    return batch, workers, threads
+
+
+def _worker_device(device: Any) -> Any:
+    """``cuda`` on a machine with several GPUs: Dask worker k takes GPU k (one slide per device)."""
+    import torch
+
+    if device.type != "cuda" or device.index is not None or torch.cuda.device_count() < 2:
+        return device
+    try:
+        from distributed import get_worker
+
+        index = int(get_worker().name) % torch.cuda.device_count()
+    except (ImportError, ValueError, TypeError):
+        return device
+    return torch.device("cuda", index)
+
+
+def _worker_init(_: int) -> None:
+    import torch
+
+    torch.set_num_threads(1)  # loader workers decode; compute threads belong to the main process
+
+
+def _open_checked(bag: Any, config: Config) -> Any:
+    """Open the bag's slide and refuse it when it is not the slide the bag was made from."""
+    from wsi_mil.io.open import open_slide
+
+    slide_path = Path(str(bag.attrs.get("slide_path", "")))
+    if not slide_path.exists():
+        raise SlideMismatchError(
+            f"{bag.path}: its slide {slide_path} is not there; move it back or re-tile (the bag has no stored pixels)"
+        )
+    slide = open_slide(slide_path, reader=config.tiling.reader, mpp=bag.attrs.get("slide_mpp"))
+    expected = bag.attrs.get("level_dim")
+    if expected is not None and tuple(int(v) for v in expected) != tuple(slide.dimensions):
+        slide.close()
+        raise SlideMismatchError(
+            f"{bag.path}: made from a {expected[0]}x{expected[1]} slide, but {slide_path} is "
+            f"{slide.dimensions[0]}x{slide.dimensions[1]} now. Re-tile it: wsi-mil tile ... --overwrite"
+        )
+    return slide
+
+
+def extract_bag(job: ExtractionJob, *, config: Config, progress: bool = False) -> dict[str, Any]:
+    """Extract one bag; raises on slide-level errors (the caller records them)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from wsi_mil.features.freeze import resolve_device
+    from wsi_mil.features.reading import PatchDataset, make_source
+
+    started = time.perf_counter()
+    options = config.extract
+    device = _worker_device(resolve_device(options.device))
+    batch_size, num_workers, threads = _defaults(options, device)
+    if device.type == "cpu":
+        torch.set_num_threads(threads)
+    encoder = _encoder(options)
+    bag = read_bag(job.bag_path)
+    slide = None if bag.has_pixels or len(bag) == 0 else _open_checked(bag, config)
+    n = len(bag)
+    features = np.zeros((n, encoder.config.embed_dim), dtype=options.dtype)
+    valid = np.zeros(n, dtype=bool)
+    source_kind = "none"
+    try:
+        if n:
+            source = make_source(bag, slide, reader=config.tiling.reader, mpp=bag.attrs.get("slide_mpp"),
+                                 direct_tiles=options.direct_tiles)  # fmt: skip
+            source_kind = source.kind
+            blank = int(source.size or bag.attrs.get("target_patch_size") or bag.attrs["patch_size"])
+            loader = DataLoader(
+                PatchDataset(source, blank_size=blank),
+                batch_size=batch_size,
+                num_workers=num_workers,
+                pin_memory=device.type == "cuda",
+                prefetch_factor=4 if num_workers else None,
+                worker_init_fn=_worker_init if num_workers else None,
+            )
+            _run_loader(loader, encoder, device, options, features, valid, progress, job.slide_id)
+    finally:
+        if slide is not None:
+            slide.close()
+    seconds = time.perf_counter() - started
+    attrs = {
+        "encoder": encoder.name,
+        "embed_dim": encoder.config.embed_dim,
+        "weights": encoder.weights,
+        "input_size": encoder.config.input_size,
+        "slide_id": job.slide_id,
+        "bag_path": str(job.bag_path.resolve()),
+        "patch_source": source_kind,
+        "patch_size_level0": bag.attrs.get("patch_size_level0"),
+        "target_mpp": bag.attrs.get("target_mpp"),
+    }
+    write_features(job.out_path, features[valid], bag.coords[valid], attrs, failed_coords=bag.coords[~valid])
+    n_failed = int(n - valid.sum())
+    if n_failed:
+        logger.warning("%s: %d of %d patches unreadable (corrupt tiles); removed and listed in failed_coords", job.slide_id, n_failed, n)
+    return {
+        "encoder": encoder.name,
+        "n_patches": int(valid.sum()),
+        "n_failed": n_failed,
+        "dim": encoder.config.embed_dim,
+        "patch_source": source_kind,
+        "device": str(device),
+        "seconds": round(seconds, 3),
+        "patches_per_s": round(n / seconds, 1) if seconds > 0 else "",
+    }
+
+
+def _run_loader(loader: Any, encoder: Any, device: Any, options: ExtractConfig, features: np.ndarray,
+                valid: np.ndarray, progress: bool, slide_id: str) -> None:  # fmt: skip
+    import torch
+    from tqdm import tqdm
+
+    from wsi_mil.features.freeze import autocast_context
+
+    model = None
+    with tqdm(total=len(features), desc=slide_id, unit="patch", disable=not progress, leave=False) as bar:
+        for images, ok, index in loader:
+            x = encoder.transform(images.to(device, non_blocking=True))
+            if model is None:
+                model = _frozen(encoder, x, device, options.freeze)
+            with torch.inference_mode(), autocast_context(device, encoder.precision):
+                out = model(x)
+            rows = index.numpy()
+            features[rows] = out.float().cpu().numpy().astype(features.dtype, copy=False)
+            valid[rows] = ok.numpy()
+            bar.update(len(rows))
+
+
+def extract_job(job: ExtractionJob, *, config: Config, overwrite: bool = False, debug: bool = False,
+                show_patches: bool = False) -> dict[str, Any]:  # fmt: skip
+    """One manifest record for one bag: ``done``, ``skipped`` or ``failed``; never raises for a bad slide."""
+    record: dict[str, Any] = {"stage": STAGE, "slide_id": job.slide_id, "bag_set": job.bag_set, "path": str(job.bag_path)}
+    if job.out_path.exists() and not overwrite:
+        return {**record, "status": "skipped", "note": "complete feature file exists"}
+    started = time.perf_counter()
+    try:
+        result = extract_bag(job, config=config, progress=show_patches)
+    except Exception as error:
+        if debug:
+            logger.exception("%s: extraction failed", job.slide_id)
+        message = str(error) if isinstance(error, WsiMilError) else f"{job.bag_path}: {type(error).__name__}: {error}"
+        return {**record, "status": "failed", "error": message.replace("\n", " "),
+                "seconds": round(time.perf_counter() - started, 3)}  # fmt: skip
+    return {**record, **result, "status": "done", "error": ""}
+
+
+def extract_run(run_dir: str | Path, *, config: Config, overwrite: bool = False, debug: bool = False,
+                progress: bool = True, jobs: Sequence[ExtractionJob] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """Extract every bag of a run; one Dask task per slide, one worker per device."""
+    from wsi_mil.features.freeze import resolve_device
+    from wsi_mil.features.registry import encoder_config
+    from wsi_mil.manifest import Manifest
+    from wsi_mil.parallel import map_slides
+
+    encoder_config(config.extract.encoder)  # unknown names fail before any work
+    device = resolve_device(config.extract.device)
+    jobs = list(jobs) if jobs is not None else find_jobs(run_dir, config.extract)
+    manifest = Manifest(run_dir)
+    results: list[dict[str, Any]] = []
+
+    def on_result(job: ExtractionJob, record: dict[str, Any]) -> None:
+        if record["status"] == "failed":
+            logger.error("%s: %s", job.slide_id, record["error"])
+        results.append(record)
+        manifest.update([record])
+        manifest.save()
+
+    def on_crash(job: ExtractionJob, error: BaseException) -> None:
+        on_result(job, {"stage": STAGE, "slide_id": job.slide_id, "bag_set": job.bag_set, "path": str(job.bag_path),
+                        "status": "failed", "error": f"worker died ({type(error).__name__}: {error})"})  # fmt: skip
+
+    import torch
+
+    gpus = torch.cuda.device_count() if device.type == "cuda" else 0
+    workers = config.parallel.workers
+    if workers is None:
+        workers = max(1, gpus) if device.type == "cuda" and config.extract.device == "auto" else 1
+    map_slides(
+        extract_job,
+        jobs,
+        on_result=on_result,
+        on_crash=on_crash,
+        workers=workers,
+        scheduler=config.parallel.scheduler,
+        desc="extracting",
+        progress=progress,
+        daemon=False,  # tasks start DataLoader worker processes
+        resources={"GPU": 1} if config.parallel.scheduler and device.type == "cuda" else None,
+        config=config,
+        overwrite=overwrite,
+        debug=debug,
+        show_patches=progress and workers == 0,
+    )
+    return results

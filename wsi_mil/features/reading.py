@@ -1,0 +1,159 @@
+"""Patch sources and the torch Dataset that feeds the extraction loop.
+
+Three sources, chosen per slide by :func:`make_source` in this order:
+
+1. ``stored``: pixels saved in the bag by ``wsi-mil tile --save-pixels``;
+2. ``tiles``: stored TIFF tiles decoded directly when the grid lines up (see tiles.py);
+3. ``read_region``: the slide reader, for everything else.
+
+Sources are pickled to DataLoader worker processes and open their file handles
+lazily, once per process. A patch that cannot be read (a corrupt tile) comes back
+as zeros with ``valid=False``; it never stops the slide.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wsi_mil.errors import BagFormatError
+from wsi_mil.store.bags import Bag
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PatchSource:
+    """Reads patch ``i`` of a bag as (size, size, 3) uint8; subclasses say from where."""
+
+    coords: np.ndarray
+    size: int
+    kind: str = "base"
+    _pid: int = field(default=-1, repr=False)
+    _handle: Any = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.coords)
+
+    def handle(self) -> Any:
+        if self._pid != os.getpid():  # a fresh process (DataLoader worker): open our own
+            self._handle = self._open()
+            self._pid = os.getpid()
+        return self._handle
+
+    def _open(self) -> Any:
+        raise NotImplementedError
+
+    def read(self, index: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_handle"], state["_pid"] = None, -1  # handles never cross processes
+        return state
+
+
+@dataclass
+class RegionSource(PatchSource):
+    slide_path: Path = Path()
+    reader: str = "auto"
+    mpp: float | None = None
+    level: int = 0
+    kind: str = "read_region"
+
+    def _open(self) -> Any:
+        from wsi_mil.io.open import open_slide
+
+        return open_slide(self.slide_path, reader=self.reader, mpp=self.mpp)
+
+    def read(self, index: int) -> np.ndarray:
+        x, y = self.coords[index]
+        return self.handle().read_region((int(x), int(y)), self.level, (self.size, self.size), as_array=True)
+
+
+@dataclass
+class TileSource(PatchSource):
+    slide_path: Path = Path()
+    level: int = 0
+    level_dimensions: tuple[int, int] = (0, 0)
+    downsample: float = 1.0
+    kind: str = "tiles"
+
+    def _open(self) -> Any:
+        from wsi_mil.features.tiles import TileGrid
+
+        return TileGrid(self.slide_path, self.level, self.level_dimensions)
+
+    def read(self, index: int) -> np.ndarray:
+        x, y = np.rint(self.coords[index] / self.downsample).astype(np.int64)
+        return self.handle().read(int(x), int(y), self.size)
+
+
+@dataclass
+class StoredSource(PatchSource):
+    bag_path: Path = Path()
+    kind: str = "stored"
+
+    def _open(self) -> Any:
+        from wsi_mil.store.bags import PIXELS
+
+        if self.bag_path.suffix == ".h5":
+            import h5py
+
+            return h5py.File(self.bag_path, "r")[PIXELS]
+        import zarr
+
+        return zarr.open_group(str(self.bag_path), mode="r")[PIXELS]
+
+    def read(self, index: int) -> np.ndarray:
+        return np.asarray(self.handle()[index])
+
+
+def make_source(bag: Bag, slide: Any | None, *, reader: str = "auto", mpp: float | None = None,
+                direct_tiles: bool = True) -> PatchSource:  # fmt: skip
+    """The fastest correct source for a bag; ``slide`` is an open reader (None with stored pixels)."""
+    if bag.has_pixels:
+        return StoredSource(bag.coords, 0, bag_path=bag.path)
+    if slide is None:
+        raise BagFormatError(f"{bag.path}: no stored pixels and no slide to read them from")
+    level = int(bag.attrs["patch_level"])
+    size = int(bag.attrs["patch_size"])
+    if direct_tiles:
+        from wsi_mil.features.tiles import try_tile_grid
+
+        downsample = slide.level_downsamples[level]
+        grid = try_tile_grid(slide.path, level, slide.level_dimensions[level], bag.coords, downsample, size)
+        if grid is not None:
+            grid.close()
+            return TileSource(bag.coords, size, slide_path=slide.path, level=level,
+                              level_dimensions=slide.level_dimensions[level], downsample=downsample)  # fmt: skip
+    return RegionSource(bag.coords, size, slide_path=slide.path, reader=reader, mpp=mpp, level=level)
+
+
+class PatchDataset:
+    """torch Dataset: item ``i`` -> (uint8 (H, W, 3) tensor, valid flag, i)."""
+
+    def __init__(self, source: PatchSource, *, blank_size: int) -> None:
+        self.source = source
+        self.blank_size = blank_size
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> tuple[Any, bool, int]:
+        import torch
+
+        try:
+            array = self.source.read(index)
+            valid = True
+        except Exception as error:  # a corrupt tile must not stop the slide
+            x, y = self.source.coords[index]
+            logger.warning("patch %d at (%d, %d) unreadable: %s: %s", index, x, y, type(error).__name__, error)
+            array = np.zeros((self.blank_size, self.blank_size, 3), dtype=np.uint8)
+            valid = False
+        return torch.from_numpy(np.ascontiguousarray(array)), valid, index

@@ -1,0 +1,72 @@
+"""torchvision backbones: CLAM's truncated ResNet-50 and the seeds' classic CNNs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from wsi_mil.features.registry import EncoderConfig, register_encoder
+from wsi_mil.features.weights import hub_error, load_checkpoint
+
+
+def _torchvision(arch: str, weights: str, checkpoint: Path | None, **kwargs: Any) -> tuple[Any, str]:
+    import torch
+    import torchvision
+
+    builder = getattr(torchvision.models, arch)
+    enum = torchvision.models.get_model_weights(arch).DEFAULT
+    if checkpoint is not None or weights == "random":
+        model = builder(weights=None, **kwargs)
+        weights_id = "random" if checkpoint is None else load_checkpoint(model, checkpoint, ignore=("fc.", "classifier."))
+        return model, weights_id
+    try:
+        model = builder(weights=enum, **kwargs)
+    except Exception as error:  # URLError, HTTPError, socket errors, hash mismatch
+        filename = enum.url.rsplit("/", 1)[-1]
+        raise hub_error(arch, error, filename=filename, directory=Path(torch.hub.get_dir()) / "checkpoints") from error
+    return model, f"imagenet:torchvision:{enum.url.rsplit('/', 1)[-1]}"
+
+
+def _head_off(model: Any, attribute: str) -> Any:
+    import torch
+
+    setattr(model, attribute, torch.nn.Identity())
+    return model
+
+
+class ResNetTrunc:
+    """ResNet-50 up to layer3, then global average pooling: 1024-d (CLAM's features)."""
+
+    @staticmethod
+    def build(model: Any) -> Any:
+        import torch
+
+        return torch.nn.Sequential(
+            model.conv1, model.bn1, model.relu, model.maxpool, model.layer1, model.layer2, model.layer3,
+            torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(1),
+        )  # fmt: skip
+
+
+@register_encoder(EncoderConfig("resnet50_trunc", 1024, description="torchvision ResNet-50 to layer3 + avg pool (CLAM)"))
+def _resnet50_trunc(weights: str, checkpoint: Path | None) -> tuple[Any, str]:
+    model, weights_id = _torchvision("resnet50", weights, checkpoint)
+    return ResNetTrunc.build(model), weights_id
+
+
+def _classic(arch: str, dim: int, head: str, **kwargs: Any) -> None:
+    @register_encoder(EncoderConfig(arch, dim, description=f"torchvision {arch}, classifier removed"))
+    def build(weights: str, checkpoint: Path | None) -> tuple[Any, str]:
+        model, weights_id = _torchvision(arch, weights, checkpoint, **kwargs)
+        return _head_off(model, head), weights_id
+
+
+for _arch, _dim, _head in [
+    ("resnet18", 512, "fc"),
+    ("resnet50", 2048, "fc"),
+    ("resnet101", 2048, "fc"),
+    ("densenet121", 1024, "classifier"),
+    ("densenet201", 1920, "classifier"),
+    ("mobilenet_v2", 1280, "classifier"),
+]:
+    _classic(_arch, _dim, _head)
+_classic("googlenet", 1024, "fc", aux_logits=False, init_weights=False)
