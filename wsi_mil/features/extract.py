@@ -128,11 +128,12 @@ def _open_checked(bag: Any, config: Config) -> Any:
         )
     slide = open_slide(slide_path, reader=config.tiling.reader, mpp=bag.attrs.get("slide_mpp"))
     expected = bag.attrs.get("level_dim")
-    if expected is not None and tuple(int(v) for v in expected) != tuple(slide.dimensions):
+    width, height = slide.dimensions
+    if expected is not None and tuple(int(v) for v in expected) != (width, height):
         slide.close()
         raise SlideMismatchError(
             f"{bag.path}: made from a {expected[0]}x{expected[1]} slide, but {slide_path} is "
-            f"{slide.dimensions[0]}x{slide.dimensions[1]} now. Re-tile it: wsi-mil tile ... --overwrite"
+            f"{width}x{height} now. Re-tile it: wsi-mil tile ... --overwrite"
         )
     return slide
 

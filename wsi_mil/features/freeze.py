@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -60,7 +61,10 @@ def optimize_for_inference(model: Any, example: Any, *, device: Any, mode: str =
     try:
         with torch.inference_mode():
             reference = model(example)
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # TorchScript is deprecated in favour of torch.compile, but on CPU it still folds
+            # conv+BN without compile's minute-long start-up (measured in BENCHMARKS.md).
+            warnings.simplefilter("ignore", FutureWarning)
             frozen = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(model, example)))
         with torch.inference_mode():
             frozen(example)  # first calls specialise the graph

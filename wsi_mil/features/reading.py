@@ -73,7 +73,12 @@ class RegionSource(PatchSource):
 
     def read(self, index: int) -> np.ndarray:
         x, y = self.coords[index]
-        return self.handle().read_region((int(x), int(y)), self.level, (self.size, self.size), as_array=True)
+        try:
+            return self.handle().read_region((int(x), int(y)), self.level, (self.size, self.size), as_array=True)
+        except Exception:
+            # After one decoding error an OpenSlide handle refuses every later read: reopen.
+            self._pid = -1
+            raise
 
 
 @dataclass

@@ -130,6 +130,10 @@ def create_encoder(name: str, *, weights: str = "imagenet", checkpoint_path: str
     if weights not in WEIGHT_CHOICES:
         raise EncoderError(f"weights must be one of {WEIGHT_CHOICES} (or give checkpoint_path), got {weights!r}")
     config = encoder_config(name)
+    import torch
+
+    if weights == "random" and checkpoint_path is None:
+        torch.manual_seed(0)  # the same "random" encoder in every process and run
     if name.startswith("timm:"):
         from wsi_mil.features.timm_encoders import build_timm
 
