@@ -159,12 +159,12 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 def test_cli_extract_through_dask_and_resume_after_kill(tmp_path: Path) -> None:
     slides = tmp_path / "slides"
     for index in range(4):
-        write_synthetic_slide(slides / f"s{index}.svs", width=3072, height=2048, mpp=0.5,
-                              regions=[Region(256 * index, 0, 2048, 2048)], downsamples=(1, 4))  # fmt: skip
+        write_synthetic_slide(slides / f"s{index}.svs", width=2048, height=1024, mpp=0.5,
+                              regions=[Region(256 * index, 0, 1024, 1024)], downsamples=(1, 4))  # fmt: skip
     run, reference = tmp_path / "run", tmp_path / "reference"
     for out in (run, reference):
         assert _run("tile", str(slides), "--out", str(out), "--workers", "0", "--quiet").returncode == 0
-    args = ["--encoder", "resnet18", "--weights", "random", "--batch-size", "4", "--quiet"]
+    args = ["--encoder", "resnet18", "--weights", "random", "--batch-size", "16", "--quiet"]
     done = _run("extract", str(reference), "--workers", "1", *args)  # a real LocalCluster, loader workers inside
     assert done.returncode == 0, done.stderr
 

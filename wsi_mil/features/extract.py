@@ -144,7 +144,7 @@ def extract_bag(job: ExtractionJob, *, config: Config, progress: bool = False) -
     from torch.utils.data import DataLoader
 
     from wsi_mil.features.freeze import resolve_device
-    from wsi_mil.features.reading import PatchDataset, make_source
+    from wsi_mil.features.reading import PatchDataset, collate_batch, make_source
 
     started = time.perf_counter()
     options = config.extract
@@ -172,6 +172,7 @@ def extract_bag(job: ExtractionJob, *, config: Config, progress: bool = False) -
                 pin_memory=device.type == "cuda",
                 prefetch_factor=4 if num_workers else None,
                 worker_init_fn=_worker_init if num_workers else None,
+                collate_fn=collate_batch,
             )
             _run_loader(loader, encoder, device, options, features, valid, progress, job.slide_id)
     finally:

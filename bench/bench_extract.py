@@ -1,0 +1,164 @@
+"""Feature-extraction benchmark: reading rate vs raw decode, compute hidden behind reading,
+and the frozen encoder vs plain eager. Prints numbers; it is not a test.
+
+    .venv/bin/python bench/bench_extract.py --encoder efficientnet_lite0 --device cpu
+
+On a synthetic Aperio-like slide (JPEG tiles 256 px, 0.5 um/px, patches of 256 px at
+0.5 um/px so the grid lines up with the tiles) it measures:
+
+1. raw tile decode rate: the slide's compressed tiles, already in memory, decoded
+   with tifffile/imagecodecs on one core (the physical limit of reading);
+2. the project's reading rate alone: the extraction DataLoader (one reading worker
+   process) over the bag, no model; and its ratio to (1);
+3. backbone-only throughput on random tensors (frozen encoder, same batch size) and
+   end-to-end ``extract_bag`` throughput on the slide; and their ratio;
+4. the frozen (TorchScript freeze on CPU) encoder's speed-up over plain eager.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+import warnings
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = ROOT / "bench" / ".cache" / "extract"
+
+
+def _slide(width: int, height: int) -> Path:
+    from wsi_mil.synthetic import Region, write_synthetic_slide
+
+    path = CACHE / f"extract_{width}x{height}.svs"
+    if not path.exists():
+        write_synthetic_slide(path, width=width, height=height, mpp=0.5, regions=[Region(0, 0, width, height)],
+                              downsamples=(1, 4, 16))  # fmt: skip
+    return path
+
+
+def _tile(slide: Path, run_dir: Path) -> Path:
+    from wsi_mil.config import Config, ParallelConfig
+    from wsi_mil.io.discover import SlideSource
+    from wsi_mil.tiling import tile_slides
+
+    bag = run_dir / "bags" / f"{slide.stem}.h5"
+    if not bag.exists():
+        tile_slides([SlideSource(slide, slide.stem)], run_dir, config=Config(parallel=ParallelConfig(workers=0)), progress=False)
+    return bag
+
+
+def raw_decode_rate(slide: Path, count: int) -> float:
+    """Patches/s decoding level-0 tiles already in memory, one core (256-px tile = one patch)."""
+    import tifffile
+
+    with tifffile.TiffFile(slide) as tif:
+        page = tif.series[0].levels[0].pages[0]
+        handle = tif.filehandle
+        blobs = []
+        for index in range(min(count, len(page.dataoffsets))):
+            handle.seek(page.dataoffsets[index])
+            blobs.append((index, handle.read(page.databytecounts[index])))
+        started = time.perf_counter()
+        for index, data in blobs:
+            page.decode(data, index, jpegtables=page.jpegtables)
+        return len(blobs) / (time.perf_counter() - started)
+
+
+def reading_rate(bag_path: Path, batch_size: int, workers: int) -> tuple[float, str]:
+    """Patches/s through the extraction DataLoader alone."""
+    from torch.utils.data import DataLoader
+
+    from wsi_mil.features.extract import _worker_init
+    from wsi_mil.features.reading import PatchDataset, collate_batch, make_source
+    from wsi_mil.io import open_slide
+    from wsi_mil.store import read_bag
+
+    bag = read_bag(bag_path)
+    with open_slide(bag.attrs["slide_path"]) as slide:
+        source = make_source(bag, slide)
+    loader = DataLoader(PatchDataset(source, blank_size=source.size), batch_size=batch_size, num_workers=workers,
+                        prefetch_factor=4 if workers else None, worker_init_fn=_worker_init if workers else None,
+                        collate_fn=collate_batch)  # fmt: skip
+    started = time.perf_counter()
+    n = sum(len(index) for _, _, index in loader)
+    return n / (time.perf_counter() - started), source.kind
+
+
+def backbone_rate(encoder, batch_size: int, mode: str, repeats: int) -> float:
+    import torch
+
+    from wsi_mil.features.freeze import optimize_for_inference
+
+    images = torch.randint(0, 256, (batch_size, 256, 256, 3), dtype=torch.uint8)
+    x = encoder.transform(images)  # a random input batch, already resized and normalized
+    model = optimize_for_inference(encoder.model, x, device=torch.device("cpu"), mode=mode)
+    with torch.inference_mode():
+        model(x)
+        started = time.perf_counter()
+        for _ in range(repeats):
+            model(x)
+    return repeats * batch_size / (time.perf_counter() - started)
+
+
+def end_to_end_rate(bag_path: Path, run_dir: Path, encoder_name: str, batch_size: int, workers: int) -> tuple[float, dict]:
+    from wsi_mil.config import Config, ExtractConfig, ParallelConfig
+    from wsi_mil.features.extract import ExtractionJob, extract_bag
+
+    config = Config(extract=ExtractConfig(encoder=encoder_name, device="cpu", batch_size=batch_size, num_workers=workers),
+                    parallel=ParallelConfig(workers=0))  # fmt: skip
+    job = ExtractionJob(bag_path.stem, "-", bag_path, run_dir / "features" / f"{bag_path.stem}.h5")
+    extract_bag(job, config=config)  # warm: encoder built and frozen once per process, as in a run
+    started = time.perf_counter()
+    record = extract_bag(job, config=config)
+    return record["n_patches"] / (time.perf_counter() - started), record
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--encoder", default="efficientnet_lite0")
+    parser.add_argument("--device", default="cpu", choices=("cpu",), help="this script measures the CPU path")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=1, help="DataLoader reading processes")
+    parser.add_argument("--size", type=int, nargs=2, default=(8192, 4096), metavar=("W", "H"))
+    parser.add_argument("--repeats", type=int, default=6)
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore")
+
+    import torch
+
+    from wsi_mil.features.registry import create_encoder
+
+    slide = _slide(*args.size)
+    run_dir = CACHE / f"run_{slide.stem}"
+    bag = _tile(slide, run_dir)
+    cores = len(os.sched_getaffinity(0))
+    print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
+    print(f"machine: {platform.processor() or platform.machine()}, {cores} cores, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} compute threads")  # fmt: skip
+    print(f"slide: {slide.name} ({args.size[0]}x{args.size[1]}, JPEG tiles 256 px), encoder {args.encoder}, "
+          f"batch {args.batch_size}, {args.workers} reading worker(s)\n")  # fmt: skip
+
+    raw = raw_decode_rate(slide, 10_000)
+    read, kind = reading_rate(bag, args.batch_size, args.workers)
+    print(f"(1) raw tile decode, 1 core      {raw:9.1f} patches/s")
+    print(f"(2) project reading alone ({kind})  {read:9.1f} patches/s   ratio to (1): {read / raw:.2f}  (target >= 0.80)")
+
+    encoder = create_encoder(args.encoder, weights="imagenet" if args.encoder == "efficientnet_lite0" else "random")
+    eager = backbone_rate(encoder, args.batch_size, "eager", args.repeats)
+    frozen = backbone_rate(encoder, args.batch_size, "jit", args.repeats)
+    e2e, record = end_to_end_rate(bag, run_dir, args.encoder, args.batch_size, args.workers)
+    print(f"(3) backbone only (frozen)        {frozen:9.1f} patches/s")
+    print(f"    end-to-end extraction         {e2e:9.1f} patches/s   ratio: {e2e / frozen:.2f}  (target >= 0.90)"
+          f"   [{record['n_patches']} patches, source {record['patch_source']}]")  # fmt: skip
+    print(f"(4) eager backbone                {eager:9.1f} patches/s   frozen speed-up: {frozen / eager:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
