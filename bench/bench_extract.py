@@ -74,7 +74,7 @@ def reading_rate(bag_path: Path, batch_size: int, workers: int) -> tuple[float, 
     """Patches/s through the extraction DataLoader alone."""
     from torch.utils.data import DataLoader
 
-    from wsi_mil.features.extract import _worker_init
+    from wsi_mil.features.extract import PREFETCH, _worker_init
     from wsi_mil.features.reading import PatchDataset, collate_batch, make_source
     from wsi_mil.io import open_slide
     from wsi_mil.store import read_bag
@@ -82,8 +82,8 @@ def reading_rate(bag_path: Path, batch_size: int, workers: int) -> tuple[float, 
     bag = read_bag(bag_path)
     with open_slide(bag.attrs["slide_path"]) as slide:
         source = make_source(bag, slide)
-    loader = DataLoader(PatchDataset(source, blank_size=source.size), batch_size=batch_size, num_workers=workers,
-                        prefetch_factor=4 if workers else None, worker_init_fn=_worker_init if workers else None,
+    loader = DataLoader(PatchDataset(source, blank_size=source.size, ring_size=2 * PREFETCH + 2), batch_size=batch_size,
+                        num_workers=workers, prefetch_factor=PREFETCH if workers else None, worker_init_fn=_worker_init if workers else None,
                         collate_fn=collate_batch)  # fmt: skip
     started = time.perf_counter()
     n = sum(len(index) for _, _, index in loader)

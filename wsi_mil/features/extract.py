@@ -26,6 +26,10 @@ from wsi_mil.store.features import write_features
 logger = logging.getLogger(__name__)
 
 STAGE = "extract"
+#: Batches each loader worker prepares ahead of the model.
+PREFETCH = 4
+#: glibc ``mallopt`` parameters (malloc.h).
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 BAG_SUFFIXES = (".h5", ".zarr")
 
 
@@ -115,6 +119,28 @@ def _worker_init(_: int) -> None:
     import torch
 
     torch.set_num_threads(1)  # loader workers decode; compute threads belong to the main process
+    _keep_freed_memory()
+
+
+def _keep_freed_memory() -> None:
+    """Let glibc reuse freed decode buffers instead of returning them to the OS.
+
+    Each decoded tile is a ~200 KB array; above glibc's mmap threshold every one is a
+    fresh mapping, page-faulted in and unmapped again, which cost a loader worker
+    ~15% of its reading rate here (BENCHMARKS.md). Linux/glibc only; a no-op elsewhere.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name or not hasattr(os, "sched_getaffinity"):
+        return
+    try:
+        libc = ctypes.CDLL(name)
+        libc.mallopt(M_MMAP_THRESHOLD, 64 << 20)
+        libc.mallopt(M_TRIM_THRESHOLD, 256 << 20)
+    except (OSError, AttributeError):
+        pass
 
 
 def _open_checked(bag: Any, config: Config) -> Any:
@@ -166,11 +192,11 @@ def extract_bag(job: ExtractionJob, *, config: Config, progress: bool = False) -
             source_kind = source.kind
             blank = int(source.size or bag.attrs.get("target_patch_size") or bag.attrs["patch_size"])
             loader = DataLoader(
-                PatchDataset(source, blank_size=blank),
+                PatchDataset(source, blank_size=blank, ring_size=2 * PREFETCH + 2),
                 batch_size=batch_size,
                 num_workers=num_workers,
                 pin_memory=device.type == "cuda",
-                prefetch_factor=4 if num_workers else None,
+                prefetch_factor=PREFETCH if num_workers else None,
                 worker_init_fn=_worker_init if num_workers else None,
                 collate_fn=collate_batch,
             )

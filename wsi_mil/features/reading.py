@@ -143,16 +143,39 @@ def make_source(bag: Bag, slide: Any | None, *, reader: str = "auto", mpp: float
 class PatchDataset:
     """torch Dataset over a patch source, fetched a batch at a time.
 
-    ``__getitems__`` decodes a whole batch straight into one uint8 (B, H, W, 3) tensor,
-    allocated in shared memory inside a DataLoader worker, so a batch crosses to the
-    main process without the per-item tensors and the extra copy of default collation.
-    Use :func:`collate_batch` as the DataLoader's ``collate_fn``.
+    ``__getitems__`` decodes a whole batch into one uint8 (B, H, W, 3) tensor. Inside
+    a DataLoader worker the tensors come from a ring of ``ring_size`` shared-memory
+    buffers reused batch after batch: fresh shared memory costs a page fault per 4 KiB
+    page, which capped one worker at ~2,600 patches/s on this project's machines before
+    any decoding (BENCHMARKS.md). Reuse is safe because a worker runs at most
+    ``prefetch_factor`` batches ahead, so ``ring_size`` must exceed ``prefetch_factor + 1``
+    and the consumer must not keep a batch tensor past the next one (the extraction
+    loop copies it into the model's input at once). Use :func:`collate_batch` as the
+    DataLoader's ``collate_fn``.
     Items: (uint8 (H, W, 3) tensor, valid flag, index); batches: (images, valid, indices).
     """
 
-    def __init__(self, source: PatchSource, *, blank_size: int) -> None:
+    def __init__(self, source: PatchSource, *, blank_size: int, ring_size: int = 8) -> None:
         self.source = source
         self.blank_size = blank_size
+        self.ring_size = ring_size
+        self._ring: dict[tuple[int, ...], list[Any]] = {}
+        self._turn = 0
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_ring": {}, "_turn": 0}
+
+    def _buffer(self, shape: tuple[int, ...]) -> Any:
+        import torch
+
+        if torch.utils.data.get_worker_info() is None:
+            return _batch_tensor(shape, shared=False)
+        ring = self._ring.setdefault(shape, [])
+        if len(ring) < self.ring_size:
+            ring.append(_batch_tensor(shape, shared=True))
+            return ring[-1]
+        self._turn += 1
+        return ring[self._turn % self.ring_size]
 
     def __len__(self) -> int:
         return len(self.source)
@@ -174,7 +197,7 @@ class PatchDataset:
 
         arrays = [self._read(int(i)) for i in indices]
         shape = (len(indices), *next((a.shape for a, ok in arrays if ok), (self.blank_size, self.blank_size, 3)))
-        images = _batch_tensor(shape, shared=torch.utils.data.get_worker_info() is not None)
+        images = self._buffer(shape)
         target = images.numpy()
         for row, (array, ok) in enumerate(arrays):
             target[row] = array if ok else 0
