@@ -57,28 +57,21 @@ def plan_grid(
         if read_level >= slide.level_count:
             raise ValueError(f"{slide.path.name}: level {read_level} does not exist ({slide.level_count} levels)")
         size0 = int(round(patch_size * slide.level_downsamples[read_level]))
-        return GridSpec(
-            patch_size=patch_size,
-            patch_level=read_level,
-            patch_size_level0=size0,
-            step_level0=max(1, int(round(size0 * (1 - overlap)))),
-            target_patch_size=patch_size,
-            target_mpp=None,
-            slide_mpp=slide.mpp,
-        )
-    if slide.mpp is None:
-        raise MissingMPPError(
-            f"{slide.path}: no usable microns-per-pixel in the metadata, and the tiling asks for "
-            f"{target_mpp} um/px. Fix: pass --mpp VALUE for the run, or add an 'mpp' column for "
-            "this slide to the input CSV (path,mpp)."
-        )
-    wanted = target_mpp / slide.mpp
-    size0 = int(round(patch_size * wanted))
-    read_level = 0
-    for candidate, downsample in enumerate(slide.level_downsamples):
-        if downsample <= wanted * (1 + LEVEL_SLACK):
-            read_level = candidate
-    read_size = int(round(size0 / slide.level_downsamples[read_level]))
+        read_size = patch_size
+    else:
+        if slide.mpp is None:
+            raise MissingMPPError(
+                f"{slide.path}: no usable microns-per-pixel in the metadata, and the tiling asks for "
+                f"{target_mpp} um/px. Fix: pass --mpp VALUE for the run, or add an 'mpp' column for "
+                "this slide to the input CSV (path,mpp)."
+            )
+        wanted = target_mpp / slide.mpp
+        size0 = int(round(patch_size * wanted))
+        read_level = 0
+        for candidate, downsample in enumerate(slide.level_downsamples):
+            if downsample <= wanted * (1 + LEVEL_SLACK):
+                read_level = candidate
+        read_size = int(round(size0 / slide.level_downsamples[read_level]))
     return GridSpec(
         patch_size=read_size,
         patch_level=read_level,
