@@ -522,7 +522,6 @@ def bench_folder(args: argparse.Namespace, cache: Path) -> dict[str, Any]:
     from wsi_mil.config import Config, ParallelConfig
     from wsi_mil.io.discover import SlideSource
     from wsi_mil.parallel import dask_client
-    from wsi_mil.tiling import tile as tiling_module
     from wsi_mil.tiling.tile import tile_slides
 
     width, height = args.folder_size
@@ -561,11 +560,10 @@ def bench_folder(args: argparse.Namespace, cache: Path) -> dict[str, Any]:
 
     def on_started_clusters(*, dask_malloc_trim: bool) -> dict[int, dict[str, Any]]:
         """One cluster per worker count, all started first as tile_slides would start them
-        (wsi_mil.parallel.dask_client, worker environment from tile.py; with
+        (wsi_mil.parallel.dask_client, which drops MALLOC_TRIM_THRESHOLD_; with
         ``dask_malloc_trim`` Dask's default environment instead). One untimed run each lets
         the workers import wsi_mil, scikit-image and OpenSlide; the timed runs connect to the
         running cluster: from connecting and submitting to the last result."""
-        environment = getattr(tiling_module, "_dask_worker_environment", contextlib.nullcontext)
         tag = "trim" if dask_malloc_trim else "warm"
         startup, runs = {}, {}
         with contextlib.ExitStack() as stack:
@@ -575,8 +573,9 @@ def bench_folder(args: argparse.Namespace, cache: Path) -> dict[str, Any]:
             warnings.filterwarnings("ignore", message="Port 8787 is already in use")
             for workers in args.workers:
                 started = time.perf_counter()
-                stack.enter_context(_dask_default_environment() if dask_malloc_trim else environment())
-                client = stack.enter_context(dask_client(workers=workers))
+                if dask_malloc_trim:
+                    stack.enter_context(_dask_default_environment())
+                client = stack.enter_context(dask_client(workers=workers, keep_freed_memory=not dask_malloc_trim))
                 client.wait_for_workers(workers)
                 startup[workers] = time.perf_counter() - started
                 parallel = ParallelConfig(scheduler=client.scheduler.address)

@@ -27,10 +27,14 @@ def default_workers() -> int:
 
 
 @contextlib.contextmanager
-def dask_client(*, workers: int | None = None, scheduler: str | None = None, daemon: bool = True) -> Iterator[Any]:
+def dask_client(
+    *, workers: int | None = None, scheduler: str | None = None, daemon: bool = True, keep_freed_memory: bool = True
+) -> Iterator[Any]:
     """A ``distributed.Client``: connected to ``scheduler``, or on a new local cluster.
 
     ``daemon=False`` lets tasks start processes of their own (torch DataLoader workers).
+    ``keep_freed_memory=False`` keeps Dask's default ``MALLOC_TRIM_THRESHOLD_`` (see
+    :func:`_without_malloc_trim`; the benchmark's diagnostic compares both).
     """
     import dask
     from distributed import Client, LocalCluster
@@ -40,7 +44,8 @@ def dask_client(*, workers: int | None = None, scheduler: str | None = None, dae
             yield client
         return
     n_workers = workers or default_workers()
-    with dask.config.set({"distributed.worker.daemon": daemon}):
+    environment = _without_malloc_trim() if keep_freed_memory else contextlib.nullcontext()
+    with environment, dask.config.set({"distributed.worker.daemon": daemon}):
         cluster = LocalCluster(
             n_workers=n_workers,
             threads_per_worker=1,
@@ -53,6 +58,36 @@ def dask_client(*, workers: int | None = None, scheduler: str | None = None, dae
             yield client
     finally:
         cluster.close()
+
+
+@contextlib.contextmanager
+def _without_malloc_trim() -> Iterator[None]:
+    """Local Dask workers started in this block run without Dask's ``MALLOC_TRIM_THRESHOLD_``.
+
+    Performance only. Dask's nanny sets it to 64 KiB in every worker, so glibc hands each
+    large freed array back to the OS at once and every new thumbnail-sized numpy array
+    of tissue detection is page-faulted in again: in a worker a slide took 20-40% longer
+    than in a plain process (bench/bench_tiling.py --malloc-diagnostic); feature extraction
+    allocates the same way. A task frees all it allocated, so keeping freed memory for
+    the next slide costs little. The
+    nanny also copies the variable into this process's environment, whence later
+    workers inherit it; it is taken out for the duration of the block.
+    """
+    import dask
+    import distributed  # noqa: F401  (registers the distributed.* settings)
+
+    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ"))
+    planted = environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+    inherited = os.environ.get("MALLOC_TRIM_THRESHOLD_")
+    if planted is not None and inherited == str(planted):  # left by an earlier nanny, not by the user
+        del os.environ["MALLOC_TRIM_THRESHOLD_"]
+    try:
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+            yield
+    finally:
+        if inherited is not None:
+            os.environ["MALLOC_TRIM_THRESHOLD_"] = inherited
+
 
 
 def _progress(total: int, desc: str, enabled: bool) -> Any:

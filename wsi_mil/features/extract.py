@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from wsi_mil.config import Config, ExtractConfig
-from wsi_mil.errors import BagFormatError, WsiMilError
+from wsi_mil.errors import WsiMilError
 from wsi_mil.store.bags import read_bag
 from wsi_mil.store.features import write_features
 

@@ -13,6 +13,7 @@ as zeros with ``valid=False``; it never stops the slide.
 
 from __future__ import annotations
 
+import abc
 import logging
 import os
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class PatchSource:
+class PatchSource(abc.ABC):
     """Reads patch ``i`` of a bag as (size, size, 3) uint8; subclasses say from where."""
 
     coords: np.ndarray
@@ -46,11 +47,13 @@ class PatchSource:
             self._pid = os.getpid()
         return self._handle
 
+    @abc.abstractmethod
     def _open(self) -> Any:
-        raise NotImplementedError
+        """Open this process's handle (a slide reader, a tile grid, a pixel array)."""
 
+    @abc.abstractmethod
     def read(self, index: int) -> np.ndarray:
-        raise NotImplementedError
+        """Patch ``index`` as (size, size, 3) uint8."""
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -95,7 +98,9 @@ class TileSource(PatchSource):
         return TileGrid(self.slide_path, self.level, self.level_dimensions)
 
     def read(self, index: int) -> np.ndarray:
-        x, y = np.rint(self.coords[index] / self.downsample).astype(np.int64)
+        from wsi_mil.features.tiles import level_coordinates
+
+        x, y = level_coordinates(self.coords[index : index + 1], self.downsample)[0]
         return self.handle().read(int(x), int(y), self.size)
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -94,6 +93,3 @@ def try_tile_grid(path: str | Path, level: int, level_dimensions: tuple[int, int
         return None
     return grid
 
-
-def describe(grid: Any) -> str:
-    return "tiles" if isinstance(grid, TileGrid) else "read_region"

@@ -10,7 +10,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 
 from wsi_mil.io.base import BaseReader
 
@@ -77,6 +76,3 @@ def read_detection_thumbnail(slide: BaseReader, *, target_mpp: float, max_mpp: f
     downsample = width0 / rgb.shape[1] if rgb.shape[1] else 1.0
     return Thumbnail(rgb, downsample, None if mpp is None else mpp * downsample, level)
 
-
-def thumbnail_image(thumbnail: Thumbnail) -> Image.Image:
-    return Image.fromarray(thumbnail.rgb)

@@ -8,12 +8,10 @@ named ``0.5mpp``, ``20x`` or ``level1``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -268,48 +266,19 @@ def tile_slides(
         )
         on_result(source, [_failure(source, s, WsiMilError(message), time.perf_counter(), False) for s in bag_sets(run_dir, config.tiling)])
 
-    in_process = config.parallel.workers == 0 and not config.parallel.scheduler
-    with contextlib.nullcontext() if in_process else _dask_worker_environment():
-        map_slides(
-            tile_slide,
-            list(sources),
-            on_result=on_result,
-            on_crash=on_crash,
-            workers=config.parallel.workers,
-            scheduler=config.parallel.scheduler,
-            desc="tiling",
-            progress=progress,
-            run_dir=run_dir,
-            config=config,
-            overwrite=overwrite,
-            debug=debug,
-        )
+    map_slides(
+        tile_slide,
+        list(sources),
+        on_result=on_result,
+        on_crash=on_crash,
+        workers=config.parallel.workers,
+        scheduler=config.parallel.scheduler,
+        desc="tiling",
+        progress=progress,
+        run_dir=run_dir,
+        config=config,
+        overwrite=overwrite,
+        debug=debug,
+    )
     return results
 
-
-@contextlib.contextmanager
-def _dask_worker_environment() -> Iterator[None]:
-    """Local Dask workers started in this block run without Dask's ``MALLOC_TRIM_THRESHOLD_``.
-
-    Performance only. Dask's nanny sets it to 64 KiB in every worker, so glibc hands each
-    large freed array back to the OS at once and every new thumbnail-sized numpy array
-    of tissue detection is page-faulted in again: in a worker a slide took 20-40% longer
-    than in a plain process (bench/bench_tiling.py --malloc-diagnostic). A task frees
-    all it allocated, so keeping freed memory for the next slide costs little. The
-    nanny also copies the variable into this process's environment, whence later
-    workers inherit it; it is taken out for the duration of the block.
-    """
-    import dask
-    import distributed  # noqa: F401  (registers the distributed.* settings)
-
-    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ"))
-    planted = environ.pop("MALLOC_TRIM_THRESHOLD_", None)
-    inherited = os.environ.get("MALLOC_TRIM_THRESHOLD_")
-    if planted is not None and inherited == str(planted):  # left by an earlier nanny, not by the user
-        del os.environ["MALLOC_TRIM_THRESHOLD_"]
-    try:
-        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
-            yield
-    finally:
-        if inherited is not None:
-            os.environ["MALLOC_TRIM_THRESHOLD_"] = inherited
