@@ -160,11 +160,58 @@ class ParallelConfig:
 
 
 @dataclass(frozen=True)
+class HeatmapConfig:
+    """Slide heatmaps from per-patch scores (wsi_mil.explain)."""
+
+    #: Maps to draw: attention_pct, attention_raw, attention, relevance, logit, contribution
+    #: (the last two for the positive or predicted class). Empty: all of these the scores have.
+    maps: tuple[str, ...] = ()
+    #: Outputs per map: zarr (OME-Zarr), tiff (float32 pyramid), rgba_tiff (colour-mapped,
+    #: opens in OpenSlide), png (thumbnail overlay), geojson (all maps, one file),
+    #: blend_tiff (level-0 colour map blended with the slide, JPEG; large).
+    formats: tuple[str, ...] = ("zarr", "tiff", "rgba_tiff", "png", "geojson")
+    #: Finest OME-Zarr scale: a slide pyramid level, or an um/px (mpp); both null: level 0.
+    #: TIFFs always start at the slide's level-0 size, so they overlay it exactly.
+    level: int | None = None
+    mpp: float | None = None
+    #: Gaussian smoothing sigma in pixels of that finest scale (0: none); scaled for other levels.
+    smooth_sigma: float = 0.0
+    #: A matplotlib colormap for the colour-mapped outputs.
+    cmap: str = "jet"
+    #: Colour range: these percentiles of the slide's patch scores (global, never per patch).
+    percentiles: tuple[float, float] = (1.0, 99.0)
+    #: Opacity of the colour map over the slide (png, blend_tiff).
+    alpha: float = 0.5
+    #: Longest side of the PNG overlay, in pixels.
+    thumbnail_size: int = 2048
+    #: Chunk side of the Dask canvases and OME-Zarr arrays.
+    chunk_size: int = 1024
+    #: Threads per slide for painting and compression; null: all cores.
+    threads: int | None = None
+
+    FORMATS: typing.ClassVar[tuple[str, ...]] = ("zarr", "tiff", "rgba_tiff", "png", "geojson", "blend_tiff")
+
+    def check(self) -> None:
+        unknown = [f for f in self.formats if f not in self.FORMATS]
+        if unknown:
+            raise ValueError(f"unknown format(s) {unknown}; allowed: {', '.join(self.FORMATS)}")
+        if self.level is not None and self.mpp is not None:
+            raise ValueError("set level or mpp, not both")
+        if self.smooth_sigma < 0 or not 0.0 <= self.alpha <= 1.0:
+            raise ValueError("smooth_sigma must be >= 0 and alpha in [0, 1]")
+        if not 0.0 <= self.percentiles[0] < self.percentiles[1] <= 100.0:
+            raise ValueError("percentiles must be two increasing values in [0, 100]")
+        if self.chunk_size < 256 or self.chunk_size % 256 or self.thumbnail_size < 64:
+            raise ValueError("chunk_size must be a multiple of 256 and thumbnail_size at least 64")
+
+
+@dataclass(frozen=True)
 class Config:
     tiling: TilingConfig = field(default_factory=TilingConfig)
     tissue: TissueConfig = field(default_factory=TissueConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    heatmap: HeatmapConfig = field(default_factory=HeatmapConfig)
 
 
 def _describe(tp: Any) -> str:
@@ -231,6 +278,7 @@ SECTIONS: dict[str, type] = {
     "tissue": TissueConfig,
     "extract": ExtractConfig,
     "parallel": ParallelConfig,
+    "heatmap": HeatmapConfig,
 }
 
 

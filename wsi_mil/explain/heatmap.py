@@ -1,0 +1,326 @@
+"""The heatmap stage: scores files -> ``RUN_DIR/heatmaps/<model>/<slide_id>/``.
+
+Per slide and map: ``<map>.ome.zarr`` (OME-NGFF 0.4 multiscale, float32),
+``<map>.tiff`` (float32 pyramid at the slide's level-0 size), ``<map>_rgba.tiff``
+(colour-mapped uint8 RGBA pyramid, for OpenSlide), ``<map>_overlay.png`` (thumbnail
+overlay with a colour bar), optionally ``<map>_blend.tiff`` (level-0 colour map blended
+with the slide); and one ``patches.geojson`` with every map as a measurement.
+Each file appears atomically; complete files are skipped on a rerun.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wsi_mil.config import Config, HeatmapConfig
+from wsi_mil.errors import WsiMilError
+from wsi_mil.explain.maps import SlideScores, read_scores, select_maps
+from wsi_mil.explain.stitch import CanvasGeometry, ScoreRange, TissueMask, stitch_scores
+
+logger = logging.getLogger(__name__)
+
+STAGE = "heatmap"
+TIFF_CHUNK = (256, 2048)
+#: file name pattern of each per-map format
+MAP_FILES = {
+    "zarr": "{map}.ome.zarr",
+    "tiff": "{map}.tiff",
+    "rgba_tiff": "{map}_rgba.tiff",
+    "png": "{map}_overlay.png",
+    "blend_tiff": "{map}_blend.tiff",
+}
+GEOJSON_NAME = "patches.geojson"
+
+
+@dataclass(frozen=True)
+class HeatmapJob:
+    slide_id: str
+    scores_path: Path
+    out_dir: Path
+    slide_path: Path | None = None
+    bag_path: Path | None = None
+
+
+@dataclass(frozen=True)
+class SlideGeometry:
+    """What the canvases need from the slide: level-0 size, MPP, pyramid downsamples."""
+
+    dimensions: tuple[int, int]
+    mpp: float | None
+    level_downsamples: tuple[float, ...]
+
+
+def output_paths(out_dir: Path, map_names: Sequence[str], formats: Sequence[str]) -> list[Path]:
+    paths = [out_dir / MAP_FILES[f].format(map=m) for m in map_names for f in formats if f in MAP_FILES]
+    if "geojson" in formats:
+        paths.append(out_dir / GEOJSON_NAME)
+    return paths
+
+
+def _slide_geometry(scores: SlideScores, slide: Any, bag_attrs: dict[str, Any]) -> SlideGeometry:
+    mpp = scores.attrs.get("slide_mpp")
+    mpp = float(mpp) if mpp is not None and np.isfinite(float(mpp)) else None
+    if slide is not None:
+        return SlideGeometry(tuple(slide.dimensions), mpp or slide.mpp, tuple(slide.level_downsamples))
+    dims = bag_attrs.get("level_dim") or scores.attrs.get("level_dim")
+    if dims is None:  # no slide, no bag: the patches' extent
+        size = scores.patch_size_level0
+        dims = (int(scores.coords[:, 0].max() + size), int(scores.coords[:, 1].max() + size)) if len(scores.coords) else (1, 1)
+    return SlideGeometry((int(dims[0]), int(dims[1])), mpp, (1.0,))
+
+
+def _tissue(bag_path: Path | None) -> TissueMask | None:
+    if bag_path is None or not bag_path.exists():
+        return None
+    from wsi_mil.store.bags import read_bag
+
+    bag = read_bag(bag_path)
+    downsample = bag.mask_attrs.get("downsample")
+    if bag.tissue_mask is None or downsample is None:
+        return None
+    return TissueMask(bag.tissue_mask, float(downsample))
+
+
+def _base_downsample(geometry: SlideGeometry, options: HeatmapConfig, slide_id: str) -> float:
+    if options.level is not None:
+        if not 0 <= options.level < len(geometry.level_downsamples):
+            raise WsiMilError(f"{slide_id}: level {options.level} not in the slide's 0..{len(geometry.level_downsamples) - 1}")
+        return float(geometry.level_downsamples[options.level])
+    if options.mpp is not None:
+        if geometry.mpp is None:
+            raise WsiMilError(f"{slide_id}: heatmap.mpp needs the slide's MPP, which is unknown; use heatmap.level")
+        return max(1.0, options.mpp / geometry.mpp)
+    return 1.0
+
+
+def heatmap_slide(
+    scores_path: str | Path,
+    *,
+    out_dir: str | Path,
+    slide_path: str | Path | None = None,
+    bag_path: str | Path | None = None,
+    options: HeatmapConfig | None = None,
+    reader: str = "auto",
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Write every requested output of one slide; returns counts. Raises on slide-level errors."""
+    options = options or HeatmapConfig()
+    scores = read_scores(scores_path)
+    out_dir = Path(out_dir)
+    maps = select_maps(scores, options.maps)
+    slide_path = Path(slide_path) if slide_path else Path(str(scores.attrs.get("slide_path") or ""))
+    slide = None
+    if str(slide_path) and slide_path.exists():
+        from wsi_mil.io.open import open_slide
+
+        slide = open_slide(slide_path, reader=reader, mpp=scores.attrs.get("slide_mpp"))
+    elif any(f in options.formats for f in ("png", "blend_tiff")):
+        logger.warning("%s: slide %s not found; PNG overlays without the slide, no blend", scores.slide_id, slide_path)
+    bag_attrs: dict[str, Any] = {}
+    bag_path = Path(bag_path) if bag_path else None
+    tissue = _tissue(bag_path)
+    if bag_path is not None and bag_path.exists():
+        from wsi_mil.store.bags import read_bag
+
+        bag_attrs = read_bag(bag_path).attrs
+    try:
+        geometry = _slide_geometry(scores, slide, bag_attrs)
+        written = 0
+        for name, values in maps.items():
+            written += _write_map(name, values, scores, geometry, slide, tissue, out_dir, options, overwrite)
+        geojson = out_dir / GEOJSON_NAME
+        if "geojson" in options.formats and (overwrite or not geojson.exists()):
+            from wsi_mil.explain.export_overview import write_patch_geojson
+
+            write_patch_geojson(geojson, scores.coords, maps, patch_size_level0=scores.patch_size_level0)
+            written += 1
+    finally:
+        if slide is not None:
+            slide.close()
+    return {"n_patches": len(scores.coords), "maps": " ".join(maps), "files_written": written,
+            "tissue_mask": tissue is not None}  # fmt: skip
+
+
+def _write_map(
+    name: str, values: np.ndarray, scores: SlideScores, geometry: SlideGeometry, slide: Any,
+    tissue: TissueMask | None, out_dir: Path, options: HeatmapConfig, overwrite: bool,
+) -> int:  # fmt: skip
+    from wsi_mil.explain.export_tiff import pyramid_factors, write_pyramid_tiff
+    from wsi_mil.explain.stitch import colorize
+
+    todo = {f: out_dir / MAP_FILES[f].format(map=name) for f in options.formats if f in MAP_FILES}
+    todo = {f: p for f, p in todo.items() if overwrite or not p.exists()}
+    if not todo:
+        return 0
+    score_range = ScoreRange.of(values, percentiles=options.percentiles)
+    base = _base_downsample(geometry, options, scores.slide_id)
+    size = scores.patch_size_level0
+    chunk = options.chunk_size
+
+    def canvas(downsample: float, chunks: tuple[int, int], shape: tuple[int, int] | None = None) -> Any:
+        geo = CanvasGeometry(shape, downsample) if shape else CanvasGeometry.for_slide(geometry.dimensions, downsample)
+        sigma = options.smooth_sigma * base / downsample
+        return stitch_scores(scores.coords, values, patch_size_level0=size, geometry=geo, chunks=chunks,
+                             tissue=tissue, smooth_sigma=sigma)  # fmt: skip
+
+    level0 = CanvasGeometry.for_slide(geometry.dimensions, 1.0)
+    tiff_factors = pyramid_factors(level0.shape)
+    provenance = {"slide_id": scores.slide_id, "map": name, "model": scores.root_attrs.get("model"),
+                  "scores_file": str(scores.path), "vmin": score_range.vmin, "vmax": score_range.vmax,
+                  "level0_dimensions": list(geometry.dimensions), "slide_mpp": geometry.mpp}  # fmt: skip
+    description = json.dumps({"wsi_mil_heatmap": provenance})
+    for fmt, path in todo.items():
+        if fmt == "zarr":
+            from wsi_mil.explain.export_zarr import write_ome_zarr
+
+            finest = CanvasGeometry.for_slide(geometry.dimensions, base)
+            factors = pyramid_factors(finest.shape, min_side=chunk // 2)
+            levels = [canvas(base * f, (chunk, chunk)) for f in factors]
+            write_ome_zarr(path, levels, level_downsamples=[base * f for f in factors], mpp=geometry.mpp, name=name,
+                           window=(score_range.vmin, score_range.vmax), attrs={**provenance, "level0_downsample": base},
+                           threads=options.threads)  # fmt: skip
+        elif fmt in ("tiff", "rgba_tiff"):
+            levels = [canvas(f, TIFF_CHUNK) for f in tiff_factors]
+            if fmt == "rgba_tiff":
+                levels = [colorize(level, cmap=options.cmap, score_range=score_range) for level in levels]
+            write_pyramid_tiff(path, levels, mpp=geometry.mpp, kind="float32" if fmt == "tiff" else "rgba",
+                               description=description, threads=options.threads)  # fmt: skip
+        elif fmt == "png":
+            _write_png(path, name, canvas, geometry, slide, options, score_range)
+        elif fmt == "blend_tiff" and slide is not None:
+            write_blend_tiff(path, slide, canvas, options=options, score_range=score_range, description=description)
+    return len(todo)
+
+
+def _write_png(path: Path, name: str, canvas: Any, geometry: SlideGeometry, slide: Any,
+               options: HeatmapConfig, score_range: ScoreRange) -> None:  # fmt: skip
+    from wsi_mil.explain.export_overview import write_overlay_png
+
+    width, height = geometry.dimensions
+    if slide is not None:
+        thumbnail = np.asarray(slide.get_thumbnail((options.thumbnail_size, options.thumbnail_size)))
+    else:
+        scale = options.thumbnail_size / max(width, height)
+        thumbnail = np.full((max(1, int(height * scale)), max(1, int(width * scale)), 3), 255, dtype=np.uint8)
+    rows, cols = thumbnail.shape[:2]
+    downsample = max(width / cols, height / rows)
+    scores = canvas(downsample, (rows, cols), shape=(rows, cols)).compute(scheduler="threads")
+    write_overlay_png(path, thumbnail, scores, cmap=options.cmap, score_range=score_range, alpha=options.alpha, title=name)
+
+
+def write_blend_tiff(path: Path, slide: Any, canvas: Any, *, options: HeatmapConfig, score_range: ScoreRange,
+                     description: str | None = None) -> Path:  # fmt: skip
+    """A JPEG RGB pyramid of the colour map blended with the slide, one level per slide level.
+
+    ``canvas(downsample, chunks)`` builds the score canvas at a downsample. Levels follow
+    the slide's own pyramid (each read from its matching slide level, no extra decoding).
+    """
+    from wsi_mil.explain.blend import blended_canvas, open_per_thread
+    from wsi_mil.explain.export_tiff import write_pyramid_tiff
+
+    slides = open_per_thread(slide.path, reader=slide.backend, mpp=slide.mpp)
+    try:
+        levels = []
+        for downsample in slide.level_downsamples:
+            scores = canvas(float(round(downsample)), TIFF_CHUNK)
+            if levels and max(scores.shape) < 256:
+                break
+            levels.append(blended_canvas(scores, slides, downsample=float(round(downsample)), cmap=options.cmap,
+                                         score_range=score_range, alpha=options.alpha))  # fmt: skip
+        return write_pyramid_tiff(path, levels, mpp=slide.mpp, kind="rgb_jpeg", description=description,
+                                  threads=options.threads)  # fmt: skip
+    finally:
+        slides.close()
+
+
+# ----------------------------------------------------------------------------- bulk
+
+
+def find_jobs(run_dir: str | Path, *, model: str | None = None) -> tuple[str, list[HeatmapJob]]:
+    """Every scores file of ``RUN_DIR/scores/<model>/``; the model may be omitted when there is one."""
+    run_dir = Path(run_dir)
+    root = run_dir / "scores"
+    models = sorted(d.name for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
+    if not models:
+        raise WsiMilError(f"{run_dir}: no scores/<model>/ folder; run `wsi-mil predict` first")
+    if model is None:
+        if len(models) > 1:
+            raise WsiMilError(f"{run_dir}: scores of several models ({', '.join(models)}); choose one with --model")
+        model = models[0]
+    if model not in models:
+        raise WsiMilError(f"{run_dir}: no scores for model {model!r}; found: {', '.join(models)}")
+    jobs = []
+    for path in sorted((root / model).glob("*.h5")):
+        if path.name.startswith("."):
+            continue
+        jobs.append(HeatmapJob(path.stem, path, run_dir / "heatmaps" / model / path.stem, bag_path=_find_bag(run_dir, path.stem)))
+    return model, jobs
+
+
+def _find_bag(run_dir: Path, slide_id: str) -> Path | None:
+    for suffix in (".h5", ".zarr"):
+        matches = sorted((run_dir / "bags").glob(f"**/{slide_id}{suffix}"))
+        if matches:
+            return matches[0]
+    return None
+
+
+def heatmap_job(job: HeatmapJob, *, options: HeatmapConfig, reader: str = "auto", model: str = "",
+                overwrite: bool = False, debug: bool = False) -> dict[str, Any]:  # fmt: skip
+    """One manifest record: ``done``, ``skipped`` or ``failed``; never raises for a bad slide."""
+    record: dict[str, Any] = {"stage": STAGE, "slide_id": job.slide_id, "bag_set": model or "-", "path": str(job.scores_path)}
+    started = time.perf_counter()
+    try:
+        result = heatmap_slide(job.scores_path, out_dir=job.out_dir, slide_path=job.slide_path, bag_path=job.bag_path,
+                               options=options, reader=reader, overwrite=overwrite)  # fmt: skip
+    except Exception as error:
+        if debug:
+            logger.exception("%s: heatmap failed", job.slide_id)
+        message = str(error) if isinstance(error, WsiMilError) else f"{job.scores_path}: {type(error).__name__}: {error}"
+        return {**record, "status": "failed", "error": message.replace("\n", " "),
+                "seconds": round(time.perf_counter() - started, 3)}  # fmt: skip
+    status = "done" if result["files_written"] else "skipped"
+    note = "" if result["files_written"] else "complete outputs exist"
+    return {**record, **result, "status": status, "error": "", "note": note,
+            "seconds": round(time.perf_counter() - started, 3)}  # fmt: skip
+
+
+def heatmap_run(run_dir: str | Path, *, config: Config, model: str | None = None, overwrite: bool = False,
+                debug: bool = False, progress: bool = True) -> list[dict[str, Any]]:  # fmt: skip
+    """Heatmaps of every scored slide of a run, one Dask task per slide; manifest rows as they finish."""
+    from wsi_mil.manifest import Manifest
+    from wsi_mil.parallel import map_slides
+    from wsi_mil.store.atomic import atomic_output
+
+    run_dir = Path(run_dir)
+    model, jobs = find_jobs(run_dir, model=model)
+    out_root = run_dir / "heatmaps" / model
+    out_root.mkdir(parents=True, exist_ok=True)
+    with atomic_output(out_root / "heatmap_config.json") as tmp:
+        tmp.write_text(json.dumps(asdict(config.heatmap), indent=2, sort_keys=True))
+    manifest = Manifest(run_dir)
+    results: list[dict[str, Any]] = []
+
+    def on_result(job: HeatmapJob, record: dict[str, Any]) -> None:
+        if record["status"] == "failed":
+            logger.error("%s: %s", job.slide_id, record["error"])
+        results.append(record)
+        manifest.update([record])
+        manifest.save()
+
+    def on_crash(job: HeatmapJob, error: BaseException) -> None:
+        on_result(job, {"stage": STAGE, "slide_id": job.slide_id, "bag_set": model, "path": str(job.scores_path),
+                        "status": "failed", "error": f"worker died ({type(error).__name__}: {error})"})  # fmt: skip
+
+    map_slides(heatmap_job, jobs, on_result=on_result, on_crash=on_crash, workers=config.parallel.workers,
+               scheduler=config.parallel.scheduler, desc="heatmaps", progress=progress, options=config.heatmap,
+               reader=config.tiling.reader, model=model, overwrite=overwrite, debug=debug)  # fmt: skip
+    return results

@@ -1,0 +1,303 @@
+"""Paint per-patch scores onto a slide-sized canvas, lazily, one Dask chunk at a time.
+
+Geometry. A canvas has a downsample ``d`` (level-0 px per canvas px): canvas pixel
+``(row, col)`` covers level-0 ``[col*d, (col+1)*d) x [row*d, (row+1)*d)``. A patch at
+level-0 ``(x, y)`` with side ``P`` paints the pixels whose centres fall inside its
+square, so at ``d = 1`` it covers exactly ``[x, x+P) x [y, y+P)``. Where patches
+overlap, the canvas holds the mean of their scores (sum / count per pixel).
+
+No-data is NaN: pixels no patch covers, and with a tissue mask, pixels outside
+tissue. With smoothing, the Gaussian is a normalized convolution (smoothed values
+over smoothed coverage), so scores do not fade into the no-data around them; smoothed
+values then fill tissue pixels between patches within the kernel's reach.
+
+Memory. Patches are binned by the chunks they touch once (:class:`PatchIndex`); a
+chunk paints only its own patches. Nothing the size of the slide is ever allocated,
+so a level-0 canvas of a 100,000 x 80,000 slide is as cheap to hold as a small one;
+what a writer computes at a time is what bounds memory.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+#: scipy.ndimage's default kernel reach, in sigmas; the chunk overlap must match it.
+TRUNCATE = 4.0
+#: Smoothed coverage below this fraction of a full kernel is no-data (far from any patch).
+MIN_SMOOTH_WEIGHT = 1e-3
+
+
+@dataclass(frozen=True)
+class CanvasGeometry:
+    """A canvas of ``shape`` (rows, cols) at ``downsample`` level-0 px per canvas px."""
+
+    shape: tuple[int, int]
+    downsample: float
+
+    @classmethod
+    def for_slide(cls, dimensions: tuple[int, int], downsample: float) -> CanvasGeometry:
+        """The canvas covering a slide of level-0 ``dimensions`` (width, height)."""
+        width, height = dimensions
+        return cls((max(1, math.ceil(height / downsample)), max(1, math.ceil(width / downsample))), float(downsample))
+
+    def coarser(self, factor: int) -> CanvasGeometry:
+        rows, cols = self.shape
+        return CanvasGeometry((max(1, -(-rows // factor)), max(1, -(-cols // factor))), self.downsample * factor)
+
+
+def patch_extents(coords: np.ndarray, patch_size_level0: float, downsample: float) -> np.ndarray:
+    """(N, 4) int64 canvas pixel ranges ``[col0, col1, row0, row1)`` of each patch.
+
+    coords: (N, 2) level-0 (x, y). A pixel belongs to a patch when its centre is inside.
+    """
+    coords = np.asarray(coords, dtype=np.float64).reshape(-1, 2)
+    start = np.ceil(coords / downsample - 0.5)
+    stop = np.ceil((coords + patch_size_level0) / downsample - 0.5)
+    return np.stack([start[:, 0], stop[:, 0], start[:, 1], stop[:, 1]], axis=1).astype(np.int64)
+
+
+class PatchIndex:
+    """Patches binned by the chunks of a regular chunk grid they intersect (CSR layout)."""
+
+    def __init__(self, extents: np.ndarray, shape: tuple[int, int], chunk: tuple[int, int]) -> None:
+        self.chunk = chunk
+        self.grid = (-(-shape[0] // chunk[0]), -(-shape[1] // chunk[1]))
+        col0 = np.clip(extents[:, 0], 0, shape[1])
+        col1 = np.clip(extents[:, 1], 0, shape[1])
+        row0 = np.clip(extents[:, 2], 0, shape[0])
+        row1 = np.clip(extents[:, 3], 0, shape[0])
+        keep = np.flatnonzero((col1 > col0) & (row1 > row0))
+        bx0, bx1 = col0[keep] // chunk[1], (col1[keep] - 1) // chunk[1]
+        by0, by1 = row0[keep] // chunk[0], (row1[keep] - 1) // chunk[0]
+        spans_x, spans_y = bx1 - bx0 + 1, by1 - by0 + 1
+        per_patch = spans_x * spans_y
+        patch = np.repeat(keep, per_patch)
+        # Enumerate each patch's block rectangle: offset k -> (k // span_x, k % span_x).
+        first = np.repeat(np.cumsum(per_patch) - per_patch, per_patch)
+        k = np.arange(len(patch)) - first
+        sx = np.repeat(spans_x, per_patch)
+        block = (np.repeat(by0, per_patch) + k // sx) * self.grid[1] + np.repeat(bx0, per_patch) + k % sx
+        order = np.argsort(block, kind="stable")
+        self.patches = patch[order]
+        self.offsets = np.searchsorted(block[order], np.arange(self.grid[0] * self.grid[1] + 1))
+
+    def in_block(self, block_row: int, block_col: int) -> np.ndarray:
+        """Indices of the patches touching chunk (block_row, block_col)."""
+        flat = block_row * self.grid[1] + block_col
+        return self.patches[self.offsets[flat] : self.offsets[flat + 1]]
+
+
+@dataclass(frozen=True)
+class TissueMask:
+    """A low-resolution boolean tissue mask: ``mask`` (h, w) at ``downsample`` level-0 px per pixel."""
+
+    mask: np.ndarray
+    downsample: float
+
+    def sample(self, rows: slice, cols: slice, downsample: float) -> np.ndarray:
+        """(len(rows), len(cols)) bool: the mask at the centres of canvas pixels (nearest)."""
+        h, w = self.mask.shape
+        r = np.arange(rows.start, rows.stop)
+        c = np.arange(cols.start, cols.stop)
+        mr = np.clip(((r + 0.5) * downsample / self.downsample).astype(np.int64), 0, h - 1)
+        mc = np.clip(((c + 0.5) * downsample / self.downsample).astype(np.int64), 0, w - 1)
+        return self.mask[np.ix_(mr, mc)]
+
+
+def patches_disjoint(coords: np.ndarray, patch_size_level0: float) -> bool:
+    """Whether no two patch squares overlap: a grid with step >= the patch side, no repeats.
+
+    Disjoint squares cover disjoint pixel sets at every downsample (a pixel belongs to
+    the square holding its centre), so this level-0 test holds for every canvas.
+    """
+    coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
+    if len(coords) < 2:
+        return True
+    size = int(round(patch_size_level0))
+    if size != patch_size_level0:
+        return False
+    residues = coords % size
+    if (residues != residues[0]).any():
+        return False
+    return len(np.unique(coords, axis=0)) == len(coords)
+
+
+def paint_block(
+    extents: np.ndarray, values: np.ndarray, rows: slice, cols: slice, *, disjoint: bool = False
+) -> np.ndarray:
+    """(h, w) float32 mean patch score over canvas pixels ``[rows, cols]``; NaN where uncovered.
+
+    extents: (n, 4) pixel ranges ``[col0, col1, row0, row1)`` of the patches touching the
+    block; values: (n,). Disjoint patches are assigned directly; otherwise sums and counts
+    are accumulated and divided, so overlapping patches are averaged per pixel.
+    """
+    h, w = rows.stop - rows.start, cols.stop - cols.start
+    out = np.full((h, w), np.nan, dtype=np.float32)
+    if len(extents) == 0:
+        return out
+    c0 = np.clip(extents[:, 0] - cols.start, 0, w).tolist()
+    c1 = np.clip(extents[:, 1] - cols.start, 0, w).tolist()
+    r0 = np.clip(extents[:, 2] - rows.start, 0, h).tolist()
+    r1 = np.clip(extents[:, 3] - rows.start, 0, h).tolist()
+    vals = np.asarray(values, dtype=np.float64).tolist()
+    if disjoint:
+        for i, value in enumerate(vals):
+            out[r0[i] : r1[i], c0[i] : c1[i]] = value
+        return out
+    total = np.zeros((h, w), dtype=np.float64)
+    count = np.zeros((h, w), dtype=np.uint16)
+    for i, value in enumerate(vals):
+        total[r0[i] : r1[i], c0[i] : c1[i]] += value
+        count[r0[i] : r1[i], c0[i] : c1[i]] += 1
+    covered = count > 0
+    out[covered] = total[covered] / count[covered]
+    return out
+
+
+def smoothing_radius(sigma: float) -> int:
+    """The Gaussian kernel's half-width in pixels, as scipy.ndimage computes it."""
+    return int(TRUNCATE * float(sigma) + 0.5)
+
+
+def stitch_scores(
+    coords: np.ndarray,
+    values: np.ndarray,
+    *,
+    patch_size_level0: float,
+    geometry: CanvasGeometry,
+    chunks: tuple[int, int] = (1024, 1024),
+    tissue: TissueMask | None = None,
+    smooth_sigma: float = 0.0,
+) -> "dask.array.Array":  # noqa: F821
+    """A lazy (rows, cols) float32 canvas of patch scores, NaN where there is no data.
+
+    coords: (N, 2) int level-0 (x, y) top-left corners; values: (N,) scores (NaN rows are
+    ignored). ``smooth_sigma`` is in canvas pixels (0: none). Restricted to ``tissue``
+    when given, else to the pixels the patches cover (after smoothing: within reach).
+    """
+    import dask.array as da
+
+    coords = np.asarray(coords).reshape(-1, 2)
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    if len(values) != len(coords):
+        raise ValueError(f"{len(values)} values for {len(coords)} patches")
+    finite = np.isfinite(values)
+    coords, values = coords[finite], values[finite]
+    rows, cols = geometry.shape
+    chunks = (min(chunks[0], rows), min(chunks[1], cols))
+    extents = patch_extents(coords, patch_size_level0, geometry.downsample)
+    index = PatchIndex(extents, geometry.shape, chunks)
+    disjoint = patches_disjoint(coords, patch_size_level0)
+    dask_chunks = da.core.normalize_chunks(chunks, geometry.shape)
+    meta = np.empty((0, 0), dtype=np.float32)
+
+    def location(block_info: dict) -> tuple[slice, slice, tuple[int, int]]:
+        info = block_info[None]
+        (r0, r1), (c0, c1) = info["array-location"]
+        return slice(r0, r1), slice(c0, c1), tuple(info["chunk-location"])
+
+    def mean_block(block_info: dict | None = None) -> np.ndarray:
+        rs, cs, (br, bc) = location(block_info)
+        picked = index.in_block(br, bc)
+        out = paint_block(extents[picked], values[picked], rs, cs, disjoint=disjoint)
+        if tissue is not None and len(picked):
+            out[~tissue.sample(rs, cs, geometry.downsample)] = np.nan
+        return out
+
+    if smooth_sigma <= 0:
+        return da.map_blocks(mean_block, chunks=dask_chunks, dtype=np.float32, meta=meta)
+
+    # Normalized convolution: smooth (mean * covered) and covered, then divide.
+    def weighted_block(block_info: dict | None = None) -> np.ndarray:
+        rs, cs, (br, bc) = location(block_info)
+        picked = index.in_block(br, bc)
+        mean = paint_block(extents[picked], values[picked], rs, cs, disjoint=disjoint)
+        covered = np.isfinite(mean)
+        return np.stack([np.where(covered, mean, 0.0), covered]).astype(np.float32)
+
+    stacked = da.map_blocks(
+        weighted_block, chunks=((2,), *dask_chunks), dtype=np.float32, meta=np.empty((0, 0, 0), dtype=np.float32)
+    )
+    radius = smoothing_radius(smooth_sigma)
+    sigma = float(smooth_sigma)
+
+    def gaussian(block: np.ndarray) -> np.ndarray:
+        from scipy.ndimage import gaussian_filter
+
+        return gaussian_filter(block, sigma=(0, sigma, sigma), mode="constant", cval=0.0, truncate=TRUNCATE)
+
+    smoothed = stacked.map_overlap(gaussian, depth={0: 0, 1: radius, 2: radius}, boundary=0.0, dtype=np.float32)
+
+    def ratio_block(block: np.ndarray, block_info: dict | None = None) -> np.ndarray:
+        rs, cs, _ = location(block_info)
+        weighted, weight = block[0], block[1]
+        valid = weight > MIN_SMOOTH_WEIGHT
+        if tissue is not None:
+            valid &= tissue.sample(rs, cs, geometry.downsample)
+        out = np.full(weight.shape, np.nan, dtype=np.float32)
+        out[valid] = weighted[valid] / weight[valid]
+        return out
+
+    return da.map_blocks(ratio_block, smoothed, drop_axis=0, chunks=dask_chunks, dtype=np.float32, meta=meta)
+
+
+@dataclass(frozen=True)
+class ScoreRange:
+    """The global colour range of one map: every pixel of every output uses the same one."""
+
+    vmin: float
+    vmax: float
+
+    @classmethod
+    def of(cls, values: np.ndarray, *, percentiles: tuple[float, float] = (0.0, 100.0)) -> ScoreRange:
+        """From the patch scores (N,) of the whole slide, never per patch or per chunk."""
+        finite = np.asarray(values, dtype=np.float64)
+        finite = finite[np.isfinite(finite)]
+        if finite.size == 0:
+            return cls(0.0, 1.0)
+        low, high = np.percentile(finite, percentiles)
+        if not high > low:
+            high = low + 1.0
+        return cls(float(low), float(high))
+
+    def normalize(self, array: np.ndarray) -> np.ndarray:
+        """Scores mapped to [0, 1] (clipped); NaN stays NaN."""
+        return np.clip((array - self.vmin) / (self.vmax - self.vmin), 0.0, 1.0)
+
+
+def colormap_lut(name: str) -> np.ndarray:
+    """(256, 3) uint8 lookup table of a matplotlib colormap."""
+    import matplotlib
+
+    try:
+        cmap = matplotlib.colormaps[name]
+    except KeyError as error:
+        raise ValueError(f"unknown colormap {name!r}; see matplotlib.colormaps") from error
+    return (cmap(np.linspace(0.0, 1.0, 256))[:, :3] * 255.0 + 0.5).astype(np.uint8)
+
+
+def colorize_block(block: np.ndarray, lut: np.ndarray, score_range: ScoreRange) -> np.ndarray:
+    """(h, w) float scores -> (h, w, 4) uint8 RGBA; no-data is transparent black."""
+    valid = np.isfinite(block)
+    index = np.zeros(block.shape, dtype=np.uint8)
+    index[valid] = (score_range.normalize(block[valid]) * 255.0 + 0.5).astype(np.uint8)
+    out = np.zeros((*block.shape, 4), dtype=np.uint8)
+    out[..., :3] = lut[index]
+    out[..., :3][~valid] = 0
+    out[..., 3] = np.where(valid, 255, 0)
+    return out
+
+
+def colorize(canvas: "dask.array.Array", *, cmap: str, score_range: ScoreRange) -> "dask.array.Array":  # noqa: F821
+    """A lazy (rows, cols, 4) uint8 RGBA canvas from a float canvas."""
+    lut = colormap_lut(cmap)
+
+    def block_rgba(block: np.ndarray) -> np.ndarray:
+        return colorize_block(block, lut, score_range)
+
+    return canvas.map_blocks(
+        block_rgba, new_axis=2, chunks=(*canvas.chunks, (4,)), dtype=np.uint8, meta=np.empty((0, 0, 0), dtype=np.uint8)
+    )
