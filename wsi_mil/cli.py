@@ -70,6 +70,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(extract)
     extract.set_defaults(handler=_run_extract)
 
+    heatmap = commands.add_parser(
+        "heatmap",
+        help="stitch per-patch scores into slide heatmaps",
+        description="Turn RUN_DIR/scores/<model>/*.h5 (from wsi-mil predict) into OME-Zarr, pyramidal TIFF, "
+        "PNG and GeoJSON heatmaps under RUN_DIR/heatmaps/<model>/<slide_id>/.",
+    )
+    heatmap.add_argument("run_dir", type=Path, help="run directory holding scores/ (from wsi-mil predict)")
+    heatmap.add_argument("--model", help="which scores/<model>/ folder (needed when there are several)")
+    heatmap.add_argument("--maps", nargs="+", help="attention_pct attention_raw attention relevance logit contribution")
+    heatmap.add_argument("--formats", nargs="+", help="zarr tiff rgba_tiff png geojson blend_tiff")
+    heatmap.add_argument("--level", type=int, help="finest OME-Zarr scale: this slide pyramid level")
+    heatmap.add_argument("--mpp", type=float, help="finest OME-Zarr scale in um/px (instead of --level)")
+    heatmap.add_argument("--smooth-sigma", type=float, help="Gaussian sigma in pixels of the finest scale (0: none)")
+    heatmap.add_argument("--cmap", help="matplotlib colormap of the colour-mapped outputs")
+    heatmap.add_argument("--alpha", type=float, help="opacity of the colour map over the slide")
+    _add_common(heatmap)
+    heatmap.set_defaults(handler=_run_heatmap)
+
     encoders = commands.add_parser("encoders", help="list the registered encoders")
     encoders.add_argument("--quiet", action="store_true")
     encoders.add_argument("--debug", action="store_true")
@@ -139,6 +157,22 @@ def _run_extract(args: argparse.Namespace) -> int:
     config = load_config(args.config, overrides={"extract": extract, "parallel": parallel}, sets=args.set)
     records = extract_run(args.run_dir, config=config, overwrite=args.overwrite, debug=args.debug, progress=not args.quiet)
     return _summarize(records, args.run_dir, "extraction")
+
+
+def _run_heatmap(args: argparse.Namespace) -> int:
+    from wsi_mil.config import load_config
+    from wsi_mil.explain.heatmap import heatmap_run
+
+    heatmap = {
+        key: getattr(args, key)
+        for key in ("maps", "formats", "level", "mpp", "smooth_sigma", "cmap", "alpha")
+        if getattr(args, key) is not None
+    }
+    parallel = {k: getattr(args, k) for k in ("workers", "scheduler") if getattr(args, k) is not None}
+    config = load_config(args.config, overrides={"heatmap": heatmap, "parallel": parallel}, sets=args.set)
+    records = heatmap_run(args.run_dir, config=config, model=args.model, overwrite=args.overwrite, debug=args.debug,
+                          progress=not args.quiet)  # fmt: skip
+    return _summarize(records, args.run_dir, "heatmaps")
 
 
 def _run_encoders(args: argparse.Namespace) -> int:

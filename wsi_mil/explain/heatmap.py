@@ -47,6 +47,8 @@ class HeatmapJob:
     out_dir: Path
     slide_path: Path | None = None
     bag_path: Path | None = None
+    #: manifest ``bag_set`` column: the model, and the bag set when scores have several
+    label: str = "-"
 
 
 @dataclass(frozen=True)
@@ -245,7 +247,7 @@ def write_blend_tiff(path: Path, slide: Any, canvas: Any, *, options: HeatmapCon
 
 
 def find_jobs(run_dir: str | Path, *, model: str | None = None) -> tuple[str, list[HeatmapJob]]:
-    """Every scores file of ``RUN_DIR/scores/<model>/``; the model may be omitted when there is one."""
+    """Every scores file under ``RUN_DIR/scores/<model>/`` (and its bag-set folders); the model may be omitted when there is one."""
     run_dir = Path(run_dir)
     root = run_dir / "scores"
     models = sorted(d.name for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
@@ -258,14 +260,22 @@ def find_jobs(run_dir: str | Path, *, model: str | None = None) -> tuple[str, li
     if model not in models:
         raise WsiMilError(f"{run_dir}: no scores for model {model!r}; found: {', '.join(models)}")
     jobs = []
-    for path in sorted((root / model).glob("*.h5")):
+    for path in sorted((root / model).rglob("*.h5")):
         if path.name.startswith("."):
             continue
-        jobs.append(HeatmapJob(path.stem, path, run_dir / "heatmaps" / model / path.stem, bag_path=_find_bag(run_dir, path.stem)))
+        subset = path.parent.relative_to(root / model)  # a bag set (e.g. 0.5mpp) or nothing
+        label = model if subset == Path(".") else f"{model}/{subset.as_posix()}"
+        jobs.append(HeatmapJob(path.stem, path, run_dir / "heatmaps" / model / subset / path.stem,
+                               bag_path=_find_bag(run_dir, subset, path.stem), label=label))  # fmt: skip
     return model, jobs
 
 
-def _find_bag(run_dir: Path, slide_id: str) -> Path | None:
+def _find_bag(run_dir: Path, subset: Path, slide_id: str) -> Path | None:
+    """The slide's bag (for its tissue mask): same bag set first, else any."""
+    for folder in (run_dir / "bags" / subset, run_dir / "bags"):
+        for suffix in (".h5", ".zarr"):
+            if (folder / f"{slide_id}{suffix}").exists():
+                return folder / f"{slide_id}{suffix}"
     for suffix in (".h5", ".zarr"):
         matches = sorted((run_dir / "bags").glob(f"**/{slide_id}{suffix}"))
         if matches:
@@ -273,10 +283,10 @@ def _find_bag(run_dir: Path, slide_id: str) -> Path | None:
     return None
 
 
-def heatmap_job(job: HeatmapJob, *, options: HeatmapConfig, reader: str = "auto", model: str = "",
-                overwrite: bool = False, debug: bool = False) -> dict[str, Any]:  # fmt: skip
+def heatmap_job(job: HeatmapJob, *, options: HeatmapConfig, reader: str = "auto", overwrite: bool = False,
+                debug: bool = False) -> dict[str, Any]:  # fmt: skip
     """One manifest record: ``done``, ``skipped`` or ``failed``; never raises for a bad slide."""
-    record: dict[str, Any] = {"stage": STAGE, "slide_id": job.slide_id, "bag_set": model or "-", "path": str(job.scores_path)}
+    record: dict[str, Any] = {"stage": STAGE, "slide_id": job.slide_id, "bag_set": job.label, "path": str(job.scores_path)}
     started = time.perf_counter()
     try:
         result = heatmap_slide(job.scores_path, out_dir=job.out_dir, slide_path=job.slide_path, bag_path=job.bag_path,
@@ -317,10 +327,10 @@ def heatmap_run(run_dir: str | Path, *, config: Config, model: str | None = None
         manifest.save()
 
     def on_crash(job: HeatmapJob, error: BaseException) -> None:
-        on_result(job, {"stage": STAGE, "slide_id": job.slide_id, "bag_set": model, "path": str(job.scores_path),
+        on_result(job, {"stage": STAGE, "slide_id": job.slide_id, "bag_set": job.label, "path": str(job.scores_path),
                         "status": "failed", "error": f"worker died ({type(error).__name__}: {error})"})  # fmt: skip
 
     map_slides(heatmap_job, jobs, on_result=on_result, on_crash=on_crash, workers=config.parallel.workers,
                scheduler=config.parallel.scheduler, desc="heatmaps", progress=progress, options=config.heatmap,
-               reader=config.tiling.reader, model=model, overwrite=overwrite, debug=debug)  # fmt: skip
+               reader=config.tiling.reader, overwrite=overwrite, debug=debug)  # fmt: skip
     return results

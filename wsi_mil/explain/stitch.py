@@ -195,9 +195,9 @@ def stitch_scores(
     meta = np.empty((0, 0), dtype=np.float32)
 
     def location(block_info: dict) -> tuple[slice, slice, tuple[int, int]]:
-        info = block_info[None]
-        (r0, r1), (c0, c1) = info["array-location"]
-        return slice(r0, r1), slice(c0, c1), tuple(info["chunk-location"])
+        info = block_info[None] if None in block_info else block_info[0]
+        (r0, r1), (c0, c1) = info["array-location"][-2:]
+        return slice(r0, r1), slice(c0, c1), tuple(info["chunk-location"][-2:])
 
     def mean_block(block_info: dict | None = None) -> np.ndarray:
         rs, cs, (br, bc) = location(block_info)
