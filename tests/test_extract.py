@@ -106,13 +106,37 @@ def test_tiles_region_and_stored_pixels_give_the_same_features(tmp_path: Path, r
     np.testing.assert_allclose(stored.features, tiles.features, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("direct_tiles", [True, False])
-def test_a_corrupt_tile_costs_one_patch_not_the_slide(tmp_path: Path, direct_tiles: bool) -> None:
+@pytest.mark.parametrize("loader, workers", [("threads", 2), ("processes", 1), ("processes", 0)])
+def test_loaders_give_the_same_batches_in_order(reference_slide: Path, tmp_path: Path, loader: str, workers: int) -> None:
+    from wsi_mil.features.loaders import make_loader, ring_size
+    from wsi_mil.features.reading import PatchDataset
+
+    _tile(tmp_path, reference_slide)
+    bag = read_bag(tmp_path / "bags" / "reference.h5")
+    with open_slide(reference_slide) as slide:
+        source = make_source(bag, slide)
+    expected = np.stack([source.read(i) for i in range(len(bag))])
+    source.close()
+    batches = make_loader(PatchDataset(source, blank_size=source.size, ring_size=ring_size()), kind=loader,
+                          batch_size=5, workers=workers)  # fmt: skip
+    seen = []
+    for images, valid, index in batches:
+        assert valid.all()
+        np.testing.assert_array_equal(images.numpy(), expected[index.numpy()])
+        seen.extend(index.tolist())
+    assert seen == list(range(len(bag)))
+    if loader == "threads":
+        assert not source._handles  # every reading thread's handle was closed with its thread
+
+
+@pytest.mark.parametrize("direct_tiles, loader", [(True, "threads"), (False, "threads"), (True, "processes"),
+                                                  (False, "processes")])  # fmt: skip
+def test_a_corrupt_tile_costs_one_patch_not_the_slide(tmp_path: Path, direct_tiles: bool, loader: str) -> None:
     slide = write_synthetic_slide(tmp_path / "damaged.svs", width=4096, height=3072, mpp=0.5,
                                   regions=[Region(1024, 512, 1536, 1024)], downsamples=(1, 4, 16))  # fmt: skip
     _tile(tmp_path / "run", slide)
     _corrupt_tile(slide, 1280, 768)
-    config = _config(replace(FAST, direct_tiles=direct_tiles))
+    config = _config(replace(FAST, direct_tiles=direct_tiles, loader=loader, num_workers=2))
     [record] = extract_run(tmp_path / "run", config=config, progress=False)
     assert record["status"] == "done" and record["n_failed"] == 1 and record["n_patches"] == 23
     features = read_features(tmp_path / "run" / "features" / "resnet18" / "damaged.h5")

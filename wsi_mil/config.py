@@ -120,7 +120,10 @@ class ExtractConfig:
     device: str = "auto"
     #: Patches per batch; null: 32 on CPU, 256 on CUDA.
     batch_size: int | None = None
-    #: DataLoader worker processes reading patches; null: 1 on CPU, min(8, cores) on CUDA.
+    #: How patches are read: ``auto`` (threads on CPU, processes on CUDA), ``threads``
+    #: (a thread pool in the extracting process) or ``processes`` (torch DataLoader workers).
+    loader: str = "auto"
+    #: Reading threads or DataLoader worker processes; null: 1 on CPU, min(8, cores) on CUDA.
     num_workers: int | None = None
     #: Torch compute threads on CPU; null: all cores.
     threads: int | None = None
@@ -136,6 +139,7 @@ class ExtractConfig:
     CHOICES: typing.ClassVar[dict[str, tuple[Any, ...]]] = {
         "weights": ("imagenet", "random"),
         "freeze": ("auto", "eager", "jit", "compile"),
+        "loader": ("auto", "threads", "processes"),
         "dtype": ("float32", "float16"),
         "feature_format": ("h5", "zarr"),
     }

@@ -1,7 +1,8 @@
 """The extraction stage: every bag of a run -> ``features/<encoder>/<slide_id>.h5|.zarr``.
 
-One slide at a time per device. Patches stream through a torch DataLoader (worker
-processes with their own slide handles, pinned memory on CUDA, prefetch); the batch
+One slide at a time per device. Patches stream through a loader (loaders.py: reading
+threads on CPU; on CUDA a torch DataLoader with worker processes, each with its own
+slide handle, pinned memory and prefetch); the batch
 transform (resize + normalize) runs on the device; the encoder is frozen for
 inference once per process and reused for every slide.
 """
@@ -26,10 +27,6 @@ from wsi_mil.store.features import write_features
 logger = logging.getLogger(__name__)
 
 STAGE = "extract"
-#: Batches each loader worker prepares ahead of the model.
-PREFETCH = 4
-#: glibc ``mallopt`` parameters (malloc.h).
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 BAG_SUFFIXES = (".h5", ".zarr")
 
 
@@ -115,34 +112,6 @@ def _worker_device(device: Any) -> Any:
     return torch.device("cuda", index)
 
 
-def _worker_init(_: int) -> None:
-    import torch
-
-    torch.set_num_threads(1)  # loader workers decode; compute threads belong to the main process
-    _keep_freed_memory()
-
-
-def _keep_freed_memory() -> None:
-    """Let glibc reuse freed decode buffers instead of returning them to the OS.
-
-    Each decoded tile is a ~200 KB array; above glibc's mmap threshold every one is a
-    fresh mapping, page-faulted in and unmapped again, which cost a loader worker
-    ~15% of its reading rate here (BENCHMARKS.md). Linux/glibc only; a no-op elsewhere.
-    """
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if not name or not hasattr(os, "sched_getaffinity"):
-        return
-    try:
-        libc = ctypes.CDLL(name)
-        libc.mallopt(M_MMAP_THRESHOLD, 64 << 20)
-        libc.mallopt(M_TRIM_THRESHOLD, 256 << 20)
-    except (OSError, AttributeError):
-        pass
-
-
 def _open_checked(bag: Any, config: Config) -> Any:
     """Open the bag's slide and refuse it when it is not the slide the bag was made from."""
     from wsi_mil.io.open import open_slide
@@ -167,10 +136,10 @@ def _open_checked(bag: Any, config: Config) -> Any:
 def extract_bag(job: ExtractionJob, *, config: Config, progress: bool = False) -> dict[str, Any]:
     """Extract one bag; raises on slide-level errors (the caller records them)."""
     import torch
-    from torch.utils.data import DataLoader
 
     from wsi_mil.features.freeze import resolve_device
-    from wsi_mil.features.reading import PatchDataset, collate_batch, make_source
+    from wsi_mil.features.loaders import make_loader, resolve_loader, ring_size
+    from wsi_mil.features.reading import PatchDataset, make_source
 
     started = time.perf_counter()
     options = config.extract
@@ -191,16 +160,13 @@ def extract_bag(job: ExtractionJob, *, config: Config, progress: bool = False) -
                                  direct_tiles=options.direct_tiles)  # fmt: skip
             source_kind = source.kind
             blank = int(source.size or bag.attrs.get("target_patch_size") or bag.attrs["patch_size"])
-            loader = DataLoader(
-                PatchDataset(source, blank_size=blank, ring_size=2 * PREFETCH + 2),
-                batch_size=batch_size,
-                num_workers=num_workers,
-                pin_memory=device.type == "cuda",
-                prefetch_factor=PREFETCH if num_workers else None,
-                worker_init_fn=_worker_init if num_workers else None,
-                collate_fn=collate_batch,
-            )
-            _run_loader(loader, encoder, device, options, features, valid, progress, job.slide_id)
+            loader = make_loader(PatchDataset(source, blank_size=blank, ring_size=ring_size()),
+                                 kind=resolve_loader(options.loader, device), batch_size=batch_size,
+                                 workers=num_workers, pin_memory=device.type == "cuda")  # fmt: skip
+            try:
+                _run_loader(loader, encoder, device, options, features, valid, progress, job.slide_id)
+            finally:
+                source.close()
     finally:
         if slide is not None:
             slide.close()

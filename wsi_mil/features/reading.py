@@ -6,8 +6,8 @@ Three sources, chosen per slide by :func:`make_source` in this order:
 2. ``tiles``: stored TIFF tiles decoded directly when the grid lines up (see tiles.py);
 3. ``read_region``: the slide reader, for everything else.
 
-Sources are pickled to DataLoader worker processes and open their file handles
-lazily, once per process. A patch that cannot be read (a corrupt tile) comes back
+Sources are pickled to DataLoader worker processes (or shared by reading threads) and
+open their file handles lazily, one per process and thread. A patch that cannot be read (a corrupt tile) comes back
 as zeros with ``valid=False``; it never stops the slide.
 """
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 import abc
 import logging
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,17 +36,34 @@ class PatchSource(abc.ABC):
     coords: np.ndarray
     size: int
     kind: str = "base"
-    _pid: int = field(default=-1, repr=False)
-    _handle: Any = field(default=None, repr=False)
+    _handles: dict[tuple[int, int], Any] = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
         return len(self.coords)
 
     def handle(self) -> Any:
-        if self._pid != os.getpid():  # a fresh process (DataLoader worker): open our own
-            self._handle = self._open()
-            self._pid = os.getpid()
-        return self._handle
+        """This process's and thread's handle: file handles seek, so threads never share one."""
+        key = (os.getpid(), threading.get_ident())
+        handle = self._handles.get(key)
+        if handle is None:
+            handle = self._handles[key] = self._open()
+        return handle
+
+    def drop_handle(self) -> None:
+        """Forget this thread's handle (it is reopened on the next read)."""
+        handle = self._handles.pop((os.getpid(), threading.get_ident()), None)
+        if handle is not None:
+            self._close(handle)
+
+    def close(self) -> None:
+        """Close every handle this process opened."""
+        pid = os.getpid()
+        for key in [k for k in self._handles if k[0] == pid]:
+            self._close(self._handles.pop(key))
+
+    @staticmethod
+    def _close(handle: Any) -> None:
+        handle.close()
 
     @abc.abstractmethod
     def _open(self) -> Any:
@@ -57,7 +75,7 @@ class PatchSource(abc.ABC):
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_handle"], state["_pid"] = None, -1  # handles never cross processes
+        state["_handles"] = {}  # handles never cross processes
         return state
 
 
@@ -80,7 +98,7 @@ class RegionSource(PatchSource):
             return self.handle().read_region((int(x), int(y)), self.level, (self.size, self.size), as_array=True)
         except Exception:
             # After one decoding error an OpenSlide handle refuses every later read: reopen.
-            self._pid = -1
+            self.drop_handle()
             raise
 
 
@@ -122,6 +140,12 @@ class StoredSource(PatchSource):
 
     def read(self, index: int) -> np.ndarray:
         return np.asarray(self.handle()[index])
+
+    @staticmethod
+    def _close(handle: Any) -> None:
+        file = getattr(handle, "file", None)  # an h5py dataset; zarr arrays hold no file open
+        if file is not None:
+            file.close()
 
 
 def make_source(bag: Bag, slide: Any | None, *, reader: str = "auto", mpp: float | None = None,

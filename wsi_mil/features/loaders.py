@@ -1,0 +1,124 @@
+"""Batch loaders for extraction: reading threads on CPU, DataLoader processes on CUDA.
+
+Both yield the same ``(images, valid, indices)`` batches from a :class:`PatchDataset`.
+
+* ``threads``: batches are decoded by a pool of threads in this process. Tile
+  decoding (imagecodecs, OpenSlide) releases the GIL, so threads decode in parallel,
+  and a batch never crosses a process boundary. On a CPU the model's compute threads
+  and the readers share the same cores anyway; handing each batch over from a worker
+  process cost 20-40% of the reading rate on this project's machines (BENCHMARKS.md).
+* ``processes``: a torch DataLoader with worker processes, shared-memory batch
+  buffers and pinned memory: the GPU path, where many cores feed one device and the
+  Python side of reading (tifffile, h5py) must not hold the main process's GIL.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Iterator
+from typing import Any
+
+from wsi_mil.features.reading import PatchDataset, collate_batch
+
+#: Batches each reader prepares ahead of the model.
+PREFETCH = 4
+LOADERS = ("auto", "threads", "processes")
+#: glibc ``mallopt`` parameters (malloc.h).
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+
+
+def resolve_loader(loader: str, device: Any) -> str:
+    """``auto``: threads on CPU, processes on CUDA."""
+    if loader not in LOADERS:
+        raise ValueError(f"loader must be one of {', '.join(LOADERS)}, got {loader!r}")
+    if loader == "auto":
+        return "processes" if device.type == "cuda" else "threads"
+    return loader
+
+
+class ThreadedLoader:
+    """Iterate a dataset's batches in order, ``workers`` threads decoding ahead of the consumer."""
+
+    def __init__(self, dataset: PatchDataset, *, batch_size: int, workers: int, prefetch: int = PREFETCH) -> None:
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.workers = max(1, workers)
+        self.prefetch = prefetch
+
+    def __len__(self) -> int:
+        return -(-len(self.dataset) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[Any, Any, Any]]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        n = len(self.dataset)
+        batches = iter([list(range(start, min(start + self.batch_size, n))) for start in range(0, n, self.batch_size)])
+        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="wsi-mil-reader")
+        pending: deque = deque()
+        try:
+            for indices in batches:
+                pending.append(pool.submit(self.dataset.__getitems__, indices))
+                if len(pending) >= self.workers * self.prefetch:
+                    break
+            while pending:
+                batch = pending.popleft().result()
+                indices = next(batches, None)
+                if indices is not None:
+                    pending.append(pool.submit(self.dataset.__getitems__, indices))
+                yield batch
+        finally:
+            for future in pending:
+                future.cancel()
+            pool.shutdown(wait=True)
+            self.dataset.source.close()  # the readers' handles
+
+
+def make_loader(dataset: PatchDataset, *, kind: str, batch_size: int, workers: int, pin_memory: bool = False) -> Any:
+    """A :class:`ThreadedLoader` (``kind="threads"``) or a torch DataLoader (``"processes"``)."""
+    if kind == "threads":
+        return ThreadedLoader(dataset, batch_size=batch_size, workers=workers)
+    from torch.utils.data import DataLoader
+
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        prefetch_factor=PREFETCH if workers else None,
+        worker_init_fn=_worker_init if workers else None,
+        collate_fn=collate_batch,
+    )
+
+
+def ring_size() -> int:
+    """Shared-memory buffers per DataLoader worker: more than the batches it may hold ahead."""
+    return 2 * PREFETCH + 2
+
+
+def _worker_init(_: int) -> None:
+    import torch
+
+    torch.set_num_threads(1)  # loader workers decode; compute threads belong to the main process
+    _keep_freed_memory()
+
+
+def _keep_freed_memory() -> None:
+    """Let glibc reuse freed decode buffers instead of returning them to the OS.
+
+    Each decoded tile is a ~200 KB array; above glibc's mmap threshold every one is a
+    fresh mapping, page-faulted in and unmapped again, which cost a loader worker
+    ~15% of its reading rate here (BENCHMARKS.md). Linux/glibc only; a no-op elsewhere.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name or not hasattr(os, "sched_getaffinity"):
+        return
+    try:
+        libc = ctypes.CDLL(name)
+        libc.mallopt(M_MMAP_THRESHOLD, 64 << 20)
+        libc.mallopt(M_TRIM_THRESHOLD, 256 << 20)
+    except (OSError, AttributeError):
+        pass
