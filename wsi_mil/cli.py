@@ -64,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--checkpoint-path", help="local weights file (.pth/.bin/.safetensors), e.g. UNI")
     extract.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     extract.add_argument("--batch-size", type=int)
-    extract.add_argument("--num-workers", type=int, help="DataLoader reading processes")
+    extract.add_argument("--loader", choices=("auto", "threads", "processes"),
+                         help="read patches with threads (CPU default) or DataLoader processes (CUDA default)")  # fmt: skip
+    extract.add_argument("--num-workers", type=int, help="reading threads or DataLoader processes")
     extract.add_argument("--format", dest="feature_format", choices=("h5", "zarr"))
     extract.add_argument("--dtype", choices=("float32", "float16"))
     _add_common(extract)
@@ -150,7 +152,8 @@ def _run_extract(args: argparse.Namespace) -> int:
 
     extract = {
         key: getattr(args, key)
-        for key in ("encoder", "weights", "checkpoint_path", "device", "batch_size", "num_workers", "feature_format", "dtype")
+        for key in ("encoder", "weights", "checkpoint_path", "device", "batch_size", "loader", "num_workers",
+                    "feature_format", "dtype")
         if getattr(args, key) is not None
     }
     parallel = {k: getattr(args, k) for k in ("workers", "scheduler") if getattr(args, k) is not None}
