@@ -61,22 +61,49 @@ def _row_blocks(compute_row: Callable[[int], np.ndarray], n_rows: int) -> Iterat
             yield block
 
 
-def iter_tiles(array: Any, *, tile: int = TILE, threads: int | None = None) -> Iterator[np.ndarray]:
+def iter_tiles(array: Any, *, tile: int = TILE, threads: int | None = None,
+               encode: Callable[[np.ndarray], bytes] | None = None) -> Iterator[np.ndarray | bytes]:  # fmt: skip
     """Tiles of a lazy (H, W[, S]) Dask array in TIFF order, computing one row of tiles at a time.
 
-    The array's row chunks must be ``tile`` high (column chunks any multiple of ``tile``).
+    The array's row chunks must be ``tile`` high. With ``encode``, tiles come out encoded
+    (padded to full size; computed with the row, in the helper thread's pool), and tiles
+    that are all zero bits or all NaN -- no data -- are encoded once and reused.
     """
     if any(c != tile for c in array.chunks[0][:-1]):
         raise ValueError(f"row chunks must be {tile} high, got {array.chunks[0][:3]}...")
     width = array.shape[1]
     rows = [array.blocks[i] for i in range(array.numblocks[0])]
+    empty: dict[str, bytes] = {}
+    pool = ThreadPoolExecutor(max_workers=threads or None, thread_name_prefix="tiff-encode") if encode else None
 
-    def compute_row(index: int) -> np.ndarray:
-        return np.asarray(rows[index].compute(scheduler="threads", num_workers=threads))
+    def encoded(piece: np.ndarray) -> bytes:
+        if piece.shape[:2] != (tile, tile):
+            padded = np.zeros((tile, tile, *piece.shape[2:]), dtype=piece.dtype)
+            padded[: piece.shape[0], : piece.shape[1]] = piece
+            piece = padded
+        kind = "nan" if piece.dtype.kind == "f" and np.isnan(piece).all() else "zero" if not piece.any() else ""
+        if kind:
+            if kind not in empty:
+                empty[kind] = encode(piece)
+            return empty[kind]
+        return encode(piece)
 
-    for block in _row_blocks(compute_row, len(rows)):
-        for x in range(0, width, tile):
-            yield block[:, x : x + tile]
+    def compute_row(index: int) -> Any:
+        block = np.asarray(rows[index].compute(scheduler="threads", num_workers=threads))
+        if pool is None:
+            return block
+        return list(pool.map(encoded, [block[:, x : x + tile] for x in range(0, width, tile)]))
+
+    try:
+        for block in _row_blocks(compute_row, len(rows)):
+            if pool is None:
+                for x in range(0, width, tile):
+                    yield block[:, x : x + tile]
+            else:
+                yield from block
+    finally:
+        if pool is not None:
+            pool.shutdown()
 
 
 def write_pyramid_tiff(
@@ -97,12 +124,18 @@ def write_pyramid_tiff(
     """
     import tifffile
 
+    import imagecodecs
+
     options: dict[str, Any]
+    encode = None
+    if kind in ("float32", "rgba"):  # deflate, encoded here so that no-data tiles are encoded once
+        def encode(piece: np.ndarray) -> bytes:
+            return imagecodecs.zlib_encode(np.ascontiguousarray(piece), level=1)
+
     if kind == "float32":
-        options = {"photometric": "minisblack", "compression": "zlib", "compressionargs": {"level": 1}}
+        options = {"photometric": "minisblack", "compression": "zlib"}
     elif kind == "rgba":
-        options = {"photometric": "rgb", "extrasamples": ["unassalpha"], "compression": "zlib",
-                   "compressionargs": {"level": 1}}  # fmt: skip
+        options = {"photometric": "rgb", "extrasamples": ["unassalpha"], "compression": "zlib"}
     elif kind == "rgb_jpeg":
         options = {"photometric": "rgb", "compression": "jpeg", "compressionargs": {"level": 85}}
     else:
@@ -120,7 +153,7 @@ def write_pyramid_tiff(
                     per_cm = 1e4 / (mpp * downsample)
                     resolution = {"resolution": (per_cm, per_cm), "resolutionunit": "CENTIMETER"}
                 writer.write(
-                    iter_tiles(level, tile=tile, threads=threads),
+                    iter_tiles(level, tile=tile, threads=threads, encode=encode),
                     shape=level.shape,
                     dtype=dtype,
                     tile=(tile, tile),
