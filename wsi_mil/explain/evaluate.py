@@ -1,0 +1,145 @@
+"""``wsi-mil evaluate-maps``: how well each per-patch map localizes annotated lesions.
+
+For every scored slide of a model that has an annotation in the masks folder, every
+map of its scores file (attention, ILAM latent logits and contributions, relevance,
+and CAM summaries when present) is scored with :func:`localization_metrics`. Slides
+whose annotation is empty (negative slides) count in the table but have no
+localization values. Outputs, under ``RUN_DIR/explanations/<model>/``:
+
+- ``explanations_per_slide.csv``: one row per slide and map;
+- ``explanations.csv`` and ``explanations.md``: one row per map, mean (and std) over
+  the annotated positive slides, so maps can be compared side by side.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wsi_mil.errors import WsiMilError
+from wsi_mil.explain.annotations import find_annotation, load_ground_truth, patch_truth
+from wsi_mil.explain.heatmap import find_jobs
+from wsi_mil.explain.localization import localization_metrics
+from wsi_mil.explain.maps import SlideScores, available_maps, read_scores
+from wsi_mil.store.atomic import atomic_output
+
+logger = logging.getLogger(__name__)
+
+#: Columns of the summary table, in order (``_std`` columns follow the means they qualify).
+SUMMARY_METRICS = ("hit", "graded", "auc", "dice@0.5", "iou@0.5", "coverage_in", "coverage_out", "coverage_ratio")
+
+
+def _slide_dimensions(scores: SlideScores, bag_path: Path | None) -> tuple[int, int]:
+    dims = scores.attrs.get("level_dim")
+    if dims is None and bag_path is not None:
+        from wsi_mil.store.bags import read_bag
+
+        dims = read_bag(bag_path).attrs.get("level_dim")
+    if dims is not None:
+        return int(dims[0]), int(dims[1])
+    slide_path = scores.attrs.get("slide_path")
+    if slide_path and Path(str(slide_path)).exists():
+        from wsi_mil.io.open import open_slide
+
+        with open_slide(str(slide_path), mpp=scores.attrs.get("slide_mpp")) as slide:
+            return tuple(slide.dimensions)
+    raise WsiMilError(f"{scores.path}: the slide size is unknown (no bag, slide not found at {slide_path}); "
+                      "keep RUN_DIR/bags or the slide where it was tiled")  # fmt: skip
+
+
+def evaluate_slide(scores: SlideScores, annotation: Path, *, bag_path: Path | None = None,
+                   positive_fraction: float = 0.5) -> list[dict[str, Any]]:  # fmt: skip
+    """One row per map: the slide's localization metrics (empty values for a negative slide)."""
+    truth = load_ground_truth(annotation, _slide_dimensions(scores, bag_path))
+    fraction, grade = patch_truth(scores.coords, scores.patch_size_level0, truth)
+    positives = int((fraction >= positive_fraction).sum())
+    rows = []
+    for name, values in available_maps(scores).items():
+        row: dict[str, Any] = {"slide_id": scores.slide_id, "map": name, "n_patches": len(values),
+                               "n_lesion_patches": positives}  # fmt: skip
+        if positives:
+            row.update(localization_metrics(values, fraction, grade, graded=truth.graded,
+                                            positive_fraction=positive_fraction))  # fmt: skip
+        rows.append(row)
+    return rows
+
+
+def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per map: the number of positive slides and mean/std of each metric over them."""
+    summary = []
+    for name in dict.fromkeys(r["map"] for r in rows):
+        positive = [r for r in rows if r["map"] == name and r["n_lesion_patches"]]
+        entry: dict[str, Any] = {"map": name, "slides": sum(r["map"] == name for r in rows), "positive_slides": len(positive)}
+        for metric in SUMMARY_METRICS:
+            values = np.array([r.get(metric, math.nan) for r in positive], float)
+            values = values[np.isfinite(values)]
+            entry[metric] = float(values.mean()) if len(values) else math.nan
+            entry[f"{metric}_std"] = float(values.std()) if len(values) > 1 else math.nan
+        summary.append(entry)
+    return summary
+
+
+def _csv(rows: Sequence[dict[str, Any]]) -> str:
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    return buffer.getvalue()
+
+
+def markdown_table(summary: Sequence[dict[str, Any]], *, model: str) -> str:
+    def cell(entry: dict[str, Any], metric: str) -> str:
+        mean, std = entry[metric], entry[f"{metric}_std"]
+        if math.isnan(mean):
+            return "n/a"
+        return f"{mean:.3f}" if math.isnan(std) else f"{mean:.3f} ± {std:.3f}"
+
+    header = ["map", "positive slides", *SUMMARY_METRICS]
+    lines = [f"# Explanation metrics: {model}", "",
+             "Mean ± std over annotated positive slides; patch-level ground truth: >= half the patch inside the "
+             "lesion. hit = pointing game; graded = the peak's layer (3 core .. 0 outside); dice/iou of the "
+             "min-max scaled map at 0.5; coverage = mean scaled map inside / outside the lesion.", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]  # fmt: skip
+    for entry in summary:
+        cells = [entry["map"], f"{entry['positive_slides']}/{entry['slides']}", *(cell(entry, m) for m in SUMMARY_METRICS)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def evaluate_maps(run_dir: str | Path, *, masks: str | Path, model: str | None = None,
+                  positive_fraction: float = 0.5) -> tuple[list[dict[str, Any]], Path]:  # fmt: skip
+    """Score every map of every annotated slide; write the tables; return (summary rows, output folder)."""
+    run_dir, masks = Path(run_dir), Path(masks)
+    if not masks.is_dir():
+        raise WsiMilError(f"{masks}: no such masks folder; give the folder holding <slide_id>.png|.geojson|.xml")
+    model, jobs = find_jobs(run_dir, model=model)
+    rows: list[dict[str, Any]] = []
+    missing = []
+    for job in jobs:
+        annotation = find_annotation(masks, job.slide_id)
+        if annotation is None:
+            missing.append(job.slide_id)
+            continue
+        rows.extend(evaluate_slide(read_scores(job.scores_path), annotation, bag_path=job.bag_path,
+                                   positive_fraction=positive_fraction))  # fmt: skip
+    if missing:
+        logger.warning("%d scored slides have no annotation in %s (not evaluated), e.g. %s",
+                       len(missing), masks, ", ".join(missing[:5]))  # fmt: skip
+    if not rows:
+        raise WsiMilError(f"{masks}: no annotation matches a scored slide of {model} (expected <slide_id>.png etc.)")
+    summary = summarize(rows)
+    out = run_dir / "explanations" / model
+    for name, text in (("explanations_per_slide.csv", _csv(rows)), ("explanations.csv", _csv(summary)),
+                       ("explanations.md", markdown_table(summary, model=model))):  # fmt: skip
+        with atomic_output(out / name) as tmp:
+            tmp.write_text(text)
+    return summary, out
