@@ -164,6 +164,82 @@ class ParallelConfig:
 
 
 @dataclass(frozen=True)
+class TrainConfig:
+    """MIL training and cross-validation (wsi_mil.mil)."""
+
+    #: A registered MIL head: abmil, abmil_plain or ilam (see wsi_mil.mil.list_mil_models).
+    model: str = "abmil"
+    #: Output folder under RUN_DIR/models/; null: the model name.
+    name: str | None = None
+    #: Stratified k-fold CV (grouped by patient_id); ignored when the labels CSV has a split column.
+    folds: int = 5
+    #: Fraction of each class's training patients held out for validation (0: none, no early stopping).
+    val_fraction: float = 0.2
+    seed: int = 0
+    epochs: int = 50
+    #: Early stopping never stops before this many epochs.
+    min_epochs: int = 10
+    #: Stop after this many epochs without improvement of ``monitor``.
+    patience: int = 10
+    monitor: str = "val_loss"
+    lr: float = 2e-4
+    weight_decay: float = 1e-4
+    scheduler: str = "cosine"
+    #: Class imbalance: weighted (loss weights 1/frequency), sampler (balanced bag sampling) or none.
+    balance: str = "weighted"
+    #: Gradient norm clipping; 0: off.
+    grad_clip: float = 1.0
+    hidden_dim: int = 512
+    attention_dim: int = 256
+    dropout: float = 0.25
+    #: Residual squeeze-excitation over feature channels of the instance embeddings.
+    channel_attention: bool = False
+    #: CLAM's instance clustering loss on the top-k / bottom-k attended patches.
+    instance_loss: bool = False
+    instance_k: int = 8
+    #: Weight of the instance loss; the bag loss gets 1 - this.
+    instance_loss_weight: float = 0.3
+    #: Training only: bags longer than this are randomly subsampled each epoch; null: never.
+    max_instances: int | None = 8192
+    #: Training only: fraction of instances dropped at random each epoch.
+    instance_dropout: float = 0.0
+    #: ILAM only: a transformer over instances (2D positional encoding, attention rollout).
+    transformer: bool = False
+    transformer_layers: int = 1
+    transformer_heads: int = 4
+    #: Longer bags attend within raster-ordered bands of this many patches (memory O(N x this)).
+    transformer_max_instances: int = 4096
+    #: auto (cuda when available), cpu, cuda or cuda:N.
+    device: str = "auto"
+    #: Bags are loaded into memory once when their float32 size is at most this; else read per epoch.
+    memory_gb: float = 8.0
+    #: Threads reading feature files; null: 2 x cores, at most 8.
+    read_threads: int | None = None
+
+    CHOICES: typing.ClassVar[dict[str, tuple[Any, ...]]] = {
+        "monitor": ("val_loss", "val_auc"),
+        "scheduler": ("cosine", "plateau", "none"),
+        "balance": ("weighted", "sampler", "none"),
+    }
+
+    def check(self) -> None:
+        if self.epochs < 1 or self.min_epochs < 0 or self.patience < 1:
+            raise ValueError("epochs and patience must be at least 1, min_epochs at least 0")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError("val_fraction must be in [0, 1)")
+        if not 0.0 <= self.instance_dropout < 1.0 or not 0.0 <= self.dropout < 1.0:
+            raise ValueError("dropout and instance_dropout must be in [0, 1)")
+        if not 0.0 <= self.instance_loss_weight <= 1.0:
+            raise ValueError("instance_loss_weight must be in [0, 1]")
+        if self.max_instances is not None and self.max_instances < 1:
+            raise ValueError("max_instances must be at least 1 (or null)")
+        if self.lr <= 0 or self.weight_decay < 0 or self.grad_clip < 0:
+            raise ValueError("lr must be positive, weight_decay and grad_clip non-negative")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+
+
+@dataclass(frozen=True)
 class HeatmapConfig:
     """Slide heatmaps from per-patch scores (wsi_mil.explain)."""
 
@@ -215,6 +291,7 @@ class Config:
     tissue: TissueConfig = field(default_factory=TissueConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     heatmap: HeatmapConfig = field(default_factory=HeatmapConfig)
 
 
@@ -282,6 +359,7 @@ SECTIONS: dict[str, type] = {
     "tissue": TissueConfig,
     "extract": ExtractConfig,
     "parallel": ParallelConfig,
+    "train": TrainConfig,
     "heatmap": HeatmapConfig,
 }
 

@@ -34,3 +34,11 @@ class DuplicateSlideIdError(WsiMilError, ValueError):
 
 class BagFormatError(WsiMilError, ValueError):
     """A bag file is missing datasets or attributes the contract requires."""
+
+
+class LabelError(WsiMilError, ValueError):
+    """A labels CSV is malformed, matches no feature files, or cannot support the asked-for splits."""
+
+
+class FeatureFormatError(WsiMilError, ValueError):
+    """Feature files are unreadable, hold NaN/inf values, or disagree on the feature dimension."""

@@ -1,0 +1,50 @@
+"""Attention-based MIL (Ilse et al. 2018) as CLAM builds it: ``abmil`` (gated) and ``abmil_plain`` (tanh).
+
+projection D -> 512 (ReLU, dropout 0.25); attention scores with hidden 256; softmax
+over the bag; z = sum_i a_i h_i; a linear classifier. ``instance_logits`` are that
+classifier applied to each instance embedding h_i. Because the classifier is linear
+and the weights sum to 1, sum_i a_i instance_logits_i equals the bag logits exactly
+(bias included), but unlike ILAM nothing in training makes instance_logits
+meaningful on their own, so no ``contribution`` map is written for these heads.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from wsi_mil.mil.instance_loss import InstanceClusterer
+from wsi_mil.mil.layers import ChannelAttention, GatedAttention, PlainAttention
+from wsi_mil.mil.registry import HeadOptions, MilModelConfig, MilOutput, register_mil_model
+
+
+class AttentionMIL(nn.Module):
+    def __init__(self, in_dim: int, n_classes: int, options: HeadOptions, *, gated: bool = True) -> None:
+        super().__init__()
+        hidden = options.hidden_dim
+        self.projection = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(options.dropout))
+        self.channel_attention = ChannelAttention(hidden) if options.channel_attention else None
+        pooling = GatedAttention if gated else PlainAttention
+        self.attention = pooling(hidden, options.attention_dim, options.dropout)
+        self.classifier = nn.Linear(hidden, n_classes)
+        self.clusterer = InstanceClusterer(hidden, n_classes, options.instance_k) if options.instance_loss else None
+
+    def forward(self, features: torch.Tensor, coords: torch.Tensor | None = None, *, explain: bool = False) -> MilOutput:
+        h = self.projection(features)
+        if self.channel_attention is not None:
+            h = self.channel_attention(h)
+        scores = self.attention(h)
+        weights = torch.softmax(scores, dim=0)
+        logits = self.classifier(weights @ h)
+        return MilOutput(logits=logits, attention_raw=scores, attention=weights,
+                         instance_logits=self.classifier(h), embeddings=h)  # fmt: skip
+
+
+@register_mil_model(MilModelConfig("abmil", "gated attention MIL (Ilse et al. 2018; CLAM Attn_Net_Gated)"))
+def _abmil(in_dim: int, n_classes: int, options: HeadOptions) -> nn.Module:
+    return AttentionMIL(in_dim, n_classes, options, gated=True)
+
+
+@register_mil_model(MilModelConfig("abmil_plain", "ungated (tanh) attention MIL, for comparison"))
+def _abmil_plain(in_dim: int, n_classes: int, options: HeadOptions) -> nn.Module:
+    return AttentionMIL(in_dim, n_classes, options, gated=False)

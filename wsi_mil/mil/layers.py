@@ -1,0 +1,158 @@
+"""Building blocks of the MIL heads: attention pooling, channel attention, instance context.
+
+Every module works on one bag at a time: instances (N, E), coordinates (N, 2).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class GatedAttention(nn.Module):
+    """CLAM's ``Attn_Net_Gated``: w^T (tanh(V h) * sigmoid(U h)); returns pre-softmax scores (N,)."""
+
+    def __init__(self, dim: int, hidden: int = 256, dropout: float = 0.25) -> None:
+        super().__init__()
+        self.attention_a = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Dropout(dropout))
+        self.attention_b = nn.Sequential(nn.Linear(dim, hidden), nn.Sigmoid(), nn.Dropout(dropout))
+        self.attention_c = nn.Linear(hidden, 1)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.attention_c(self.attention_a(h) * self.attention_b(h)).squeeze(-1)
+
+
+class PlainAttention(nn.Module):
+    """Ilse et al.'s ungated attention: w^T tanh(V h); pre-softmax scores (N,)."""
+
+    def __init__(self, dim: int, hidden: int = 256, dropout: float = 0.25) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Dropout(dropout), nn.Linear(hidden, 1))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.net(h).squeeze(-1)
+
+
+class ChannelAttention(nn.Module):
+    """Squeeze-excitation over the feature dimension with a residual path: h + h * g.
+
+    The squeeze is the mean over the bag's instances, so the gate g (E,) is a per-slide
+    re-weighting of feature channels; the residual keeps the identity reachable
+    (g -> 0) and the gradient path short.
+    """
+
+    def __init__(self, dim: int, reduction: int = 16) -> None:
+        super().__init__()
+        self.gate = nn.Sequential(nn.Linear(dim, max(4, dim // reduction)), nn.ReLU(),
+                                  nn.Linear(max(4, dim // reduction), dim), nn.Sigmoid())  # fmt: skip
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h + h * self.gate(h.mean(dim=0, keepdim=True))
+
+
+def grid_positions(coords: torch.Tensor) -> torch.Tensor:
+    """Level-0 coords (N, 2) -> float grid positions in units of the patch step.
+
+    The step is the smallest positive gap between distinct x (or y) values, so the
+    encoding does not depend on the scan resolution; a single-patch bag gets (0, 0).
+    """
+    coords = coords.to(torch.float64)
+    relative = coords - coords.min(dim=0).values
+    gaps = []
+    for axis in range(2):
+        values = torch.unique(relative[:, axis])
+        if len(values) > 1:
+            gaps.append(torch.diff(values).min())
+    step = torch.stack(gaps).min() if gaps else torch.tensor(1.0, dtype=torch.float64)
+    return (relative / step.clamp_min(1e-6)).to(torch.float32)
+
+
+def positional_encoding_2d(positions: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal 2D encoding (N, dim): half the channels for x, half for y."""
+    quarter = dim // 4
+    frequencies = torch.exp(-math.log(10000.0) * torch.arange(quarter, dtype=torch.float32, device=positions.device) / quarter)
+    parts = []
+    for axis in range(2):
+        angles = positions[:, axis : axis + 1] * frequencies
+        parts += [torch.sin(angles), torch.cos(angles)]
+    encoding = torch.cat(parts, dim=1)
+    return F.pad(encoding, (0, dim - encoding.shape[1]))
+
+
+class ContextLayer(nn.Module):
+    """A pre-norm transformer encoder layer that can hand back its head-averaged attention (N, N)."""
+
+    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"transformer: hidden_dim {dim} is not divisible by transformer_heads {heads}")
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * dim, dim))
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor, *, keep_attention: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        n, dim = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(n, 3, self.heads, dim // self.heads).permute(1, 2, 0, 3)
+        weights = None
+        if keep_attention:
+            weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(dim // self.heads), dim=-1)
+            context = weights @ v
+            weights = weights.mean(dim=0)
+        else:
+            context = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        x = x + self.proj(context.transpose(0, 1).reshape(n, dim))
+        return x + self.mlp(self.norm2(x)), weights
+
+
+class InstanceContext(nn.Module):
+    """A small transformer over a bag's instances with 2D positional encoding from coords.
+
+    Full self-attention costs O(N^2) memory, so bags longer than ``max_instances`` are
+    cut into raster-ordered bands of at most that many patches (neighbouring rows of
+    the slide), each attended within itself: O(N * max_instances) memory, and every
+    patch still sees its spatial neighbourhood. ``rollout`` returns the attention
+    rollout (Abnar and Zuidema 2020; residual-averaged, row-normalized, multiplied
+    over layers) as a block-diagonal set of (n_b, n_b) matrices with their indices.
+    """
+
+    def __init__(self, dim: int, *, layers: int = 1, heads: int = 4, dropout: float = 0.1, max_instances: int = 4096) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(ContextLayer(dim, heads, dropout) for _ in range(layers))
+        self.max_instances = max_instances
+        self.dim = dim
+
+    def forward(self, h: torch.Tensor, coords: torch.Tensor | None, *, rollout: bool = False
+                ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:  # fmt: skip
+        n = h.shape[0]
+        if coords is not None and n > 0:
+            h = h + positional_encoding_2d(grid_positions(coords).to(h.device), self.dim)
+        if n <= self.max_instances:
+            blocks = [torch.arange(n, device=h.device)]
+        else:
+            order = torch.arange(n, device=h.device)
+            if coords is not None:  # raster order: by y, then x
+                c = coords.to(torch.int64)
+                order = torch.argsort(c[:, 1] * (int(c[:, 0].max()) + 1) + c[:, 0], stable=True).to(h.device)
+            blocks = list(torch.split(order, self.max_instances))
+        out = torch.empty_like(h)
+        rollouts = []
+        for index in blocks:
+            x = h[index]
+            joint = None
+            for layer in self.layers:
+                x, weights = layer(x, keep_attention=rollout)
+                if rollout:
+                    step = 0.5 * weights + 0.5 * torch.eye(len(index), device=h.device)
+                    step = step / step.sum(dim=-1, keepdim=True)
+                    joint = step if joint is None else step @ joint
+            out[index] = x
+            if rollout:
+                rollouts.append((index, joint))
+        return out, rollouts

@@ -1,0 +1,246 @@
+"""The training stage: labels CSV + feature sets -> cross-validated heads, metrics and plots.
+
+``RUN_DIR/models/<name>/`` (a ``<set>/`` level per feature set when there are several):
+
+- ``train_config.json``: the resolved config, classes and feature sets (predict reads it);
+- ``[<set>/]splits.csv``, ``[<set>/]fold_<k>/`` (model.safetensors, config.json,
+  metrics.json, predictions.csv), ``[<set>/]roc.png``, ``[<set>/]confusion.png``
+  (pooled out-of-fold test predictions);
+- ``metrics.csv`` (one row per set and fold, then mean and std rows) and ``summary.md``.
+
+A fold folder is written atomically, so one that exists is complete: a rerun skips it
+(resume) unless ``overwrite``. A rerun with a different config or slide set refuses to
+mix results and says so.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wsi_mil import __version__
+from wsi_mil.config import Config
+from wsi_mil.errors import LabelError
+from wsi_mil.mil.data import BagStore, FeatureSet, MatchReport, find_feature_sets, match_labels, read_labels
+from wsi_mil.mil.metrics import METRICS, compute_metrics, summarize
+from wsi_mil.mil.splits import Splits, fold_count_text, make_splits, read_splits, write_splits
+from wsi_mil.store.atomic import atomic_output, remove_path
+
+logger = logging.getLogger(__name__)
+
+TRAIN_CONFIG = "train_config.json"
+#: Train keys that change nothing about the result (resume accepts a change of these).
+RESUME_NEUTRAL = ("device", "memory_gb", "read_threads", "name")
+
+
+@dataclass
+class SetResult:
+    feature_set: FeatureSet
+    classes: list[str]
+    report: MatchReport
+    folds: list[dict[str, Any]] = field(default_factory=list)  #: per fold: test metrics
+    out_dir: Path | None = None
+
+
+def model_dir_for(run_dir: str | Path, config: Config) -> Path:
+    return Path(run_dir) / "models" / (config.train.name or config.train.model)
+
+
+def _finite(value: Any) -> Any:
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def _check_resume(model_dir: Path, record: dict[str, Any], overwrite: bool) -> None:
+    path = model_dir / TRAIN_CONFIG
+    if overwrite or not path.exists():
+        return
+    old = json.loads(path.read_text())
+    strip = lambda r: {**r, "train": {k: v for k, v in r["train"].items() if k not in RESUME_NEUTRAL}}  # noqa: E731
+    keys = ("train", "sets", "labels_sha")
+    if {k: strip(old).get(k) for k in keys} != {k: strip(record).get(k) for k in keys}:
+        raise LabelError(
+            f"{model_dir} holds a run with a different config, labels or feature sets; "
+            "choose another --name, or --overwrite to replace it"
+        )
+
+
+def train_run(run_dir: str | Path, labels_csv: str | Path, *, config: Config, features: Sequence[str | Path] = (),
+              overwrite: bool = False) -> list[SetResult]:  # fmt: skip
+    """Cross-validate ``config.train.model`` on every feature set; returns per-set fold metrics."""
+    import hashlib
+
+    from wsi_mil.features.freeze import resolve_device
+    from wsi_mil.mil.registry import head_options, mil_model_config
+    from wsi_mil.mil.train import head_options_from
+
+    options = config.train
+    mil_model_config(options.model)  # unknown heads and options fail before any work
+    head_options(**head_options_from(options))
+    device = resolve_device(options.device)
+    table = read_labels(labels_csv)
+    sets = find_feature_sets(features, run_dir=run_dir)
+    model_dir = model_dir_for(run_dir, config)
+    record = {
+        "model": options.model,
+        "train": dataclasses.asdict(options),
+        "labels": str(Path(labels_csv).resolve()),
+        "labels_sha": hashlib.sha256(Path(labels_csv).read_bytes()).hexdigest(),
+        "sets": [{"key": s.key, "root": str(s.root.resolve()), "relative": s.relative} for s in sets],
+        "wsi_mil_version": __version__,
+    }
+    _check_resume(model_dir, record, overwrite)
+    if overwrite:
+        remove_path(model_dir)
+    with atomic_output(model_dir / TRAIN_CONFIG) as tmp:
+        tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
+    results = []
+    for feature_set in sets:
+        logger.info("feature set %s: %d files in %s", feature_set.key or "-", len(feature_set.files), feature_set.root)
+        results.append(_train_set(feature_set, table, config=config, device=device,
+                                  out_dir=model_dir / feature_set.key if feature_set.key else model_dir))  # fmt: skip
+    write_summary(model_dir, results, config=config)
+    return results
+
+
+def _train_set(feature_set: FeatureSet, table: Any, *, config: Config, device: Any, out_dir: Path) -> SetResult:
+    from wsi_mil.mil.plots import plot_confusion, plot_roc
+    from wsi_mil.mil.train import FoldTrainer, write_fold
+
+    options = config.train
+    report = match_labels(table, feature_set)
+    store = BagStore(feature_set, report.used, memory_gb=options.memory_gb, threads=options.read_threads)
+    report.empty = store.empty
+    report.used = list(store.slide_ids)
+    labels_text = {s: table.labels[s] for s in store.slide_ids}
+    classes = [c for c in table.classes if c in set(labels_text.values())]
+    where = f"{table.path} ({feature_set.key or feature_set.root})"
+    splits = _splits(out_dir / "splits.csv", labels_text, table, options, where)
+    labels = {s: classes.index(labels_text[s]) for s in store.slide_ids}
+    result = SetResult(feature_set, classes, report, out_dir=out_dir)
+    pooled_true, pooled_probs = [], []
+    for fold in range(splits.n_folds):
+        fold_dir = out_dir / f"fold_{fold}"
+        if (fold_dir / "metrics.json").exists():
+            logger.info("fold %d: complete, skipped (resume)", fold)
+        else:
+            started = time.perf_counter()
+            trainer = FoldTrainer(store, labels, len(classes), config=options, device=device, fold=fold)
+            train, val, test = (splits.members(fold, role) for role in ("train", "val", "test"))
+            logger.info("fold %d/%d: %s", fold + 1, splits.n_folds, fold_count_text(splits, fold))
+            history = trainer.fit(train, val)
+            probs, test_loss = trainer.evaluate(test)
+            y_true = np.array([labels[s] for s in test])
+            test_metrics = compute_metrics(y_true, probs)
+            if not math.isfinite(test_metrics["roc_auc"]):
+                logger.warning("fold %d: ROC-AUC undefined (test slides lack a class); left out of its mean", fold)
+            metrics = {"fold": fold, "test": {k: _finite(v) for k, v in test_metrics.items()}, "test_loss": test_loss,
+                       "n_train": len(train), "n_val": len(val), "n_test": len(test), **history,
+                       "seconds": time.perf_counter() - started}  # fmt: skip
+            model_config = {"model": options.model, "head_options": _head_options(options), "in_dim": store.dim,
+                            "classes": classes, "fold": fold, "feature_set": feature_set.key,
+                            "best_epoch": history["best_epoch"], "train": dataclasses.asdict(options),
+                            "format_version": "1.0", "wsi_mil_version": __version__}  # fmt: skip
+            predictions = [_prediction_row(s, table, classes, labels[s], p) for s, p in zip(test, probs, strict=True)]
+            write_fold(fold_dir, trainer, model_config=model_config, metrics=metrics, predictions=predictions)
+            logger.info("fold %d: best epoch %d of %d, test ROC-AUC %.3f, accuracy %.3f (%.1f s)", fold,
+                        history["best_epoch"] + 1, history["epochs_run"], test_metrics["roc_auc"],
+                        test_metrics["accuracy"], metrics["seconds"])  # fmt: skip
+        saved = json.loads((fold_dir / "metrics.json").read_text())
+        result.folds.append({k: math.nan if v is None else v for k, v in saved["test"].items()})
+        true, probs = _read_predictions(fold_dir / "predictions.csv", classes)
+        pooled_true.append(true)
+        pooled_probs.append(probs)
+    y_true, probs = np.concatenate(pooled_true), np.concatenate(pooled_probs)
+    title = f"{config.train.model} {feature_set.key}".strip()
+    plot_roc(out_dir / "roc.png", y_true, probs, classes, title=f"{title}: out-of-fold ROC")
+    plot_confusion(out_dir / "confusion.png", y_true, probs.argmax(axis=1), classes, title=f"{title}: out-of-fold")
+    return result
+
+
+def _head_options(options: Any) -> dict[str, Any]:
+    from wsi_mil.mil.train import head_options_from
+
+    return head_options_from(options)
+
+
+def _splits(path: Path, labels: dict[str, str], table: Any, options: Any, where: str) -> Splits:
+    patients = {s: table.patients[s] for s in labels}
+    csv_splits = {s: table.splits[s] for s in labels} if table.splits else None
+    if path.exists():
+        splits = read_splits(path)
+        if sorted(splits.slide_ids) != sorted(labels):
+            raise LabelError(f"{path} was made for another set of slides; use a new --name or --overwrite")
+        return splits
+    splits = make_splits(labels, patients, folds=options.folds, seed=options.seed, val_fraction=options.val_fraction,
+                         csv_splits=csv_splits, where=where)  # fmt: skip
+    write_splits(splits, path)
+    return splits
+
+
+def _prediction_row(slide_id: str, table: Any, classes: list[str], label: int, probs: np.ndarray) -> dict[str, Any]:
+    row = {"slide_id": slide_id, "patient_id": table.patients[slide_id], "label": classes[label], "label_index": label,
+           "pred": int(probs.argmax()), "pred_label": classes[int(probs.argmax())]}  # fmt: skip
+    row.update({f"prob_{c}": f"{p:.6f}" for c, p in zip(classes, probs, strict=True)})
+    return row
+
+
+def _read_predictions(path: Path, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    true = np.array([int(r["label_index"]) for r in rows], dtype=np.int64)
+    probs = np.array([[float(r[f"prob_{c}"]) for c in classes] for r in rows]).reshape(-1, len(classes))
+    return true, probs
+
+
+def write_summary(model_dir: Path, results: list[SetResult], *, config: Config) -> None:
+    """``metrics.csv`` (per set and fold, then mean and std) and ``summary.md`` (mean +/- std table)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["feature_set", "fold", *METRICS])
+    for result in results:
+        key = result.feature_set.key or "-"
+        for fold, row in enumerate(result.folds):
+            writer.writerow([key, fold, *(f"{row[m]:.6f}" for m in METRICS)])
+        summary = summarize(result.folds)
+        writer.writerow([key, "mean", *(f"{summary[m][0]:.6f}" for m in METRICS)])
+        writer.writerow([key, "std", *(f"{summary[m][1]:.6f}" for m in METRICS)])
+    with atomic_output(model_dir / "metrics.csv") as tmp:
+        tmp.write_text(buffer.getvalue())
+    options = config.train
+    lines = [f"# {options.name or options.model}: {options.model}, cross-validated", ""]
+    first = results[0]
+    n_folds = len(first.folds)
+    lines += [f"Head `{options.model}`, {n_folds} fold(s), seed {options.seed}, classes "
+              + ", ".join(f"{i} = `{c}`" for i, c in enumerate(first.classes)) + ".",
+              "Metrics on each fold's held-out test slides, mean ± sample std over folds"
+              + (" (two classes: precision, recall, F1 of class 1)." if len(first.classes) == 2
+                 else " (macro averages; ROC-AUC one-vs-rest)."), ""]  # fmt: skip
+    header = "| feature set | " + " | ".join(m.replace("_", " ") for m in METRICS) + " |"
+    lines += [header, "|---|" + "---:|" * len(METRICS)]
+    for result in results:
+        summary = summarize(result.folds)
+        cells = []
+        for m in METRICS:
+            mean, std, count = summary[m]
+            cell = "n/a" if count == 0 else f"{mean:.3f} ± {std:.3f}"
+            cells.append(cell + (f" ({count}/{len(result.folds)} folds)" if 0 < count < len(result.folds) else ""))
+        lines.append(f"| {result.feature_set.key or result.feature_set.root.name} | " + " | ".join(cells) + " |")
+    lines += ["", "## Data", ""]
+    for result in results:
+        name = result.feature_set.key or result.feature_set.root.name
+        lines += [f"- {name} ({result.feature_set.root}): " + "; ".join(result.report.lines())]
+    lines += ["", "Out-of-fold ROC curves and confusion matrices: `roc.png`, `confusion.png` "
+              "(per feature set folder when there are several). Per fold: `fold_<k>/`.", ""]  # fmt: skip
+    with atomic_output(model_dir / "summary.md") as tmp:
+        tmp.write_text("\n".join(lines))
