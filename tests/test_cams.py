@@ -1,0 +1,108 @@
+"""Within-patch maps: the explained function is exact, maps are not scaled per patch,
+every method runs, and sub-patch stitching puts each map on its patch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("pytorch_grad_cam")
+
+from wsi_mil.explain.cam import (  # noqa: E402
+    CamError,
+    ClassMargin,
+    PatchContribution,
+    compute_maps,
+    find_target_layer,
+)
+from wsi_mil.explain.stitch import CanvasGeometry  # noqa: E402
+from wsi_mil.explain.stitch_cams import stitch_patch_maps  # noqa: E402
+from wsi_mil.features.registry import create_encoder  # noqa: E402
+from wsi_mil.mil.registry import create_mil_model  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return create_encoder("resnet18", weights="random")  # plumbing only: no accuracy claimed
+
+
+def _images(n: int, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 64, 64, 3), dtype=torch.uint8, generator=generator)
+
+
+@pytest.mark.parametrize("name", ["abmil", "ilam"])
+def test_patch_contributions_sum_to_the_bag_logits(encoder, name: str) -> None:
+    torch.manual_seed(0)
+    head = create_mil_model(name, in_dim=512, n_classes=3).eval()
+    x = encoder.transform(_images(6))
+    with torch.no_grad():
+        bag = head(encoder.model(x))
+        log_z = float(torch.logsumexp(bag.attention_raw.reshape(-1), 0))
+        parts = PatchContribution(encoder.model, head, log_z)(x)
+    expected = bag.logits - (bag.global_logits if bag.global_logits is not None else 0)
+    torch.testing.assert_close(parts.sum(0), expected, rtol=1e-4, atol=1e-5)
+    if bag.contribution is not None:
+        torch.testing.assert_close(parts, bag.contribution, rtol=1e-4, atol=1e-6)
+
+
+def test_class_margin() -> None:
+    out = torch.tensor([[1.0, 4.0, 3.0], [0.0, 0.0, 6.0]])
+    assert ClassMargin(1)(out).tolist() == [2.0, -3.0]
+    assert float(ClassMargin(2)(out[1])) == 6.0
+
+
+def _tiny_cnn() -> torch.nn.Module:
+    """A 16-channel CNN with batch norm (FullGrad needs biases): plumbing only."""
+    nn = torch.nn
+    return nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2),
+                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()  # fmt: skip
+
+
+def test_every_method_runs_and_maps_keep_their_scale() -> None:
+    torch.manual_seed(0)
+    head = create_mil_model("ilam", in_dim=16, n_classes=2).eval()
+    model = PatchContribution(_tiny_cnn(), head, 0.0)
+    x = torch.randn(3, 3, 64, 64)
+    maps = compute_maps(model, x, target=1, methods=["gradcam", "hirescam", "gradcam++", "layercam", "eigencam",
+                                                      "fullgrad", "integrated_gradients"], input_size=64, ig_steps=4)  # fmt: skip
+    for method, values in maps.items():
+        assert values.shape == (3, 64, 64) and values.dtype == np.float32, method
+        assert np.isfinite(values).all(), method
+    # pytorch-grad-cam would scale each patch to [0, 1]; ours keep the raw values.
+    peaks = maps["gradcam"].reshape(3, -1).max(axis=1)
+    assert not np.allclose(peaks, 1.0)
+    assert maps["integrated_gradients"].min() < 0 < maps["integrated_gradients"].max()  # signed
+
+
+def test_score_and_ablation_cam_run() -> None:
+    # One forward pass per feature channel: the tiny CNN keeps this fast.
+    torch.manual_seed(0)
+    model = PatchContribution(_tiny_cnn(), create_mil_model("abmil", in_dim=16, n_classes=2).eval(), 0.0)
+    maps = compute_maps(model, torch.randn(2, 3, 64, 64), target=1, methods=["scorecam", "ablationcam"], input_size=64)
+    assert {m.shape for m in maps.values()} == {(2, 64, 64)}
+    assert all(np.isfinite(m).all() for m in maps.values())
+
+
+def test_target_layer_is_the_last_feature_map(encoder) -> None:
+    assert find_target_layer(encoder.model, 224) is encoder.model.layer4  # torchvision ResNet: the last stage
+    vit = create_encoder("timm:vit_tiny_patch16_224", weights="random")
+    with pytest.raises(CamError, match="integrated_gradients"):
+        find_target_layer(vit.model, 224)
+    with pytest.raises(CamError, match="unknown CAM method"):
+        compute_maps(PatchContribution(encoder.model, create_mil_model("abmil", in_dim=512, n_classes=2), 0.0),
+                     encoder.transform(_images(1)), target=0, methods=["magic"], input_size=224)  # fmt: skip
+
+
+def test_stitched_maps_land_on_their_patches() -> None:
+    ramp = np.tile(np.linspace(0, 1, 8, dtype=np.float32), (8, 1))  # left 0 .. right 1
+    coords = np.array([[512, 256], [768, 256]])  # two neighbouring 256-px patches
+    canvas = stitch_patch_maps(coords, np.stack([ramp, ramp + 10]), patch_size_level0=256,
+                               geometry=CanvasGeometry.for_slide((2048, 1024), 4.0), chunks=(100, 100)).compute()  # fmt: skip
+    assert canvas.shape == (256, 512)
+    left, right = canvas[64:128, 128:192], canvas[64:128, 192:256]
+    assert np.isfinite(left).all() and np.isfinite(right).all()
+    assert np.isnan(canvas[:64]).all() and np.isnan(canvas[:, :128]).all() and np.isnan(canvas[:, 256:]).all()
+    assert left[:, 0].max() < 0.1 and left[:, -1].min() > 0.9  # the ramp runs left to right within the patch
+    assert 10 <= right.min() and right.max() <= 11

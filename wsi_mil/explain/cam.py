@@ -1,0 +1,213 @@
+"""Within-patch maps: CAM methods (pytorch-grad-cam) and integrated gradients (captum)
+through the frozen encoder and the MIL head, targeting each patch's class contribution.
+
+The explained function is :class:`PatchContribution`: normalized patches (B, 3, S, S)
+-> (B, C) contributions m^c = a s^c of each patch to the bag's logits, where s is the
+head's instance logit and a = exp(w - log Z) its attention weight with the slide's
+softmax normalizer Z fixed (taken from the scores file). For ILAM this is exactly
+m_i^c; for ABMIL the bag logits are sum_i a_i (W h_i + b), so the same product is
+exactly each patch's share. The target is the contribution margin of one class over
+the mean of the others (two classes: m^t - m^other).
+
+Maps are not min-max scaled per patch (pytorch-grad-cam does that by default, which
+makes patches incomparable): :func:`unscaled` removes the per-image scaling and keeps
+only the resize to the input size, so one global range serves a whole slide.
+FullGrad normalizes each layer's map inside the method itself, so its values are
+comparable within a patch only (documented in the table).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from wsi_mil.errors import WsiMilError
+
+logger = logging.getLogger(__name__)
+
+#: name -> pytorch_grad_cam class name
+CAM_CLASSES = {
+    "gradcam": "GradCAM",
+    "hirescam": "HiResCAM",
+    "gradcam++": "GradCAMPlusPlus",
+    "scorecam": "ScoreCAM",
+    "ablationcam": "AblationCAM",
+    "eigencam": "EigenCAM",
+    "layercam": "LayerCAM",
+    "fullgrad": "FullGrad",
+}
+INTEGRATED_GRADIENTS = "integrated_gradients"
+METHODS = (*CAM_CLASSES, INTEGRATED_GRADIENTS)
+#: Cheap enough for the top patches of every slide on a CPU; Score-CAM, Ablation-CAM and
+#: FullGrad cost one forward pass per feature channel (or per layer) and are opt-in.
+DEFAULT_METHODS = ("gradcam", "hirescam", "gradcam++", "layercam", "eigencam", INTEGRATED_GRADIENTS)
+
+
+class CamError(WsiMilError, ValueError):
+    """A CAM method cannot run on this encoder or input."""
+
+
+class PatchContribution(nn.Module):
+    """(B, 3, S, S) normalized patches -> (B, C) contributions a * s with the slide's log Z fixed."""
+
+    def __init__(self, encoder: nn.Module, head: nn.Module, log_normalizer: float, *,
+                 mean: Sequence[float] = (0.0, 0.0, 0.0), std: Sequence[float] = (1.0, 1.0, 1.0)) -> None:  # fmt: skip
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+        self.log_normalizer = float(log_normalizer)
+        #: a black pixel after the encoder's normalization, (1, 3, 1, 1)
+        self.black = (-torch.tensor(mean, dtype=torch.float32) / torch.tensor(std, dtype=torch.float32)).view(1, 3, 1, 1)
+        if getattr(head, "context", None) is not None:
+            logger.warning("the head's instance transformer mixes patches: CAM targets use each patch's attention "
+                           "computed on the explained batch, not on the whole slide")  # fmt: skip
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        out = self.head(self.encoder(images))
+        weight = torch.exp(out.attention_raw.reshape(-1) - self.log_normalizer)
+        return weight.unsqueeze(1) * out.instance_logits
+
+
+class ClassMargin:
+    """A pytorch-grad-cam target: output[t] minus the mean of the other classes."""
+
+    def __init__(self, target: int) -> None:
+        self.target = int(target)
+
+    def __call__(self, output: torch.Tensor) -> torch.Tensor:
+        if output.ndim == 1:
+            others = torch.cat([output[: self.target], output[self.target + 1 :]])
+            return output[self.target] - (others.mean() if len(others) else 0.0)
+        others = torch.cat([output[:, : self.target], output[:, self.target + 1 :]], dim=1)
+        return output[:, self.target] - (others.mean(dim=1) if others.shape[1] else 0.0)
+
+
+def find_target_layer(encoder: nn.Module, input_size: int) -> nn.Module:
+    """The module producing the encoder's last spatial feature map (the usual CAM layer).
+
+    Found by one forward pass: the last module (in completion order) whose output is a
+    (B, K, H, W) tensor with H, W > 1. When token tensors (B, T, K) come after it, the
+    encoder is a transformer whose only spatial map is the patch embedding: refused.
+    """
+    finished: list[tuple[nn.Module, int, bool]] = []
+
+    def hook(module: nn.Module, _: Any, output: Any) -> None:
+        if isinstance(output, torch.Tensor):
+            finished.append((module, output.ndim, output.ndim == 4 and min(output.shape[-2:]) > 1))
+
+    handles = [m.register_forward_hook(hook) for m in encoder.modules() if m is not encoder]
+    try:
+        with torch.no_grad():
+            encoder(torch.zeros(1, 3, input_size, input_size))
+    finally:
+        for handle in handles:
+            handle.remove()
+    spatial = [i for i, (_, _, is_map) in enumerate(finished) if is_map]
+    if not spatial or any(ndim == 3 for _, ndim, _ in finished[spatial[-1] + 1 :]):
+        raise CamError("this encoder has no final spatial feature map (a transformer?); CAM methods need a CNN "
+                       f"encoder. Use {INTEGRATED_GRADIENTS}, which works on any encoder")  # fmt: skip
+    return finished[spatial[-1]][0]
+
+
+def unscaled(cam_class: type) -> type:
+    """``cam_class`` without pytorch-grad-cam's per-image min-max scaling (resize only)."""
+    from pytorch_grad_cam.base_cam import BaseCAM
+
+    def resize(cams: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        import cv2
+
+        return np.stack([cv2.resize(np.float32(c), size) for c in cams]).astype(np.float32)
+
+    class Unscaled(cam_class):  # type: ignore[misc, valid-type]
+        def compute_cam_per_layer(self, input_tensor: torch.Tensor, targets: list, eigen_smooth: bool) -> list:
+            if type(self).__mro__[1].compute_cam_per_layer is not BaseCAM.compute_cam_per_layer:
+                return super().compute_cam_per_layer(input_tensor, targets, eigen_smooth)  # FullGrad: its own
+            activations = [a.cpu().data.numpy() for a in self.activations_and_grads.activations]
+            grads = [g.cpu().data.numpy() for g in self.activations_and_grads.gradients]
+            size = self.get_target_width_height(input_tensor)
+            per_layer = []
+            for i, layer in enumerate(self.target_layers):
+                cam = self.get_cam_image(input_tensor, layer, targets, activations[i] if i < len(activations) else None,
+                                         grads[i] if i < len(grads) else None, eigen_smooth)  # fmt: skip
+                per_layer.append(resize(np.maximum(cam, 0), size)[:, None])
+            return per_layer
+
+        def aggregate_multi_layers(self, cam_per_target_layer: list | np.ndarray) -> np.ndarray:
+            # (B, layers, H, W): a list of per-layer maps, or FullGrad's one array
+            stacked = cam_per_target_layer if isinstance(cam_per_target_layer, np.ndarray) else np.concatenate(cam_per_target_layer, axis=1)
+            return np.maximum(stacked, 0).mean(axis=1)
+
+    Unscaled.__name__ = f"Unscaled{cam_class.__name__}"
+    return Unscaled
+
+
+def _integrated_gradients(model: PatchContribution, images: torch.Tensor, target: int, steps: int) -> np.ndarray:
+    """(B, S, S) signed attribution summed over colour channels; baseline: the all-zero
+    normalized image (the encoder's mean colour)."""
+    from captum.attr import IntegratedGradients
+
+    margin = ClassMargin(target)
+    explainer = IntegratedGradients(lambda x: margin(model(x)))
+    attributions = explainer.attribute(images, baselines=torch.zeros_like(images), n_steps=steps,
+                                       internal_batch_size=max(1, len(images)) * 8)  # fmt: skip
+    return attributions.sum(dim=1).detach().cpu().numpy().astype(np.float32)
+
+
+def compute_maps(model: PatchContribution, images: torch.Tensor, *, target: int, methods: Sequence[str] = DEFAULT_METHODS,
+                 input_size: int, batch_size: int = 16, ig_steps: int = 32) -> dict[str, np.ndarray]:  # fmt: skip
+    """Each method's (B, S, S) float32 map of ``images`` (normalized (B, 3, S, S)) for class ``target``."""
+    import pytorch_grad_cam
+
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise CamError(f"unknown CAM method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    model.eval()
+    # The encoder's weights are frozen: gradients reach its feature maps only through the input.
+    images = images.detach().contiguous().requires_grad_(True)
+    maps: dict[str, np.ndarray] = {}
+    cam_methods = [m for m in methods if m in CAM_CLASSES]
+    layer = find_target_layer(model.encoder, input_size) if cam_methods else None
+    with torch.enable_grad():
+        for method in cam_methods:
+            cam_class = unscaled(getattr(pytorch_grad_cam, CAM_CLASSES[method]))
+            with cam_class(model=model, target_layers=[layer]) as cam:
+                if hasattr(cam, "batch_size"):
+                    cam.batch_size = batch_size
+                parts = [cam(input_tensor=images[i : i + batch_size], targets=[ClassMargin(target)] * len(images[i : i + batch_size]))
+                         for i in range(0, len(images), batch_size)]  # fmt: skip
+            maps[method] = np.concatenate(parts).astype(np.float32)
+        if INTEGRATED_GRADIENTS in methods:
+            maps[INTEGRATED_GRADIENTS] = np.concatenate(
+                [_integrated_gradients(model, images[i : i + batch_size], target, ig_steps) for i in range(0, len(images), batch_size)]
+            )
+    return maps
+
+
+def patch_confidence(model: PatchContribution, images: torch.Tensor, target: int) -> np.ndarray:
+    """(B,) the head's own instance probability of class ``target`` for each patch."""
+    with torch.no_grad():
+        out = model.head(model.encoder(images))
+        return torch.softmax(out.instance_logits, dim=1)[:, target].cpu().numpy()
+
+
+def confidence_change(model: PatchContribution, images: torch.Tensor, maps: np.ndarray, target: int) -> dict[str, float]:
+    """Grad-CAM++'s Average Drop % and % Increase in Confidence of one method's maps.
+
+    Each patch is multiplied by its map, scaled to [0, 1] within the patch (the metric's
+    definition; the stored maps stay unscaled), in pixel space; Y is the confidence on the
+    patch, O on the masked patch: drop = mean(max(0, Y - O) / Y) * 100, increase = % of O > Y.
+    """
+    low = maps.reshape(len(maps), -1).min(axis=1)[:, None, None]
+    high = maps.reshape(len(maps), -1).max(axis=1)[:, None, None]
+    unit = torch.from_numpy((maps - low) / np.maximum(high - low, 1e-12)).to(images.dtype).unsqueeze(1)
+    # p * m in pixel space is x * m + (1 - m) * black in the normalized space.
+    masked = images * unit + (1 - unit) * model.black.to(images.device, images.dtype)
+    y = patch_confidence(model, images, target)
+    o = patch_confidence(model, masked, target)
+    return {"average_drop_pct": float(np.mean(np.maximum(0.0, y - o) / np.maximum(y, 1e-12)) * 100),
+            "increase_pct": float(np.mean(o > y) * 100)}  # fmt: skip

@@ -1,0 +1,160 @@
+"""CAM maps of a slide's top-attended patches: pixels -> maps -> ``cams.h5``, a gallery PNG,
+and a sub-patch-resolution canvas for the heatmap exporters.
+
+``cams.h5`` (in the slide's heatmap folder) holds ``coords`` (k, 2) level-0 (x, y) of
+the explained patches (with ``patch_size_level0``), ``rows`` (k,) their rows in the
+scores file, ``images`` (k, S, S, 3) uint8 as the encoder saw them, and one (k, S, S)
+float32 dataset per method, unscaled (one global range per slide and method), with
+attributes ``average_drop_pct`` and ``increase_pct`` (Grad-CAM++'s faithfulness).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wsi_mil.explain.maps import SlideScores
+from wsi_mil.store.atomic import atomic_output
+
+logger = logging.getLogger(__name__)
+
+CAMS_NAME = "cams.h5"
+GALLERY_NAME = "cam_gallery.png"
+
+
+@dataclass
+class PatchCams:
+    """coords: (k, 2) level-0; rows: (k,) scores-file rows; images: (k, S, S, 3) uint8;
+    maps: method -> (k, S, S) float32; faithfulness: method -> metric -> value."""
+
+    coords: np.ndarray
+    rows: np.ndarray
+    images: np.ndarray
+    maps: dict[str, np.ndarray]
+    faithfulness: dict[str, dict[str, float]] = field(default_factory=dict)
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+
+def top_patches(scores: SlideScores, k: int) -> np.ndarray:
+    """Rows of the ``k`` most attended patches (pre-softmax attention), best first."""
+    attention = np.asarray(scores.arrays["attention_raw"], dtype=np.float64).reshape(-1)
+    return np.argsort(-attention, kind="stable")[: max(0, k)]
+
+
+def read_patch_pixels(bag_path: Path, coords: np.ndarray, *, reader: str = "auto") -> np.ndarray:
+    """(k, H, W, 3) uint8 pixels of the patches at ``coords``, the way extraction read them."""
+    from wsi_mil.features.reading import make_source
+    from wsi_mil.io.open import open_slide
+    from wsi_mil.store.bags import read_bag
+
+    bag = read_bag(bag_path)
+    if bag.has_pixels:
+        where = {tuple(c): i for i, c in enumerate(bag.coords.tolist())}
+        return bag.read_pixels(np.array([where[tuple(c)] for c in coords.tolist()]))
+    with open_slide(bag.attrs["slide_path"], reader=reader, mpp=bag.attrs.get("slide_mpp")) as slide:
+        source = make_source(replace(bag, coords=np.asarray(coords, np.int64)), slide, reader=reader)
+        try:
+            return np.stack([source.read(i) for i in range(len(coords))])
+        finally:
+            source.close()
+
+
+def explain_patches(images: np.ndarray, *, encoder: Any, heads: Sequence[Any], log_normalizer: float, target: int,
+                    methods: Sequence[str], ig_steps: int = 32, device: Any = "cpu") -> tuple[dict, dict, np.ndarray]:  # fmt: skip
+    """Maps of uint8 ``images`` (k, H, W, 3), averaged over ``heads`` (the folds that scored the
+    slide). Returns (method -> (k, S, S) maps, method -> faithfulness, (k, S, S, 3) inputs)."""
+    import torch
+
+    from wsi_mil.explain.cam import PatchContribution, compute_maps, confidence_change
+
+    x = encoder.transform(torch.from_numpy(np.ascontiguousarray(images)).to(device)).float()
+    size = encoder.config.input_size
+    maps: dict[str, np.ndarray] = {}
+    faithfulness: dict[str, dict[str, float]] = {}
+    models = [PatchContribution(encoder.model.to(device), head.to(device).eval(), log_normalizer,
+                                mean=encoder.config.mean, std=encoder.config.std) for head in heads]  # fmt: skip
+    for model in models:
+        for method, values in compute_maps(model, x, target=target, methods=methods, input_size=size,
+                                           ig_steps=ig_steps).items():  # fmt: skip
+            maps[method] = maps.get(method, 0) + values / len(models)
+    for method, values in maps.items():
+        faithfulness[method] = confidence_change(models[0], x, values, target)
+    shown = encoder.transform(torch.from_numpy(np.ascontiguousarray(images)))  # the encoder's view, back to pixels
+    mean, std = torch.tensor(encoder.config.mean).view(1, 3, 1, 1), torch.tensor(encoder.config.std).view(1, 3, 1, 1)
+    pixels = ((shown * std + mean).clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return maps, faithfulness, pixels
+
+
+def write_cams(path: str | Path, cams: PatchCams) -> Path:
+    import h5py
+
+    from wsi_mil.store.bags import _h5_attr
+
+    with atomic_output(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            coords = f.create_dataset("coords", data=np.asarray(cams.coords, np.int64))
+            for key, value in cams.attrs.items():
+                if value is not None:
+                    coords.attrs[key] = _h5_attr(value)
+            f.create_dataset("rows", data=np.asarray(cams.rows, np.int64))
+            f.create_dataset("images", data=cams.images, compression="gzip")
+            for method, values in cams.maps.items():
+                dataset = f.create_dataset(f"maps/{method}", data=np.asarray(values, np.float32))
+                for key, value in cams.faithfulness.get(method, {}).items():
+                    dataset.attrs[key] = value
+    return Path(path)
+
+
+def read_cams(path: str | Path) -> PatchCams:
+    import h5py
+
+    from wsi_mil.store.bags import _clean_attrs
+
+    with h5py.File(path, "r") as f:
+        maps = {name: f["maps"][name][...] for name in f["maps"]}
+        faithfulness = {name: {k: float(v) for k, v in f["maps"][name].attrs.items()} for name in f["maps"]}
+        return PatchCams(f["coords"][...], f["rows"][...], f["images"][...], maps, faithfulness,
+                         _clean_attrs(dict(f["coords"].attrs)))  # fmt: skip
+
+
+def cam_range(values: np.ndarray) -> tuple[float, float]:
+    """One colour range for all of a slide's patches of one method: 1st..99th percentile."""
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return 0.0, 1.0
+    low, high = np.percentile(finite, [1.0, 99.0])
+    return float(low), float(high if high > low else low + 1e-12)
+
+
+def write_gallery_png(path: str | Path, cams: PatchCams, *, cmap: str = "jet", alpha: float = 0.45) -> Path:
+    """A grid: first row the patches, then one row per method (global range per method)."""
+    from PIL import Image, ImageDraw
+
+    from wsi_mil.explain.stitch import colormap_lut
+
+    lut = colormap_lut(cmap)
+    k, size = len(cams.images), cams.images.shape[1]
+    label = 110
+    sheet = Image.new("RGB", (label + k * size, (1 + len(cams.maps)) * size), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    draw.text((4, size // 2), "patch", fill=(0, 0, 0))
+    for column, image in enumerate(cams.images):
+        sheet.paste(Image.fromarray(image), (label + column * size, 0))
+    for row, (method, values) in enumerate(cams.maps.items(), start=1):
+        low, high = cam_range(values)
+        drop = cams.faithfulness.get(method, {}).get("average_drop_pct")
+        draw.text((4, row * size + size // 2 - 12), method, fill=(0, 0, 0))
+        if drop is not None:
+            draw.text((4, row * size + size // 2 + 2), f"avg drop {drop:.0f}%", fill=(0, 0, 0))
+        for column, (image, cam) in enumerate(zip(cams.images, values)):
+            index = (np.clip((cam - low) / (high - low), 0, 1) * 255 + 0.5).astype(np.uint8)
+            mixed = (1 - alpha) * image.astype(np.float32) + alpha * lut[index].astype(np.float32)
+            sheet.paste(Image.fromarray((mixed + 0.5).astype(np.uint8)), (label + column * size, row * size))
+    with atomic_output(path) as tmp:
+        sheet.save(tmp, format="PNG")
+    return Path(path)
