@@ -61,10 +61,11 @@ def _finite(value: Any) -> Any:
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
-def _check_resume(model_dir: Path, record: dict[str, Any], overwrite: bool) -> None:
+def _check_resume(model_dir: Path, record: dict[str, Any], overwrite: bool) -> bool:
+    """Whether finished folds in ``model_dir`` can be kept; raises if they came from another config."""
     path = model_dir / TRAIN_CONFIG
-    if overwrite or not path.exists():
-        return
+    if overwrite or not path.exists() or not any(model_dir.glob("**/fold_*/metrics.json")):
+        return False
     old = json.loads(path.read_text())
     strip = lambda r: {**r, "train": {k: v for k, v in r["train"].items() if k not in RESUME_NEUTRAL}}  # noqa: E731
     keys = ("train", "sets", "labels_sha")
@@ -73,6 +74,7 @@ def _check_resume(model_dir: Path, record: dict[str, Any], overwrite: bool) -> N
             f"{model_dir} holds a run with a different config, labels or feature sets; "
             "choose another --name, or --overwrite to replace it"
         )
+    return True
 
 
 def train_run(run_dir: str | Path, labels_csv: str | Path, *, config: Config, features: Sequence[str | Path] = (),
@@ -99,9 +101,8 @@ def train_run(run_dir: str | Path, labels_csv: str | Path, *, config: Config, fe
         "sets": [{"key": s.key, "root": str(s.root.resolve()), "relative": s.relative} for s in sets],
         "wsi_mil_version": __version__,
     }
-    _check_resume(model_dir, record, overwrite)
-    if overwrite:
-        remove_path(model_dir)
+    if not _check_resume(model_dir, record, overwrite):
+        remove_path(model_dir)  # nothing finished to keep (or --overwrite): no stale splits either
     with atomic_output(model_dir / TRAIN_CONFIG) as tmp:
         tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
     results = []

@@ -42,8 +42,9 @@ RELEVANCE = "relevance"
 #: Per-patch maps, in the order they are written; the last two are optional.
 SCORE_DATASETS = (ATTENTION_RAW, ATTENTION, ATTENTION_PCT, INSTANCE_LOGITS, CONTRIBUTION, RELEVANCE)
 REQUIRED_DATASETS = (ATTENTION_RAW, ATTENTION, ATTENTION_PCT, INSTANCE_LOGITS)
-#: Bag attributes copied onto ``coords`` so the heatmap stage need not open the bag.
-GEOMETRY_ATTRS = ("patch_size_level0", "patch_size", "patch_level", "slide_mpp", "target_mpp", "slide_path", "slide_id")
+#: Bag attributes copied onto ``coords`` (when known) so the heatmap stage need not open the bag.
+GEOMETRY_ATTRS = ("patch_size_level0", "patch_size", "patch_level", "slide_mpp", "target_mpp", "slide_path", "slide_id",
+                  "level_dim")  # fmt: skip
 ROOT_ATTRS = ("probs", "pred", "classes", "model", "folds", "fold_policy", "slide_id", "format_version")
 
 
