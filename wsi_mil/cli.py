@@ -90,6 +90,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(heatmap)
     heatmap.set_defaults(handler=_run_heatmap)
 
+    evaluate = commands.add_parser(
+        "evaluate-maps",
+        help="score every heatmap map against annotations (localization table)",
+        description="Compare each per-patch map of RUN_DIR/scores/<model>/ with ground-truth annotations "
+        "(<slide_id>.png mask aligned to the slide, .geojson in level-0 pixels, or ASAP .xml) and write "
+        "RUN_DIR/explanations/<model>/explanations.csv and .md.",
+    )
+    evaluate.add_argument("run_dir", type=Path, help="run directory holding scores/ (from wsi-mil predict)")
+    evaluate.add_argument("--masks", type=Path, required=True, help="folder of <slide_id>.png|.geojson|.xml annotations")
+    evaluate.add_argument("--model", help="which scores/<model>/ folder (needed when there are several)")
+    evaluate.add_argument("--positive-fraction", type=float, default=0.5,
+                          help="a patch is lesion when at least this fraction of it is annotated")  # fmt: skip
+    evaluate.add_argument("--quiet", action="store_true")
+    evaluate.add_argument("--debug", action="store_true")
+    evaluate.set_defaults(handler=_run_evaluate_maps)
+
     _add_training_commands(commands)
 
     encoders = commands.add_parser("encoders", help="list the registered encoders")
@@ -178,6 +194,16 @@ def _run_heatmap(args: argparse.Namespace) -> int:
     records = heatmap_run(args.run_dir, config=config, model=args.model, overwrite=args.overwrite, debug=args.debug,
                           progress=not args.quiet)  # fmt: skip
     return _summarize(records, args.run_dir, "heatmaps")
+
+
+def _run_evaluate_maps(args: argparse.Namespace) -> int:
+    from wsi_mil.explain.evaluate import evaluate_maps
+
+    _, out = evaluate_maps(args.run_dir, masks=args.masks, model=args.model, positive_fraction=args.positive_fraction)
+    if not args.quiet:
+        print((out / "explanations.md").read_text())
+        print(f"tables: {out}")
+    return 0
 
 
 def _add_training_commands(commands: Any) -> None:

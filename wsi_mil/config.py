@@ -268,8 +268,18 @@ class HeatmapConfig:
     chunk_size: int = 1024
     #: Threads per slide for painting and compression; null: all cores.
     threads: int | None = None
+    #: Within-patch maps of the this many most attended patches (0: none).
+    cam_top_k: int = 8
+    #: CAM methods (wsi_mil.explain.cam.METHODS); the default ones are cheap on a CPU.
+    cam_methods: tuple[str, ...] = ("gradcam", "hirescam", "gradcam++", "layercam", "eigencam")
+    #: Integrated-gradients steps.
+    cam_ig_steps: int = 32
+    #: ``auto`` (cuda when available), ``cpu``, ``cuda`` or ``cuda:N``.
+    cam_device: str = "auto"
 
     FORMATS: typing.ClassVar[tuple[str, ...]] = ("zarr", "tiff", "rgba_tiff", "png", "geojson", "blend_tiff")
+    CAM_METHODS: typing.ClassVar[tuple[str, ...]] = ("gradcam", "hirescam", "gradcam++", "scorecam", "ablationcam",
+                                                     "eigencam", "layercam", "fullgrad", "integrated_gradients")  # fmt: skip
 
     def check(self) -> None:
         unknown = [f for f in self.formats if f not in self.FORMATS]
@@ -283,6 +293,11 @@ class HeatmapConfig:
             raise ValueError("percentiles must be two increasing values in [0, 100]")
         if self.chunk_size < 256 or self.chunk_size % 256 or self.thumbnail_size < 64:
             raise ValueError("chunk_size must be a multiple of 256 and thumbnail_size at least 64")
+        unknown = [m for m in self.cam_methods if m not in self.CAM_METHODS]
+        if unknown:
+            raise ValueError(f"unknown cam_methods {unknown}; allowed: {', '.join(self.CAM_METHODS)}")
+        if self.cam_top_k < 0 or self.cam_ig_steps < 1:
+            raise ValueError("cam_top_k must be >= 0 and cam_ig_steps >= 1")
 
 
 @dataclass(frozen=True)

@@ -64,30 +64,26 @@ def read_patch_pixels(bag_path: Path, coords: np.ndarray, *, reader: str = "auto
             source.close()
 
 
-def explain_patches(images: np.ndarray, *, encoder: Any, heads: Sequence[Any], log_normalizer: float, target: int,
+def explain_patches(images: np.ndarray, *, encoder: Any, head: Any, log_normalizer: float, target: int,
                     methods: Sequence[str], ig_steps: int = 32, device: Any = "cpu") -> tuple[dict, dict, np.ndarray]:  # fmt: skip
-    """Maps of uint8 ``images`` (k, H, W, 3), averaged over ``heads`` (the folds that scored the
-    slide). Returns (method -> (k, S, S) maps, method -> faithfulness, (k, S, S, 3) inputs)."""
+    """Maps of uint8 ``images`` (k, H, W, 3) through ``encoder`` and one trained ``head``.
+
+    Returns (method -> (k, S, S) maps, method -> faithfulness, (k, S, S, 3) uint8: the
+    patches as the encoder saw them, resized)."""
     import torch
 
     from wsi_mil.explain.cam import PatchContribution, compute_maps, confidence_change
 
-    x = encoder.transform(torch.from_numpy(np.ascontiguousarray(images)).to(device)).float()
-    size = encoder.config.input_size
-    maps: dict[str, np.ndarray] = {}
-    faithfulness: dict[str, dict[str, float]] = {}
-    models = [PatchContribution(encoder.model.to(device), head.to(device).eval(), log_normalizer,
-                                mean=encoder.config.mean, std=encoder.config.std) for head in heads]  # fmt: skip
-    for model in models:
-        for method, values in compute_maps(model, x, target=target, methods=methods, input_size=size,
-                                           ig_steps=ig_steps).items():  # fmt: skip
-            maps[method] = maps.get(method, 0) + values / len(models)
-    for method, values in maps.items():
-        faithfulness[method] = confidence_change(models[0], x, values, target)
-    shown = encoder.transform(torch.from_numpy(np.ascontiguousarray(images)))  # the encoder's view, back to pixels
-    mean, std = torch.tensor(encoder.config.mean).view(1, 3, 1, 1), torch.tensor(encoder.config.std).view(1, 3, 1, 1)
-    pixels = ((shown * std + mean).clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    return maps, faithfulness, pixels
+    batch = torch.from_numpy(np.ascontiguousarray(images))
+    x = encoder.transform(batch.to(device)).float()
+    model = PatchContribution(encoder.model.to(device), head.to(device).eval(), log_normalizer,
+                              mean=encoder.config.mean, std=encoder.config.std)  # fmt: skip
+    maps = compute_maps(model, x, target=target, methods=methods, input_size=encoder.config.input_size, ig_steps=ig_steps)
+    faithfulness = {method: confidence_change(model, x, values, target) for method, values in maps.items()}
+    mean = torch.tensor(encoder.config.mean).view(1, 3, 1, 1)
+    std = torch.tensor(encoder.config.std).view(1, 3, 1, 1)
+    seen = ((encoder.transform(batch).float() * std + mean).clamp(0, 1) * 255 + 0.5).to(torch.uint8)
+    return maps, faithfulness, seen.permute(0, 2, 3, 1).contiguous().numpy()
 
 
 def write_cams(path: str | Path, cams: PatchCams) -> Path:
@@ -158,3 +154,106 @@ def write_gallery_png(path: str | Path, cams: PatchCams, *, cmap: str = "jet", a
     with atomic_output(path) as tmp:
         sheet.save(tmp, format="PNG")
     return Path(path)
+
+
+# ----------------------------------------------------------------------------- one slide of a run
+
+
+@dataclass(frozen=True)
+class CamInputs:
+    """Where a scored slide's explanation comes from: its fold heads, feature file and bag."""
+
+    fold_dirs: tuple[Path, ...]
+    feature_path: Path
+    bag_path: Path
+
+
+def locate_cam_inputs(scores: SlideScores, *, run_dir: Path, model: str, subset: Path,
+                      bag_path: Path | None) -> CamInputs | str:  # fmt: skip
+    """The heads that scored this slide (the folds in its scores file), its feature file and
+    bag; or a reason why CAMs cannot be made (a message, logged by the caller)."""
+    import json
+
+    from wsi_mil.mil.run import TRAIN_CONFIG
+
+    model_dir = run_dir / "models" / model
+    if not (model_dir / TRAIN_CONFIG).exists():
+        return f"no {model_dir / TRAIN_CONFIG} (CAMs need the trained heads)"
+    key = "" if subset == Path(".") else subset.as_posix()
+    entries = [e for e in json.loads((model_dir / TRAIN_CONFIG).read_text())["sets"] if e["key"] == key]
+    if not entries:
+        return f"{model_dir}: no feature set {key!r} in {TRAIN_CONFIG}"
+    entry = entries[0]
+    candidates = [Path(entry["root"]), run_dir / "features" / entry["relative"]]
+    feature_path = next((c / f"{scores.slide_id}{s}" for c in candidates for s in (".h5", ".zarr")
+                         if (c / f"{scores.slide_id}{s}").exists()), None)  # fmt: skip
+    if feature_path is None:
+        return f"no feature file for {scores.slide_id} under {candidates[0]}"
+    if bag_path is None or not bag_path.exists():
+        return "no bag (CAMs read the patches through it)"
+    set_dir = model_dir / key if key else model_dir
+    folds = scores.root_attrs.get("folds") or []
+    folds = [int(f) for f in (json.loads(folds) if isinstance(folds, str) else folds)]
+    fold_dirs = tuple(set_dir / f"fold_{k}" for k in folds)
+    if not fold_dirs or not all((d / "config.json").exists() for d in fold_dirs):
+        return f"{set_dir}: the folds {folds} that scored this slide are not all there"
+    return CamInputs(fold_dirs, feature_path, bag_path)
+
+
+_ENCODERS: dict[tuple, Any] = {}
+
+
+def _encoder_for(feature_attrs: dict[str, Any], checkpoint_path: str | None) -> Any:
+    """The frozen encoder that made the features (its name and weights are in the feature file)."""
+    from wsi_mil.errors import WsiMilError
+    from wsi_mil.features.registry import create_encoder
+
+    name, weights = str(feature_attrs.get("encoder")), str(feature_attrs.get("weights", ""))
+    if weights.startswith("checkpoint:") and not checkpoint_path:
+        raise WsiMilError(f"the features come from a local checkpoint ({weights}); set extract.checkpoint_path to it")
+    key = (name, weights, checkpoint_path)
+    if key not in _ENCODERS:
+        kind = "random" if weights == "random" else "imagenet"
+        _ENCODERS[key] = create_encoder(name, weights=kind, checkpoint_path=checkpoint_path if weights.startswith("checkpoint:") else None)
+    return _ENCODERS[key]
+
+
+def cam_slide(scores: SlideScores, inputs: CamInputs, out_dir: Path, *, methods: Sequence[str], top_k: int,
+              ig_steps: int, reader: str = "auto", checkpoint_path: str | None = None,
+              device: str = "auto") -> PatchCams:  # fmt: skip
+    """Explain the slide's ``top_k`` most attended patches; writes cams.h5 and the gallery PNG."""
+    import torch
+
+    from wsi_mil.features.freeze import resolve_device
+    from wsi_mil.mil.data import read_bag_features
+    from wsi_mil.mil.train import load_fold_model
+
+    torch_device = resolve_device(device)
+    rows = top_patches(scores, top_k)
+    coords = scores.coords[rows]
+    features, feature_coords, feature_attrs = read_bag_features(inputs.feature_path)
+    encoder = _encoder_for(feature_attrs, checkpoint_path)
+    heads, normalizers = [], []
+    x = torch.from_numpy(np.ascontiguousarray(features, np.float32)).to(torch_device)
+    c = torch.from_numpy(np.asarray(feature_coords)).to(torch_device)
+    for fold_dir in inputs.fold_dirs:
+        head, _ = load_fold_model(fold_dir, torch_device)
+        with torch.no_grad():  # each head's own softmax normalizer over the whole slide
+            normalizers.append(float(torch.logsumexp(head(x, c).attention_raw.reshape(-1), 0)))
+        heads.append(head)
+    target = scores.target_class()
+    maps: dict[str, np.ndarray] = {}
+    faithfulness: dict[str, dict[str, float]] = {}
+    images = read_patch_pixels(inputs.bag_path, coords, reader=reader)
+    for head, log_z in zip(heads, normalizers):  # several heads (fold mean): maps and metrics averaged
+        part, faith, seen = explain_patches(images, encoder=encoder, head=head, log_normalizer=log_z, target=target,
+                                            methods=methods, ig_steps=ig_steps, device=torch_device)  # fmt: skip
+        for method, values in part.items():
+            maps[method] = maps.get(method, 0) + values / len(heads)
+            faithfulness[method] = {k: faithfulness.get(method, {}).get(k, 0.0) + v / len(heads) for k, v in faith[method].items()}
+    cams = PatchCams(coords, rows, seen, maps, faithfulness,
+                     {"patch_size_level0": scores.patch_size_level0, "slide_id": scores.slide_id, "target_class": target,
+                      "classes": scores.classes, "encoder": encoder.name, "folds": [d.name for d in inputs.fold_dirs]})  # fmt: skip
+    write_gallery_png(out_dir / GALLERY_NAME, cams)
+    write_cams(out_dir / CAMS_NAME, cams)
+    return cams

@@ -1,0 +1,77 @@
+"""Every stage through the real CLI on a small synthetic cohort: tile -> extract -> train ->
+predict -> heatmap (with CAMs of the top patches) -> evaluate-maps. Plumbing only: the
+encoder has random weights and the labels are arbitrary, so no accuracy is claimed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from wsi_mil.cli import main  # noqa: E402
+from wsi_mil.synthetic import Region, write_synthetic_slide  # noqa: E402
+
+LESION = [[1024, 1024], [1536, 1024], [1536, 1536], [1024, 1536], [1024, 1024]]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("pipeline")
+    slides, run = root / "slides", root / "run"
+    for index in range(4):
+        write_synthetic_slide(slides / f"case{index}.svs", width=2560, height=2048, mpp=0.5,
+                              regions=[Region(512 + 256 * (index % 2), 512, 1536, 1280)], downsamples=(1, 4))  # fmt: skip
+    labels = run / "labels.csv"
+    labels.parent.mkdir(parents=True)
+    labels.write_text("slide_id,label\n" + "".join(f"case{i},{'tumor' if i % 2 else 'normal'}\n" for i in range(4)))
+    quiet = ["--quiet", "--workers", "0"]
+    assert main(["tile", str(slides), "--out", str(run), *quiet]) == 0
+    assert main(["extract", str(run), "--encoder", "resnet18", "--weights", "random", "--batch-size", "16", *quiet]) == 0
+    assert main(["train", str(run), "--labels", str(labels), "--model", "ilam", "--folds", "2", "--epochs", "2",
+                 "--device", "cpu", "--set", "train.min_epochs=1", "--set", "train.val_fraction=0", "--quiet"]) == 0  # fmt: skip
+    assert main(["predict", str(run), "--model-dir", str(run / "models" / "ilam"), "--device", "cpu", "--quiet"]) == 0
+    assert main(["heatmap", str(run), "--formats", "zarr", "tiff", "png", "geojson", "--maps", "attention_pct",
+                 "contribution", "--set", "heatmap.cam_top_k=3", "--set", "heatmap.cam_methods=[gradcam,integrated_gradients]",
+                 "--set", "heatmap.cam_ig_steps=2", "--set", "heatmap.cam_device=cpu", *quiet]) == 0  # fmt: skip
+    return run
+
+
+def test_heatmaps_and_cams_for_every_slide(run: Path) -> None:
+    import tiffslide
+
+    from wsi_mil.explain.patch_cams import read_cams
+
+    for index in range(4):
+        out = run / "heatmaps" / "ilam" / f"case{index}"
+        for name in ("attention_pct.ome.zarr", "attention_pct.tiff", "contribution_tumor.tiff", "patches.geojson",
+                     "cam_gallery.png", "cams.h5", "cam_gradcam.tiff", "cam_integrated_gradients.ome.zarr"):  # fmt: skip
+            assert (out / name).exists(), out / name
+        cams = read_cams(out / "cams.h5")
+        assert cams.maps["gradcam"].shape == (3, 224, 224) and cams.images.shape == (3, 224, 224, 3)
+        assert cams.attrs["folds"] and set(cams.faithfulness["gradcam"]) == {"average_drop_pct", "increase_pct"}
+        with tiffslide.TiffSlide(out / "cam_gradcam.tiff") as tiff:
+            assert tiff.dimensions == (2560, 2048)
+            x, y = (int(v) for v in cams.coords[0])
+            inside = np.asarray(tiff.read_region((x + 8, y + 8), 0, (240, 240), as_array=True))
+            assert np.isfinite(inside).all()  # the explained patch is painted over its whole square
+            outside = np.asarray(tiff.read_region((0, 0), 0, (256, 256), as_array=True))
+            assert np.isnan(outside).all()  # glass: no patch, no value
+
+
+def test_evaluate_maps_from_the_cli(run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    masks = run / "masks"
+    masks.mkdir(exist_ok=True)
+    for index in range(4):
+        features = [{"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [LESION]}, "properties": {}}]
+        (masks / f"case{index}.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    capsys.readouterr()
+    assert main(["evaluate-maps", str(run), "--masks", str(masks)]) == 0
+    table = (run / "explanations" / "ilam" / "explanations.md").read_text()
+    assert "| attention_pct | 4/4 |" in table and "contribution_tumor" in table
+    assert "| attention_pct | 4/4 |" in capsys.readouterr().out  # the table is printed too
+    assert main(["evaluate-maps", str(run), "--masks", str(run / "nowhere")]) == 2
+    assert "no such masks folder" in capsys.readouterr().err
