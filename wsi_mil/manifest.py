@@ -65,3 +65,27 @@ def _cell(value: Any) -> Any:
     if isinstance(value, float):
         return f"{value:.6g}"
     return value
+
+
+class RunRecorder:
+    """Collects a bulk stage's records as its tasks finish: logs failures, keeps the
+    records and rewrites the manifest after each slide (so a killed run keeps its rows)."""
+
+    def __init__(self, run_dir: str | Path, *, logger: Any) -> None:
+        self.manifest = Manifest(run_dir)
+        self.records: list[dict[str, Any]] = []
+        self.logger = logger
+
+    def add(self, records: Iterable[dict[str, Any]]) -> None:
+        records = list(records)
+        for record in records:
+            if record["status"] == "failed":
+                self.logger.error("%s: %s", record.get("slide_id"), record.get("error"))
+        self.records.extend(records)
+        self.manifest.update(records)
+        self.manifest.save()
+
+    def crashed(self, base: dict[str, Any], error: BaseException, hint: str = "") -> None:
+        """Record a task whose worker process died; ``base`` holds the record's key columns."""
+        message = f"worker died ({type(error).__name__}: {error})" + (f"; {hint}" if hint else "")
+        self.add([{**base, "status": "failed", "error": message}])

@@ -370,7 +370,7 @@ def _bag_attrs(bag_path: Path | None) -> dict[str, Any]:
 def heatmap_run(run_dir: str | Path, *, config: Config, model: str | None = None, overwrite: bool = False,
                 debug: bool = False, progress: bool = True) -> list[dict[str, Any]]:  # fmt: skip
     """Heatmaps of every scored slide of a run, one Dask task per slide; manifest rows as they finish."""
-    from wsi_mil.manifest import Manifest
+    from wsi_mil.manifest import RunRecorder
     from wsi_mil.parallel import map_slides
     from wsi_mil.store.atomic import atomic_output
 
@@ -380,21 +380,13 @@ def heatmap_run(run_dir: str | Path, *, config: Config, model: str | None = None
     out_root.mkdir(parents=True, exist_ok=True)
     with atomic_output(out_root / "heatmap_config.json") as tmp:
         tmp.write_text(json.dumps(asdict(config.heatmap), indent=2, sort_keys=True))
-    manifest = Manifest(run_dir)
-    results: list[dict[str, Any]] = []
-
-    def on_result(job: HeatmapJob, record: dict[str, Any]) -> None:
-        if record["status"] == "failed":
-            logger.error("%s: %s", job.slide_id, record["error"])
-        results.append(record)
-        manifest.update([record])
-        manifest.save()
+    recorder = RunRecorder(run_dir, logger=logger)
 
     def on_crash(job: HeatmapJob, error: BaseException) -> None:
-        on_result(job, {"stage": STAGE, "slide_id": job.slide_id, "bag_set": job.label, "path": str(job.scores_path),
-                        "status": "failed", "error": f"worker died ({type(error).__name__}: {error})"})  # fmt: skip
+        recorder.crashed({"stage": STAGE, "slide_id": job.slide_id, "bag_set": job.label, "path": str(job.scores_path)}, error)
 
-    map_slides(heatmap_job, jobs, on_result=on_result, on_crash=on_crash, workers=config.parallel.workers,
+    map_slides(heatmap_job, jobs, on_result=lambda _, record: recorder.add([record]), on_crash=on_crash,
+               workers=config.parallel.workers,
                scheduler=config.parallel.scheduler, desc="heatmaps", progress=progress, options=config.heatmap,
                reader=config.tiling.reader, overwrite=overwrite, debug=debug)  # fmt: skip
-    return results
+    return recorder.records

@@ -242,25 +242,16 @@ def extract_run(run_dir: str | Path, *, config: Config, overwrite: bool = False,
     """Extract every bag of a run; one Dask task per slide, one worker per device."""
     from wsi_mil.features.freeze import resolve_device
     from wsi_mil.features.registry import encoder_config
-    from wsi_mil.manifest import Manifest
+    from wsi_mil.manifest import RunRecorder
     from wsi_mil.parallel import map_slides
 
     encoder_config(config.extract.encoder)  # unknown names fail before any work
     device = resolve_device(config.extract.device)
     jobs = list(jobs) if jobs is not None else find_jobs(run_dir, config.extract)
-    manifest = Manifest(run_dir)
-    results: list[dict[str, Any]] = []
-
-    def on_result(job: ExtractionJob, record: dict[str, Any]) -> None:
-        if record["status"] == "failed":
-            logger.error("%s: %s", job.slide_id, record["error"])
-        results.append(record)
-        manifest.update([record])
-        manifest.save()
+    recorder = RunRecorder(run_dir, logger=logger)
 
     def on_crash(job: ExtractionJob, error: BaseException) -> None:
-        on_result(job, {"stage": STAGE, "slide_id": job.slide_id, "bag_set": job.bag_set, "path": str(job.bag_path),
-                        "status": "failed", "error": f"worker died ({type(error).__name__}: {error})"})  # fmt: skip
+        recorder.crashed({"stage": STAGE, "slide_id": job.slide_id, "bag_set": job.bag_set, "path": str(job.bag_path)}, error)
 
     import torch
 
@@ -271,7 +262,7 @@ def extract_run(run_dir: str | Path, *, config: Config, overwrite: bool = False,
     map_slides(
         extract_job,
         jobs,
-        on_result=on_result,
+        on_result=lambda _, record: recorder.add([record]),
         on_crash=on_crash,
         workers=workers,
         scheduler=config.parallel.scheduler,
@@ -284,4 +275,4 @@ def extract_run(run_dir: str | Path, *, config: Config, overwrite: bool = False,
         debug=debug,
         show_patches=progress and workers == 0,
     )
-    return results
+    return recorder.records

@@ -24,7 +24,7 @@ from wsi_mil.errors import WsiMilError
 from wsi_mil.io.base import BaseReader
 from wsi_mil.io.discover import SlideSource, check_unique_ids
 from wsi_mil.io.open import open_slide
-from wsi_mil.manifest import Manifest
+from wsi_mil.manifest import RunRecorder
 from wsi_mil.store.atomic import atomic_output
 from wsi_mil.store.bags import BAG_FORMAT_VERSION, TISSUE_FRACTION, TISSUE_MASK, bag_path, open_bag_writer
 from wsi_mil.tiling.grid import GridSpec, plan_grid, select_patches
@@ -248,28 +248,19 @@ def tile_slides(
     run_dir.mkdir(parents=True, exist_ok=True)
     with atomic_output(run_dir / "tiling_config.json") as tmp:
         tmp.write_text(json.dumps(config_to_dict(config), indent=2, sort_keys=True))
-    manifest = Manifest(run_dir)
-    results: list[dict[str, Any]] = []
-
-    def on_result(source: SlideSource, records: list[dict[str, Any]]) -> None:
-        for record in records:
-            if record["status"] == "failed":
-                logger.error("%s: %s", source.slide_id, record["error"])
-        results.extend(records)
-        manifest.update(records)
-        manifest.save()
+    recorder = RunRecorder(run_dir, logger=logger)
 
     def on_crash(source: SlideSource, error: BaseException) -> None:
         message = (
             f"{source.path}: the worker processing this slide died ({type(error).__name__}: {error}); "
             "the file probably crashes its reader. Try --reader tiffslide, or check the file."
         )
-        on_result(source, [_failure(source, s, WsiMilError(message), time.perf_counter(), False) for s in bag_sets(run_dir, config.tiling)])
+        recorder.add([_failure(source, s, WsiMilError(message), time.perf_counter(), False) for s in bag_sets(run_dir, config.tiling)])
 
     map_slides(
         tile_slide,
         list(sources),
-        on_result=on_result,
+        on_result=lambda _, records: recorder.add(records),
         on_crash=on_crash,
         workers=config.parallel.workers,
         scheduler=config.parallel.scheduler,
@@ -280,5 +271,5 @@ def tile_slides(
         overwrite=overwrite,
         debug=debug,
     )
-    return results
+    return recorder.records
 
