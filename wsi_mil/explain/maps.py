@@ -72,35 +72,23 @@ class SlideScores:
         return int(pred) if pred is not None else 0
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return value
-
-
 def read_scores(path: str | Path) -> SlideScores:
-    """Read a scores HDF5 file."""
-    import h5py
+    """Read a scores file (wsi_mil.store.scores) as the heatmap stage uses it."""
+    from wsi_mil.errors import BagFormatError
+    from wsi_mil.store.scores import read_scores as read_score_file
 
     path = Path(path)
     try:
-        with h5py.File(path, "r") as f:
-            if "coords" not in f:
-                raise ScoresFormatError(f"{path}: no 'coords' dataset; not a scores file from wsi-mil predict")
-            coords = np.asarray(f["coords"][...], dtype=np.int64).reshape(-1, 2)
-            attrs = {k: _plain(v) for k, v in f["coords"].attrs.items()}
-            root = {k: _plain(v) for k, v in f.attrs.items()}
-            arrays = {name: np.asarray(f[name][...]) for name in f if name != "coords" and isinstance(f[name], h5py.Dataset)}
-    except OSError as error:
+        scores = read_score_file(path)
+    except BagFormatError as error:
+        raise ScoresFormatError(f"{error}; not a scores file from wsi-mil predict") from error
+    except (OSError, KeyError, ValueError) as error:
         raise ScoresFormatError(f"{path}: cannot be read ({error}); delete it and re-run wsi-mil predict") from error
-    for name, array in arrays.items():
+    coords = np.asarray(scores.coords, dtype=np.int64).reshape(-1, 2)
+    for name, array in scores.maps.items():
         if array.ndim and array.shape[0] != len(coords):
             raise ScoresFormatError(f"{path}: '{name}' has {array.shape[0]} rows for {len(coords)} patches")
-    return SlideScores(path, coords, attrs, root, arrays)
+    return SlideScores(path, coords, scores.coords_attrs, scores.attrs, dict(scores.maps))
 
 
 def safe_name(text: str) -> str:

@@ -192,8 +192,7 @@ def locate_cam_inputs(scores: SlideScores, *, run_dir: Path, model: str, subset:
     if bag_path is None or not bag_path.exists():
         return "no bag (CAMs read the patches through it)"
     set_dir = model_dir / key if key else model_dir
-    folds = scores.root_attrs.get("folds") or []
-    folds = [int(f) for f in (json.loads(folds) if isinstance(folds, str) else folds)]
+    folds = [int(f) for f in scores.root_attrs.get("folds") or []]
     fold_dirs = tuple(set_dir / f"fold_{k}" for k in folds)
     if not fold_dirs or not all((d / "config.json").exists() for d in fold_dirs):
         return f"{set_dir}: the folds {folds} that scored this slide are not all there"
