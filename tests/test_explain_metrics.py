@@ -119,7 +119,7 @@ def test_evaluate_maps_writes_one_row_per_map(tmp_path: Path) -> None:
     masks.mkdir()
     (tmp_path / "pos.geojson").rename(masks / "pos.geojson")
     _geojson(masks / "neg.geojson", [])
-    summary, out = evaluate_maps(tmp_path / "run", masks=masks)
+    summary, out = evaluate_maps(tmp_path / "run", masks=masks, faithfulness=False)
     by_map = {row["map"]: row for row in summary}
     assert set(by_map) == {"attention_raw", "attention", "attention_pct", "logit_tumor"}
     assert by_map["attention_raw"]["positive_slides"] == 1 and by_map["attention_raw"]["slides"] == 2
@@ -129,4 +129,33 @@ def test_evaluate_maps_writes_one_row_per_map(tmp_path: Path) -> None:
     assert "| attention_raw | 1/2 |" in table
     assert (out / "explanations.csv").read_text().startswith("map,slides,positive_slides,hit")
     with pytest.raises(WsiMilError, match="no such masks folder"):
-        evaluate_maps(tmp_path / "run", masks=tmp_path / "nowhere")
+        evaluate_maps(tmp_path / "run", masks=tmp_path / "nowhere", faithfulness=False)
+
+
+def test_faithfulness_curves_follow_the_evidence() -> None:
+    """A head whose class-1 logit is 5 x feature 0, with uniform attention: removing the 5 patches
+    that carry feature 0 (the map's top 25%) takes the evidence away; random removal does not."""
+    torch = pytest.importorskip("torch")
+    from wsi_mil.explain.faithfulness import RANDOM, faithfulness_curves
+    from wsi_mil.mil.registry import create_mil_model
+
+    head = create_mil_model("abmil", in_dim=4, n_classes=2, hidden_dim=4, attention_dim=2, dropout=0.0).eval()
+    with torch.no_grad():
+        head.projection[0].weight.copy_(torch.eye(4))
+        head.projection[0].bias.zero_()
+        head.attention.attention_c.weight.zero_()  # every patch gets the same attention
+        head.classifier.weight.copy_(torch.tensor([[0.0, 0, 0, 0], [5.0, 0, 0, 0]]))
+        head.classifier.bias.zero_()
+    features = np.zeros((20, 4), np.float32)
+    features[:5, 0] = 1.0
+    features[:, 1] = np.linspace(0, 1, 20)
+    coords = np.stack([np.arange(20) * 256, np.zeros(20)], 1).astype(np.int64)
+    maps = {"evidence": features[:, 0] + 0.01 * features[:, 1], "wrong": -features[:, 0]}
+    rows = {(r["map"], r["fraction"]): r for r in faithfulness_curves([head], features, coords, maps, target=1,
+                                                                       fractions=(0.25,))}  # fmt: skip
+    full = 1 / (1 + np.exp(-5 * 5 / 20))  # mean logit 1.25
+    assert rows[("evidence", 0.25)]["p_full"] == pytest.approx(full, rel=1e-5)
+    assert rows[("evidence", 0.25)]["p_removed"] == pytest.approx(0.5, abs=1e-6)  # no evidence left
+    assert rows[("evidence", 0.25)]["p_kept"] == pytest.approx(1 / (1 + np.exp(-5)), rel=1e-5)
+    assert rows[("wrong", 0.25)]["drop"] < 0  # removing non-evidence raises the probability
+    assert rows[("evidence", 0.25)]["drop"] > rows[(RANDOM, 0.25)]["drop"] > rows[("wrong", 0.25)]["drop"]

@@ -94,11 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate-maps",
         help="score every heatmap map against annotations (localization table)",
         description="Compare each per-patch map of RUN_DIR/scores/<model>/ with ground-truth annotations "
-        "(<slide_id>.png mask aligned to the slide, .geojson in level-0 pixels, or ASAP .xml) and write "
-        "RUN_DIR/explanations/<model>/explanations.csv and .md.",
+        "(<slide_id>.png mask aligned to the slide, .geojson in level-0 pixels, or ASAP .xml), and measure "
+        "bag-level faithfulness (confidence when a map's top patches are removed or kept alone); writes "
+        "RUN_DIR/explanations/<model>/explanations.md and CSV tables.",
     )
     evaluate.add_argument("run_dir", type=Path, help="run directory holding scores/ (from wsi-mil predict)")
-    evaluate.add_argument("--masks", type=Path, required=True, help="folder of <slide_id>.png|.geojson|.xml annotations")
+    evaluate.add_argument("--masks", type=Path, help="folder of <slide_id>.png|.geojson|.xml annotations (localization)")
+    evaluate.add_argument("--no-faithfulness", dest="faithfulness", action="store_false",
+                          help="skip the bag-level removal / keep-only curves (they re-run the heads)")  # fmt: skip
     evaluate.add_argument("--model", help="which scores/<model>/ folder (needed when there are several)")
     evaluate.add_argument("--positive-fraction", type=float, default=0.5,
                           help="a patch is lesion when at least this fraction of it is annotated")  # fmt: skip
@@ -199,7 +202,8 @@ def _run_heatmap(args: argparse.Namespace) -> int:
 def _run_evaluate_maps(args: argparse.Namespace) -> int:
     from wsi_mil.explain.evaluate import evaluate_maps
 
-    _, out = evaluate_maps(args.run_dir, masks=args.masks, model=args.model, positive_fraction=args.positive_fraction)
+    _, out = evaluate_maps(args.run_dir, masks=args.masks, model=args.model, positive_fraction=args.positive_fraction,
+                           faithfulness=args.faithfulness)  # fmt: skip
     if not args.quiet:
         print((out / "explanations.md").read_text())
         print(f"tables: {out}")

@@ -1,14 +1,19 @@
-"""``wsi-mil evaluate-maps``: how well each per-patch map localizes annotated lesions.
+"""``wsi-mil evaluate-maps``: how well each per-patch map localizes lesions, and how
+faithfully it ranks the patches the model relies on.
 
-For every scored slide of a model that has an annotation in the masks folder, every
-map of its scores file (attention, ILAM latent logits and contributions, relevance,
-and CAM summaries when present) is scored with :func:`localization_metrics`. Slides
-whose annotation is empty (negative slides) count in the table but have no
-localization values. Outputs, under ``RUN_DIR/explanations/<model>/``:
+Localization (with a masks folder): for every scored slide that has an annotation, every
+map of its scores file (attention, ILAM latent logits and contributions, relevance) is
+scored with :func:`localization_metrics`. Slides whose annotation is empty (negative
+slides) count in the table but have no localization values. Faithfulness (needs the
+trained heads in ``RUN_DIR/models``): bag-level removal / keep-only curves
+(faithfulness.py) of every slide, for its predicted class. Outputs, under
+``RUN_DIR/explanations/<model>/``:
 
-- ``explanations_per_slide.csv``: one row per slide and map;
-- ``explanations.csv`` and ``explanations.md``: one row per map, mean (and std) over
-  the annotated positive slides, so maps can be compared side by side.
+- ``explanations_per_slide.csv`` and ``explanations.csv``: localization per slide and
+  map, and per map (mean and std over annotated positive slides);
+- ``faithfulness_per_slide.csv`` and ``faithfulness.csv``: the curves per slide, and
+  their means per map and fraction;
+- ``explanations.md``: both summary tables, maps side by side.
 """
 
 from __future__ import annotations
@@ -96,7 +101,7 @@ def _csv(rows: Sequence[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-def markdown_table(summary: Sequence[dict[str, Any]], *, model: str) -> str:
+def markdown_table(summary: Sequence[dict[str, Any]]) -> str:
     def cell(entry: dict[str, Any], metric: str) -> str:
         mean, std = entry[metric], entry[f"{metric}_std"]
         if math.isnan(mean):
@@ -104,7 +109,7 @@ def markdown_table(summary: Sequence[dict[str, Any]], *, model: str) -> str:
         return f"{mean:.3f}" if math.isnan(std) else f"{mean:.3f} ± {std:.3f}"
 
     header = ["map", "positive slides", *SUMMARY_METRICS]
-    lines = [f"# Explanation metrics: {model}", "",
+    lines = ["## Localization", "",
              "Mean ± std over annotated positive slides; patch-level ground truth: >= half the patch inside the "
              "lesion. hit = pointing game; graded = the peak's layer (3 core .. 0 outside); dice/iou of the "
              "min-max scaled map at 0.5; coverage = mean scaled map inside / outside the lesion.", "",
@@ -115,13 +120,9 @@ def markdown_table(summary: Sequence[dict[str, Any]], *, model: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def evaluate_maps(run_dir: str | Path, *, masks: str | Path, model: str | None = None,
-                  positive_fraction: float = 0.5) -> tuple[list[dict[str, Any]], Path]:  # fmt: skip
-    """Score every map of every annotated slide; write the tables; return (summary rows, output folder)."""
-    run_dir, masks = Path(run_dir), Path(masks)
+def _localization(jobs: Sequence[Any], masks: Path, positive_fraction: float) -> list[dict[str, Any]]:
     if not masks.is_dir():
         raise WsiMilError(f"{masks}: no such masks folder; give the folder holding <slide_id>.png|.geojson|.xml")
-    model, jobs = find_jobs(run_dir, model=model)
     rows: list[dict[str, Any]] = []
     missing = []
     for job in jobs:
@@ -135,11 +136,63 @@ def evaluate_maps(run_dir: str | Path, *, masks: str | Path, model: str | None =
         logger.warning("%d scored slides have no annotation in %s (not evaluated), e.g. %s",
                        len(missing), masks, ", ".join(missing[:5]))  # fmt: skip
     if not rows:
-        raise WsiMilError(f"{masks}: no annotation matches a scored slide of {model} (expected <slide_id>.png etc.)")
-    summary = summarize(rows)
+        raise WsiMilError(f"{masks}: no annotation matches a scored slide (expected <slide_id>.png, .geojson or .xml)")
+    return rows
+
+
+def _faithfulness(jobs: Sequence[Any], fractions: Sequence[float]) -> list[dict[str, Any]]:
+    """Curves of every slide for its predicted class (the heads must be in RUN_DIR/models); class
+    maps are those of the predicted class (``logit_pred``, ``contribution_pred``)."""
+    from wsi_mil.explain.faithfulness import faithfulness_curves, load_heads, locate_heads
+    from wsi_mil.mil.data import read_bag_features
+
+    rows: list[dict[str, Any]] = []
+    for job in jobs:
+        scores = read_scores(job.scores_path)
+        target = int(scores.root_attrs.get("pred", scores.target_class()))
+        inputs = locate_heads(scores, run_dir=job.run_dir, model=job.model, subset=job.subset)
+        if isinstance(inputs, str):
+            logger.warning("%s: no faithfulness curves: %s", job.slide_id, inputs)
+            continue
+        features, coords, _ = read_bag_features(inputs.feature_path)
+        if not np.array_equal(np.asarray(coords), scores.coords):
+            logger.warning("%s: feature file and scores differ in patches; re-run wsi-mil predict", job.slide_id)
+            continue
+        maps = available_maps(scores, target=target, label="pred")
+        curves = faithfulness_curves(load_heads(inputs.fold_dirs, "cpu"), features, coords, maps, target=target,
+                                     fractions=fractions)  # fmt: skip
+        rows.extend({"slide_id": job.slide_id, **row} for row in curves)
+    return rows
+
+
+def evaluate_maps(run_dir: str | Path, *, masks: str | Path | None = None, model: str | None = None,
+                  positive_fraction: float = 0.5, faithfulness: bool = True,
+                  fractions: Sequence[float] | None = None) -> tuple[list[dict[str, Any]], Path]:  # fmt: skip
+    """Localization of every map on annotated slides (when ``masks`` is given) and bag-level
+    faithfulness curves (when ``faithfulness``); writes the tables; returns (localization
+    summary rows, output folder)."""
+    from wsi_mil.explain.faithfulness import FRACTIONS, faithfulness_markdown, summarize_faithfulness
+
+    if masks is None and not faithfulness:
+        raise WsiMilError("nothing to evaluate: give a masks folder, or keep the faithfulness curves on")
+    run_dir = Path(run_dir)
+    model, jobs = find_jobs(run_dir, model=model)
     out = run_dir / "explanations" / model
-    for name, text in (("explanations_per_slide.csv", _csv(rows)), ("explanations.csv", _csv(summary)),
-                       ("explanations.md", markdown_table(summary, model=model))):  # fmt: skip
+    outputs: list[tuple[str, str]] = []
+    markdown = [f"# Explanation metrics: {model}", ""]
+    summary: list[dict[str, Any]] = []
+    if masks is not None:
+        rows = _localization(jobs, Path(masks), positive_fraction)
+        summary = summarize(rows)
+        outputs += [("explanations_per_slide.csv", _csv(rows)), ("explanations.csv", _csv(summary))]
+        markdown.append(markdown_table(summary))
+    if faithfulness:
+        curves = _faithfulness(jobs, fractions or FRACTIONS)
+        if curves:
+            outputs += [("faithfulness_per_slide.csv", _csv(curves)), ("faithfulness.csv", _csv(summarize_faithfulness(curves)))]
+            markdown.append(faithfulness_markdown(summarize_faithfulness(curves)))
+    outputs.append(("explanations.md", "\n".join(markdown)))
+    for name, text in outputs:
         with atomic_output(out / name) as tmp:
             tmp.write_text(text)
     return summary, out

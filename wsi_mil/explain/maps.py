@@ -104,13 +104,15 @@ def _margin(values: np.ndarray, target: int) -> np.ndarray:
     return values[:, target] - others.mean(axis=1)
 
 
-def available_maps(scores: SlideScores) -> dict[str, np.ndarray]:
-    """Every map this file supports, name -> (N,) float64."""
+def available_maps(scores: SlideScores, *, target: int | None = None, label: str | None = None) -> dict[str, np.ndarray]:
+    """Every map this file supports, name -> (N,) float64. Class maps are for ``target``
+    (default: :meth:`SlideScores.target_class`), named with ``label`` (default: the class name)."""
     maps = {name: np.asarray(scores.arrays[name], dtype=np.float64).reshape(-1)
             for name in VECTOR_MAPS if name in scores.arrays}  # fmt: skip
     classes = scores.classes
-    target = scores.target_class()
-    label = safe_name(classes[target]) if target < len(classes) else str(target)
+    target = scores.target_class() if target is None else target
+    if label is None:
+        label = safe_name(classes[target]) if target < len(classes) else str(target)
     for kind, key in (("logit", "instance_logits"), ("contribution", "contribution")):
         if key in scores.arrays:
             maps[f"{kind}_{label}"] = _margin(scores.arrays[key], target)

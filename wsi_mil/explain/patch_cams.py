@@ -172,31 +172,14 @@ def locate_cam_inputs(scores: SlideScores, *, run_dir: Path, model: str, subset:
                       bag_path: Path | None) -> CamInputs | str:  # fmt: skip
     """The heads that scored this slide (the folds in its scores file), its feature file and
     bag; or a reason why CAMs cannot be made (a message, logged by the caller)."""
-    import json
+    from wsi_mil.explain.faithfulness import locate_heads
 
-    from wsi_mil.mil.run import TRAIN_CONFIG
-
-    model_dir = run_dir / "models" / model
-    if not (model_dir / TRAIN_CONFIG).exists():
-        return f"no {model_dir / TRAIN_CONFIG} (CAMs need the trained heads)"
-    key = "" if subset == Path(".") else subset.as_posix()
-    entries = [e for e in json.loads((model_dir / TRAIN_CONFIG).read_text())["sets"] if e["key"] == key]
-    if not entries:
-        return f"{model_dir}: no feature set {key!r} in {TRAIN_CONFIG}"
-    entry = entries[0]
-    candidates = [Path(entry["root"]), run_dir / "features" / entry["relative"]]
-    feature_path = next((c / f"{scores.slide_id}{s}" for c in candidates for s in (".h5", ".zarr")
-                         if (c / f"{scores.slide_id}{s}").exists()), None)  # fmt: skip
-    if feature_path is None:
-        return f"no feature file for {scores.slide_id} under {candidates[0]}"
+    heads = locate_heads(scores, run_dir=run_dir, model=model, subset=subset)
+    if isinstance(heads, str):
+        return heads
     if bag_path is None or not bag_path.exists():
         return "no bag (CAMs read the patches through it)"
-    set_dir = model_dir / key if key else model_dir
-    folds = [int(f) for f in scores.root_attrs.get("folds") or []]
-    fold_dirs = tuple(set_dir / f"fold_{k}" for k in folds)
-    if not fold_dirs or not all((d / "config.json").exists() for d in fold_dirs):
-        return f"{set_dir}: the folds {folds} that scored this slide are not all there"
-    return CamInputs(fold_dirs, feature_path, bag_path)
+    return CamInputs(heads.fold_dirs, heads.feature_path, bag_path)
 
 
 _ENCODERS: dict[tuple, Any] = {}
@@ -223,23 +206,20 @@ def cam_slide(scores: SlideScores, inputs: CamInputs, out_dir: Path, *, methods:
     """Explain the slide's ``top_k`` most attended patches; writes cams.h5 and the gallery PNG."""
     import torch
 
+    from wsi_mil.explain.faithfulness import load_heads
     from wsi_mil.features.freeze import resolve_device
     from wsi_mil.mil.data import read_bag_features
-    from wsi_mil.mil.train import load_fold_model
 
     torch_device = resolve_device(device)
     rows = top_patches(scores, top_k)
     coords = scores.coords[rows]
     features, feature_coords, feature_attrs = read_bag_features(inputs.feature_path)
     encoder = _encoder_for(feature_attrs, checkpoint_path)
-    heads, normalizers = [], []
+    heads = load_heads(inputs.fold_dirs, torch_device)
     x = torch.from_numpy(np.ascontiguousarray(features, np.float32)).to(torch_device)
     c = torch.from_numpy(np.asarray(feature_coords)).to(torch_device)
-    for fold_dir in inputs.fold_dirs:
-        head, _ = load_fold_model(fold_dir, torch_device)
-        with torch.no_grad():  # each head's own softmax normalizer over the whole slide
-            normalizers.append(float(torch.logsumexp(head(x, c).attention_raw.reshape(-1), 0)))
-        heads.append(head)
+    with torch.no_grad():  # each head's own softmax normalizer over the whole slide
+        normalizers = [float(torch.logsumexp(head(x, c).attention_raw.reshape(-1), 0)) for head in heads]
     target = scores.target_class()
     maps: dict[str, np.ndarray] = {}
     faithfulness: dict[str, dict[str, float]] = {}
