@@ -34,7 +34,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert main(["train", str(run), "--labels", str(labels), "--model", "ilam", "--folds", "2", "--epochs", "2",
                  "--device", "cpu", "--set", "train.min_epochs=1", "--set", "train.val_fraction=0", "--quiet"]) == 0  # fmt: skip
     assert main(["predict", str(run), "--model-dir", str(run / "models" / "ilam"), "--device", "cpu", "--quiet"]) == 0
-    assert main(["heatmap", str(run), "--formats", "zarr", "tiff", "png", "geojson", "--maps", "attention_pct",
+    assert main(["heatmap", str(run), "--formats", "zarr", "tiff", "png", "geojson", "gallery", "--maps", "attention_pct",
                  "contribution", "--set", "heatmap.cam_top_k=3", "--set", "heatmap.cam_methods=[gradcam,integrated_gradients]",
                  "--set", "heatmap.cam_ig_steps=2", "--set", "heatmap.cam_device=cpu", *quiet]) == 0  # fmt: skip
     return run
@@ -48,7 +48,8 @@ def test_heatmaps_and_cams_for_every_slide(run: Path) -> None:
     for index in range(4):
         out = run / "heatmaps" / "ilam" / f"case{index}"
         for name in ("attention_pct.ome.zarr", "attention_pct.tiff", "contribution_tumor.tiff", "patches.geojson",
-                     "cam_gallery.png", "cams.h5", "cam_gradcam.tiff", "cam_integrated_gradients.ome.zarr"):  # fmt: skip
+                     "cam_gallery.png", "cams.h5", "cam_gradcam.tiff", "cam_integrated_gradients.ome.zarr",
+                     "attention_pct_gallery.png", "contribution_tumor_gallery.png"):  # fmt: skip
             assert (out / name).exists(), out / name
         cams = read_cams(out / "cams.h5")
         assert cams.maps["gradcam"].shape == (3, 224, 224) and cams.images.shape == (3, 224, 224, 3)

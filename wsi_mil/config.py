@@ -247,9 +247,9 @@ class HeatmapConfig:
     #: (the last two for the positive or predicted class). Empty: all of these the scores have.
     maps: tuple[str, ...] = ()
     #: Outputs per map: zarr (OME-Zarr), tiff (float32 pyramid), rgba_tiff (colour-mapped,
-    #: opens in OpenSlide), png (thumbnail overlay), geojson (all maps, one file),
-    #: blend_tiff (level-0 colour map blended with the slide, JPEG; large).
-    formats: tuple[str, ...] = ("zarr", "tiff", "rgba_tiff", "png", "geojson")
+    #: opens in OpenSlide), png (thumbnail overlay), geojson (all maps, one file), gallery (the
+    #: map's top and bottom patches, PNG), blend_tiff (level-0 colour map blended with the slide, JPEG; large).
+    formats: tuple[str, ...] = ("zarr", "tiff", "rgba_tiff", "png", "geojson", "gallery")
     #: Finest OME-Zarr scale: a slide pyramid level, or an um/px (mpp); both null: level 0.
     #: TIFFs always start at the slide's level-0 size, so they overlay it exactly.
     level: int | None = None
@@ -268,7 +268,9 @@ class HeatmapConfig:
     chunk_size: int = 1024
     #: Threads per slide for painting and compression; null: all cores.
     threads: int | None = None
-    #: Within-patch maps of the this many most attended patches (0: none).
+    #: Patches per row of the ``gallery`` format: the map's highest and lowest scoring.
+    gallery_k: int = 8
+    #: Within-patch maps of this many most attended patches (0: none).
     cam_top_k: int = 8
     #: CAM methods (wsi_mil.explain.cam.METHODS); the default ones are cheap on a CPU.
     cam_methods: tuple[str, ...] = ("gradcam", "hirescam", "gradcam++", "layercam", "eigencam")
@@ -277,7 +279,7 @@ class HeatmapConfig:
     #: ``auto`` (cuda when available), ``cpu``, ``cuda`` or ``cuda:N``.
     cam_device: str = "auto"
 
-    FORMATS: typing.ClassVar[tuple[str, ...]] = ("zarr", "tiff", "rgba_tiff", "png", "geojson", "blend_tiff")
+    FORMATS: typing.ClassVar[tuple[str, ...]] = ("zarr", "tiff", "rgba_tiff", "png", "geojson", "gallery", "blend_tiff")
     CAM_METHODS: typing.ClassVar[tuple[str, ...]] = ("gradcam", "hirescam", "gradcam++", "scorecam", "ablationcam",
                                                      "eigencam", "layercam", "fullgrad", "integrated_gradients")  # fmt: skip
 

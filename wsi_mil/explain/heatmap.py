@@ -296,6 +296,13 @@ def heatmap_job(job: HeatmapJob, *, options: HeatmapConfig, reader: str = "auto"
     try:
         result = heatmap_slide(job.scores_path, out_dir=job.out_dir, slide_path=job.slide_path, bag_path=job.bag_path,
                                options=options, reader=reader, overwrite=overwrite)  # fmt: skip
+        if "gallery" in options.formats and job.bag_path is not None:
+            from wsi_mil.explain.galleries import write_map_galleries
+
+            scores = read_scores(job.scores_path)
+            result["galleries_written"] = write_map_galleries(
+                scores, select_maps(scores, options.maps), bag_path=job.bag_path, out_dir=job.out_dir,
+                k=options.gallery_k, reader=reader, overwrite=overwrite)  # fmt: skip
         if options.cam_top_k and options.cam_methods and job.run_dir is not None:
             result.update(cam_outputs(job, options=options, reader=reader, overwrite=overwrite))
     except Exception as error:
@@ -304,7 +311,7 @@ def heatmap_job(job: HeatmapJob, *, options: HeatmapConfig, reader: str = "auto"
         message = str(error) if isinstance(error, WsiMilError) else f"{job.scores_path}: {type(error).__name__}: {error}"
         return {**record, "status": "failed", "error": message.replace("\n", " "),
                 "seconds": round(time.perf_counter() - started, 3)}  # fmt: skip
-    written = result["files_written"] + result.get("cam_files_written", 0)
+    written = result["files_written"] + result.get("cam_files_written", 0) + result.get("galleries_written", 0)
     status = "done" if written else "skipped"
     note = "" if written else "complete outputs exist"
     return {**record, **result, "status": status, "error": "", "note": note,

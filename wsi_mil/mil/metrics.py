@@ -53,12 +53,12 @@ def compute_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict[str, float]:
 
 
 def summarize(rows: list[dict[str, float]]) -> dict[str, tuple[float, float, int]]:
-    """Per metric: (mean, sample std, number of folds where it is defined)."""
+    """Per metric: (mean, sample std (NaN for one fold), number of folds where it is defined)."""
     summary = {}
     for name in METRICS:
         values = np.array([row[name] for row in rows], dtype=np.float64)
         values = values[np.isfinite(values)]
         mean = float(values.mean()) if len(values) else math.nan
-        std = float(values.std(ddof=1)) if len(values) > 1 else (0.0 if len(values) else math.nan)
+        std = float(values.std(ddof=1)) if len(values) > 1 else math.nan
         summary[name] = (mean, std, len(values))
     return summary

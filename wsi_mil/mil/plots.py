@@ -33,7 +33,10 @@ def plot_roc(path: Path, y_true: np.ndarray, probs: np.ndarray, classes: list[st
         ax.plot(fpr, tpr, label=f"{classes[c]} (AUC {roc_auc_score(positive, probs[:, c]):.3f})")
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title, xlim=(0, 1), ylim=(0, 1.01))
-    ax.legend(loc="lower right", fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right", fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "undefined: the test slides hold one class", ha="center", va="center", fontsize=8)
     fig.tight_layout()
     with atomic_output(path) as tmp:
         fig.savefig(tmp, format="png")

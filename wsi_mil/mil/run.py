@@ -234,7 +234,7 @@ def write_summary(model_dir: Path, results: list[SetResult], *, config: Config) 
         cells = []
         for m in METRICS:
             mean, std, count = summary[m]
-            cell = "n/a" if count == 0 else f"{mean:.3f} ± {std:.3f}"
+            cell = "n/a" if count == 0 else f"{mean:.3f}" if count == 1 else f"{mean:.3f} ± {std:.3f}"
             cells.append(cell + (f" ({count}/{len(result.folds)} folds)" if 0 < count < len(result.folds) else ""))
         lines.append(f"| {result.feature_set.key or result.feature_set.root.name} | " + " | ".join(cells) + " |")
     lines += ["", "## Data", ""]
