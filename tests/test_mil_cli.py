@@ -84,7 +84,9 @@ def test_predict_writes_the_scores_contract(trained: Path) -> None:
         features = read_features(trained / "features" / "toy" / "0.5mpp" / f"{slide_id}.h5")
         n = len(features.features)
         assert scores.coords.dtype == np.int64 and np.array_equal(scores.coords, features.coords)
-        assert set(scores.maps) == {S.ATTENTION_RAW, S.ATTENTION, S.ATTENTION_PCT, S.INSTANCE_LOGITS, S.CONTRIBUTION, S.RELEVANCE}
+        assert set(scores.maps) == {S.ATTENTION_RAW, S.ATTENTION, S.ATTENTION_PCT, S.INSTANCE_LOGITS, S.CONTRIBUTION, S.RELEVANCE,
+                                    S.MANIFOLD}
+        assert scores.maps[S.MANIFOLD].min() == 0.0 and scores.maps[S.MANIFOLD].max() == 1.0
         assert all(v.dtype == np.float32 and len(v) == n for v in scores.maps.values())
         assert scores.maps[S.INSTANCE_LOGITS].shape == scores.maps[S.CONTRIBUTION].shape == (n, 2)
         assert scores.maps[S.ATTENTION].sum() == pytest.approx(1.0, abs=1e-5)

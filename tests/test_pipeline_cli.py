@@ -76,7 +76,7 @@ def test_evaluate_maps_from_the_cli(run: Path, capsys: pytest.CaptureFixture[str
     assert "| attention_pct | 4/4 |" in capsys.readouterr().out  # the table is printed too
     curves = (run / "explanations" / "ilam" / "faithfulness_per_slide.csv").read_text().splitlines()
     assert {line.split(",")[0] for line in curves[1:]} == {f"case{i}" for i in range(4)}  # every slide, its predicted class
-    assert {line.split(",")[1] for line in curves[1:]} == {"attention_raw", "logit_pred", "contribution_pred", "random"}
+    assert {line.split(",")[1] for line in curves[1:]} == {"attention_raw", "manifold", "logit_pred", "contribution_pred", "random"}
     assert "## Bag-level faithfulness" in table and "| random |" in table
     assert main(["evaluate-maps", str(run), "--masks", str(run / "nowhere")]) == 2
     assert "no such masks folder" in capsys.readouterr().err

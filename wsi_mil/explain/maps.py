@@ -2,11 +2,11 @@
 
 The scores file (written by ``wsi-mil predict``) holds ``coords`` (N, 2) with the bag's
 tiling attributes, ``attention_raw``, ``attention``, ``attention_pct`` (N,),
-``instance_logits`` (N, C), optional ``contribution`` (N, C) (ILAM's m_i^c) and
-``relevance`` (N,); root attributes ``classes`` (JSON list), ``probs``, ``pred``, ``model``.
+``instance_logits`` (N, C), optional ``contribution`` (N, C) (ILAM's m_i^c),
+``relevance`` (N,) and ``manifold`` (N,); root attributes ``classes`` (JSON list), ``probs``, ``pred``, ``model``.
 
 Map names. Per-patch vectors are used as stored (``attention_pct``, ``attention_raw``,
-``attention``, ``relevance``). Class maps are for one target class t: the positive
+``attention``, ``relevance``, ``manifold``). Class maps are for one target class t: the positive
 class (the second) of a two-class model, else the predicted class.
 ``logit_<t>`` is s_i^t minus the mean of the other classes' instance logits (two
 classes: s_i^t - s_i^other, the latent map); ``contribution_<t>`` is the same margin of
@@ -25,8 +25,8 @@ import numpy as np
 
 from wsi_mil.errors import WsiMilError
 
-VECTOR_MAPS = ("attention_pct", "attention_raw", "attention", "relevance")
-DEFAULT_MAPS = ("attention_pct", "attention_raw", "logit", "contribution", "relevance")
+VECTOR_MAPS = ("attention_pct", "attention_raw", "attention", "relevance", "manifold")
+DEFAULT_MAPS = ("attention_pct", "attention_raw", "logit", "contribution", "relevance", "manifold")
 
 
 class ScoresFormatError(WsiMilError, ValueError):

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from wsi_mil.errors import FeatureFormatError, WsiMilError
+from wsi_mil.explain.manifold import grid_step, manifold_ranking
 from wsi_mil.mil.data import FeatureSet, check_finite, find_feature_sets, read_bag_features
 from wsi_mil.mil.run import TRAIN_CONFIG
 from wsi_mil.mil.splits import Splits, read_splits
@@ -181,9 +182,12 @@ def _score_slide(run_dir: Path, feature_set: FeatureSet, slide_id: str, scorer: 
         check_finite(features, path)
         folds, policy, extra = scorer.choose(slide_id)
         probs, maps = score_bag([scorer.models[k] for k in folds], features, coords, device)
+        geometry = _geometry(run_dir, feature_set, slide_id, attrs)
+        step = grid_step(coords, fallback=float(geometry.get("patch_size_level0") or 1.0))
+        maps[S.MANIFOLD] = manifold_ranking(coords, maps[S.ATTENTION_RAW], step=step, features=features)
         root = {"probs": probs, "pred": int(probs.argmax()), "classes": scorer.classes, "model": scorer.model_name,
                 "folds": folds, "fold_policy": policy, "slide_id": slide_id, **extra}  # fmt: skip
-        S.write_scores(out_path, coords, maps, attrs=root, coords_attrs=_geometry(run_dir, feature_set, slide_id, attrs))
+        S.write_scores(out_path, coords, maps, attrs=root, coords_attrs=geometry)
     except WsiMilError as error:
         return {"path": str(path), "status": "failed", "error": str(error)}
     return {"path": str(out_path), "status": "done", "error": "", "n_patches": len(features),

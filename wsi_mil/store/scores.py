@@ -10,7 +10,9 @@
 - ``instance_logits`` (N, C) float32: ILAM's latent logits s_i; for ABMIL the bag
   classifier applied to each instance embedding;
 - ``contribution`` (N, C) float32, ILAM only: m_i^c = a_i s_i^c;
-- ``relevance`` (N,) float32, ILAM with its transformer only: attention rollout r_i.
+- ``relevance`` (N,) float32, ILAM with its transformer only: attention rollout r_i;
+- ``manifold`` (N,) float32 in [0, 1]: manifold ranking over the patch grid seeded with the
+  most attended patches (wsi_mil.explain.manifold), optional.
 
 Root attributes (:data:`ROOT_ATTRS`): ``probs`` (C,), ``pred``, ``classes`` (JSON list),
 ``model``, ``folds`` (JSON list of fold indices used), ``fold_policy``, ``slide_id``,
@@ -39,8 +41,9 @@ ATTENTION_PCT = "attention_pct"
 INSTANCE_LOGITS = "instance_logits"
 CONTRIBUTION = "contribution"
 RELEVANCE = "relevance"
+MANIFOLD = "manifold"
 #: Per-patch maps, in the order they are written; the last two are optional.
-SCORE_DATASETS = (ATTENTION_RAW, ATTENTION, ATTENTION_PCT, INSTANCE_LOGITS, CONTRIBUTION, RELEVANCE)
+SCORE_DATASETS = (ATTENTION_RAW, ATTENTION, ATTENTION_PCT, INSTANCE_LOGITS, CONTRIBUTION, RELEVANCE, MANIFOLD)
 REQUIRED_DATASETS = (ATTENTION_RAW, ATTENTION, ATTENTION_PCT, INSTANCE_LOGITS)
 #: Bag attributes copied onto ``coords`` (when known) so the heatmap stage need not open the bag.
 GEOMETRY_ATTRS = ("patch_size_level0", "patch_size", "patch_level", "slide_mpp", "target_mpp", "slide_path", "slide_id",
