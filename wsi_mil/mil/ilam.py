@@ -13,8 +13,9 @@
 
 The latent branch and z read phi_i, not the transformer's output: s_i stays a local
 statement about patch i (context only decides how much it counts), which is what makes
-the latent map localize. The transformer is off by default: on CPU it roughly doubles
-the cost of an epoch, and long bags attend within bands (see ``InstanceContext``).
+the latent map localize. The transformer is off by default: on CPU an epoch with it
+costs about 6x one without (2,000 instances per bag, BENCHMARKS.md), and long bags
+attend within bands of ``transformer_max_instances`` (see ``InstanceContext``).
 """
 
 from __future__ import annotations
