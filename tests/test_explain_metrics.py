@@ -159,3 +159,16 @@ def test_faithfulness_curves_follow_the_evidence() -> None:
     assert rows[("evidence", 0.25)]["p_kept"] == pytest.approx(1 / (1 + np.exp(-5)), rel=1e-5)
     assert rows[("wrong", 0.25)]["drop"] < 0  # removing non-evidence raises the probability
     assert rows[("evidence", 0.25)]["drop"] > rows[(RANDOM, 0.25)]["drop"] > rows[("wrong", 0.25)]["drop"]
+
+
+def test_cam_pixel_localization(tmp_path: Path) -> None:
+    from wsi_mil.explain.cam_metrics import cam_localization
+
+    # The patch at (896, 512) is half inside the lesion (its right half, x >= 1024).
+    truth = load_ground_truth(_geojson(tmp_path / "s.geojson", [_polygon([LESION])]), SLIDE)
+    right = np.zeros((8, 8), np.float32)
+    right[:, 4:] = 1.0
+    good = cam_localization(np.array([[896, 512]]), right[None], 256, truth)
+    assert good["pixel_auc"] == pytest.approx(1.0) and good["hit"] == 1.0
+    bad = cam_localization(np.array([[896, 512]]), 1 - right[None], 256, truth)
+    assert bad["pixel_auc"] == pytest.approx(0.0) and bad["hit"] == 0.0

@@ -78,5 +78,9 @@ def test_evaluate_maps_from_the_cli(run: Path, capsys: pytest.CaptureFixture[str
     assert {line.split(",")[0] for line in curves[1:]} == {f"case{i}" for i in range(4)}  # every slide, its predicted class
     assert {line.split(",")[1] for line in curves[1:]} == {"attention_raw", "manifold", "logit_pred", "contribution_pred", "random"}
     assert "## Bag-level faithfulness" in table and "| random |" in table
+    cams = (run / "explanations" / "ilam" / "cams_per_slide.csv").read_text().splitlines()
+    assert cams[0].startswith("slide_id,method,patches,average_drop_pct,increase_pct,pixel_auc,hit")
+    assert len(cams) == 1 + 4 * 2  # 4 slides x (gradcam, integrated_gradients)
+    assert "| gradcam | 4 |" in table
     assert main(["evaluate-maps", str(run), "--masks", str(run / "nowhere")]) == 2
     assert "no such masks folder" in capsys.readouterr().err

@@ -13,6 +13,8 @@ trained heads in ``RUN_DIR/models``): bag-level removal / keep-only curves
   map, and per map (mean and std over annotated positive slides);
 - ``faithfulness_per_slide.csv`` and ``faithfulness.csv``: the curves per slide, and
   their means per map and fraction;
+- ``cams_per_slide.csv`` and ``cams.csv``: the CAM methods' confidence metrics and, with
+  annotations, pixel-level localization inside the explained patches (cam_metrics.py);
 - ``explanations.md``: both summary tables, maps side by side.
 """
 
@@ -165,6 +167,24 @@ def _faithfulness(jobs: Sequence[Any], fractions: Sequence[float]) -> list[dict[
     return rows
 
 
+def _cams(jobs: Sequence[Any], masks: Path | None) -> list[dict[str, Any]]:
+    """CAM metrics of every slide whose heatmap folder holds cams.h5 (wsi-mil heatmap)."""
+    from wsi_mil.explain.cam_metrics import cam_rows
+    from wsi_mil.explain.patch_cams import CAMS_NAME
+
+    rows: list[dict[str, Any]] = []
+    for job in jobs:
+        path = job.out_dir / CAMS_NAME
+        if not path.exists():
+            continue
+        annotation = find_annotation(masks, job.slide_id) if masks is not None else None
+        truth = None
+        if annotation is not None:
+            truth = load_ground_truth(annotation, _slide_dimensions(read_scores(job.scores_path), job.bag_path))
+        rows.extend(cam_rows(path, truth))
+    return rows
+
+
 def evaluate_maps(run_dir: str | Path, *, masks: str | Path | None = None, model: str | None = None,
                   positive_fraction: float = 0.5, faithfulness: bool = True,
                   fractions: Sequence[float] | None = None) -> tuple[list[dict[str, Any]], Path]:  # fmt: skip
@@ -186,6 +206,12 @@ def evaluate_maps(run_dir: str | Path, *, masks: str | Path | None = None, model
         summary = summarize(rows)
         outputs += [("explanations_per_slide.csv", _csv(rows)), ("explanations.csv", _csv(summary))]
         markdown.append(markdown_table(summary))
+    cams = _cams(jobs, Path(masks) if masks is not None else None)
+    if cams:
+        from wsi_mil.explain.cam_metrics import cam_markdown, summarize_cams
+
+        outputs += [("cams_per_slide.csv", _csv(cams)), ("cams.csv", _csv(summarize_cams(cams)))]
+        markdown.append(cam_markdown(summarize_cams(cams)))
     if faithfulness:
         curves = _faithfulness(jobs, fractions or FRACTIONS)
         if curves:
