@@ -116,7 +116,7 @@ def feature_shape(path: Path) -> tuple[int, int]:
 
             shape = zarr.open_group(str(path), mode="r")["features"].shape
         else:
-            shape = tuple(_load_pt(path).shape)
+            shape = tuple(_load_pt(path, mmap=True).shape)
     except FeatureFormatError:
         raise
     except (OSError, KeyError, RuntimeError, ValueError) as error:
@@ -126,10 +126,16 @@ def feature_shape(path: Path) -> tuple[int, int]:
     return int(shape[0]), int(shape[1])
 
 
-def _load_pt(path: Path) -> Any:
+def _load_pt(path: Path, *, mmap: bool = False) -> Any:
+    """A CLAM ``pt_files`` tensor (N, D); ``mmap`` reads only the header of zip-format files."""
     import torch
 
-    data = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except RuntimeError:
+        if not mmap:
+            raise
+        data = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
     if isinstance(data, dict) and "features" in data:
         data = data["features"]
     if not isinstance(data, torch.Tensor):
