@@ -68,3 +68,15 @@ def test_same_seed_same_metrics_on_cpu(tmp_path: Path) -> None:
     assert runs[0] == runs[1]
     weights = [(tmp_path / "run" / "models" / n / "fold_1" / "model.safetensors").read_bytes() for n in ("a", "b")]
     assert weights[0] == weights[1]
+
+
+def test_streamed_bags_train_like_bags_in_memory(tmp_path: Path) -> None:
+    bags = make_planted_bags(12, n_instances=(6, 12), dim=8, seed=6)
+    labels = tmp_path / "labels.csv"
+    write_planted_bags(bags, tmp_path / "run" / "features" / "toy", labels_csv=labels)
+    base = TrainConfig(folds=2, epochs=2, min_epochs=1, hidden_dim=16, attention_dim=8, device="cpu")
+    tables = []
+    for name, memory_gb in (("memory", 8.0), ("stream", 0.0)):
+        train_run(tmp_path / "run", labels, config=Config(train=replace(base, name=name, memory_gb=memory_gb)))
+        tables.append((tmp_path / "run" / "models" / name / "metrics.csv").read_text())
+    assert tables[0] == tables[1]
