@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("torch")
+torch = pytest.importorskip("torch")
 
 from wsi_mil.cli import main  # noqa: E402
 from wsi_mil.mil.synthetic import make_planted_bags, write_planted_bags  # noqa: E402
@@ -21,6 +22,15 @@ from wsi_mil.store.features import read_features  # noqa: E402
 
 SETS = ("0.5mpp", "1mpp")
 QUICK = ["--set", "train.min_epochs=1", "--set", "train.hidden_dim=16", "--set", "train.attention_dim=8"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny bags gain nothing from more threads, and on a busy 2-core machine they spin."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +123,7 @@ def test_predict_subprocess_mean_over_folds(trained: Path) -> None:
     wsi_mil = Path(sys.executable).with_name("wsi-mil")
     done = subprocess.run([str(wsi_mil), "predict", str(trained), "--model-dir", str(trained / "models" / "il"),
                            "--all-folds", "--slides", "bag_0003", "--overwrite", "--device", "cpu"],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
     assert done.returncode == 0, done.stderr
     scores = S.read_scores(trained / "scores" / "il" / "0.5mpp" / "bag_0003.h5")
     assert scores.attrs["fold_policy"] == "mean" and scores.attrs["folds"] == [0, 1, 2]

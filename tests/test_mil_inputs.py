@@ -22,6 +22,15 @@ from wsi_mil.store.features import write_features  # noqa: E402
 TINY = Config(train=TrainConfig(folds=2, epochs=1, min_epochs=1, hidden_dim=8, attention_dim=4, device="cpu"))
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny bags gain nothing from more threads, and on a busy 2-core machine they spin."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _run(tmp_path: Path, n: int = 8, dim: int = 6) -> tuple[Path, Path, list]:
     bags = make_planted_bags(n, n_instances=(4, 8), dim=dim, seed=0)
     labels = tmp_path / "labels.csv"

@@ -20,6 +20,15 @@ from wsi_mil.mil.train import FoldTrainer  # noqa: E402
 FAST = TrainConfig(epochs=10, min_epochs=10, lr=1e-3, hidden_dim=64, attention_dim=32, device="cpu", scheduler="cosine")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny bags gain nothing from more threads, and on a busy 2-core machine they spin."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory: pytest.TempPathFactory) -> tuple[BagStore, dict, list]:
     # Planted instances sit 4 sd from the background along one direction: separable one by one
