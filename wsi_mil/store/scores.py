@@ -42,7 +42,7 @@ INSTANCE_LOGITS = "instance_logits"
 CONTRIBUTION = "contribution"
 RELEVANCE = "relevance"
 MANIFOLD = "manifold"
-#: Per-patch maps, in the order they are written; the last two are optional.
+#: Per-patch maps, in the order they are written; all but the first four are optional.
 SCORE_DATASETS = (ATTENTION_RAW, ATTENTION, ATTENTION_PCT, INSTANCE_LOGITS, CONTRIBUTION, RELEVANCE, MANIFOLD)
 REQUIRED_DATASETS = (ATTENTION_RAW, ATTENTION, ATTENTION_PCT, INSTANCE_LOGITS)
 #: Bag attributes copied onto ``coords`` (when known) so the heatmap stage need not open the bag.
