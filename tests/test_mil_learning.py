@@ -89,3 +89,18 @@ def test_streamed_bags_train_like_bags_in_memory(tmp_path: Path) -> None:
         train_run(tmp_path / "run", labels, config=Config(train=replace(base, name=name, memory_gb=memory_gb)))
         tables.append((tmp_path / "run" / "models" / name / "metrics.csv").read_text())
     assert tables[0] == tables[1]
+
+
+def test_three_classes_end_to_end(tmp_path: Path) -> None:
+    bags = make_planted_bags(18, n_instances=(8, 12), dim=8, n_classes=3, signal=5.0, seed=7)
+    labels = tmp_path / "labels.csv"
+    write_planted_bags(bags, tmp_path / "run" / "features" / "toy", labels_csv=labels, class_names=("a", "b", "c"))
+    train = TrainConfig(model="ilam", folds=3, epochs=3, min_epochs=1, hidden_dim=16, attention_dim=8, device="cpu",
+                        instance_loss=True, instance_k=2)
+    (result,) = train_run(tmp_path / "run", labels, config=Config(train=train))
+    assert result.classes == ["a", "b", "c"] and len(result.folds) == 3
+    assert all(0.0 <= fold["roc_auc"] <= 1.0 for fold in result.folds)
+    model_dir = tmp_path / "run" / "models" / "ilam"
+    assert "macro averages" in (model_dir / "summary.md").read_text()
+    header = (model_dir / "fold_0" / "predictions.csv").read_text().splitlines()[0]
+    assert header.endswith("prob_a,prob_b,prob_c")
