@@ -1,13 +1,20 @@
 """Lazy RGB canvases of the colour-mapped scores blended over the slide's own pixels.
 
-Each chunk reads only its slide region (from the finest pyramid level not finer than
-the canvas, resized when the level does not match), so a level-0 blend of a huge slide
-is produced chunk by chunk like the score canvas. Slide handles are opened once per
-thread.
+Each tile or chunk reads only its slide region (from the finest pyramid level not finer
+than the canvas, resized when the level does not match), so a level-0 blend of a huge
+slide is produced piece by piece like the score canvas. Slide handles are opened once
+per thread.
+
+Most of a level-0 overlay has no score: those tiles are the slide's own pixels. When the
+slide stores that level as JPEG tiles on the same 256-px grid (Aperio SVS, tifffile
+pyramids), :class:`BlendTiles` copies their stored bytes into the output -- no decode,
+no re-encode, and no second JPEG generation loss -- and decodes only tiles under scores.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -16,7 +23,11 @@ import numpy as np
 from PIL import Image
 
 from wsi_mil.explain.export_overview import blend
-from wsi_mil.explain.stitch import ScoreRange, colormap_lut
+from wsi_mil.explain.export_tiff import TILE, JpegLayout
+from wsi_mil.explain.stitch import ScorePainter, ScoreRange, colormap_lut
+
+#: TIFF Compression JPEG; PhotometricInterpretation RGB and YCbCr
+_JPEG, _RGB, _YCBCR = 7, 2, 6
 
 
 class _SlidePerThread:
@@ -88,3 +99,129 @@ def blended_canvas(
 def open_per_thread(path: str | Path, *, reader: str = "auto", mpp: float | None = None) -> _SlidePerThread:
     """A per-thread slide opener for :func:`blended_canvas`; call ``close()`` when done."""
     return _SlidePerThread(Path(path), reader, mpp)
+
+
+class StoredJpegTiles:
+    """A slide level's own JPEG tiles, as complete JPEG streams read from the file without decoding."""
+
+    def __init__(self, path: Path, offsets: np.ndarray, bytecounts: np.ndarray, tables: bytes | None,
+                 tiles_across: int, layout: JpegLayout) -> None:  # fmt: skip
+        self.offsets, self.bytecounts, self.tables = offsets, bytecounts, tables
+        self.tiles_across, self.layout = tiles_across, layout
+        self._fd = os.open(path, os.O_RDONLY)  # os.pread: no shared file position between threads
+
+    @classmethod
+    def find(cls, path: Path, shape: tuple[int, int], *, tile: int = TILE) -> StoredJpegTiles | None:
+        """The page of ``path`` stored as ``shape`` (rows, cols) in ``tile``-px 8-bit RGB JPEG tiles, if any."""
+        import tifffile
+
+        try:
+            tif = tifffile.TiffFile(path)
+        except (OSError, ValueError, tifffile.TiffFileError):  # not a TIFF (MIRAX, DICOM...): decode instead
+            return None
+        with tif:
+            for page in tif.pages:
+                if (
+                    page.shape[:2] == tuple(shape) and page.is_tiled and (page.tilelength, page.tilewidth) == (tile, tile)
+                    and page.compression == _JPEG and page.photometric in (_RGB, _YCBCR) and page.planarconfig == 1
+                    and page.samplesperpixel == 3 and page.bitspersample == 8
+                ):  # fmt: skip
+                    layout = (JpegLayout("YCBCR", tuple(page.subsampling or (2, 2))) if page.photometric == _YCBCR
+                              else JpegLayout("RGB", (1, 1)))  # fmt: skip
+                    return cls(path, np.asarray(page.dataoffsets), np.asarray(page.databytecounts),
+                               page.jpegtables, -(-shape[1] // tile), layout)  # fmt: skip
+        return None
+
+    def tile(self, row: int, col: int) -> bytes | None:
+        """Tile (row, col) as a self-contained JPEG; None when the file leaves it out (sparse)."""
+        index = row * self.tiles_across + col
+        count = int(self.bytecounts[index])
+        if count == 0:
+            return None
+        data = os.pread(self._fd, count, int(self.offsets[index]))
+        if self.tables:  # abbreviated stream (Aperio): splice in the shared tables, tables' EOI and tile's SOI dropped
+            data = self.tables[:-2] + data[2:]
+        return data
+
+    def decode(self, row: int, col: int) -> np.ndarray | None:
+        """(tile, tile, 3) uint8 pixels of tile (row, col), as OpenSlide decodes them (same libjpeg, same colour space)."""
+        import imagecodecs
+
+        data = self.tile(row, col)
+        if data is None:
+            return None
+        return imagecodecs.jpeg8_decode(data, colorspace=self.layout.photometric, outcolorspace="RGB")
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+class TileBlender:
+    """:func:`~wsi_mil.explain.export_overview.blend`, bit for bit, for whole tiles.
+
+    Same float32 arithmetic in the same order, but over the whole tile with a final
+    select instead of boolean gathers and scatters: about 3x faster on 256-px tiles.
+    """
+
+    def __init__(self, *, cmap: str, score_range: ScoreRange, alpha: float) -> None:
+        self.score_range, self.alpha = score_range, alpha
+        self._weighted_lut = np.float32(alpha) * colormap_lut(cmap).astype(np.float32)  # (256, 3) alpha * colour
+
+    def __call__(self, rgb: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        """rgb: (h, w, 3) uint8; scores: (h, w) float, NaN keeps the slide."""
+        valid = np.isfinite(scores)
+        index = (self.score_range.normalize(np.where(valid, scores, 0.0)) * 255.0 + 0.5).astype(np.uint8)
+        mixed = rgb.astype(np.float32)
+        mixed *= 1.0 - self.alpha
+        mixed += np.take(self._weighted_lut, index, axis=0)
+        mixed += 0.5
+        if valid.all():  # the usual tile under a patch: no select needed
+            return mixed.astype(np.uint8)
+        return np.where(valid[..., None], mixed.astype(np.uint8), rgb)
+
+
+class BlendTiles:
+    """One level of the blended overlay, tile by tile: a tile source for ``write_pyramid_tiff``.
+
+    scores: the level's :class:`ScorePainter` with 256-px chunks (the TIFF tile grid).
+    """
+
+    def __init__(self, scores: ScorePainter, slides: _SlidePerThread, *, downsample: float, cmap: str,
+                 score_range: ScoreRange, alpha: float, stored: StoredJpegTiles | None = None) -> None:  # fmt: skip
+        self.scores, self.slides, self.downsample, self.stored = scores, slides, downsample, stored
+        self.blend = TileBlender(cmap=cmap, score_range=score_range, alpha=alpha)
+        self.shape = (*scores.shape, 3)
+        #: copied tiles keep the slide's JPEG layout, so the whole level must use it
+        self.jpeg_layout = stored.layout if stored is not None else None
+
+    def has_data(self, row: int, col: int) -> bool:
+        return True  # every tile shows the slide
+
+    def tile(self, row: int, col: int) -> np.ndarray | bytes:
+        scored = self.scores.has_data(row, col)
+        if not scored and self.stored is not None:
+            data = self.stored.tile(row, col)
+            if data is not None:
+                return data
+        rows, cols = self.scores.bounds(row, col)
+        rgb = self.stored.decode(row, col) if self.stored is not None else None
+        if rgb is None:
+            rgb = read_slide_block(self.slides.get(), rows, cols, self.downsample)
+        rgb = rgb[: rows.stop - rows.start, : cols.stop - cols.start]  # a stored edge tile is padded
+        if not scored:
+            return rgb
+        return self.blend(rgb, self.scores.tile(row, col))
+
+
+def stored_tiles_for(slide: Any, shape: tuple[int, int], downsample: float) -> StoredJpegTiles | None:
+    """The slide's stored JPEG tiles for a canvas of ``shape`` at ``downsample``, when they are exactly its pixels.
+
+    That is when a slide level has this downsample and size (so canvas pixel = level
+    pixel, as :func:`read_slide_block` would read it) and is stored on the same tile grid.
+    """
+    level = slide.get_best_level_for_downsample(downsample)
+    if not math.isclose(slide.level_downsamples[level], downsample, rel_tol=1e-9):
+        return None
+    if tuple(slide.level_dimensions[level]) != (shape[1], shape[0]):
+        return None
+    return StoredJpegTiles.find(Path(slide.path), shape)

@@ -16,18 +16,24 @@ Pixel types (see :func:`write_pyramid_tiff`):
   OpenSlide included.
 - uint8 RGB, JPEG: the colour map blended with the slide (level-0 overlay).
 
-Every level is computed one row of tiles at a time from a lazy canvas (the next row
-is computed while tifffile compresses the current one), so memory holds a couple of
-tile rows, never a level.
+A level is either a lazy Dask canvas, computed one row of tiles at a time (the next
+row is computed while the current one is written), or a :class:`TileSource` that makes
+each tile on demand and says which tiles have no data. A tile source is written tile by
+tile through a thread pool with a bounded window, so memory holds a few tiles whatever
+the slide's size, and its no-data tiles (most of a level-0 heatmap) are one shared,
+pre-encoded tile: nothing is painted, checked or compressed for them.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -38,6 +44,44 @@ logger = logging.getLogger(__name__)
 TILE = 256
 #: Stop adding levels once a level fits in this many pixels per side.
 MIN_LEVEL_SIDE = 512
+#: Deflate level of float32/RGBA tiles with data: level 1 is ~2x faster than 6 (the tiles
+#: are runs of one value per patch; 6 would save ~1 kB a tile).
+DEFLATE_LEVEL = 1
+#: The shared no-data tile is encoded once, so it gets the best ratio: 281 bytes instead of
+#: 1.3 kB for a NaN float32 tile, written thousands of times at level 0.
+EMPTY_DEFLATE_LEVEL = 9
+JPEG_QUALITY = 85
+#: Tiles being made or encoded at once per worker thread (bounds a tile source's memory).
+TILES_IN_FLIGHT_PER_THREAD = 4
+
+
+@runtime_checkable
+class TileSource(Protocol):
+    """One pyramid level made tile by tile; tile (row, col) covers ``[row*T, (row+1)*T) x [col*T, ...)``.
+
+    ``tile`` returns the (h, w[, S]) pixels (edge tiles may be short; they are padded),
+    or bytes already encoded for this level's compression. Tiles where ``has_data`` is
+    false are not asked for: the level's shared no-data tile is written instead.
+    """
+
+    shape: tuple[int, ...]
+
+    def has_data(self, row: int, col: int) -> bool: ...
+
+    def tile(self, row: int, col: int) -> np.ndarray | bytes: ...
+
+
+@dataclass(frozen=True)
+class JpegLayout:
+    """How a JPEG level is encoded: tifffile's default (YCbCr, 2x2 chroma) or a slide's own.
+
+    A level that copies a slide's stored JPEG tiles takes that slide level's layout, so the
+    tiles it encodes itself and the copied ones are read the same way (OpenSlide chooses
+    the JPEG colour space from the TIFF photometric tag, not from the stream).
+    """
+
+    photometric: str = "YCBCR"  # or "RGB"
+    subsampling: tuple[int, int] = (2, 2)
 
 
 def pyramid_factors(shape: tuple[int, int], *, min_side: int = MIN_LEVEL_SIDE) -> list[int]:
@@ -77,10 +121,7 @@ def iter_tiles(array: Any, *, tile: int = TILE, threads: int | None = None,
     pool = ThreadPoolExecutor(max_workers=threads or None, thread_name_prefix="tiff-encode") if encode else None
 
     def encoded(piece: np.ndarray) -> bytes:
-        if piece.shape[:2] != (tile, tile):
-            padded = np.zeros((tile, tile, *piece.shape[2:]), dtype=piece.dtype)
-            padded[: piece.shape[0], : piece.shape[1]] = piece
-            piece = padded
+        piece = _padded(piece, tile)
         kind = "nan" if piece.dtype.kind == "f" and np.isnan(piece).all() else "zero" if not piece.any() else ""
         if kind:
             if kind not in empty:
@@ -106,6 +147,81 @@ def iter_tiles(array: Any, *, tile: int = TILE, threads: int | None = None,
             pool.shutdown()
 
 
+def _padded(piece: np.ndarray, tile: int) -> np.ndarray:
+    if piece.shape[:2] == (tile, tile):
+        return np.ascontiguousarray(piece)
+    padded = np.zeros((tile, tile, *piece.shape[2:]), dtype=piece.dtype)
+    padded[: piece.shape[0], : piece.shape[1]] = piece
+    return padded
+
+
+def iter_source_tiles(source: TileSource, *, tile: int, encode: Callable[[np.ndarray], bytes], empty: bytes | None,
+                      threads: int | None = None) -> Iterator[bytes]:  # fmt: skip
+    """Encoded tiles of ``source`` in TIFF order; no-data tiles are ``empty`` (encoded once by the caller).
+
+    Tiles with data are made and encoded in a thread pool (numpy, zlib, libjpeg and
+    OpenSlide release the GIL); at most a few per thread are in flight, so memory does
+    not grow with the level. A kind without a no-data tile (``empty`` None: RGB JPEG)
+    needs a source whose tiles all have data.
+    """
+    rows, cols = -(-source.shape[0] // tile), -(-source.shape[1] // tile)
+    workers = threads or os.cpu_count() or 2
+
+    def encoded(row: int, col: int) -> bytes:
+        piece = source.tile(row, col)
+        return piece if isinstance(piece, bytes) else encode(_padded(piece, tile))
+
+    window: deque[Future[bytes] | bytes] = deque()
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tiff-tile") as pool:
+        for row in range(rows):
+            for col in range(cols):
+                if source.has_data(row, col):
+                    window.append(pool.submit(encoded, row, col))
+                elif empty is None:
+                    raise ValueError(f"tile ({row}, {col}) has no data, and this TIFF kind has no no-data tile")
+                else:
+                    window.append(empty)
+                while len(window) > workers * TILES_IN_FLIGHT_PER_THREAD:
+                    head = window.popleft()
+                    yield head if isinstance(head, bytes) else head.result()
+        while window:
+            head = window.popleft()
+            yield head if isinstance(head, bytes) else head.result()
+
+
+def _level_codec(kind: str, level: Any, tile: int) -> tuple[dict[str, Any], Callable[[np.ndarray], bytes], bytes | None]:
+    """(tifffile options, encoder, shared no-data tile) of one level; we encode, tifffile only writes.
+
+    The encoders give exactly what tifffile would (same codec and arguments), so readers
+    see no difference; no-data is NaN for float32 and transparent black for RGBA.
+    """
+    import imagecodecs
+
+    if kind in ("float32", "rgba"):
+        def encode(piece: np.ndarray) -> bytes:
+            return imagecodecs.zlib_encode(piece, level=DEFLATE_LEVEL)
+
+        if kind == "float32":
+            options = {"photometric": "minisblack", "compression": "zlib"}
+            no_data = np.full((tile, tile), np.nan, dtype=np.float32)
+        else:
+            options = {"photometric": "rgb", "extrasamples": ["unassalpha"], "compression": "zlib"}
+            no_data = np.zeros((tile, tile, 4), dtype=np.uint8)
+        return options, encode, imagecodecs.zlib_encode(no_data, level=EMPTY_DEFLATE_LEVEL)
+    if kind == "rgb_jpeg":
+        layout = getattr(level, "jpeg_layout", None) or JpegLayout()
+        arguments = {"level": JPEG_QUALITY, "subsampling": layout.subsampling, "colorspace": "RGB",
+                     "outcolorspace": layout.photometric}  # fmt: skip
+
+        def encode_jpeg(piece: np.ndarray) -> bytes:
+            return imagecodecs.jpeg_encode(piece, **arguments)
+
+        options = {"photometric": "rgb", "compression": "jpeg", "subsampling": layout.subsampling,
+                   "compressionargs": {"level": JPEG_QUALITY, "outcolorspace": layout.photometric}}  # fmt: skip
+        return options, encode_jpeg, None
+    raise ValueError(f"unknown TIFF kind {kind!r}; use float32, rgba or rgb_jpeg")
+
+
 def write_pyramid_tiff(
     path: str | Path,
     levels: Sequence[Any],
@@ -116,7 +232,7 @@ def write_pyramid_tiff(
     tile: int = TILE,
     threads: int | None = None,
 ) -> Path:
-    """Write lazy pyramid ``levels`` (full size first, each a 2-D or (H, W, S) Dask array).
+    """Write pyramid ``levels`` (full size first), each a lazy 2-D or (H, W, S) Dask array or a :class:`TileSource`.
 
     ``kind``: ``float32`` ((H, W) scores), ``rgba`` ((H, W, 4) uint8) or ``rgb_jpeg``
     ((H, W, 3) uint8). ``mpp`` is level 0's um/px; each level's resolution tags use its
@@ -124,21 +240,7 @@ def write_pyramid_tiff(
     """
     import tifffile
 
-    import imagecodecs
-
-    options: dict[str, Any]
-    encode = None
-    if kind in ("float32", "rgba"):  # deflate, encoded here so that no-data tiles are encoded once
-        def encode(piece: np.ndarray) -> bytes:
-            return imagecodecs.zlib_encode(np.ascontiguousarray(piece), level=1)
-
-    if kind == "float32":
-        options = {"photometric": "minisblack", "compression": "zlib"}
-    elif kind == "rgba":
-        options = {"photometric": "rgb", "extrasamples": ["unassalpha"], "compression": "zlib"}
-    elif kind == "rgb_jpeg":
-        options = {"photometric": "rgb", "compression": "jpeg", "compressionargs": {"level": 85}}
-    else:
+    if kind not in ("float32", "rgba", "rgb_jpeg"):
         raise ValueError(f"unknown TIFF kind {kind!r}; use float32, rgba or rgb_jpeg")
     dtype = np.float32 if kind == "float32" else np.uint8
     width0 = levels[0].shape[1]
@@ -147,13 +249,18 @@ def write_pyramid_tiff(
         big = sum(int(np.prod(level.shape)) * np.dtype(dtype).itemsize for level in levels) > 2**31
         with tifffile.TiffWriter(tmp, bigtiff=big) as writer:
             for index, level in enumerate(levels):
+                options, encode, empty = _level_codec(kind, level, tile)
+                if isinstance(level, TileSource):
+                    tiles = iter_source_tiles(level, tile=tile, encode=encode, empty=empty, threads=threads)
+                else:
+                    tiles = iter_tiles(level, tile=tile, threads=threads, encode=encode)
                 downsample = width0 / level.shape[1]
                 resolution = {}
                 if mpp:
                     per_cm = 1e4 / (mpp * downsample)
                     resolution = {"resolution": (per_cm, per_cm), "resolutionunit": "CENTIMETER"}
                 writer.write(
-                    iter_tiles(level, tile=tile, threads=threads, encode=encode),
+                    tiles,
                     shape=level.shape,
                     dtype=dtype,
                     tile=(tile, tile),

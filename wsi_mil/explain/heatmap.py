@@ -23,12 +23,14 @@ import numpy as np
 from wsi_mil.config import Config, HeatmapConfig
 from wsi_mil.errors import WsiMilError
 from wsi_mil.explain.maps import SlideScores, read_scores, safe_name, select_maps
-from wsi_mil.explain.stitch import CanvasGeometry, ScoreRange, TissueMask, stitch_scores
+from wsi_mil.explain.stitch import CanvasGeometry, ScorePainter, ScoreRange, TissueMask, stitch_scores
 
 logger = logging.getLogger(__name__)
 
 STAGE = "heatmap"
-TIFF_CHUNK = (256, 2048)
+TIFF_TILE = 256
+#: Dask chunks of TIFF levels that are canvases (smoothed maps): one row of 256-px tiles per chunk row
+TIFF_CHUNK = (TIFF_TILE, 2048)
 #: file name pattern of each per-map format
 MAP_FILES = {
     "zarr": "{map}.ome.zarr",
@@ -160,7 +162,7 @@ def _write_map(
     tissue: TissueMask | None, out_dir: Path, options: HeatmapConfig, overwrite: bool,
 ) -> int:  # fmt: skip
     from wsi_mil.explain.export_tiff import pyramid_factors, write_pyramid_tiff
-    from wsi_mil.explain.stitch import colorize
+    from wsi_mil.explain.stitch import ColouredTiles, colorize
 
     todo = {f: out_dir / MAP_FILES[f].format(map=name) for f in options.formats if f in MAP_FILES}
     todo = {f: p for f, p in todo.items() if overwrite or not p.exists()}
@@ -176,6 +178,16 @@ def _write_map(
         sigma = options.smooth_sigma * base / downsample
         return stitch_scores(scores.coords, values, patch_size_level0=size, geometry=geo, chunks=chunks,
                              tissue=tissue, smooth_sigma=sigma)  # fmt: skip
+
+    def tiff_level(downsample: float) -> Any:
+        """A TIFF level painted tile by tile from the patch table, skipping tiles without patches.
+
+        Smoothing needs each tile's neighbours, so smoothed maps stay Dask canvases.
+        """
+        if options.smooth_sigma > 0:
+            return canvas(downsample, TIFF_CHUNK)
+        return ScorePainter(scores.coords, values, patch_size_level0=size, tissue=tissue, chunks=(TIFF_TILE, TIFF_TILE),
+                            geometry=CanvasGeometry.for_slide(geometry.dimensions, downsample))  # fmt: skip
 
     level0 = CanvasGeometry.for_slide(geometry.dimensions, 1.0)
     tiff_factors = pyramid_factors(level0.shape)
@@ -194,15 +206,17 @@ def _write_map(
                            window=(score_range.vmin, score_range.vmax), attrs={**provenance, "level0_downsample": base},
                            threads=options.threads)  # fmt: skip
         elif fmt in ("tiff", "rgba_tiff"):
-            levels = [canvas(f, TIFF_CHUNK) for f in tiff_factors]
+            levels = [tiff_level(f) for f in tiff_factors]
             if fmt == "rgba_tiff":
-                levels = [colorize(level, cmap=options.cmap, score_range=score_range) for level in levels]
+                colour = {"cmap": options.cmap, "score_range": score_range}
+                levels = [ColouredTiles(level, **colour) if isinstance(level, ScorePainter) else colorize(level, **colour)
+                          for level in levels]  # fmt: skip
             write_pyramid_tiff(path, levels, mpp=geometry.mpp, kind="float32" if fmt == "tiff" else "rgba",
                                description=description, threads=options.threads)  # fmt: skip
         elif fmt == "png":
             _write_png(path, name, canvas, geometry, slide, options, score_range)
         elif fmt == "blend_tiff" and slide is not None:
-            write_blend_tiff(path, slide, canvas, options=options, score_range=score_range, description=description)
+            write_blend_tiff(path, slide, tiff_level, options=options, score_range=score_range, description=description)
     return len(todo)
 
 
@@ -222,28 +236,39 @@ def _write_png(path: Path, name: str, canvas: Any, geometry: SlideGeometry, slid
     write_overlay_png(path, thumbnail, scores, cmap=options.cmap, score_range=score_range, alpha=options.alpha, title=name)
 
 
-def write_blend_tiff(path: Path, slide: Any, canvas: Any, *, options: HeatmapConfig, score_range: ScoreRange,
+def write_blend_tiff(path: Path, slide: Any, scores: Any, *, options: HeatmapConfig, score_range: ScoreRange,
                      description: str | None = None) -> Path:  # fmt: skip
     """A JPEG RGB pyramid of the colour map blended with the slide, one level per slide level.
 
-    ``canvas(downsample, chunks)`` builds the score canvas at a downsample. Levels follow
-    the slide's own pyramid (each read from its matching slide level, no extra decoding).
+    ``scores(downsample)`` gives the level's scores: a :class:`ScorePainter` with
+    256-px chunks (blended tile by tile, copying the slide's own JPEG tiles where there
+    is no score) or a Dask canvas with 256-px row chunks (blended chunk by chunk).
     """
-    from wsi_mil.explain.blend import blended_canvas, open_per_thread
+    from wsi_mil.explain.blend import BlendTiles, blended_canvas, open_per_thread, stored_tiles_for
     from wsi_mil.explain.export_tiff import write_pyramid_tiff
 
     slides = open_per_thread(slide.path, reader=slide.backend, mpp=slide.mpp)
+    stored = []
     try:
         levels = []
         for downsample in slide.level_downsamples:
-            scores = canvas(float(round(downsample)), TIFF_CHUNK)
-            if levels and max(scores.shape) < 256:
+            downsample = float(round(downsample))
+            level_scores = scores(downsample)
+            if levels and max(level_scores.shape) < 256:
                 break
-            levels.append(blended_canvas(scores, slides, downsample=float(round(downsample)), cmap=options.cmap,
-                                         score_range=score_range, alpha=options.alpha))  # fmt: skip
+            blend_options = {"downsample": downsample, "cmap": options.cmap, "score_range": score_range,
+                             "alpha": options.alpha}  # fmt: skip
+            if isinstance(level_scores, ScorePainter):
+                stored.append(stored_tiles_for(slide, level_scores.shape, downsample))
+                levels.append(BlendTiles(level_scores, slides, stored=stored[-1], **blend_options))
+            else:
+                levels.append(blended_canvas(level_scores, slides, **blend_options))
         return write_pyramid_tiff(path, levels, mpp=slide.mpp, kind="rgb_jpeg", description=description,
                                   threads=options.threads)  # fmt: skip
     finally:
+        for tiles in stored:
+            if tiles is not None:
+                tiles.close()
         slides.close()
 
 

@@ -104,7 +104,7 @@ class TissueMask:
         c = np.arange(cols.start, cols.stop)
         mr = np.clip(((r + 0.5) * downsample / self.downsample).astype(np.int64), 0, h - 1)
         mc = np.clip(((c + 0.5) * downsample / self.downsample).astype(np.int64), 0, w - 1)
-        return self.mask[np.ix_(mr, mc)]
+        return self.mask[mr][:, mc]  # rows then columns: ~6x faster than one np.ix_ gather
 
 
 def patches_disjoint(coords: np.ndarray, patch_size_level0: float) -> bool:
@@ -162,6 +162,49 @@ def smoothing_radius(sigma: float) -> int:
     return int(TRUNCATE * float(sigma) + 0.5)
 
 
+class ScorePainter:
+    """Paints any chunk of one canvas from the patch table, and knows which chunks have none.
+
+    A chunk with no patch is all no-data; :meth:`has_data` says so from the
+    :class:`PatchIndex` without painting, so writers can skip it (a level-0 canvas is
+    mostly glass). With ``chunks`` equal to a TIFF tile, this is a tile source for
+    :func:`wsi_mil.explain.export_tiff.write_pyramid_tiff` (``shape``, ``has_data``, ``tile``).
+    """
+
+    def __init__(self, coords: np.ndarray, values: np.ndarray, *, patch_size_level0: float,
+                 geometry: CanvasGeometry, chunks: tuple[int, int], tissue: TissueMask | None = None) -> None:  # fmt: skip
+        coords = np.asarray(coords).reshape(-1, 2)
+        values = np.asarray(values, dtype=np.float64).reshape(-1)
+        if len(values) != len(coords):
+            raise ValueError(f"{len(values)} values for {len(coords)} patches")
+        finite = np.isfinite(values)
+        coords, self.values = coords[finite], values[finite]
+        self.geometry, self.tissue = geometry, tissue
+        self.shape = geometry.shape
+        self.chunks = (min(chunks[0], self.shape[0]), min(chunks[1], self.shape[1]))
+        self.extents = patch_extents(coords, patch_size_level0, geometry.downsample)
+        self.index = PatchIndex(self.extents, self.shape, self.chunks)
+        self.disjoint = patches_disjoint(coords, patch_size_level0)
+
+    def bounds(self, block_row: int, block_col: int) -> tuple[slice, slice]:
+        """Canvas rows and columns of chunk (block_row, block_col), clipped to the canvas."""
+        (ch, cw), (h, w) = self.chunks, self.shape
+        return (slice(block_row * ch, min((block_row + 1) * ch, h)), slice(block_col * cw, min((block_col + 1) * cw, w)))
+
+    def has_data(self, block_row: int, block_col: int) -> bool:
+        flat = block_row * self.index.grid[1] + block_col
+        return bool(self.index.offsets[flat + 1] > self.index.offsets[flat])
+
+    def tile(self, block_row: int, block_col: int, *, restrict: bool = True) -> np.ndarray:
+        """(h, w) float32 mean scores of the chunk, NaN where no data (outside tissue too, with ``restrict``)."""
+        rows, cols = self.bounds(block_row, block_col)
+        picked = self.index.in_block(block_row, block_col)
+        out = paint_block(self.extents[picked], self.values[picked], rows, cols, disjoint=self.disjoint)
+        if restrict and self.tissue is not None and len(picked):
+            out[~self.tissue.sample(rows, cols, self.geometry.downsample)] = np.nan
+        return out
+
+
 def stitch_scores(
     coords: np.ndarray,
     values: np.ndarray,
@@ -180,41 +223,24 @@ def stitch_scores(
     """
     import dask.array as da
 
-    coords = np.asarray(coords).reshape(-1, 2)
-    values = np.asarray(values, dtype=np.float64).reshape(-1)
-    if len(values) != len(coords):
-        raise ValueError(f"{len(values)} values for {len(coords)} patches")
-    finite = np.isfinite(values)
-    coords, values = coords[finite], values[finite]
-    rows, cols = geometry.shape
-    chunks = (min(chunks[0], rows), min(chunks[1], cols))
-    extents = patch_extents(coords, patch_size_level0, geometry.downsample)
-    index = PatchIndex(extents, geometry.shape, chunks)
-    disjoint = patches_disjoint(coords, patch_size_level0)
-    dask_chunks = da.core.normalize_chunks(chunks, geometry.shape)
+    painter = ScorePainter(coords, values, patch_size_level0=patch_size_level0, geometry=geometry, chunks=chunks,
+                           tissue=tissue)  # fmt: skip
+    dask_chunks = da.core.normalize_chunks(painter.chunks, geometry.shape)
     meta = np.empty((0, 0), dtype=np.float32)
 
-    def location(block_info: dict) -> tuple[slice, slice, tuple[int, int]]:
+    def location(block_info: dict) -> tuple[int, int]:
         info = block_info[None] if None in block_info else block_info[0]
-        (r0, r1), (c0, c1) = info["array-location"][-2:]
-        return slice(r0, r1), slice(c0, c1), tuple(info["chunk-location"][-2:])
+        return tuple(info["chunk-location"][-2:])
 
     def mean_block(block_info: dict | None = None) -> np.ndarray:
-        rs, cs, (br, bc) = location(block_info)
-        picked = index.in_block(br, bc)
-        out = paint_block(extents[picked], values[picked], rs, cs, disjoint=disjoint)
-        if tissue is not None and len(picked):
-            out[~tissue.sample(rs, cs, geometry.downsample)] = np.nan
-        return out
+        return painter.tile(*location(block_info))
 
     if smooth_sigma <= 0:
         return da.map_blocks(mean_block, chunks=dask_chunks, dtype=np.float32, meta=meta)
 
     # Normalized convolution: smooth (mean * covered) and covered, then divide.
     def weighted_block(block_info: dict | None = None) -> np.ndarray:
-        rs, cs, (br, bc) = location(block_info)
-        picked = index.in_block(br, bc)
-        mean = paint_block(extents[picked], values[picked], rs, cs, disjoint=disjoint)
+        mean = painter.tile(*location(block_info), restrict=False)
         covered = np.isfinite(mean)
         return np.stack([np.where(covered, mean, 0.0), covered]).astype(np.float32)
 
@@ -232,11 +258,11 @@ def stitch_scores(
     smoothed = stacked.map_overlap(gaussian, depth={0: 0, 1: radius, 2: radius}, boundary=0.0, dtype=np.float32)
 
     def ratio_block(block: np.ndarray, block_info: dict | None = None) -> np.ndarray:
-        rs, cs, _ = location(block_info)
+        rows, cols = painter.bounds(*location(block_info))
         weighted, weight = block[0], block[1]
         valid = weight > MIN_SMOOTH_WEIGHT
         if tissue is not None:
-            valid &= tissue.sample(rs, cs, geometry.downsample)
+            valid &= tissue.sample(rows, cols, geometry.downsample)
         out = np.full(weight.shape, np.nan, dtype=np.float32)
         out[valid] = weighted[valid] / weight[valid]
         return out
@@ -301,3 +327,17 @@ def colorize(canvas: "dask.array.Array", *, cmap: str, score_range: ScoreRange) 
     return canvas.map_blocks(
         block_rgba, new_axis=2, chunks=(*canvas.chunks, (4,)), dtype=np.uint8, meta=np.empty((0, 0, 0), dtype=np.uint8)
     )
+
+
+class ColouredTiles:
+    """The colour-mapped RGBA tiles of a :class:`ScorePainter` (a TIFF tile source, like the painter)."""
+
+    def __init__(self, scores: ScorePainter, *, cmap: str, score_range: ScoreRange) -> None:
+        self.scores, self.lut, self.score_range = scores, colormap_lut(cmap), score_range
+        self.shape = (*scores.shape, 4)
+
+    def has_data(self, row: int, col: int) -> bool:
+        return self.scores.has_data(row, col)
+
+    def tile(self, row: int, col: int) -> np.ndarray:
+        return colorize_block(self.scores.tile(row, col), self.lut, self.score_range)
