@@ -124,9 +124,10 @@ def heatmap_slide(
     scores = read_scores(scores_path)
     out_dir = Path(out_dir)
     maps = select_maps(scores, options.maps)
-    slide_path = Path(slide_path) if slide_path else Path(str(scores.attrs.get("slide_path") or ""))
+    recorded = slide_path or scores.attrs.get("slide_path")
+    slide_path = Path(str(recorded)) if recorded else None  # never Path(""), which is the working directory
     slide = None
-    if str(slide_path) and slide_path.exists():
+    if slide_path is not None and slide_path.exists():
         from wsi_mil.io.open import open_slide
 
         slide = open_slide(slide_path, reader=reader, mpp=scores.attrs.get("slide_mpp"))
