@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 from wsi_mil.cli import main  # noqa: E402
 from wsi_mil.mil.synthetic import make_planted_bags, write_planted_bags  # noqa: E402
@@ -22,15 +23,6 @@ from wsi_mil.store.features import read_features  # noqa: E402
 
 SETS = ("0.5mpp", "1mpp")
 QUICK = ["--set", "train.min_epochs=1", "--set", "train.hidden_dim=16", "--set", "train.attention_dim=8"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny bags gain nothing from more threads, and on a busy 2-core machine they spin."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 from wsi_mil.cli import main  # noqa: E402
 from wsi_mil.config import Config, TrainConfig  # noqa: E402
@@ -20,15 +21,6 @@ from wsi_mil.mil.synthetic import make_planted_bags, write_planted_bags  # noqa:
 from wsi_mil.store.features import write_features  # noqa: E402
 
 TINY = Config(train=TrainConfig(folds=2, epochs=1, min_epochs=1, hidden_dim=8, attention_dim=4, device="cpu"))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny bags gain nothing from more threads, and on a busy 2-core machine they spin."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _run(tmp_path: Path, n: int = 8, dim: int = 6) -> tuple[Path, Path, list]:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 from wsi_mil.config import Config, TrainConfig  # noqa: E402
 from wsi_mil.mil.data import BagStore, find_feature_sets  # noqa: E402
@@ -18,15 +19,6 @@ from wsi_mil.mil.synthetic import make_planted_bags, write_planted_bags  # noqa:
 from wsi_mil.mil.train import FoldTrainer  # noqa: E402
 
 FAST = TrainConfig(epochs=10, min_epochs=10, lr=1e-3, hidden_dim=64, attention_dim=32, device="cpu", scheduler="cosine")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny bags gain nothing from more threads, and on a busy 2-core machine they spin."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
