@@ -132,14 +132,6 @@ def test_killed_run_resumes_to_identical_outputs(tmp_path: Path) -> None:
         np.testing.assert_array_equal(reference_qc, resumed_qc)
 
 
-def test_demo_runs(tmp_path: Path) -> None:
-    result = run_cli("demo", "--out", str(tmp_path / "demo"), "--workers", "1", "--quiet")
-    assert result.returncode == 0, result.stderr
-    assert "manifest:" in result.stdout and (tmp_path / "demo" / "manifest.csv").exists()
-    rows = read_manifest(tmp_path / "demo")
-    assert all(row["status"] == "done" for row in rows.values())
-
-
 def test_help_and_version() -> None:
     assert run_cli("--version").stdout.startswith("wsi-mil ")
     assert "--target-mpp" in run_cli("tile", "--help").stdout

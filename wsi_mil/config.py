@@ -303,6 +303,32 @@ class HeatmapConfig:
 
 
 @dataclass(frozen=True)
+class RunConfig:
+    """``wsi-mil run``: inputs, run directory, heads and stages. Relative paths are relative
+    to the config file."""
+
+    #: Slides to tile: a folder (recursive), one slide, or a CSV with a 'path' column.
+    slides: str | None = None
+    #: The run directory every stage writes into.
+    out: str | None = None
+    #: Labels CSV (slide_id,label[,patient_id][,split]); null: stop after extraction.
+    labels: str | None = None
+    #: Annotations (<slide_id>.png|.geojson|.xml) for the localization table; null: none.
+    masks: str | None = None
+    #: MIL heads to cross-validate, each in models/<head>/; empty: train.model only.
+    models: tuple[str, ...] = ()
+    #: Stages to run, in this order.
+    stages: tuple[str, ...] = ("tile", "extract", "train", "predict", "heatmap", "evaluate")
+
+    STAGES: typing.ClassVar[tuple[str, ...]] = ("tile", "extract", "train", "predict", "heatmap", "evaluate")
+
+    def check(self) -> None:
+        unknown = [s for s in self.stages if s not in self.STAGES]
+        if unknown:
+            raise ValueError(f"unknown stage(s) {unknown}; allowed: {', '.join(self.STAGES)}")
+
+
+@dataclass(frozen=True)
 class Config:
     tiling: TilingConfig = field(default_factory=TilingConfig)
     tissue: TissueConfig = field(default_factory=TissueConfig)
@@ -310,6 +336,7 @@ class Config:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     heatmap: HeatmapConfig = field(default_factory=HeatmapConfig)
+    run: RunConfig = field(default_factory=RunConfig)
 
 
 def _describe(tp: Any) -> str:
@@ -378,6 +405,7 @@ SECTIONS: dict[str, type] = {
     "parallel": ParallelConfig,
     "train": TrainConfig,
     "heatmap": HeatmapConfig,
+    "run": RunConfig,
 }
 
 

@@ -87,6 +87,46 @@ def _thumbnail(width: int, height: int, regions: Sequence[Region], texture: np.n
     return out
 
 
+def write_image_slide(
+    path: str | Path,
+    image: np.ndarray,
+    *,
+    mpp: float,
+    downsamples: Sequence[int] = (1, 2, 8),
+    tile: int = 256,
+    quality: int = 85,
+) -> Path:
+    """Write an (H, W, 3) uint8 image as an Aperio-style pyramidal JPEG TIFF with ``mpp``.
+
+    Levels are box-filtered from level 0; IFD 1 is the stripped thumbnail, as in Aperio files.
+    """
+    import tifffile
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    height, width = image.shape[:2]
+    description = (f"Aperio Image Library v12.0.0 \r\n{width}x{height} ({tile}x{tile}) JPEG/RGB Q={quality}"
+                   f"|AppMag = {round(10.0 / mpp):g}|MPP = {mpp:.4f}")  # fmt: skip
+    pil = Image.fromarray(image)
+    jpeg = {"photometric": "rgb", "compression": "jpeg", "compressionargs": {"level": quality}, "metadata": None,
+            "subfiletype": 0}  # fmt: skip
+    with tifffile.TiffWriter(path, bigtiff=width * height * 3 > 2**31) as writer:
+        for index, downsample in enumerate(downsamples):
+            level_w, level_h = width // downsample, height // downsample
+            if index > 0 and max(level_w, level_h) < tile:
+                break
+            level = image if downsample == 1 else np.asarray(pil.resize((level_w, level_h), Image.Resampling.BOX))
+            text = description if index == 0 else f"Aperio Image Library v12.0.0 \r\n{level_w}x{level_h}"
+            writer.write(level, tile=(tile, tile), description=text, **jpeg)
+            if index == 0:
+                scale = THUMBNAIL_SIDE / max(width, height)
+                thumbnail = pil.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.Resampling.BOX)
+                writer.write(np.asarray(thumbnail), description=f"Aperio Image Library v12.0.0 \r\n{width}x{height} -> thumbnail",
+                             **jpeg)  # fmt: skip
+    return path
+
+
 def write_synthetic_slide(
     path: str | Path,
     *,
