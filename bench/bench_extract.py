@@ -21,11 +21,14 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -89,23 +92,34 @@ def reading_rate(bag_path: Path, batch_size: int, loader: str, workers: int) -> 
     return rate, source.kind
 
 
-def backbone_rate(encoder, batch_size: int, mode: str, repeats: int) -> float:
+def frozen_models(encoder, batch_size: int) -> tuple[Any, dict[str, Callable[[Any], Any]]]:
+    """A random input batch (already resized and normalized) and the eager and frozen models."""
     import torch
 
     from wsi_mil.features.freeze import optimize_for_inference
 
     images = torch.randint(0, 256, (batch_size, 256, 256, 3), dtype=torch.uint8)
-    x = encoder.transform(images)  # a random input batch, already resized and normalized
-    model = optimize_for_inference(encoder.model, x, device=torch.device("cpu"), mode=mode)
+    x = encoder.transform(images)
+    models = {mode: optimize_for_inference(encoder.model, x, device=torch.device("cpu"), mode=mode)
+              for mode in ("eager", "jit")}  # fmt: skip
     with torch.inference_mode():
-        model(x)
+        for model in models.values():
+            model(x)
+    return x, models
+
+
+def backbone_rate(model: Callable[[Any], Any], x: Any, repeats: int) -> float:
+    import torch
+
+    with torch.inference_mode():
         started = time.perf_counter()
         for _ in range(repeats):
             model(x)
-    return repeats * batch_size / (time.perf_counter() - started)
+    return repeats * len(x) / (time.perf_counter() - started)
 
 
-def end_to_end_rate(bag_path: Path, run_dir: Path, encoder_name: str, batch_size: int) -> tuple[float, dict]:
+def end_to_end_rate(bag_path: Path, run_dir: Path, encoder_name: str, batch_size: int) -> Callable[[], tuple]:
+    """A function that times one ``extract_bag`` of the whole bag (after one warm-up call)."""
     from wsi_mil.config import Config, ExtractConfig, ParallelConfig
     from wsi_mil.features.extract import ExtractionJob, extract_bag
 
@@ -113,9 +127,13 @@ def end_to_end_rate(bag_path: Path, run_dir: Path, encoder_name: str, batch_size
                     parallel=ParallelConfig(workers=0))  # fmt: skip
     job = ExtractionJob(bag_path.stem, "-", bag_path, run_dir / "features" / f"{bag_path.stem}.h5")
     extract_bag(job, config=config)  # warm: encoder built and frozen once per process, as in a run
-    started = time.perf_counter()
-    record = extract_bag(job, config=config)
-    return record["n_patches"] / (time.perf_counter() - started), record
+
+    def timed() -> tuple[float, dict]:
+        started = time.perf_counter()
+        record = extract_bag(job, config=config)
+        return record["n_patches"] / (time.perf_counter() - started), record
+
+    return timed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", choices=("cpu",), help="this script measures the CPU path")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--size", type=int, nargs=2, default=(8192, 4096), metavar=("W", "H"))
-    parser.add_argument("--repeats", type=int, default=6)
+    parser.add_argument("--repeats", type=int, default=6, help="batches per backbone timing")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of eager, frozen, end to end")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
 
@@ -142,23 +161,40 @@ def main(argv: list[str] | None = None) -> int:
     print(f"slide: {slide.name} ({args.size[0]}x{args.size[1]}, JPEG tiles 256 px), encoder {args.encoder}, "
           f"batch {args.batch_size}\n")  # fmt: skip
 
-    raw = raw_decode_rate(slide, 10_000)
-    read, kind = reading_rate(bag, args.batch_size, "threads", 1)
-    print(f"(1) raw tile decode, 1 core      {raw:9.1f} patches/s")
+    # Raw decode and reading alternate over rounds (each takes about a second); medians.
+    raws, reads = [], []
+    for _ in range(args.rounds):
+        raws.append(raw_decode_rate(slide, 10_000))
+        rate, kind = reading_rate(bag, args.batch_size, "threads", 1)
+        reads.append(rate)
+    raw, read = statistics.median(raws), statistics.median(reads)
+    print(f"(1) raw tile decode, 1 core      {raw:9.1f} patches/s   (median of {args.rounds} rounds, "
+          f"{min(raws):.0f}-{max(raws):.0f})")  # fmt: skip
     print(f"(2) project reading alone ({kind}), CPU default loader (1 thread)")
-    print(f"                                  {read:9.1f} patches/s   ratio to (1): {read / raw:.2f}  (target >= 0.80)")
+    print(f"                                  {read:9.1f} patches/s   ratio to (1): {read / raw:.2f}  (target >= 0.80)"
+          f"   ({min(reads):.0f}-{max(reads):.0f})")  # fmt: skip
     for loader, workers in (("threads", 2), ("processes", 1)):
         rate, _ = reading_rate(bag, args.batch_size, loader, workers)
         print(f"    {loader}, {workers} worker(s){'':12}{rate:9.1f} patches/s   ratio to (1): {rate / raw:.2f}")
 
     encoder = create_encoder(args.encoder, weights="imagenet" if args.encoder == "efficientnet_lite0" else "random")
-    eager = backbone_rate(encoder, args.batch_size, "eager", args.repeats)
-    frozen = backbone_rate(encoder, args.batch_size, "jit", args.repeats)
-    e2e, record = end_to_end_rate(bag, run_dir, args.encoder, args.batch_size)
-    print(f"(3) backbone only (frozen)        {frozen:9.1f} patches/s")
+    x, models = frozen_models(encoder, args.batch_size)
+    e2e_once = end_to_end_rate(bag, run_dir, args.encoder, args.batch_size)
+    # Rounds alternate eager, frozen and end to end, so that the machine's drift over
+    # minutes touches all three alike; medians over rounds are reported.
+    rates: dict[str, list[float]] = {"eager": [], "jit": [], "e2e": []}
+    for _ in range(args.rounds):
+        for mode, model in models.items():
+            rates[mode].append(backbone_rate(model, x, args.repeats))
+        rate, record = e2e_once()
+        rates["e2e"].append(rate)
+    eager, frozen, e2e = (statistics.median(rates[key]) for key in ("eager", "jit", "e2e"))
+    spread = "  ".join(f"{key} {min(v):.1f}-{max(v):.1f}" for key, v in rates.items())
+    print(f"(3) backbone only (frozen)        {frozen:9.1f} patches/s   (median of {args.rounds} rounds)")
     print(f"    end-to-end extraction         {e2e:9.1f} patches/s   ratio: {e2e / frozen:.2f}  (target >= 0.90)"
           f"   [{record['n_patches']} patches, source {record['patch_source']}]")  # fmt: skip
     print(f"(4) eager backbone                {eager:9.1f} patches/s   frozen speed-up: {frozen / eager:.2f}x")
+    print(f"    per-round range (patches/s): {spread}")
     return 0
 
 
