@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from wsi_mil.errors import WsiMilError
 from wsi_mil.store.atomic import atomic_output
 
 MANIFEST_NAME = "manifest.csv"
@@ -65,6 +67,14 @@ def _cell(value: Any) -> Any:
     if isinstance(value, float):
         return f"{value:.6g}"
     return value
+
+
+def failure_record(record: dict[str, Any], error: BaseException, *, path: Any, started: float) -> dict[str, Any]:
+    """``record`` as a failed row: our errors as they are (they name the file and what to do),
+    any other exception prefixed with the file it came from; seconds since ``started``."""
+    message = str(error) if isinstance(error, WsiMilError) else f"{path}: {type(error).__name__}: {error}"
+    return {**record, "status": "failed", "error": message.replace("\n", " "),
+            "seconds": round(time.perf_counter() - started, 3)}  # fmt: skip
 
 
 class RunRecorder:

@@ -22,6 +22,7 @@ import numpy as np
 
 from wsi_mil.config import Config, HeatmapConfig
 from wsi_mil.errors import WsiMilError
+from wsi_mil.manifest import failure_record
 from wsi_mil.explain.maps import SlideScores, read_scores, safe_name, select_maps
 from wsi_mil.explain.stitch import CanvasGeometry, ScorePainter, ScoreRange, TissueMask, stitch_scores
 
@@ -334,9 +335,7 @@ def heatmap_job(job: HeatmapJob, *, options: HeatmapConfig, reader: str = "auto"
     except Exception as error:
         if debug:
             logger.exception("%s: heatmap failed", job.slide_id)
-        message = str(error) if isinstance(error, WsiMilError) else f"{job.scores_path}: {type(error).__name__}: {error}"
-        return {**record, "status": "failed", "error": message.replace("\n", " "),
-                "seconds": round(time.perf_counter() - started, 3)}  # fmt: skip
+        return failure_record(record, error, path=job.scores_path, started=started)
     written = result["files_written"] + result.get("cam_files_written", 0) + result.get("galleries_written", 0)
     status = "done" if written else "skipped"
     note = "" if written else "complete outputs exist"

@@ -21,6 +21,7 @@ import numpy as np
 
 from wsi_mil.config import Config, ExtractConfig
 from wsi_mil.errors import WsiMilError
+from wsi_mil.manifest import failure_record
 from wsi_mil.store.bags import read_bag
 from wsi_mil.store.features import write_features
 
@@ -231,9 +232,7 @@ def extract_job(job: ExtractionJob, *, config: Config, overwrite: bool = False, 
     except Exception as error:
         if debug:
             logger.exception("%s: extraction failed", job.slide_id)
-        message = str(error) if isinstance(error, WsiMilError) else f"{job.bag_path}: {type(error).__name__}: {error}"
-        return {**record, "status": "failed", "error": message.replace("\n", " "),
-                "seconds": round(time.perf_counter() - started, 3)}  # fmt: skip
+        return failure_record(record, error, path=job.bag_path, started=started)
     return {**record, **result, "status": "done", "error": ""}
 
 

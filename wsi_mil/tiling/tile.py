@@ -24,7 +24,7 @@ from wsi_mil.errors import WsiMilError
 from wsi_mil.io.base import BaseReader
 from wsi_mil.io.discover import SlideSource, check_unique_ids
 from wsi_mil.io.open import open_slide
-from wsi_mil.manifest import RunRecorder
+from wsi_mil.manifest import RunRecorder, failure_record
 from wsi_mil.store.atomic import atomic_output
 from wsi_mil.store.bags import BAG_FORMAT_VERSION, TISSUE_FRACTION, TISSUE_MASK, bag_path, open_bag_writer
 from wsi_mil.tiling.grid import GridSpec, plan_grid, select_patches
@@ -219,12 +219,9 @@ def tile_slide(
 def _failure(
     source: SlideSource, bag_set: BagSet, error: BaseException, started: float, debug: bool
 ) -> dict[str, Any]:
-    message = str(error) if isinstance(error, WsiMilError) else f"{source.path}: {type(error).__name__}: {error}"
     if debug:
         logger.exception("%s [%s] failed", source.slide_id, bag_set.name)
-    return _record(
-        source, bag_set, seconds=round(time.perf_counter() - started, 3), status="failed", error=message.replace("\n", " ")
-    )
+    return failure_record(_record(source, bag_set), error, path=source.path, started=started)
 
 
 def tile_slides(
