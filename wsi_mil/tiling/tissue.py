@@ -10,7 +10,8 @@ given in micrometres and mean the same thing on every slide. Steps:
 2. median filter, then an Otsu threshold clipped to a configured range, so an
    empty or a tissue-only thumbnail does not get an arbitrary split;
 3. near-black pixels (scanner borders, out-of-slide areas) and, optionally, pen
-   ink (red, green, blue marker) are removed;
+   ink (blue, green, black and red marker) are removed: strokes that hold a colour
+   no H&E stain takes (see ``detect_pen``), so dense tissue is not taken for ink;
 4. morphological closing, removal of objects smaller than ``min_object_um2``,
    filling of holes smaller than ``max_hole_um2``.
 """
@@ -61,48 +62,120 @@ def _hue_degrees(hsv: np.ndarray) -> np.ndarray:
     return np.where(hue > 180.0, hue - 360.0, hue)  # -180..180, red around 0
 
 
+# Why colour tells ink from H&E: hematoxylin and eosin both absorb green most (Ruifrok's
+# optical densities, R G B: hematoxylin 0.65 0.70 0.29, eosin 0.07 0.99 0.11), so in
+# stained tissue, and in any mix of the two stains, green is the darkest channel: the hue
+# lies between blue (-120 degrees here) and red (0), hematoxylin at the blue end, eosin at
+# the red end. Blue and green ink make red the darkest channel (hue beyond -120, towards
+# cyan and green); black ink is dark and grey; red ink is redder than eosin. Ink over
+# tissue darkens it and mixes the hues, into colours dense H&E takes as well (dark
+# tumour, lymphocytes): those count as ink only as part of a stroke that holds ink of an
+# unmistakable colour.
+#: Hues from here towards cyan and green (-180..-125 and 60..180) are blue or green ink;
+#: dense hematoxylin reaches about -110.
+_BLUE_INK_HUE = -125.0
+#: Red ink: hue within this many degrees of pure red (eosin: about -50..-15).
+_RED_INK_HUE = 12.0
+#: Ink cores smaller than this fraction of ``min_pen_um2`` do not start a stroke.
+_MIN_CORE_FRACTION = 0.25
+#: Ink families: blue and green ink, black ink, red ink.
+_FAMILIES = ("cool", "black", "red")
+
+
+def _hue_sat_val(hsv: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return _hue_degrees(hsv), hsv[..., 1], hsv[..., 2]
+
+
+def _ink_cores(hue: np.ndarray, sat: np.ndarray, val: np.ndarray) -> dict[str, np.ndarray]:
+    """Colours no H&E stain takes, per ink family. Saturated violet-blue just past -120
+    (red and green equally dark, blue much lighter) is ink too: blue ink over tissue."""
+    cool = ((hue >= 60) | (hue < _BLUE_INK_HUE)) & (sat > 0.3) | (hue < -120) & (sat > 0.6)
+    return {
+        "cool": cool & (val > 0.1),
+        "black": (val < 0.3) & (sat < 0.3),
+        "red": (np.abs(hue) < _RED_INK_HUE) & (sat > 0.55) & (val > 0.3),
+    }
+
+
+def _ink_over_tissue(hue: np.ndarray, sat: np.ndarray, val: np.ndarray) -> dict[str, np.ndarray]:
+    """Colours of ink over stained tissue, per family: dense H&E takes them too, so they
+    count as ink only when connected to a core of the same family."""
+    dark = val < 0.25
+    return {
+        "cool": dark | (hue >= _BLUE_INK_HUE) & (hue < -85) & (sat > 0.5),  # saturated blue-purple
+        "black": dark,
+        "red": (hue >= -45) & (hue < _RED_INK_HUE) & (sat > 0.35) & (val <= 0.45),  # red-black
+    }
+
+
+def _ink_halo(hue: np.ndarray, sat: np.ndarray) -> dict[str, np.ndarray]:
+    """Faint pixels of an ink family's hue: the blurred edge of a stroke, not ink by itself.
+    Black ink's edge is a grey that is not tissue anyway."""
+    faint = sat > 0.1
+    return {
+        "cool": ((hue >= 60) | (hue < _BLUE_INK_HUE)) & faint,
+        "black": np.zeros_like(faint),
+        "red": (np.abs(hue) < _RED_INK_HUE) & faint,
+    }
+
+
 def pen_mask(hsv: np.ndarray) -> np.ndarray:
-    """Marker ink cores: (H, W, 3) float HSV in 0-1 -> (H, W) bool.
+    """Ink cores, colours no H&E stain takes: (H, W, 3) float HSV in 0-1 -> (H, W) bool.
 
-    Green and blue ink have hues no H&E stain has. Red ink is redder (hue -20..10
-    degrees) and more saturated than eosin (-45..-15, saturation below ~0.55), and
-    its heavy strokes are a dark red-black that neither stain reaches.
+    Blue and green ink (hue outside H&E's blue-to-red range, saturated), black ink (dark
+    and grey), bright red ink (redder and more saturated than eosin). :func:`detect_pen`
+    follows strokes from these cores into the tissue under them.
     """
-    hue, sat, val = _hue_degrees(hsv), hsv[..., 1], hsv[..., 2]
-    green = (hue >= 90) & (hue < 190) & (sat > 0.2) & (val > 0.15)
-    blue = ((hue >= 190) | (hue < -115)) & (sat > 0.45) & (val > 0.15)
-    bright_red = (hue >= -20) & (hue < 10) & (sat > 0.55) & (val > 0.3)
-    dark_red = (hue >= -45) & (hue < 10) & (sat > 0.35) & (val <= 0.45)
-    return green | blue | bright_red | dark_red
+    cores = _ink_cores(*_hue_sat_val(hsv))
+    return cores["cool"] | cores["black"] | cores["red"]
 
 
-def _ink_halo(hsv: np.ndarray) -> np.ndarray:
-    """Pixels with an ink hue but faint: the blurred edge of a stroke, not ink by itself."""
-    hue, sat = _hue_degrees(hsv), hsv[..., 1]
-    green = (hue >= 90) & (hue < 190)
-    blue = (hue >= 190) | (hue < -115)
-    red = (hue >= -15) & (hue < 15)
-    return (green | blue | red) & (sat > 0.1)
+def _strokes(cores: np.ndarray, body: np.ndarray, *, min_core: int, min_stroke: int) -> np.ndarray:
+    """Connected pixels of ``cores | body`` that hold a core of at least ``min_core`` px, if
+    they make at least ``min_stroke`` px. An opening first cuts the thin paths by which
+    body colours scattered through tissue (dark nuclei) would join a stroke."""
+    from scipy import ndimage
+    from skimage import morphology
+
+    if np.count_nonzero(cores) <= min_core:  # no ink of this family: the usual case, and quick
+        return np.zeros_like(cores)
+    footprint = morphology.disk(1)
+    seeds = morphology.remove_small_objects(morphology.opening(cores, footprint), max_size=min_core)
+    if not seeds.any():
+        return seeds
+    labels, _ = ndimage.label(morphology.opening(cores | body, footprint), structure=np.ones((3, 3), dtype=bool))
+    keep = np.zeros(labels.max() + 1, dtype=bool)
+    keep[np.unique(labels[seeds])] = True
+    keep[0] = False
+    return morphology.remove_small_objects(keep[labels], max_size=min_stroke)
 
 
 def detect_pen(hsv: np.ndarray, *, mpp: float, config: TissueConfig) -> np.ndarray:
     """Marker strokes with their blurred edges.
 
-    Ink cores large enough to be strokes, plus faint ink-coloured pixels within
-    ``pen_halo_um`` of a core (the blur of a stroke), plus a ``pen_margin_um`` margin.
+    A stroke is a connected region of ink colours, at least ``min_pen_um2`` large, that
+    holds an ink core (:func:`pen_mask`): in a stroke that crosses tissue the ink darkens
+    the stain and takes a mixed hue, which counts only as part of a stroke, so dense
+    tissue (tumour, lymphocytes) that looks like ink over tissue is never a stroke by
+    itself. Added: faint pixels of the stroke's ink hue within ``pen_halo_um`` of it (its
+    blur), and a ``pen_margin_um`` margin.
     """
     from scipy import ndimage
     from skimage import morphology
 
-    cores = morphology.opening(pen_mask(hsv), morphology.disk(1))
-    # Ink strokes are large blobs; red blood cells and dense eosin give specks.
-    cores = morphology.remove_small_objects(cores, max_size=int(config.min_pen_um2 / (mpp * mpp)))
-    if not cores.any():
-        return cores
-    near = ndimage.distance_transform_edt(~cores) * mpp <= config.pen_halo_um
-    ink = cores | (near & _ink_halo(hsv))
+    min_stroke = int(config.min_pen_um2 / (mpp * mpp))
+    min_core = int(min_stroke * _MIN_CORE_FRACTION)
+    hue, sat, val = _hue_sat_val(hsv)
+    cores, bodies, halos = _ink_cores(hue, sat, val), _ink_over_tissue(hue, sat, val), _ink_halo(hue, sat)
+    ink = np.zeros(hsv.shape[:2], dtype=bool)
+    for family in _FAMILIES:
+        strokes = _strokes(cores[family], bodies[family], min_core=min_core, min_stroke=min_stroke)
+        if strokes.any() and halos[family].any():
+            near = ndimage.distance_transform_edt(~strokes) * mpp <= config.pen_halo_um
+            strokes |= near & halos[family]
+        ink |= strokes
     radius = int(round(config.pen_margin_um / mpp))
-    if radius > 0:
+    if radius > 0 and ink.any():
         ink = morphology.dilation(ink, morphology.disk(radius, decomposition="sequence"))
     return ink
 
