@@ -432,7 +432,10 @@ def parse_override(text: str) -> tuple[str, str, Any]:
         raise ConfigError(f"--set {text!r}: expected section.key=value, e.g. tiling.target_mpp=1.0")
     dotted, raw = text.split("=", 1)
     section, key = dotted.strip().split(".", 1)
-    return section, key, yaml.safe_load(raw)
+    try:
+        return section, key, yaml.safe_load(raw)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"--set {text!r}: the value is not valid YAML ({error}); e.g. tiling.target_mpp=[0.5,1.0]") from error
 
 
 def load_config(
@@ -464,6 +467,7 @@ def load_config(
     for text in sets or []:
         section, key, value = parse_override(text)
         merged.setdefault(section, {})[key] = value
+    if sets:
         where = f"{where} + --set"
     return config_from_dict(merged, where=where)
 
