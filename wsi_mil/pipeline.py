@@ -7,12 +7,19 @@ resumes; all stages write their rows into the one ``RUN_DIR/manifest.csv``. The
 resolved config, paths made absolute, is saved as ``RUN_DIR/run_config.json``.
 
 Every path, head and encoder name is checked before any work starts; errors name the
-config key and the file.
+config key and the file. A rerun into a folder whose ``run_config.json`` differs in a
+key that shaped existing outputs (``tiling.patch_size``, ``extract.encoder``,
+``train.epochs``...) is refused before any work, naming the keys and the outputs:
+skipping them as complete would mix two settings in one run. ``overwrite`` removes those
+outputs first, so a killed ``--overwrite`` run also resumes safely. Keys that change how
+the work is done but not what it writes (:data:`NEUTRAL_KEYS`: workers, devices, batch
+sizes, threads, stages, heads) may change freely.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -21,11 +28,26 @@ from typing import Any
 
 from wsi_mil.config import Config, RunConfig, config_to_json, load_config
 from wsi_mil.errors import ConfigError, WsiMilError
-from wsi_mil.store.atomic import atomic_output
+from wsi_mil.store.atomic import atomic_output, remove_path
 
 logger = logging.getLogger(__name__)
 
 RUN_CONFIG = "run_config.json"
+STAGE_ORDER = ("tile", "extract", "train", "predict", "heatmap", "evaluate")
+#: Keys that change how a run is done, not what it writes: a rerun may change them.
+#: (``run.masks``: the evaluate stage recomputes its tables on every run.)
+NEUTRAL_KEYS = frozenset({
+    "tiling.extensions", "tiling.qc",
+    "extract.device", "extract.batch_size", "extract.loader", "extract.num_workers", "extract.threads",
+    "extract.freeze", "extract.direct_tiles",
+    "parallel.workers", "parallel.scheduler",
+    "train.device", "train.memory_gb", "train.read_threads",
+    "heatmap.formats", "heatmap.threads", "heatmap.cam_device",
+    "run.out", "run.masks", "run.models", "run.stages",
+})  # fmt: skip
+#: The first stage whose outputs a key shapes (outputs of later stages are made from those).
+SECTION_STAGE = {"tiling": "tile", "tissue": "tile", "extract": "extract", "train": "train", "heatmap": "heatmap"}
+RUN_KEY_STAGE = {"run.slides": "tile", "run.labels": "train"}
 
 
 @dataclass
@@ -57,7 +79,15 @@ def resolve_paths(config: Config, *, base: Path) -> Config:
 
 
 def heads(config: Config) -> list[str]:
-    return list(config.run.models) or [config.train.model]
+    """The heads' folder names under RUN_DIR/models/ (``run.models``, else ``train.name`` or ``train.model``)."""
+    return list(config.run.models) or [config.train.name or config.train.model]
+
+
+def _features_dir(run_dir: Path, config: Config) -> Path:
+    """The feature files of this config's encoder: the only ones its heads train on."""
+    from wsi_mil.features.extract import encoder_dir_name
+
+    return run_dir / "features" / encoder_dir_name(config.extract.encoder)
 
 
 def check_run_config(config: Config, *, where: str = "config") -> None:
@@ -78,21 +108,107 @@ def check_run_config(config: Config, *, where: str = "config") -> None:
             raise ConfigError(f"{where}: run.{key} = {value}: no such {kind}")
     if run.masks is not None and Path(run.masks).is_file():
         raise ConfigError(f"{where}: run.masks = {run.masks}: not a folder of <slide_id>.png|.geojson|.xml")
-    if "extract" in stages:
+    if stages & {"extract", "train"}:
         from wsi_mil.features.registry import encoder_config
 
         try:
             encoder_config(config.extract.encoder)
         except WsiMilError as error:
             raise ConfigError(f"{where}: extract.encoder: {error}") from error
+    if "train" in stages and "extract" not in stages and run.labels is not None:
+        folder = _features_dir(Path(run.out), config)
+        if not folder.is_dir():
+            found = sorted(d.name for d in folder.parent.iterdir() if d.is_dir()) if folder.parent.is_dir() else []
+            raise ConfigError(f"{where}: the train stage reads {folder} (extract.encoder = {config.extract.encoder}), "
+                              f"which does not exist; encoders with features there: {', '.join(found) or 'none'}. "
+                              "Set extract.encoder to one of them, or add the extract stage")  # fmt: skip
     if stages & {"train", "predict", "heatmap", "evaluate"}:
         from wsi_mil.mil.registry import mil_model_config
 
-        for name in heads(config):
+        for name in list(run.models) or [config.train.model]:
             try:
                 mil_model_config(name)
             except WsiMilError as error:
                 raise ConfigError(f"{where}: run.models / train.model: {error}") from error
+
+
+def _flat(data: dict[str, Any]) -> dict[str, Any]:
+    return {f"{section}.{key}": value for section, values in data.items() if isinstance(values, dict)
+            for key, value in values.items()}  # fmt: skip
+
+
+def _key_stage(key: str) -> str:
+    """The first stage ``key`` shapes; a key of no known stage counts as shaping the first."""
+    return RUN_KEY_STAGE.get(key) or SECTION_STAGE.get(key.split(".", 1)[0], STAGE_ORDER[0])
+
+
+def changed_keys(saved: dict[str, Any], config: Config) -> dict[str, tuple[Any, Any]]:
+    """Keys of ``config`` (not neutral) whose value differs from the ``saved`` run config: key -> (old, new).
+
+    Keys the saved file lacks (written by an older version) count as their defaults; keys
+    it has that this version does not know are ignored. With ``run.models`` set,
+    ``train.model`` and ``train.name`` are not used and not compared.
+    """
+    new = _flat(json.loads(config_to_json(config)))
+    old = {**_flat(json.loads(config_to_json(Config()))), **_flat(saved)}
+    ignored = set(NEUTRAL_KEYS) | ({"train.model", "train.name"} if config.run.models else set())
+    return {key: (old.get(key), value) for key, value in new.items() if key not in ignored and old.get(key) != value}
+
+
+def stage_outputs(run_dir: Path, config: Config, stage: str) -> list[Path]:
+    """What a change of a key of ``stage`` makes stale: that stage's outputs and everything made from them."""
+    names = heads(config)
+    per_head = {"train": "models", "predict": "scores", "heatmap": "heatmaps", "evaluate": "explanations"}
+    if stage == "tile":
+        return [run_dir / name for name in ("bags", "qc", "features", *per_head.values())]
+    if stage == "extract":
+        return [_features_dir(run_dir, config), *(run_dir / name for name in per_head.values())]
+    later = STAGE_ORDER[STAGE_ORDER.index(stage):]
+    return [run_dir / per_head[s] / name for s in later if s in per_head for name in names]
+
+
+def _has_files(path: Path) -> bool:
+    return path.is_file() or (path.is_dir() and any(path.iterdir()))
+
+
+def stale_outputs(config: Config, *, where: str = "config", overwrite: bool = False) -> list[Path]:
+    """Outputs in ``run.out`` that were made with other settings than ``config``'s (see the module doc).
+
+    Raises ConfigError naming the changed keys and those outputs unless ``overwrite``;
+    with ``overwrite``, returns them for removal. Nothing to compare (a new run folder): [].
+    """
+    run_dir = Path(str(config.run.out))
+    path = run_dir / RUN_CONFIG
+    if not path.exists():
+        return []
+    try:
+        saved = json.loads(path.read_text())
+        if not isinstance(saved, dict):
+            raise ValueError("not a mapping of config sections")
+        changes = {key: f"{json.dumps(old)} -> {json.dumps(new)}" for key, (old, new) in changed_keys(saved, config).items()}
+    except (OSError, ValueError) as error:  # JSONDecodeError is a ValueError
+        changes = {RUN_CONFIG: f"unreadable ({error}), so every setting counts as changed"}
+    stages = {key: _key_stage(key) if key != RUN_CONFIG else "tile" for key in changes}
+    found: dict[Path, None] = {}
+    conflicting = []
+    for key in sorted(stages, key=lambda k: (STAGE_ORDER.index(stages[k]), k)):
+        outputs = [p for p in stage_outputs(run_dir, config, stages[key]) if _has_files(p)]
+        if outputs:
+            conflicting.append(key)
+            found.update(dict.fromkeys(outputs))
+    stale = [p for p in found if not any(parent in found for parent in p.parents)]  # heatmaps/ holds heatmaps/abmil/
+    if not stale:
+        return []
+    if overwrite:
+        return stale
+    lines = "\n".join(f"  {key}: {changes[key]}" for key in conflicting)
+    outputs = ", ".join(p.relative_to(run_dir).as_posix() + "/" * p.is_dir() for p in stale)
+    raise ConfigError(
+        f"{where}: {run_dir} holds outputs made with other settings than these ({path}):\n{lines}\n"
+        f"Outputs made with the old settings: {outputs}. They would be skipped as complete and mixed with new "
+        "ones, so nothing was done. Rerun with --overwrite to remove and redo them, or write to a new run folder "
+        "(run.out; for wsi-mil demo, another --out)."
+    )
 
 
 def _head_config(config: Config, name: str) -> Config:
@@ -108,6 +224,11 @@ def run_pipeline(config: Config, *, where: str = "config", overwrite: bool = Fal
     check_run_config(config, where=where)
     run: RunConfig = config.run
     run_dir = Path(str(run.out))
+    stale = stale_outputs(config, where=where, overwrite=overwrite)
+    if stale:  # before run_config.json changes: a run killed while removing refuses to resume as before
+        logger.warning("--overwrite with changed settings: removing %s", ", ".join(map(str, stale)))
+        for path in stale:
+            remove_path(path)
     run_dir.mkdir(parents=True, exist_ok=True)
     with atomic_output(run_dir / RUN_CONFIG) as tmp:
         tmp.write_text(config_to_json(config))
@@ -152,7 +273,10 @@ def _run_head(config: Config, name: str, run_dir: Path, result: PipelineResult, 
     if "train" in stages:
         from wsi_mil.mil.run import train_run
 
-        timed(f"train:{name}", lambda: train_run(run_dir, str(run.labels), config=config, overwrite=overwrite))
+        # Only this encoder's features: a run folder may also hold another encoder's.
+        features = [_features_dir(run_dir, config)]
+        timed(f"train:{name}", lambda: train_run(run_dir, str(run.labels), config=config, features=features,
+                                                 overwrite=overwrite))  # fmt: skip
     if "predict" in stages:
         from wsi_mil.mil.predict import predict_run
 
