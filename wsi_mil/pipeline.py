@@ -205,8 +205,9 @@ def stale_outputs(config: Config, *, where: str = "config", overwrite: bool = Fa
     outputs = ", ".join(p.relative_to(run_dir).as_posix() + "/" * p.is_dir() for p in stale)
     raise ConfigError(
         f"{where}: {run_dir} holds outputs made with other settings than these ({path}):\n{lines}\n"
-        f"Outputs made with the old settings: {outputs}. They would be skipped as complete and mixed with new "
-        "ones, so nothing was done. Rerun with --overwrite to remove and redo them, or write to a new run folder "
+        f"Outputs made with the old settings: {outputs}. Nothing was done: skipping them as complete would mix "
+        "two settings in one run. To redo them with these settings, delete them (a rerun redoes only what is "
+        "missing) or rerun with --overwrite (removes them, then redoes every stage); or write to a new run folder "
         "(run.out; for wsi-mil demo, another --out)."
     )
 
