@@ -35,8 +35,6 @@ logger = logging.getLogger(__name__)
 #: from 8 um/px; Grad-CAM of the two most attended patches.
 DEMO_SETTINGS: dict[str, dict[str, Any]] = {
     "tiling": {"target_mpp": [0.5], "patch_size": 256},
-    # no pen marks on these slides, and the ink detector takes dense tumor for blue ink
-    "tissue": {"remove_pen": False},
     "extract": {"encoder": "efficientnet_lite0", "weights": "imagenet", "device": "cpu"},
     # CLAM's instance loss sharpens ABMIL's attention (patch AUC 0.89 -> 0.94 on this cohort)
     "train": {"folds": 5, "epochs": 30, "val_fraction": 0.0, "instance_loss": True, "device": "cpu"},
