@@ -120,13 +120,17 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="run every stage from one config file",
         description="tile -> extract -> train (each head of run.models) -> predict -> heatmap -> evaluate-maps, "
-        "as the config's run section says; finished outputs are skipped, so rerunning resumes.",
+        "as the config's run section says; finished outputs are skipped, so rerunning resumes. A rerun whose "
+        "settings differ from RUN_DIR/run_config.json in a key that shaped existing outputs is refused before any "
+        "work (the message names the keys and outputs).",
     )
     run.add_argument("config", type=Path, help="YAML config with a run section (see configs/demo.yaml)")
     run.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config key")
     run.add_argument("--workers", type=int, help="local Dask worker processes (default: one per core; 0: no Dask)")
     run.add_argument("--scheduler", help="address of an existing Dask scheduler, e.g. tcp://host:8786")
-    run.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
+    run.add_argument("--overwrite", action="store_true",
+                     help="redo outputs that already exist; outputs made with settings other than RUN_DIR/run_config.json's "
+                     "are removed first (without it, such a rerun is refused)")  # fmt: skip
     run.add_argument("--debug", action="store_true", help="log tracebacks of failures")
     run.add_argument("--quiet", action="store_true", help="no progress bar, warnings and errors only")
     run.set_defaults(handler=_run_pipeline)
