@@ -75,13 +75,14 @@ def environment() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def run_cli(*args: str, timeout: float = RUN_TIMEOUT) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, cwd: Path, timeout: float = RUN_TIMEOUT) -> subprocess.CompletedProcess[str]:
+    """``wsi-mil ARGS`` in a subprocess started in ``cwd`` (a tmp folder: nothing lands in the repository)."""
     return subprocess.run([*wsi_mil_command(), *args], capture_output=True, text=True, timeout=timeout,
-                          env=environment(), cwd=REPO)  # fmt: skip
+                          env=environment(), cwd=cwd)  # fmt: skip
 
 
-def write_config(path: Path, cohort: Cohort, out: Path, *, encoder: str = ENCODER) -> Path:
-    path.write_text(CONFIG.format(encoder=encoder, slides=cohort.slides, out=out, labels=cohort.labels,
+def write_config(path: Path, cohort: Cohort, out: Path) -> Path:
+    path.write_text(CONFIG.format(encoder=ENCODER, slides=cohort.slides, out=out, labels=cohort.labels,
                                   masks=cohort.masks))  # fmt: skip
     return path
 
@@ -91,7 +92,6 @@ class Reference:
     cohort: Cohort
     config: Path
     run: Path
-    seconds: float
 
 
 @pytest.fixture(scope="module")
@@ -104,10 +104,9 @@ def reference(cohort: Cohort, tmp_path_factory: pytest.TempPathFactory) -> Refer
     """One uninterrupted run through the real command."""
     root = tmp_path_factory.mktemp("reference")
     config = write_config(root / "cfg.yaml", cohort, root / "run")
-    started = time.perf_counter()
-    done = run_cli("run", str(config), *SETS, "--quiet")
+    done = run_cli("run", str(config), *SETS, "--quiet", cwd=root)
     assert done.returncode == 0, done.stderr
-    return Reference(cohort, config, root / "run", time.perf_counter() - started)
+    return Reference(cohort, config, root / "run")
 
 
 def manifest(run: Path) -> list[dict[str, str]]:
@@ -261,7 +260,7 @@ def test_set_is_applied_and_recorded(reference: Reference) -> None:
 )
 def test_bad_set_fails_before_any_work(cohort: Cohort, tmp_path: Path, setting: str, fragments: list[str]) -> None:
     config = write_config(tmp_path / "cfg.yaml", cohort, tmp_path / "run")
-    done = run_cli("run", str(config), "--set", setting, "--quiet", timeout=120)
+    done = run_cli("run", str(config), "--set", setting, "--quiet", cwd=tmp_path, timeout=120)
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
     for fragment in fragments:
@@ -286,7 +285,7 @@ def _kill_during_extraction(config: Path, run: Path, n_slides: int, *options: st
     caught in the middle (the run finished it between two looks, or ended first)."""
     with (run.parent / f"{run.name}.stderr").open("w") as stderr:
         process = subprocess.Popen([*wsi_mil_command(), "run", str(config), *options], stdout=subprocess.DEVNULL,
-                                   stderr=stderr, env=environment(), cwd=REPO, start_new_session=True)  # fmt: skip
+                                   stderr=stderr, env=environment(), cwd=run.parent, start_new_session=True)  # fmt: skip
         deadline = time.monotonic() + RUN_TIMEOUT
         try:
             while process.poll() is None and time.monotonic() < deadline:
@@ -360,7 +359,7 @@ def test_killed_during_extraction_resumes_to_the_same_outputs(reference: Referen
     assert 0 < left < len(ids)
     assert not (run / "models").exists()  # killed before training
 
-    done = run_cli("run", str(config), *command)  # the same command again
+    done = run_cli("run", str(config), *command, cwd=tmp_path)  # the same command again
     assert done.returncode == 0, done.stderr
     assert not [p for p in run.rglob("*") if ".partial-" in p.name]  # what the kill left was cleaned up
 
