@@ -429,6 +429,25 @@ def test_changed_settings_are_refused_before_any_work_unless_overwrite(cohort: C
     assert main(["run", str(config), "--set", "tiling.patch_size=256", "--quiet"]) == 0  # now the saved settings
 
 
+def test_bags_of_single_commands_are_checked_against_their_tiling_settings(cohort: Cohort, tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    """A folder tiled by ``wsi-mil tile`` has no run_config.json; its bags record their settings."""
+    slides, run = tmp_path / "slides.csv", tmp_path / "run"
+    slides.write_text("path\n" + "".join(f"{cohort.slides / s}.svs\n" for s in cohort.slide_ids[:2]))
+    assert main(["tile", str(slides), "--out", str(run), "--patch-size", "256", "--workers", "0", "--quiet",
+                 "--set", "tissue.remove_pen=false"]) == 0  # fmt: skip
+    config = write_config(tmp_path / "cfg.yaml", cohort, run)
+    config.write_text(config.read_text().replace(f"slides: {cohort.slides}", f"slides: {slides}") + "  stages: [tile]\n")
+    capsys.readouterr()
+    assert main(["run", str(config), "--quiet"]) == 2
+    error = capsys.readouterr().err
+    assert "tiling.patch_size: 256 -> 128" in error and f"{run / 'bags'}/{cohort.slide_ids[0]}.h5" in error
+    assert not (run / "run_config.json").exists()
+    assert main(["run", str(config), "--set", "tiling.patch_size=256", "--quiet"]) == 0
+    assert {row["status"] for row in manifest(run) if row["stage"] == "tile"} == {"skipped"}
+    assert json.loads((run / "run_config.json").read_text())["tiling"]["patch_size"] == 256
+
+
 def _config(out: Path, /, **sections: dict[str, Any]) -> Any:
     """A config writing into ``out``, with ``sections`` changed."""
     from wsi_mil.config import config_from_dict

@@ -13,7 +13,9 @@ key that shaped existing outputs (``tiling.patch_size``, ``extract.encoder``,
 skipping them as complete would mix two settings in one run. ``overwrite`` removes those
 outputs first, so a killed ``--overwrite`` run also resumes safely. Keys that change how
 the work is done but not what it writes (:data:`NEUTRAL_KEYS`: workers, devices, batch
-sizes, threads, stages, heads) may change freely.
+sizes, threads, stages, heads) may change freely. A folder without ``run_config.json``
+(made by single commands or the staged scripts) is checked against the tiling settings
+its bags record.
 """
 
 from __future__ import annotations
@@ -179,15 +181,24 @@ def stale_outputs(config: Config, *, where: str = "config", overwrite: bool = Fa
     """
     run_dir = Path(str(config.run.out))
     path = run_dir / RUN_CONFIG
-    if not path.exists():
-        return []
-    try:
-        saved = json.loads(path.read_text())
-        if not isinstance(saved, dict):
-            raise ValueError("not a mapping of config sections")
-        changes = {key: f"{json.dumps(old)} -> {json.dumps(new)}" for key, (old, new) in changed_keys(saved, config).items()}
-    except (OSError, ValueError) as error:  # JSONDecodeError is a ValueError
-        changes = {RUN_CONFIG: f"unreadable ({error}), so every setting counts as changed"}
+    if path.exists():
+        try:
+            saved = json.loads(path.read_text())
+            if not isinstance(saved, dict):
+                raise ValueError("not a mapping of config sections")
+            changed = changed_keys(saved, config)
+        except (OSError, ValueError) as error:  # JSONDecodeError is a ValueError
+            changed = {RUN_CONFIG: (f"unreadable ({error}), so every setting counts as changed", None)}
+    else:  # outputs of single commands or staged scripts: each bag records the settings that tiled it
+        recorded = _bag_settings(run_dir)
+        if recorded is None:
+            return []
+        path, saved = recorded
+        changed = {k: v for k, v in changed_keys(saved, config).items() if k.split(".")[0] in ("tiling", "tissue")}
+        logger.warning("%s has no %s: only the tiling settings of its outputs can be checked (from %s)",
+                       run_dir, RUN_CONFIG, path)  # fmt: skip
+    changes = {key: old if key == RUN_CONFIG else f"{json.dumps(old)} -> {json.dumps(new)}"
+               for key, (old, new) in changed.items()}  # fmt: skip
     stages = {key: _key_stage(key) if key != RUN_CONFIG else "tile" for key in changes}
     found: dict[Path, None] = {}
     conflicting = []
@@ -210,6 +221,25 @@ def stale_outputs(config: Config, *, where: str = "config", overwrite: bool = Fa
         "missing) or rerun with --overwrite (removes them, then redoes every stage); or write to a new run folder "
         "(run.out; for wsi-mil demo, another --out)."
     )
+
+
+def _bag_settings(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+    """(a bag, the config it was tiled with) from RUN_DIR/bags/[<set>/]; None without one that records it."""
+    from wsi_mil.store.bags import read_bag
+
+    root = run_dir / "bags"
+    folders = [root, *(d for d in sorted(root.iterdir()) if d.is_dir() and d.suffix != ".zarr")] if root.is_dir() else []
+    for folder in folders:
+        for bag in sorted(folder.iterdir()):
+            if bag.name.startswith(".") or bag.suffix not in (".h5", ".zarr"):
+                continue
+            try:
+                saved = json.loads(str(read_bag(bag).attrs.get("tiling_config") or "null"))
+            except (OSError, ValueError, WsiMilError) as error:
+                logger.warning("%s: cannot read its tiling settings (%s)", bag, error)
+                return None
+            return (bag, saved) if isinstance(saved, dict) else None
+    return None
 
 
 def _head_config(config: Config, name: str) -> Config:
