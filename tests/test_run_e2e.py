@@ -244,7 +244,8 @@ def test_set_is_applied_and_recorded(reference: Reference) -> None:
     for head in HEADS:
         for fold in (0, 1):
             fold_dir = reference.run / "models" / head / f"fold_{fold}"
-            assert json.loads((fold_dir / "metrics.json").read_text())["epochs_run"] == 2  # no validation: no early stop
+            metrics = json.loads((fold_dir / "metrics.json").read_text())
+            assert metrics["epochs_run"] == 2  # no validation split: no early stop
             assert json.loads((fold_dir / "config.json").read_text())["train"]["epochs"] == 2
 
 
@@ -335,7 +336,8 @@ def _outputs(run: Path, slide_ids: list[str]) -> dict[str, Any]:
         model = run / "models" / head
         out[f"metrics/{head}"] = read_csv(model / "metrics.csv")
         for fold in (0, 1):
-            out[f"fold/{head}/{fold}/metrics"] = _strip_seconds(json.loads((model / f"fold_{fold}" / "metrics.json").read_text()))
+            metrics = json.loads((model / f"fold_{fold}" / "metrics.json").read_text())
+            out[f"fold/{head}/{fold}/metrics"] = _strip_seconds(metrics)
             out[f"fold/{head}/{fold}/predictions"] = read_csv(model / f"fold_{fold}" / "predictions.csv")
         out[f"explanations/{head}"] = read_csv(run / "explanations" / head / "explanations.csv")
         out[f"faithfulness/{head}"] = read_csv(run / "explanations" / head / "faithfulness_per_slide.csv")
@@ -425,7 +427,8 @@ def test_changed_settings_are_refused_before_any_work_unless_overwrite(cohort: C
     for slide_id in cohort.slide_ids[:2]:
         bag = read_bag(run / "bags" / f"{slide_id}.h5")
         assert bag.attrs["patch_size"] == 256
-        np.testing.assert_array_equal(read_features(run / "features" / ENCODER_DIR / f"{slide_id}.h5").coords, bag.coords)
+        features = read_features(run / "features" / ENCODER_DIR / f"{slide_id}.h5")
+        np.testing.assert_array_equal(features.coords, bag.coords)
     assert main(["run", str(config), "--set", "tiling.patch_size=256", "--quiet"]) == 0  # now the saved settings
 
 
@@ -437,7 +440,8 @@ def test_bags_of_single_commands_are_checked_against_their_tiling_settings(cohor
     assert main(["tile", str(slides), "--out", str(run), "--patch-size", "256", "--workers", "0", "--quiet",
                  "--set", "tissue.remove_pen=false"]) == 0  # fmt: skip
     config = write_config(tmp_path / "cfg.yaml", cohort, run)
-    config.write_text(config.read_text().replace(f"slides: {cohort.slides}", f"slides: {slides}") + "  stages: [tile]\n")
+    text = config.read_text().replace(f"slides: {cohort.slides}", f"slides: {slides}")
+    config.write_text(text + "  stages: [tile]\n")
     capsys.readouterr()
     assert main(["run", str(config), "--quiet"]) == 2
     error = capsys.readouterr().err
@@ -464,7 +468,8 @@ def _touch(run: Path, *names: str) -> None:
         (run / name / "x.h5").write_bytes(b"x")
 
 
-ALL_OUTPUTS = ("bags", f"features/{ENCODER_DIR}", "models/abmil", "scores/abmil", "heatmaps/abmil", "explanations/abmil")
+HEAD_OUTPUTS = ("models/abmil", "scores/abmil", "heatmaps/abmil", "explanations/abmil")
+ALL_OUTPUTS = ("bags", f"features/{ENCODER_DIR}", *HEAD_OUTPUTS)
 
 
 @pytest.mark.parametrize(
@@ -474,7 +479,7 @@ ALL_OUTPUTS = ("bags", f"features/{ENCODER_DIR}", "models/abmil", "scores/abmil"
           "train": {"device": "cuda", "read_threads": 2}, "heatmap": {"formats": ["png"], "cam_device": "cuda"},
           "run": {"stages": ["train"], "masks": "elsewhere"}}, ALL_OUTPUTS, []),
         ({"train": {"epochs": 7}}, ("bags", f"features/{ENCODER_DIR}"), []),
-        ({"train": {"epochs": 7}}, ALL_OUTPUTS, ["models/abmil", "scores/abmil", "heatmaps/abmil", "explanations/abmil"]),
+        ({"train": {"epochs": 7}}, ALL_OUTPUTS, list(HEAD_OUTPUTS)),
         ({"heatmap": {"cmap": "viridis"}}, ALL_OUTPUTS, ["heatmaps/abmil", "explanations/abmil"]),
         ({"extract": {"encoder": "resnet18"}}, ("bags", f"features/{ENCODER_DIR}"), []),
         ({"extract": {"encoder": "resnet18"}}, ("bags", f"features/{ENCODER_DIR}", "models/abmil"), ["models"]),
@@ -559,9 +564,9 @@ def test_run_all_sh_runs_every_staged_script(reference: Reference, tmp_path: Pat
     from wsi_mil.store.features import read_features
 
     run, cohort = tmp_path / "run", reference.cohort
-    done = subprocess.run(["bash", str(RUN_ALL), str(reference.config), str(cohort.slides), str(run), str(cohort.labels),
-                           "abmil", str(cohort.masks)], capture_output=True, text=True, timeout=RUN_TIMEOUT,
-                          env={**environment(), "PYTHON": sys.executable}, cwd=tmp_path)  # fmt: skip
+    arguments = [reference.config, cohort.slides, run, cohort.labels, "abmil", cohort.masks]
+    done = subprocess.run(["bash", str(RUN_ALL), *map(str, arguments)], capture_output=True, text=True,
+                          timeout=RUN_TIMEOUT, env={**environment(), "PYTHON": sys.executable}, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-4000:]
     assert "| feature set |" in done.stderr  # 03_train logs the summary table
     for slide_id in cohort.slide_ids:
@@ -572,7 +577,8 @@ def test_run_all_sh_runs_every_staged_script(reference: Reference, tmp_path: Pat
         assert (run / "heatmaps" / "abmil" / slide_id / "attention_pct.ome.zarr").is_dir()
     metrics = read_csv(run / "models" / "abmil" / "metrics.csv")
     assert [row["fold"] for row in metrics] == ["0", "1", "mean", "std"]
-    assert json.loads((run / "models" / "abmil" / "fold_0" / "metrics.json").read_text())["epochs_run"] == 3  # the YAML's
+    metrics = json.loads((run / "models" / "abmil" / "fold_0" / "metrics.json").read_text())
+    assert metrics["epochs_run"] == 3  # the YAML's (no --set here)
     assert "attention_pct" in (run / "explanations" / "abmil" / "explanations.md").read_text()
     assert not (run / "models" / "ilam").exists()  # one head: HEAD
 
@@ -583,8 +589,9 @@ def test_heads_train_on_the_configured_encoder_only(cohort: Cohort, tmp_path: Pa
     head trains on extract.encoder's only. Without run.models, train.name names the head folder."""
     run = tmp_path / "run"
     config = write_config(tmp_path / "cfg.yaml", cohort, run)
-    sets = ["--set", "run.models=[]", "--set", "train.model=ilam", "--set", "train.name=mine", "--set", "train.epochs=1",
-            "--set", "run.stages=[tile,extract,train,predict]", "--quiet"]  # fmt: skip
+    pairs = ("run.models=[]", "train.model=ilam", "train.name=mine", "train.epochs=1",
+             "run.stages=[tile,extract,train,predict]")
+    sets = [*(part for pair in pairs for part in ("--set", pair)), "--quiet"]
     assert main(["run", str(config), *sets]) == 0
     assert json.loads((run / "models" / "mine" / "train_config.json").read_text())["model"] == "ilam"
     assert sorted(p.stem for p in (run / "scores" / "mine").glob("*.h5")) == sorted(cohort.slide_ids)

@@ -129,8 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=int, help="local Dask worker processes (default: one per core; 0: no Dask)")
     run.add_argument("--scheduler", help="address of an existing Dask scheduler, e.g. tcp://host:8786")
     run.add_argument("--overwrite", action="store_true",
-                     help="redo outputs that already exist; outputs made with settings other than RUN_DIR/run_config.json's "
-                     "are removed first (without it, such a rerun is refused)")  # fmt: skip
+                     help="redo outputs that already exist; outputs made with settings other than "
+                     "RUN_DIR/run_config.json's are removed first (without it, such a rerun is refused)")  # fmt: skip
     run.add_argument("--debug", action="store_true", help="log tracebacks of failures")
     run.add_argument("--quiet", action="store_true", help="no progress bar, warnings and errors only")
     run.set_defaults(handler=_run_pipeline)

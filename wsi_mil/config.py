@@ -435,7 +435,9 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     try:
         return section, key, yaml.safe_load(raw)
     except yaml.YAMLError as error:
-        raise ConfigError(f"--set {text!r}: the value is not valid YAML ({error}); e.g. tiling.target_mpp=[0.5,1.0]") from error
+        raise ConfigError(
+            f"--set {text!r}: the value is not valid YAML ({error}); e.g. tiling.target_mpp=[0.5,1.0]"
+        ) from error
 
 
 def load_config(

@@ -228,7 +228,9 @@ def _bag_settings(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
     from wsi_mil.store.bags import read_bag
 
     root = run_dir / "bags"
-    folders = [root, *(d for d in sorted(root.iterdir()) if d.is_dir() and d.suffix != ".zarr")] if root.is_dir() else []
+    if not root.is_dir():
+        return None
+    folders = [root, *(d for d in sorted(root.iterdir()) if d.is_dir() and d.suffix != ".zarr")]
     for folder in folders:
         for bag in sorted(folder.iterdir()):
             if bag.name.startswith(".") or bag.suffix not in (".h5", ".zarr"):
