@@ -171,7 +171,12 @@ def dry_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, Any]:
 
 @functools.cache
 def _cached_encoder_config(name: str) -> Any:
-    """The registry's check, once per name (``timm:`` names build the model)."""
+    """The registry's check; for ``timm:<name>`` only that timm has the model (building it is slow)."""
+    if name.startswith("timm:"):
+        import timm
+
+        assert timm.is_model(name.split(":", 1)[1]), f"timm has no model {name}"
+        return name
     from wsi_mil.features.registry import encoder_config
 
     return encoder_config(name)
@@ -261,7 +266,7 @@ def _repo_paths(text: str) -> set[str]:
             if re.match(r"^(configs|tests|pipelines|docs|bench|wsi_mil)/", word) and not re.search(r"[<*]|\.\.\.", word):
                 found.add(word)
     for block in fenced_blocks(text):
-        found |= set(re.findall(r"configs/[\w.-]+\.yaml", "\n".join(block.lines)))
+        found |= set(re.findall(r"(?<![\w/])(?:configs|pipelines)/[\w.-]+", "\n".join(block.lines)))
     return found
 
 
@@ -340,7 +345,7 @@ def small_cohort(tmp_path: Path) -> Iterator[Path]:
     for index in range(4):
         slide_id = f"case{index}"
         x = 256 * (1 + index % 2)
-        write_synthetic_slide(tmp_path / "slides" / f"{slide_id}.svs", width=1536, height=1024, mpp=0.5,
+        write_synthetic_slide(tmp_path / "slides" / f"{slide_id}.svs", width=1280, height=1024, mpp=0.5,
                               regions=[Region(x, 256, 768, 512)], downsamples=(1, 4))  # fmt: skip
         lines.append(f"{slide_id},{'tumor' if index % 2 else 'normal'}")
         square = [[x, 256], [x + 512, 256], [x + 512, 512], [x, 512], [x, 256]]
