@@ -220,3 +220,22 @@ def test_marker_over_dense_tissue_is_removed_and_the_tissue_beside_it_kept(
     beside = before & (opacity < 0.01)
     # CMU-1's resection margin carries teal tissue-marking dye: near a stroke it is ink too.
     assert after[beside].mean() > (0.75 if name == "CMU-1" else 0.95)
+
+
+@pytest.mark.parametrize("name", ["01_TUMOR", "04_LYMPHO"])
+def test_black_out_of_slide_area_is_not_black_ink(shared_data: Path, name: str) -> None:
+    """A black area beside the tissue (not scanned, or a scanner border) is no ink stroke
+    that would take the dark tissue next to it along."""
+    from PIL import ImageFilter
+
+    tissue_rgb, mpp = _real_tissue(shared_data, name, 8)
+    height, width = tissue_rgb.shape[:2]
+    rgb = np.full((height + 40, width + 80, 3), 235, dtype=np.uint8)
+    rgb[20 : 20 + height, 40 : 40 + width] = tissue_rgb
+    black = np.zeros(rgb.shape[:2], dtype=np.uint8)
+    black[:, : 40 + width // 3] = 255
+    alpha = np.asarray(Image.fromarray(black).filter(ImageFilter.GaussianBlur(3)), dtype=np.float32) / 255
+    rgb = (rgb * (1 - alpha[..., None])).astype(np.uint8)
+    tissue = detect_tissue(rgb, mpp=mpp, config=TissueConfig(remove_pen=False))
+    assert tissue.mean() > 0.3
+    assert detect_tissue(rgb, mpp=mpp, config=TissueConfig(remove_pen=True))[tissue].mean() > 0.99

@@ -86,13 +86,15 @@ def _hue_sat_val(hsv: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return _hue_degrees(hsv), hsv[..., 1], hsv[..., 2]
 
 
-def _ink_cores(hue: np.ndarray, sat: np.ndarray, val: np.ndarray) -> dict[str, np.ndarray]:
+def _ink_cores(hue: np.ndarray, sat: np.ndarray, val: np.ndarray, *, black_value: float) -> dict[str, np.ndarray]:
     """Colours no H&E stain takes, per ink family. Saturated violet-blue just past -120
-    (red and green equally dark, blue much lighter) is ink too: blue ink over tissue."""
+    (red and green equally dark, blue much lighter) is ink too: blue ink over tissue.
+    Black ink is dark grey but not near black (``black_value``): out-of-slide areas and
+    scanner borders are not ink, and are not tissue anyway."""
     cool = ((hue >= 60) | (hue < _BLUE_INK_HUE)) & (sat > 0.3) | (hue < -120) & (sat > 0.6)
     return {
         "cool": cool & (val > 0.1),
-        "black": (val < 0.3) & (sat < 0.3),
+        "black": (val > black_value) & (val < 0.3) & (sat < 0.3),
         "red": (np.abs(hue) < _RED_INK_HUE) & (sat > 0.55) & (val > 0.3),
     }
 
@@ -119,14 +121,14 @@ def _ink_halo(hue: np.ndarray, sat: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def pen_mask(hsv: np.ndarray) -> np.ndarray:
+def pen_mask(hsv: np.ndarray, *, black_value: float = TissueConfig.black_value) -> np.ndarray:
     """Ink cores, colours no H&E stain takes: (H, W, 3) float HSV in 0-1 -> (H, W) bool.
 
     Blue and green ink (hue outside H&E's blue-to-red range, saturated), black ink (dark
     and grey), bright red ink (redder and more saturated than eosin). :func:`detect_pen`
     follows strokes from these cores into the tissue under them.
     """
-    cores = _ink_cores(*_hue_sat_val(hsv))
+    cores = _ink_cores(*_hue_sat_val(hsv), black_value=black_value)
     return cores["cool"] | cores["black"] | cores["red"]
 
 
@@ -166,7 +168,8 @@ def detect_pen(hsv: np.ndarray, *, mpp: float, config: TissueConfig) -> np.ndarr
     min_stroke = int(config.min_pen_um2 / (mpp * mpp))
     min_core = int(min_stroke * _MIN_CORE_FRACTION)
     hue, sat, val = _hue_sat_val(hsv)
-    cores, bodies, halos = _ink_cores(hue, sat, val), _ink_over_tissue(hue, sat, val), _ink_halo(hue, sat)
+    cores = _ink_cores(hue, sat, val, black_value=config.black_value)
+    bodies, halos = _ink_over_tissue(hue, sat, val), _ink_halo(hue, sat)
     ink = np.zeros(hsv.shape[:2], dtype=bool)
     for family in _FAMILIES:
         strokes = _strokes(cores[family], bodies[family], min_core=min_core, min_stroke=min_stroke)
