@@ -225,7 +225,9 @@ def test_every_artefact_of_the_run(reference: Reference) -> None:
     assert set(by_stage) == {"tile", "extract", "predict", "heatmap"}
     for stage in ("tile", "extract"):
         assert {s: int(r["n_patches"]) for s, r in by_stage[stage].items()} == patches
-    assert {row["bag_set"] for row in rows if row["stage"] == "heatmap"} == set(HEADS)
+    for stage in ("predict", "heatmap"):  # one row per slide and head: the second head does not overwrite the first
+        assert {(row["slide_id"], row["bag_set"]) for row in rows if row["stage"] == stage} == {
+            (slide_id, head) for slide_id in ids for head in HEADS}  # fmt: skip
 
     saved = json.loads((run / "run_config.json").read_text())
     assert saved["run"] == {"slides": str(cohort.slides.resolve()), "out": str(run.resolve()),

@@ -157,7 +157,9 @@ def predict_run(run_dir: str | Path, model_dir: str | Path, *, features: Sequenc
         wanted = sorted(feature_set.files) if slide_ids is None else [s for s in slide_ids if s in feature_set.files]
         for slide_id in wanted:
             out = _score_slide(run_dir, feature_set, slide_id, scorer, out_dir, torch_device, overwrite)
-            out.update({"stage": STAGE, "slide_id": slide_id, "bag_set": entry["key"] or "-"})
+            # keyed like the heatmap rows: the model, and the feature set when it has several
+            label = f"{model_dir.name}/{entry['key']}" if entry["key"] else model_dir.name
+            out.update({"stage": STAGE, "slide_id": slide_id, "bag_set": label})
             if out["status"] == "failed":
                 logger.error("%s: %s", slide_id, out["error"])
             records.append(out)
