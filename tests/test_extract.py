@@ -209,3 +209,39 @@ def test_cli_extract_through_dask_and_resume_after_kill(tmp_path: Path) -> None:
         np.testing.assert_array_equal(a.coords, b.coords)
         np.testing.assert_allclose(a.features, b.features, rtol=1e-5, atol=1e-5)
     assert not [p for p in features.iterdir() if ".partial-" in p.name]
+
+
+def _loader_in_daemon(queue) -> None:  # runs in a daemonic process, like a Dask worker
+    import torch
+
+    from wsi_mil.errors import WsiMilError
+    from wsi_mil.features.loaders import resolve_loader
+
+    cuda = torch.device("cuda")
+    try:
+        resolve_loader("processes", cuda)
+        refused = ""
+    except WsiMilError as error:
+        refused = str(error)
+    queue.put((resolve_loader("auto", cuda), refused))
+
+
+def test_daemonic_workers_read_with_threads() -> None:
+    """Dask workers are daemonic and may not start DataLoader processes: auto picks threads
+    there (processes elsewhere on CUDA), and an explicit ``processes`` is a clear error."""
+    import multiprocessing
+
+    import torch
+
+    from wsi_mil.features.loaders import resolve_loader
+
+    assert resolve_loader("auto", torch.device("cuda")) == "processes"
+    assert resolve_loader("auto", torch.device("cpu")) == "threads"
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_loader_in_daemon, args=(queue,), daemon=True)
+    process.start()
+    kind, refused = queue.get(timeout=120)
+    process.join()
+    assert kind == "threads"
+    assert "extract.loader: threads" in refused and "DASK_DISTRIBUTED__WORKER__DAEMON" in refused

@@ -14,12 +14,17 @@ Both yield the same ``(images, valid, indices)`` batches from a :class:`PatchDat
 
 from __future__ import annotations
 
+import logging
+import multiprocessing
 import os
 from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
+from wsi_mil.errors import WsiMilError
 from wsi_mil.features.reading import PatchDataset, collate_batch
+
+logger = logging.getLogger(__name__)
 
 #: Batches each reader prepares ahead of the model.
 PREFETCH = 4
@@ -29,11 +34,21 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 
 
 def resolve_loader(loader: str, device: Any) -> str:
-    """``auto``: threads on CPU, processes on CUDA."""
+    """``auto``: threads on CPU, processes on CUDA, threads inside a daemonic process.
+
+    Dask workers are daemonic by default, and a daemonic process may not start the
+    DataLoader's worker processes."""
     if loader not in LOADERS:
         raise ValueError(f"loader must be one of {', '.join(LOADERS)}, got {loader!r}")
+    daemon = multiprocessing.current_process().daemon
     if loader == "auto":
-        return "processes" if device.type == "cuda" else "threads"
+        if device.type == "cuda" and daemon:
+            logger.info("extract.loader auto: reading threads (this process is a daemonic Dask worker)")
+        return "processes" if device.type == "cuda" and not daemon else "threads"
+    if loader == "processes" and daemon:
+        raise WsiMilError("extract.loader = processes: this process is a daemonic Dask worker, which may not start "
+                          "reading processes; use extract.loader: threads (or auto), or start the workers with "
+                          "DASK_DISTRIBUTED__WORKER__DAEMON=False")  # fmt: skip
     return loader
 
 
