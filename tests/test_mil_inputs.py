@@ -127,3 +127,17 @@ def test_clam_layouts(tmp_path: Path) -> None:
         assert main(["train", str(tmp_path / "run"), "--labels", str(labels), "--features", str(folder), "--folds", "2",
                      "--epochs", "1", "--name", folder.name, "--device", "cpu", "--quiet"]) == 0
         assert (tmp_path / "run" / "models" / folder.name / "fold_1" / "model.safetensors").exists()
+
+
+def test_same_named_feature_folders_of_several_runs_stay_apart(tmp_path: Path) -> None:
+    """Two runs' ``features/enc`` folders passed together: one set each, named by the part
+    of their paths that differs, never merged or overwritten; the same folder twice is an error."""
+    bags = make_planted_bags(6, n_instances=(4, 8), dim=6, seed=0)
+    folders = [tmp_path / run / "features" / "enc" for run in ("run40x", "run100x")]
+    for folder in folders:
+        write_planted_bags(bags, folder)
+    sets = find_feature_sets(folders)
+    assert [s.key for s in sets] == ["run40x-features-enc", "run100x-features-enc"]
+    assert [s.root for s in sets] == folders
+    with pytest.raises(FeatureFormatError, match="the same feature folder is given twice"):
+        find_feature_sets([folders[0], folders[0]])

@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     tile.add_argument("--format", dest="bag_format", choices=("h5", "zarr"), help="bag format")
     tile.add_argument("--save-pixels", action="store_true", default=None, help="store patch pixels in the bag")
     tile.add_argument("--reader", choices=("auto", "openslide", "tiffslide", "image"), help="slide reader")
-    tile.add_argument("--mpp", type=float, help="level-0 um/px of every slide, replacing what the files say (a CSV mpp column wins)")
+    tile.add_argument("--mpp", type=float,
+                      help="level-0 um/px of every slide, replacing what the files say (a CSV mpp column wins)")
     tile.add_argument("--extensions", nargs="+", help="file suffixes to pick up in folders")
     _add_common(tile)
     tile.set_defaults(handler=_run_tile)

@@ -76,15 +76,28 @@ def _collect(folder: Path, parts: tuple[str, ...], depth: int = 0) -> list[tuple
     return found
 
 
+def _root_names(roots: list[Path]) -> list[tuple[str, ...]]:
+    """The shortest tails of the folders' paths that tell them apart: several runs'
+    ``.../features/efficientnet_lite0`` folders become ``run40x/features/efficientnet_lite0``..."""
+    if len(roots) == 1:
+        return [()]
+    paths = [root.resolve().parts for root in roots]
+    if len(set(paths)) < len(paths):
+        raise FeatureFormatError(f"the same feature folder is given twice: {' '.join(map(str, roots))}")
+    for k in range(1, max(map(len, paths)) + 1):
+        if len({p[-k:] for p in paths}) == len(paths):
+            return [p[-k:] for p in paths]
+    raise AssertionError("distinct paths have distinct tails")
+
+
 def find_feature_sets(paths: Sequence[str | Path], *, run_dir: str | Path | None = None) -> list[FeatureSet]:
     """Every feature set under ``paths`` (default: ``RUN_DIR/features``), with unique short keys."""
     run_features = Path(run_dir) / "features" if run_dir is not None else None
     roots = [Path(p) for p in paths] or ([run_features] if run_features else [])
     found = []
-    for root in roots:
+    for root, prefix in zip(roots, _root_names(roots)):
         if not root.is_dir():
             raise FeatureFormatError(f"{root}: no such folder of feature files; run `wsi-mil extract` first or pass --features")
-        prefix = () if len(roots) == 1 else (root.name,)
         found += _collect(root, prefix)
     if not found:
         raise FeatureFormatError(f"no feature files (.h5, .zarr, .pt) under {', '.join(map(str, roots))}")
