@@ -51,7 +51,7 @@ class TissueConfig:
     min_object_um2: float = 20_000.0
     #: Holes smaller than this area are filled, in um^2.
     max_hole_um2: float = 40_000.0
-    #: Remove red, green and blue marker ink.
+    #: Remove blue, green, black and red marker ink.
     remove_pen: bool = True
     #: Ink blobs smaller than this are not marker strokes, in um^2.
     min_pen_um2: float = 10_000.0
