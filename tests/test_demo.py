@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -88,44 +87,6 @@ def test_run_config_errors_name_key_and_file_before_any_work(tmp_path: Path, run
         assert fragment in str(info.value)
     assert not (tmp_path / "out").exists()
     assert main(["run", str(path), "--quiet"]) == 2
-
-
-@pytest.mark.slow
-def test_run_config_runs_every_stage_then_resumes(tmp_path: Path, shared_data: Path) -> None:
-    cohort = build_cohort(tmp_path / "cohort", spec=SMALL, data=shared_data, workers=1)
-    path = _write_config(tmp_path, """
-tiling: {patch_size: 256}
-extract: {encoder: resnet18, weights: random, device: cpu, batch_size: 16}
-train: {folds: 2, epochs: 2, min_epochs: 1, val_fraction: 0.0, device: cpu}
-heatmap: {mpp: 8.0, formats: [zarr, png], cam_top_k: 0}
-parallel: {workers: 0}
-run:
-  slides: cohort/slides
-  out: run
-  labels: cohort/labels.csv
-  masks: cohort/masks
-  models: [abmil, ilam]
-""")
-    assert main(["run", str(path), "--quiet"]) == 0
-    run = tmp_path / "run"
-    saved = json.loads((run / "run_config.json").read_text())
-    assert saved["run"]["slides"] == str(cohort.slides) and saved["train"]["folds"] == 2
-    for model in ("abmil", "ilam"):
-        assert (run / "models" / model / "summary.md").exists()
-        assert (run / "explanations" / model / "explanations.md").exists()
-        for slide_id in cohort.slide_ids:
-            assert (run / "heatmaps" / model / slide_id / "attention_pct.ome.zarr").is_dir()
-    stages = {row["stage"] for row in _manifest(run)}
-    assert {"tile", "extract", "predict", "heatmap"} <= stages
-    assert main(["run", str(path), "--quiet"]) == 0  # complete: every slide stage skips
-    assert {row["status"] for row in _manifest(run)} == {"skipped"}
-
-
-def _manifest(run: Path) -> list[dict[str, str]]:
-    import csv
-
-    with (run / "manifest.csv").open(newline="") as handle:
-        return list(csv.DictReader(handle))
 
 
 @pytest.mark.slow
