@@ -138,7 +138,7 @@ def _train_set(feature_set: FeatureSet, table: Any, *, config: Config, device: A
             started = time.perf_counter()
             trainer = FoldTrainer(store, labels, len(classes), config=options, device=device, fold=fold)
             train, val, test = (splits.members(fold, role) for role in ("train", "val", "test"))
-            logger.info("fold %d/%d: %s", fold + 1, splits.n_folds, fold_count_text(splits, fold))
+            logger.info("fold %d (%d of %d): %s", fold, fold + 1, splits.n_folds, fold_count_text(splits, fold))
             history = trainer.fit(train, val)
             probs, test_loss = trainer.evaluate(test)
             y_true = np.array([labels[s] for s in test])
