@@ -63,7 +63,8 @@ def build_lite0(weights: str, checkpoint: Path | None, *, with_classifier: bool 
 
     model = timm.create_model(TIMM_ARCH, pretrained=False)
     if checkpoint is not None:
-        weights_id = load_checkpoint(model, checkpoint, ignore=("classifier.",))
+        discard = () if with_classifier else ("classifier.",)  # reset below: a headless checkpoint is fine
+        weights_id = load_checkpoint(model, checkpoint, encoder="efficientnet_lite0", discard=discard)
     elif weights == "random":
         weights_id = "random"
     else:

@@ -48,6 +48,9 @@ class EncoderConfig:
     #: Autocast dtype on CUDA: ``float16`` for CNNs, ``bfloat16`` for ViTs. CPU runs float32.
     precision: str = "float16"
     description: str = ""
+    #: For weights that only come as a local file (gated models such as UNI): where to get it.
+    #: Such an encoder needs ``checkpoint_path`` (or ``weights="random"``, asked for).
+    checkpoint_source: str = ""
 
 
 #: name -> (config, builder(weights, checkpoint_path) -> (module, weights_id))
@@ -124,14 +127,21 @@ def make_batch_transform(config: EncoderConfig) -> Callable[[Any], Any]:
 def create_encoder(name: str, *, weights: str = "imagenet", checkpoint_path: str | Path | None = None) -> Encoder:
     """Build an encoder by name with ``weights`` = ``imagenet`` or ``random``, or a local checkpoint.
 
-    ``checkpoint_path`` (a state dict, loaded with ``weights_only=True``) replaces
-    ``weights``. Random weights must be asked for; they are logged and recorded.
+    ``checkpoint_path`` (a state dict, loaded with ``weights_only=True`` or from
+    ``.safetensors``) replaces ``weights``; it must fit the encoder exactly (only a
+    classifier head is dropped), else :class:`EncoderError`. Random weights must be asked
+    for; they are logged and recorded.
     """
     if weights not in WEIGHT_CHOICES:
         raise EncoderError(f"weights must be one of {WEIGHT_CHOICES} (or give checkpoint_path), got {weights!r}")
     config = encoder_config(name)
     import torch
 
+    if config.checkpoint_source and checkpoint_path is None and weights != "random":
+        raise WeightsUnavailableError(
+            f"{name}: its weights are not downloadable here; get them from {config.checkpoint_source} and pass "
+            "the file as extract.checkpoint_path (--checkpoint-path), or ask for --weights random (plumbing tests only)"
+        )
     if weights == "random" and checkpoint_path is None:
         torch.manual_seed(0)  # the same "random" encoder in every process and run
     if name.startswith("timm:"):
@@ -153,3 +163,4 @@ def _load_entries() -> None:
     """Import the modules whose decorators fill the registry (cheap until first use)."""
     import wsi_mil.features.torchvision_encoders  # noqa: F401
     import wsi_mil.features.efficientnet_lite  # noqa: F401
+    import wsi_mil.features.timm_encoders  # noqa: F401

@@ -15,6 +15,10 @@ logger = logging.getLogger(__name__)
 _NESTED_KEYS = ("state_dict", "model", "model_state_dict", "teacher", "student")
 #: Prefixes added by DataParallel, Lightning or wrappers.
 _PREFIXES = ("module.", "model.", "backbone.", "encoder.")
+#: Checkpoint keys a feature extractor drops: classification heads (timm's ``head``/``head_dist``,
+#: torchvision's ``fc``/``classifier``), which an encoder built with ``num_classes=0`` lacks.
+HEAD_PREFIXES = ("head.", "head_dist.", "fc.", "classifier.")
+_SHOWN = 4  # keys named in an error
 
 
 def file_digest(path: Path, length: int = 16) -> str:
@@ -54,28 +58,58 @@ def read_state_dict(path: Path) -> dict[str, Any]:
     return state
 
 
-def load_checkpoint(module: Any, path: Path, *, ignore: tuple[str, ...] = ()) -> str:
-    """Load a local checkpoint into ``module``; every weight of the module must be filled.
+def _first(keys: list[str]) -> str:
+    more = f", ... ({len(keys)} in all)" if len(keys) > _SHOWN else ""
+    return ", ".join(keys[:_SHOWN]) + more
 
-    Keys of the checkpoint the module does not have (classification heads, projection
-    layers) are ignored and logged. Returns the weights id ``checkpoint:<name>:<sha>``.
+
+def _shape(value: Any) -> tuple[int, ...] | None:
+    return tuple(value.shape) if hasattr(value, "shape") else None  # a non-tensor fits nothing
+
+
+def load_checkpoint(
+    module: Any, path: Path, *, encoder: str = "", ignore: tuple[str, ...] = HEAD_PREFIXES,
+    discard: tuple[str, ...] = (),
+) -> str:  # fmt: skip
+    """Load a local checkpoint into ``module`` strictly; returns the weights id ``checkpoint:<name>:<sha>``.
+
+    Every weight of ``module`` must come from the checkpoint with its shape, and every
+    checkpoint weight must be used, except checkpoint keys under ``ignore`` (a classifier
+    head the module does not have) and module keys under ``discard`` (parts the caller
+    removes after loading). Anything else means the checkpoint is of another architecture
+    or variant, whose features would silently not be the checkpoint model's: an error.
     """
     state = read_state_dict(path)
     own = module.state_dict()
-    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked") and not k.startswith(ignore)]
-    if missing:
+    # BatchNorm's step counters only matter in training; many checkpoints lack them.
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked") and not k.startswith(discard)]
+    unused = [k for k in state if k not in own and not k.startswith(ignore)]
+    who = f"{encoder}: " if encoder else ""
+    if missing or unused:
+        found = []
+        if missing:
+            found.append(f"{len(missing)} encoder weight(s) missing from it ({_first(missing)})")
+        if unused:
+            found.append(f"{len(unused)} checkpoint weight(s) with no place in the encoder ({_first(unused)})")
         raise EncoderError(
-            f"{path}: does not fit this encoder: {len(missing)} weights missing (first: {', '.join(missing[:4])}). "
-            "Check that the checkpoint belongs to this architecture."
+            f"{who}checkpoint {path} does not fit this encoder: {'; '.join(found)}. Loading it anyway would "
+            "leave weights random or unused, and the features would not be the checkpoint model's. Use the "
+            "encoder the checkpoint was trained as: a model built with non-default options (UNI's LayerScale, "
+            "blocks.*.ls1.gamma) needs a registered encoder built the same way (see `wsi-mil encoders`, e.g. "
+            f"`uni`), not timm's default `timm:<name>`. Only classifier heads ({', '.join(ignore)}) are dropped."
         )
-    mismatched = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if mismatched:
-        k = mismatched[0]
-        raise EncoderError(f"{path}: shape mismatch for {k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}")
-    unused = [k for k in state if k not in own]
-    if unused:
-        logger.info("%s: ignoring %d checkpoint keys not in the encoder (e.g. %s)", path.name, len(unused), unused[0])
-    module.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    wrong = [k for k in own if k in state and _shape(state[k]) != tuple(own[k].shape)]
+    if wrong:
+        shapes = ", ".join(f"{k} {_shape(state[k])} vs {tuple(own[k].shape)}" for k in wrong[:_SHOWN])
+        raise EncoderError(
+            f"{who}checkpoint {path} does not fit this encoder: {len(wrong)} weights have another shape "
+            f"(checkpoint vs encoder: {shapes}). The checkpoint is of another size or variant of the "
+            "architecture (width, patch size, image size): pick the encoder it was trained as."
+        )
+    dropped = [k for k in state if k not in own]
+    if dropped:
+        logger.info("%s: dropped %d classifier weights (%s)", path.name, len(dropped), _first(dropped))
+    module.load_state_dict({k: state[k] for k in own if k in state}, strict=False)
     return f"checkpoint:{path.name}:{file_digest(path)}"
 
 
