@@ -17,7 +17,7 @@ timm = pytest.importorskip("timm")
 from wsi_mil.features import create_encoder, encoder_config  # noqa: E402
 from wsi_mil.features import timm_encoders  # noqa: E402
 from wsi_mil.features.registry import (  # noqa: E402
-    IMAGENET_MEAN, IMAGENET_STD, EncoderError, WeightsUnavailableError, make_batch_transform,
+    IMAGENET_MEAN, IMAGENET_STD, EncoderError, WeightsUnavailableError, check_weights, make_batch_transform,
 )
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -142,6 +142,10 @@ def test_uni_is_declared_and_built_as_its_model_card_says() -> None:
     assert not any(k.startswith("head.") for k in keys)
 
 
-def test_uni_needs_its_checkpoint() -> None:
+def test_uni_needs_its_checkpoint(tmp_path: Path) -> None:
+    """Refused before anything is built (``check_weights`` is what a stage can call up front)."""
     with pytest.raises(WeightsUnavailableError, match="MahmoodLab/UNI.*pytorch_model.bin.*extract.checkpoint_path"):
         create_encoder("uni")
+    with pytest.raises(EncoderError, match="not found"):
+        check_weights("uni", checkpoint_path=tmp_path / "pytorch_model.bin")
+    assert check_weights("uni", weights="random") == encoder_config("uni")

@@ -124,6 +124,23 @@ def make_batch_transform(config: EncoderConfig) -> Callable[[Any], Any]:
     return transform
 
 
+def check_weights(name: str, *, weights: str = "imagenet", checkpoint_path: str | Path | None = None) -> EncoderConfig:
+    """The encoder's config, once its weights can be had: a known choice, an existing checkpoint
+    file, or a checkpoint for an encoder whose weights only come as a file (``uni``). Cheap:
+    call it before any work, as :func:`create_encoder` does."""
+    if weights not in WEIGHT_CHOICES:
+        raise EncoderError(f"weights must be one of {WEIGHT_CHOICES} (or give checkpoint_path), got {weights!r}")
+    config = encoder_config(name)
+    if checkpoint_path is not None and not Path(checkpoint_path).is_file():
+        raise EncoderError(f"{name}: checkpoint file {checkpoint_path} not found (extract.checkpoint_path)")
+    if config.checkpoint_source and checkpoint_path is None and weights != "random":
+        raise WeightsUnavailableError(
+            f"{name}: its weights are not downloadable here; get them from {config.checkpoint_source} and pass "
+            "the file as extract.checkpoint_path (--checkpoint-path), or ask for --weights random (plumbing tests only)"
+        )
+    return config
+
+
 def create_encoder(name: str, *, weights: str = "imagenet", checkpoint_path: str | Path | None = None) -> Encoder:
     """Build an encoder by name with ``weights`` = ``imagenet`` or ``random``, or a local checkpoint.
 
@@ -132,16 +149,9 @@ def create_encoder(name: str, *, weights: str = "imagenet", checkpoint_path: str
     classifier head is dropped), else :class:`EncoderError`. Random weights must be asked
     for; they are logged and recorded.
     """
-    if weights not in WEIGHT_CHOICES:
-        raise EncoderError(f"weights must be one of {WEIGHT_CHOICES} (or give checkpoint_path), got {weights!r}")
-    config = encoder_config(name)
+    config = check_weights(name, weights=weights, checkpoint_path=checkpoint_path)
     import torch
 
-    if config.checkpoint_source and checkpoint_path is None and weights != "random":
-        raise WeightsUnavailableError(
-            f"{name}: its weights are not downloadable here; get them from {config.checkpoint_source} and pass "
-            "the file as extract.checkpoint_path (--checkpoint-path), or ask for --weights random (plumbing tests only)"
-        )
     if weights == "random" and checkpoint_path is None:
         torch.manual_seed(0)  # the same "random" encoder in every process and run
     if name.startswith("timm:"):
