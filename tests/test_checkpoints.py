@@ -97,7 +97,8 @@ def test_classifier_dropped_and_wrappers_unwrapped(tmp_path: Path, batch: torch.
     state = trained_like(with_head)
     assert {"head.weight", "head.bias"} <= set(state)
     path = tmp_path / "lightning.ckpt"
-    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}, "epoch": torch.tensor(3)}, path)
+    wrapped = {f"module.{k}" if k.startswith("head.") else f"module.backbone.{k}": v for k, v in state.items()}
+    torch.save({"state_dict": wrapped, "epoch": torch.tensor(3)}, path)
     encoder = create_encoder(f"timm:{TINY}", checkpoint_path=path)
     backbone = {k: v for k, v in state.items() if not k.startswith("head.")}
     torch.testing.assert_close(features(encoder, batch), reference_features(backbone, batch), rtol=0, atol=0)

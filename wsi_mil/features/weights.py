@@ -53,8 +53,10 @@ def read_state_dict(path: Path) -> dict[str, Any]:
     if not isinstance(state, dict):
         raise EncoderError(f"{path}: holds a {type(state).__name__}, not a state dict")
     for prefix in _PREFIXES:
-        if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix) :]: v for k, v in state.items()}
+        # a self-supervised checkpoint keeps its projection head beside the prefixed backbone
+        body = [k for k in state if not k.startswith(HEAD_PREFIXES)]
+        if body and all(k.startswith(prefix) for k in body):
+            state = {k.removeprefix(prefix): v for k, v in state.items()}
     return state
 
 
