@@ -76,6 +76,8 @@ def _write_config(tmp_path: Path, text: str) -> Path:
         ("  slides: .\n", ["run.out is not set"]),
         ("  slides: .\n  out: out\n  models: [abmil, transmil]\n", ["run.models", "transmil", "ilam"]),
         ("  slides: .\n  out: out\n  stages: [tile, stitch]\n", ["stitch", "allowed"]),
+        ("  slides: .\n  out: out\nextract:\n  encoder: uni\n", ["extract.encoder", "uni", "checkpoint_path"]),
+        ("  slides: .\n  out: out\nextract:\n  checkpoint_path: nowhere.pth\n", ["nowhere.pth"]),
     ],
 )
 def test_run_config_errors_name_key_and_file_before_any_work(tmp_path: Path, run_section: str,

@@ -303,7 +303,8 @@ def _run_encoders(args: argparse.Namespace) -> int:
     for name in list_encoders():
         config = encoder_config(name)
         print(f"{name:20s} {config.embed_dim:5d}-d  {config.input_size}px  {config.description}")
-    print(f"{'timm:<name>':20s}   any timm model, e.g. timm:vit_large_patch16_224 with --checkpoint-path")
+    print(f"{'timm:<name>':20s}   any timm model as timm builds it by default, e.g. timm:vit_base_patch16_224; "
+          "checkpoints of other architectures (UNI: use uni) need a registered entry")
     return 0
 
 

@@ -111,12 +111,13 @@ def check_run_config(config: Config, *, where: str = "config") -> None:
     if run.masks is not None and Path(run.masks).is_file():
         raise ConfigError(f"{where}: run.masks = {run.masks}: not a folder of <slide_id>.png|.geojson|.xml")
     if stages & {"extract", "train"}:
-        from wsi_mil.features.registry import encoder_config
+        from wsi_mil.features.registry import check_weights
 
+        extract = config.extract
         try:
-            encoder_config(config.extract.encoder)
+            check_weights(extract.encoder, weights=extract.weights, checkpoint_path=extract.checkpoint_path)
         except WsiMilError as error:
-            raise ConfigError(f"{where}: extract.encoder: {error}") from error
+            raise ConfigError(f"{where}: extract.encoder / weights / checkpoint_path: {error}") from error
     if "train" in stages and "extract" not in stages and run.labels is not None:
         folder = _features_dir(Path(run.out), config)
         if not folder.is_dir():

@@ -240,11 +240,12 @@ def extract_run(run_dir: str | Path, *, config: Config, overwrite: bool = False,
                 progress: bool = True, jobs: Sequence[ExtractionJob] | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """Extract every bag of a run; one Dask task per slide, one worker per device."""
     from wsi_mil.features.freeze import resolve_device
-    from wsi_mil.features.registry import encoder_config
+    from wsi_mil.features.registry import check_weights
     from wsi_mil.manifest import RunRecorder
     from wsi_mil.parallel import map_slides
 
-    encoder_config(config.extract.encoder)  # unknown names fail before any work
+    # unknown names, missing checkpoint files and file-only weights fail before any work
+    check_weights(config.extract.encoder, weights=config.extract.weights, checkpoint_path=config.extract.checkpoint_path)
     device = resolve_device(config.extract.device)
     jobs = list(jobs) if jobs is not None else find_jobs(run_dir, config.extract)
     recorder = RunRecorder(run_dir, logger=logger)
