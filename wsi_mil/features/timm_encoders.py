@@ -32,7 +32,10 @@ def timm_config(name: str) -> EncoderConfig:
     if not timm.is_model(arch):
         raise EncoderError(f"{name}: timm has no model {arch!r} (see timm.list_models())")
     cfg = timm.get_pretrained_cfg(arch)
-    model = timm.create_model(arch, pretrained=False, num_classes=0)
+    import torch
+
+    with torch.device("meta"):  # shapes only: no memory, no initialisation (ViT-L: 6 s -> instant)
+        model = timm.create_model(arch, pretrained=False, num_classes=0)
     size = (cfg.input_size if cfg else (3, 224, 224))[-1]
     is_transformer = "vit" in arch or "deit" in arch or "swin" in arch or "eva" in arch
     return EncoderConfig(
