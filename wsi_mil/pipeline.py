@@ -226,23 +226,18 @@ def stale_outputs(config: Config, *, where: str = "config", overwrite: bool = Fa
 
 def _bag_settings(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
     """(a bag, the config it was tiled with) from RUN_DIR/bags/[<set>/]; None without one that records it."""
-    from wsi_mil.store.bags import read_bag
+    from wsi_mil.store.bags import find_bags, read_bag
 
-    root = run_dir / "bags"
-    if not root.is_dir():
+    bags = find_bags(run_dir)
+    if not bags:
         return None
-    folders = [root, *(d for d in sorted(root.iterdir()) if d.is_dir() and d.suffix != ".zarr")]
-    for folder in folders:
-        for bag in sorted(folder.iterdir()):
-            if bag.name.startswith(".") or bag.suffix not in (".h5", ".zarr"):
-                continue
-            try:
-                saved = json.loads(str(read_bag(bag).attrs.get("tiling_config") or "null"))
-            except (OSError, ValueError, WsiMilError) as error:
-                logger.warning("%s: cannot read its tiling settings (%s)", bag, error)
-                return None
-            return (bag, saved) if isinstance(saved, dict) else None
-    return None
+    _, bag = bags[0]
+    try:
+        saved = json.loads(str(read_bag(bag).attrs.get("tiling_config") or "null"))
+    except (OSError, ValueError, WsiMilError) as error:
+        logger.warning("%s: cannot read its tiling settings (%s)", bag, error)
+        return None
+    return (bag, saved) if isinstance(saved, dict) else None
 
 
 def _head_config(config: Config, name: str) -> Config:

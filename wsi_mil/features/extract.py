@@ -22,13 +22,12 @@ import numpy as np
 from wsi_mil.config import Config, ExtractConfig
 from wsi_mil.errors import WsiMilError
 from wsi_mil.manifest import failure_record
-from wsi_mil.store.bags import read_bag
+from wsi_mil.store.bags import find_bags, read_bag
 from wsi_mil.store.features import write_features
 
 logger = logging.getLogger(__name__)
 
 STAGE = "extract"
-BAG_SUFFIXES = (".h5", ".zarr")
 
 
 class SlideMismatchError(WsiMilError, ValueError):
@@ -52,19 +51,11 @@ def encoder_dir_name(encoder: str) -> str:
 def find_jobs(run_dir: str | Path, config: ExtractConfig) -> list[ExtractionJob]:
     """Every bag under ``RUN_DIR/bags`` (and its per-resolution sets), with its output path."""
     run_dir = Path(run_dir)
-    bags_root = run_dir / "bags"
-    if not bags_root.is_dir():
+    if not (run_dir / "bags").is_dir():
         raise WsiMilError(f"{run_dir}: no bags/ folder; run `wsi-mil tile ... --out {run_dir}` first")
     out_root = run_dir / "features" / encoder_dir_name(config.encoder)
-    jobs = []
-    folders = [(bags_root, "")] + [(d, d.name) for d in sorted(bags_root.iterdir()) if d.is_dir() and d.suffix != ".zarr"]
-    for folder, set_name in folders:
-        for bag in sorted(folder.iterdir()):
-            if bag.name.startswith(".") or bag.suffix not in BAG_SUFFIXES:
-                continue
-            out_dir = out_root / set_name if set_name else out_root
-            jobs.append(ExtractionJob(bag.stem, set_name or "-", bag, out_dir / f"{bag.stem}.{config.feature_format}"))
-    return jobs
+    return [ExtractionJob(bag.stem, set_name or "-", bag, out_root / set_name / f"{bag.stem}.{config.feature_format}")
+            for set_name, bag in find_bags(run_dir)]  # fmt: skip
 
 
 # Encoders are built and frozen once per process (a Dask worker extracts many slides).

@@ -40,6 +40,17 @@ def bag_path(bag_dir: str | Path, slide_id: str, fmt: str) -> Path:
     return Path(bag_dir) / f"{slide_id}.{fmt}"
 
 
+def find_bags(run_dir: str | Path) -> list[tuple[str, Path]]:
+    """Every bag of a run: ``(bag set, path)`` from ``RUN_DIR/bags/`` (set ``""``) and its
+    per-resolution sub-folders ``RUN_DIR/bags/<set>/``, in a stable order; [] without bags/."""
+    root = Path(run_dir) / "bags"
+    if not root.is_dir():
+        return []
+    folders = [(root, "")] + [(d, d.name) for d in sorted(root.iterdir()) if d.is_dir() and d.suffix != ".zarr"]
+    return [(set_name, bag) for folder, set_name in folders for bag in sorted(folder.iterdir())
+            if not bag.name.startswith(".") and bag.suffix.lstrip(".") in BAG_FORMATS]  # fmt: skip
+
+
 @dataclass
 class Bag:
     """A bag read back from disk. coords: (N, 2) int64 level-0 (x, y)."""
