@@ -338,11 +338,20 @@ def _setup_logging(args: argparse.Namespace) -> None:
     root.propagate = False
 
 
+#: Commands that write into RUN_DIR and whose library functions take no run lock themselves.
+_LOCKED_COMMANDS = frozenset({"train", "predict", "heatmap", "evaluate-maps"})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args)
     try:
+        if args.command in _LOCKED_COMMANDS:  # tile, extract and run lock inside the library
+            from wsi_mil.store.runlock import run_lock
+
+            with run_lock(args.run_dir, f"wsi-mil {args.command}"):
+                return int(args.handler(args))
         return int(args.handler(args))
     except WsiMilError as error:
         if args.debug:

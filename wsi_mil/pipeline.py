@@ -31,6 +31,7 @@ from typing import Any
 from wsi_mil.config import Config, RunConfig, config_to_json, load_config
 from wsi_mil.errors import ConfigError, WsiMilError
 from wsi_mil.store.atomic import atomic_output, remove_path
+from wsi_mil.store.runlock import run_lock
 
 logger = logging.getLogger(__name__)
 
@@ -251,6 +252,11 @@ def run_pipeline(config: Config, *, where: str = "config", overwrite: bool = Fal
                  progress: bool = True) -> PipelineResult:  # fmt: skip
     """Run ``config.run.stages`` in order on ``config.run`` (paths absolute; see :func:`resolve_paths`)."""
     check_run_config(config, where=where)
+    with run_lock(Path(str(config.run.out)), "wsi-mil run"):  # one writer per run folder
+        return _run_locked(config, where=where, overwrite=overwrite, debug=debug, progress=progress)
+
+
+def _run_locked(config: Config, *, where: str, overwrite: bool, debug: bool, progress: bool) -> PipelineResult:
     run: RunConfig = config.run
     run_dir = Path(str(run.out))
     stale = stale_outputs(config, where=where, overwrite=overwrite)

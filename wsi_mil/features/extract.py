@@ -230,15 +230,23 @@ def extract_job(job: ExtractionJob, *, config: Config, overwrite: bool = False, 
 def extract_run(run_dir: str | Path, *, config: Config, overwrite: bool = False, debug: bool = False,
                 progress: bool = True, jobs: Sequence[ExtractionJob] | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """Extract every bag of a run; one Dask task per slide, one worker per device."""
-    from wsi_mil.features.freeze import resolve_device
     from wsi_mil.features.registry import check_weights
-    from wsi_mil.manifest import RunRecorder
-    from wsi_mil.parallel import map_slides
+    from wsi_mil.store.runlock import run_lock
 
     # unknown names, missing checkpoint files and file-only weights fail before any work
     check_weights(config.extract.encoder, weights=config.extract.weights, checkpoint_path=config.extract.checkpoint_path)
-    device = resolve_device(config.extract.device)
     jobs = list(jobs) if jobs is not None else find_jobs(run_dir, config.extract)
+    with run_lock(run_dir, "extract"):  # one writer per run folder
+        return _extract_locked(run_dir, jobs, config=config, overwrite=overwrite, debug=debug, progress=progress)
+
+
+def _extract_locked(run_dir: str | Path, jobs: list[ExtractionJob], *, config: Config, overwrite: bool, debug: bool,
+                    progress: bool) -> list[dict[str, Any]]:  # fmt: skip
+    from wsi_mil.features.freeze import resolve_device
+    from wsi_mil.manifest import RunRecorder
+    from wsi_mil.parallel import map_slides
+
+    device = resolve_device(config.extract.device)
     recorder = RunRecorder(run_dir, logger=logger)
 
     def on_crash(job: ExtractionJob, error: BaseException) -> None:

@@ -1,7 +1,9 @@
 """Write to a temporary name beside the target and rename on success.
 
 A file or folder that exists under its final name is therefore complete. Partial
-outputs of a killed run keep a ``.partial-`` name and are removed on the next run.
+outputs of a killed run keep a ``.partial-<pid>`` name and are removed on the next run;
+a partial whose process is still alive on this machine belongs to another writer and
+is left alone (a second process never deletes the first one's work).
 """
 
 from __future__ import annotations
@@ -27,9 +29,26 @@ def remove_path(path: Path) -> None:
             path.unlink()
 
 
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # ours: left by an earlier attempt in this process
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, another user's
+    except (OverflowError, ValueError):
+        return False
+    return True
+
+
 def clean_partials(final: Path) -> None:
-    """Remove what killed runs left behind for ``final``."""
+    """Remove what killed runs left behind for ``final`` (partials of live processes stay)."""
     for stale in final.parent.glob(f".{final.name}{PARTIAL_TAG}*"):
+        owner = stale.name.rsplit(PARTIAL_TAG, 1)[-1]
+        if owner.isdigit() and _process_alive(int(owner)):
+            continue
         remove_path(stale)
 
 

@@ -26,6 +26,7 @@ from wsi_mil.io.discover import SlideSource, check_unique_ids
 from wsi_mil.io.open import open_slide
 from wsi_mil.manifest import RunRecorder, failure_record
 from wsi_mil.store.atomic import atomic_output
+from wsi_mil.store.runlock import run_lock
 from wsi_mil.store.bags import BAG_FORMAT_VERSION, TISSUE_FRACTION, TISSUE_MASK, bag_path, open_bag_writer
 from wsi_mil.tiling.grid import GridSpec, plan_grid, select_patches
 from wsi_mil.tiling.qc import render_qc, save_qc
@@ -238,11 +239,16 @@ def tile_slides(
     Duplicate slide ids are refused before any work. Each finished slide is
     written to ``RUN_DIR/manifest.csv`` at once, so a killed run keeps its record.
     """
-    from wsi_mil.parallel import map_slides
-
     check_unique_ids(sources)
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(run_dir, "tile"):  # a second writer stops here, before touching any file
+        return _tile_locked(sources, run_dir, config=config, overwrite=overwrite, debug=debug, progress=progress)
+
+
+def _tile_locked(sources: Sequence[SlideSource], run_dir: Path, *, config: Config, overwrite: bool, debug: bool,
+                 progress: bool) -> list[dict[str, Any]]:  # fmt: skip
+    from wsi_mil.parallel import map_slides
+
     with atomic_output(run_dir / "tiling_config.json") as tmp:
         tmp.write_text(json.dumps(config_to_dict(config), indent=2, sort_keys=True))
     recorder = RunRecorder(run_dir, logger=logger)
