@@ -39,7 +39,7 @@ def test_exact_patches_on_known_layout(tmp_path: Path, reference_slide: Path, fm
     assert (attrs["patch_size"], attrs["patch_level"], attrs["patch_size_level0"]) == (256, 0, 256)
     assert attrs["target_mpp"] == 0.5 and attrs["slide_mpp"] == pytest.approx(0.5)
     assert attrs["slide_id"] == "reference" and attrs["slide_path"] == str(reference_slide.resolve())
-    assert attrs["tissue_threshold"] == 0.5 and attrs["format_version"] == "1.0"
+    assert attrs["tissue_threshold"] == 0.5 and attrs["format_version"] == "1.1"
     assert json.loads(attrs["tiling_config"])["tiling"]["bag_format"] == fmt
     assert bag.tissue_mask.shape == (192, 256) and bag.mask_attrs["downsample"] == pytest.approx(16.0)
     qc = Image.open(tmp_path / "qc" / "reference.png")

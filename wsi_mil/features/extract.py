@@ -23,7 +23,7 @@ from wsi_mil.config import Config, ExtractConfig
 from wsi_mil.errors import WsiMilError
 from wsi_mil.manifest import failure_record
 from wsi_mil.store.bags import find_bags, read_bag
-from wsi_mil.store.features import write_features
+from wsi_mil.store.features import features_problem, write_features
 
 logger = logging.getLogger(__name__)
 
@@ -215,8 +215,13 @@ def extract_job(job: ExtractionJob, *, config: Config, overwrite: bool = False, 
                 show_patches: bool = False) -> dict[str, Any]:  # fmt: skip
     """One manifest record for one bag: ``done``, ``skipped`` or ``failed``; never raises for a bad slide."""
     record: dict[str, Any] = {"stage": STAGE, "slide_id": job.slide_id, "bag_set": job.bag_set, "path": str(job.bag_path)}
+    redo = ""
     if job.out_path.exists() and not overwrite:
-        return {**record, "status": "skipped", "note": "complete feature file exists"}
+        problem = features_problem(job.out_path)
+        if problem is None:
+            return {**record, "status": "skipped", "note": "complete feature file exists"}
+        redo = f"redone: the previous feature file was {problem}"
+        logger.warning("%s: %s", job.out_path, redo)
     started = time.perf_counter()
     try:
         result = extract_bag(job, config=config, progress=show_patches)
@@ -224,7 +229,7 @@ def extract_job(job: ExtractionJob, *, config: Config, overwrite: bool = False, 
         if debug:
             logger.exception("%s: extraction failed", job.slide_id)
         return failure_record(record, error, path=job.bag_path, started=started)
-    return {**record, **result, "status": "done", "error": ""}
+    return {**record, **result, "status": "done", "error": "", "note": redo}
 
 
 def extract_run(run_dir: str | Path, *, config: Config, overwrite: bool = False, debug: bool = False,

@@ -21,8 +21,9 @@ import numpy as np
 
 from wsi_mil.errors import BagFormatError
 from wsi_mil.store.atomic import atomic_output
+from wsi_mil.store.complete import EVERY_CHUNK, mark_complete, output_problem
 
-BAG_FORMAT_VERSION = "1.0"
+BAG_FORMAT_VERSION = "1.1"  #: 1.1: root attribute complete_rows (store/complete.py)
 BAG_FORMATS = ("h5", "zarr")
 
 COORDS = "coords"
@@ -49,6 +50,11 @@ def find_bags(run_dir: str | Path) -> list[tuple[str, Path]]:
     folders = [(root, "")] + [(d, d.name) for d in sorted(root.iterdir()) if d.is_dir() and d.suffix != ".zarr"]
     return [(set_name, bag) for folder, set_name in folders for bag in sorted(folder.iterdir())
             if not bag.name.startswith(".") and bag.suffix.lstrip(".") in BAG_FORMATS]  # fmt: skip
+
+
+def bag_problem(path: str | Path) -> str | None:
+    """Why the bag at ``path`` cannot be skipped as complete (missing, unreadable, truncated), or None."""
+    return output_problem(path, (COORDS, TISSUE_FRACTION, PIXELS))
 
 
 @dataclass
@@ -95,8 +101,17 @@ class BagWriter(abc.ABC):
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        self._close()
+        try:
+            if exc_type is None:
+                mark_complete(self._root(), self._rows)  # last: a bag without it is incomplete
+        finally:
+            self._close()
         self._atomic.__exit__(exc_type, exc, tb)
+
+    _rows = 0  #: rows of coords, set by write_coords
+
+    @abc.abstractmethod
+    def _root(self) -> Any: ...
 
     @abc.abstractmethod
     def _open(self, tmp: Path) -> None: ...
@@ -131,8 +146,12 @@ class H5BagWriter(BagWriter):
     def _close(self) -> None:
         self._file.close()
 
+    def _root(self) -> Any:
+        return self._file
+
     def write_coords(self, coords: np.ndarray, attrs: dict[str, Any]) -> None:
         dataset = self._file.create_dataset(COORDS, data=np.asarray(coords, dtype=np.int64).reshape(-1, 2))
+        self._rows = len(dataset)
         for key, value in attrs.items():
             dataset.attrs[key] = _h5_attr(value)
 
@@ -164,9 +183,14 @@ class ZarrBagWriter(BagWriter):
     def _close(self) -> None:
         pass
 
+    def _root(self) -> Any:
+        return self._group
+
     def write_coords(self, coords: np.ndarray, attrs: dict[str, Any]) -> None:
         data = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
-        array = self._group.create_array(COORDS, shape=data.shape, dtype=np.int64, chunks=(max(1, min(len(data), 65536)), 2))
+        self._rows = len(data)
+        array = self._group.create_array(COORDS, shape=data.shape, dtype=np.int64, chunks=(max(1, min(len(data), 65536)), 2),
+                                         config=EVERY_CHUNK)  # fmt: skip
         if len(data):
             array[:] = data
         array.attrs.update(attrs)

@@ -17,8 +17,9 @@ import numpy as np
 from wsi_mil.errors import BagFormatError
 from wsi_mil.store.atomic import atomic_output
 from wsi_mil.store.bags import _clean_attrs, _h5_attr
+from wsi_mil.store.complete import EVERY_CHUNK, mark_complete, output_problem
 
-FEATURE_FORMAT_VERSION = "1.0"
+FEATURE_FORMAT_VERSION = "1.1"  #: 1.1: root attribute complete_rows (store/complete.py)
 FEATURES = "features"
 FAILED_COORDS = "failed_coords"
 
@@ -49,19 +50,26 @@ def write_features(path: str | Path, features: np.ndarray, coords: np.ndarray, a
                     dataset.attrs[key] = _h5_attr(value)
                 f.create_dataset("coords", data=coords)
                 f.create_dataset(FAILED_COORDS, data=failed)
+                mark_complete(f, len(features))
         elif path.suffix == ".zarr":
             import zarr
 
             group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
             for name, data in ((FEATURES, features), ("coords", coords), (FAILED_COORDS, failed)):
                 chunks = (max(1, min(len(data), 1024)), max(1, data.shape[1]))
-                array = group.create_array(name, shape=data.shape, dtype=data.dtype, chunks=chunks)
+                array = group.create_array(name, shape=data.shape, dtype=data.dtype, chunks=chunks, config=EVERY_CHUNK)
                 if data.size:
                     array[...] = data
             group[FEATURES].attrs.update(attrs)
+            mark_complete(group, len(features))
         else:
             raise ValueError(f"{path}: feature files end in .h5 or .zarr")
     return path
+
+
+def features_problem(path: str | Path) -> str | None:
+    """Why the feature file at ``path`` cannot be skipped as complete (missing, unreadable, truncated), or None."""
+    return output_problem(path, (FEATURES, "coords"))
 
 
 def read_features(path: str | Path) -> FeatureFile:

@@ -27,7 +27,7 @@ from wsi_mil.io.open import open_slide
 from wsi_mil.manifest import RunRecorder, failure_record
 from wsi_mil.store.atomic import atomic_output
 from wsi_mil.store.runlock import run_lock
-from wsi_mil.store.bags import BAG_FORMAT_VERSION, TISSUE_FRACTION, TISSUE_MASK, bag_path, open_bag_writer
+from wsi_mil.store.bags import BAG_FORMAT_VERSION, TISSUE_FRACTION, TISSUE_MASK, bag_path, bag_problem, open_bag_writer
 from wsi_mil.tiling.grid import GridSpec, plan_grid, select_patches
 from wsi_mil.tiling.qc import render_qc, save_qc
 from wsi_mil.tiling.thumbnail import ASSUMED_MPP, Thumbnail, read_detection_thumbnail
@@ -78,7 +78,11 @@ def qc_path(bag_set: BagSet, slide_id: str) -> Path:
 def _is_complete(bag_set: BagSet, slide_id: str, tiling: TilingConfig) -> bool:
     if tiling.qc and not qc_path(bag_set, slide_id).exists():
         return False
-    return bag_path(bag_set.bag_dir, slide_id, tiling.bag_format).exists()
+    path = bag_path(bag_set.bag_dir, slide_id, tiling.bag_format)
+    problem = bag_problem(path) if path.exists() else "missing"
+    if problem != "missing" and problem is not None:
+        logger.warning("%s: %s; tiling it again", path, problem)
+    return problem is None
 
 
 def _record(source: SlideSource, bag_set: BagSet, **fields: Any) -> dict[str, Any]:

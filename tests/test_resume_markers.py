@@ -1,0 +1,88 @@
+"""Resume checks outputs: a truncated or unreadable bag or feature file is redone, never skipped."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from wsi_mil.config import Config, ExtractConfig, ParallelConfig, TilingConfig  # noqa: E402
+from wsi_mil.features.extract import extract_run  # noqa: E402
+from wsi_mil.io.discover import SlideSource  # noqa: E402
+from wsi_mil.manifest import Manifest  # noqa: E402
+from wsi_mil.store.bags import bag_problem  # noqa: E402
+from wsi_mil.store.complete import COMPLETE_ATTR  # noqa: E402
+from wsi_mil.store.features import features_problem, read_features, write_features  # noqa: E402
+from wsi_mil.tiling import tile_slides  # noqa: E402
+
+CONFIG = Config(tiling=TilingConfig(), parallel=ParallelConfig(workers=0),
+                extract=ExtractConfig(encoder="resnet18", weights="random", num_workers=0, batch_size=8, freeze="eager"))  # fmt: skip
+
+
+def _truncate_to_half(path: Path) -> None:
+    with path.open("r+b") as handle:
+        handle.truncate(path.stat().st_size // 2)
+
+
+def _row(run: Path, stage: str) -> dict:
+    return Manifest(run).rows[(stage, "reference", "-" if stage == "extract" else "")]
+
+
+@pytest.fixture
+def extracted(tmp_path: Path, reference_slide: Path) -> Path:
+    tile_slides([SlideSource(reference_slide, "reference")], tmp_path, config=CONFIG, progress=False)
+    records = extract_run(tmp_path, config=CONFIG, progress=False)
+    assert [r["status"] for r in records] == ["done"]
+    return tmp_path
+
+
+def test_truncated_feature_file_is_redone_not_skipped(extracted: Path) -> None:
+    path = extracted / "features" / "resnet18" / "reference.h5"
+    expected = read_features(path).features
+    _truncate_to_half(path)
+    assert features_problem(path) is not None
+    records = extract_run(extracted, config=CONFIG, progress=False)
+    assert records[0]["status"] == "done" and "redone" in records[0]["note"], records
+    np.testing.assert_array_equal(read_features(path).features, expected)
+    assert extract_run(extracted, config=CONFIG, progress=False)[0]["status"] == "skipped"
+
+
+def test_feature_file_with_fewer_rows_than_its_marker_is_redone(extracted: Path) -> None:
+    path = extracted / "features" / "resnet18" / "reference.h5"
+    with h5py.File(path, "a") as f:
+        f.attrs[COMPLETE_ATTR] = int(f.attrs[COMPLETE_ATTR]) + 1
+    assert "incomplete" in str(features_problem(path))
+    assert extract_run(extracted, config=CONFIG, progress=False)[0]["status"] == "done"
+
+
+def test_files_of_the_previous_format_stay_complete(extracted: Path) -> None:
+    """Format 1.0 files have no marker: readable ones are still skipped, not redone."""
+    path = extracted / "features" / "resnet18" / "reference.h5"
+    with h5py.File(path, "a") as f:
+        del f.attrs[COMPLETE_ATTR]
+    assert features_problem(path) is None
+    assert extract_run(extracted, config=CONFIG, progress=False)[0]["status"] == "skipped"
+
+
+def test_truncated_bag_is_tiled_again(extracted: Path, reference_slide: Path) -> None:
+    bag = extracted / "bags" / "reference.h5"
+    _truncate_to_half(bag)
+    assert bag_problem(bag) is not None
+    records = tile_slides([SlideSource(reference_slide, "reference")], extracted, config=CONFIG, progress=False)
+    assert records[0]["status"] == "done" and bag_problem(bag) is None
+
+
+def test_zarr_feature_file_with_a_lost_chunk_is_incomplete(tmp_path: Path) -> None:
+    path = write_features(tmp_path / "a.zarr", np.ones((3000, 4), np.float32), np.zeros((3000, 2)), {"encoder": "x"})
+    assert features_problem(path) is None
+    chunk = sorted((path / "features" / "c").rglob("*"))[-1]
+    assert chunk.is_file()
+    chunk.unlink()
+    assert "chunks on disk" in str(features_problem(path))
+    shutil.rmtree(path / "coords")
+    assert features_problem(path) is not None
