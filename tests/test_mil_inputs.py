@@ -72,7 +72,7 @@ def test_label_errors(tmp_path: Path) -> None:
     unknown.write_text("slide_id,label\nx1,0\nx2,1\n")
     with pytest.raises(LabelError, match="none of its 2 slide ids.*has a feature file"):
         train_run(run, unknown, config=TINY)
-    with pytest.raises(LabelError, match="needs at least 5 slide\\(s\\) per class.*Lower --folds"):
+    with pytest.raises(LabelError, match="needs at least 5 slide\\(s\\) per class.*Lower the fold count \\(--folds N"):
         train_run(run, labels, config=Config(train=TrainConfig(folds=5, epochs=1, device="cpu")))
     columns = tmp_path / "columns.csv"
     columns.write_text("id,class\na,1\n")

@@ -126,6 +126,8 @@ def check_run_config(config: Config, *, where: str = "config") -> None:
             raise ConfigError(f"{where}: the train stage reads {folder} (extract.encoder = {config.extract.encoder}), "
                               f"which does not exist; encoders with features there: {', '.join(found) or 'none'}. "
                               "Set extract.encoder to one of them, or add the extract stage")  # fmt: skip
+    if "train" in stages and run.labels is not None:
+        check_labels_plan(config, where=where)
     if stages & {"train", "predict", "heatmap", "evaluate"}:
         from wsi_mil.mil.registry import mil_model_config
 
@@ -134,6 +136,37 @@ def check_run_config(config: Config, *, where: str = "config") -> None:
                 mil_model_config(name)
             except WsiMilError as error:
                 raise ConfigError(f"{where}: run.models / train.model: {error}") from error
+
+
+def check_labels_plan(config: Config, *, where: str = "config") -> None:
+    """The labels CSV and the fold plan of the train stage, on the slides this run will have: before any tiling.
+
+    Unreadable files, NaN/empty/case-variant labels, one class, too few patients per class
+    for ``train.folds`` and folds unbalanced by patient grouping are errors, advising
+    ``--set train.folds=N``.
+    """
+    from wsi_mil.mil.data import read_labels
+    from wsi_mil.mil.splits import check_fold_plan, fold_option
+
+    run, options = config.run, config.train
+    table = read_labels(str(run.labels))
+    if "tile" in run.stages:
+        from wsi_mil.io.discover import find_slides
+
+        ids = {source.slide_id for source in find_slides([str(run.slides)], extensions=config.tiling.extensions)}
+        origin = f"run.slides = {run.slides}"
+    else:
+        folder = _features_dir(Path(str(run.out)), config)
+        ids = {p.stem for p in folder.rglob("*") if p.suffix in (".h5", ".zarr")} if folder.is_dir() else set(table.labels)
+        origin = str(folder)
+    labels = {s: label for s, label in table.labels.items() if s in ids}
+    if not labels:
+        raise ConfigError(f"{where}: run.labels = {table.path}: none of its {len(table.labels)} slide ids is a slide "
+                          f"of {origin}; the slide id is the file name without its extension")  # fmt: skip
+    with fold_option("--set train.folds=N"):
+        check_fold_plan(labels, {s: table.patients[s] for s in labels}, folds=options.folds, seed=options.seed,
+                        val_fraction=options.val_fraction, where=f"{where}: run.labels = {table.path}",
+                        csv_splits={s: table.splits[s] for s in labels} if table.splits else None)  # fmt: skip
 
 
 def _flat(data: dict[str, Any]) -> dict[str, Any]:
@@ -252,7 +285,9 @@ def run_pipeline(config: Config, *, where: str = "config", overwrite: bool = Fal
                  progress: bool = True) -> PipelineResult:  # fmt: skip
     """Run ``config.run.stages`` in order on ``config.run`` (paths absolute; see :func:`resolve_paths`)."""
     check_run_config(config, where=where)
-    with run_lock(Path(str(config.run.out)), "wsi-mil run"):  # one writer per run folder
+    from wsi_mil.mil.splits import fold_option
+
+    with run_lock(Path(str(config.run.out)), "wsi-mil run"), fold_option("--set train.folds=N"):  # one writer per run folder
         return _run_locked(config, where=where, overwrite=overwrite, debug=debug, progress=progress)
 
 

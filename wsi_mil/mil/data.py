@@ -216,24 +216,63 @@ def _class_order(values: set[str]) -> list[str]:
         return sorted(values)
 
 
+#: Labels that mean "no label" in spreadsheets and pandas exports; as a class they would be silent noise.
+MISSING_LABELS = frozenset({"nan", "na", "n/a", "none", "null", "#n/a"})
+
+
+def _read_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:  # -sig: Excel's BOM is not part of a name
+            reader = csv.DictReader(handle)
+            columns = [c.strip() for c in reader.fieldnames or []]
+            rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items() if isinstance(v, str) or v is None}
+                    for row in reader]  # fmt: skip
+    except UnicodeDecodeError as error:
+        raise LabelError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}); save the labels CSV "
+                         "as UTF-8 (in Excel: CSV UTF-8) and run again") from error  # fmt: skip
+    except csv.Error as error:
+        raise LabelError(f"{path}: not a readable CSV ({error})") from error
+    return columns, rows
+
+
+def _check_label_values(path: Path, lines: dict[str, list[int]]) -> None:
+    """Empty and NaN-like labels, and labels that differ only in case or spaces, are errors naming their lines."""
+    problems = []
+    missing = {label: numbers for label, numbers in lines.items() if not label or label.lower() in MISSING_LABELS}
+    for label, numbers in missing.items():
+        problems.append(f"{len(numbers)} row(s) with {'an empty label' if not label else f'the label {label!r}'} "
+                        f"(line(s) {_lines(numbers)})")  # fmt: skip
+    variants: dict[str, list[str]] = {}
+    for label in lines:
+        if label not in missing:
+            variants.setdefault(" ".join(label.lower().split()), []).append(label)
+    for group in variants.values():
+        if len(group) > 1:
+            counts = ", ".join(f"{v!r} ({len(lines[v])} rows, first line {lines[v][0]})" for v in sorted(group))
+            problems.append(f"labels that differ only in case or spaces would become separate classes: {counts}")
+    if problems:
+        raise LabelError(f"{path}: " + "; ".join(problems) + ". Give every slide one of the intended class "
+                         "names, spelled the same way, or remove its row")  # fmt: skip
+
+
+def _lines(numbers: list[int]) -> str:
+    return ", ".join(map(str, numbers[:SHOW])) + (", ..." if len(numbers) > SHOW else "")
+
+
 def read_labels(path: str | Path) -> LabelTable:
+    """Read and validate a labels CSV (UTF-8): every problem is a :class:`LabelError` naming the file and lines."""
     path = Path(path)
     if not path.is_file():
         raise LabelError(f"{path}: labels CSV not found")
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        columns = [c.strip() for c in reader.fieldnames or []]
-        if "slide_id" not in columns or "label" not in columns:
-            raise LabelError(f"{path}: needs the columns slide_id,label[,patient_id][,split]; found {columns}")
-        rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
-    labels, patients, splits, unlabeled = {}, {}, {}, []
+    columns, rows = _read_rows(path)
+    if "slide_id" not in columns or "label" not in columns:
+        raise LabelError(f"{path}: needs the columns slide_id,label[,patient_id][,split]; found {columns}")
+    labels, patients, splits, lines = {}, {}, {}, {}
     for number, row in enumerate(rows, start=2):
         slide_id, label = row["slide_id"], row["label"]
         if not slide_id:
             continue
-        if not label:
-            unlabeled.append(slide_id)
-            continue
+        lines.setdefault(label, []).append(number)
         if slide_id in labels and labels[slide_id] != label:
             raise LabelError(f"{path}: line {number}: slide {slide_id!r} labelled both {labels[slide_id]!r} and {label!r}")
         labels[slide_id] = label
@@ -243,8 +282,7 @@ def read_labels(path: str | Path) -> LabelTable:
             if split not in ("train", "val", "test"):
                 raise LabelError(f"{path}: line {number}: split {row.get('split')!r}; allowed: train, val, test")
             splits[slide_id] = split
-    if unlabeled:
-        logger.warning("%s: %d row(s) with an empty label are ignored (%s)", path, len(unlabeled), _first(unlabeled))
+    _check_label_values(path, lines)
     if not labels:
         raise LabelError(f"{path}: no labelled rows")
     return LabelTable(path, labels, patients, splits, _class_order(set(labels.values())))

@@ -8,10 +8,12 @@ is not a test slide); ``predict`` uses it to score CV slides out of fold.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +25,19 @@ from wsi_mil.store.atomic import atomic_output
 logger = logging.getLogger(__name__)
 
 ROLES = ("train", "val", "test")
+
+#: How the command being run sets the fold count, for advice in errors (`wsi-mil train`: --folds).
+_FOLD_OPTION: ContextVar[str] = ContextVar("fold_option", default="--folds N")
+
+
+@contextlib.contextmanager
+def fold_option(option: str) -> Iterator[None]:
+    """Name ``option`` (e.g. ``--set train.folds=N`` for ``wsi-mil run``) in fold-count advice within the block."""
+    token = _FOLD_OPTION.set(option)
+    try:
+        yield
+    finally:
+        _FOLD_OPTION.reset(token)
 
 
 @dataclass
@@ -77,7 +92,7 @@ def _check_folds(labels: dict[str, str], patients: dict[str, str], folds: int, w
         detail = ", ".join(f"{c!r}: {n}" for c, n in sorted(small.items()))
         raise LabelError(
             f"{where}: {folds}-fold stratified CV needs at least {folds} {unit} per class, but {detail}. "
-            f"Lower --folds (to at most {min(per_class.values())}), or label more slides"
+            f"Lower the fold count ({_FOLD_OPTION.get()}, N at most {min(per_class.values())}), or label more slides"
         )
 
 
@@ -117,6 +132,33 @@ def make_splits(labels: dict[str, str], patients: dict[str, str], *, folds: int 
             logger.warning("fold %d: no test slide of class(es) %s (patient grouping); its ROC-AUC is undefined",
                            fold, sorted(missing))  # fmt: skip
     return Splits(slide_ids, [labels[s] for s in slide_ids], [patients[s] for s in slide_ids], all_roles, "kfold")
+
+
+def check_fold_plan(labels: dict[str, str], patients: dict[str, str], *, folds: int, seed: int = 0,
+                    val_fraction: float = 0.2, csv_splits: dict[str, str] | None = None, where: str = "labels") -> Splits:  # fmt: skip
+    """The splits :func:`make_splits` would make, refused (:class:`LabelError`) where a fold could not be
+    trained or scored: too few patients per class for the fold count, or patient grouping that leaves
+    a fold with no training or no test slide of a class, or with more than half the slides as its
+    test set (and over twice its share). Cheap; run it before any tiling."""
+    splits = make_splits(labels, patients, folds=folds, seed=seed, val_fraction=val_fraction,
+                         csv_splits=csv_splits, where=where)  # fmt: skip
+    classes = set(labels.values())
+    bad = []
+    for fold, roles in enumerate(splits.roles):
+        for role in ("train", "test"):
+            lacking = classes - {labels[s] for s, r in roles.items() if r == role}
+            if lacking and not (role == "test" and splits.source == "csv"):
+                bad.append(f"fold {fold} would have no {role} slide of class(es) {sorted(lacking)}")
+        tested = sum(r == "test" for r in roles.values())
+        if splits.source == "kfold" and tested > 2 * len(labels) / splits.n_folds and tested > len(labels) / 2:
+            bad.append(f"fold {fold} would test on {tested} of {len(labels)} slides (and train on the rest)")
+    if bad:
+        sizes = Counter(patients[s] for s in labels)
+        largest = ", ".join(f"{p!r} ({n} slides)" for p, n in sizes.most_common(3) if n > 1)
+        grouping = f" Patients with several slides stay in one fold: {largest}." if largest else ""
+        raise LabelError(f"{where}: the {splits.n_folds}-fold plan is unbalanced: {'; '.join(bad)}.{grouping} "
+                         f"Lower the fold count ({_FOLD_OPTION.get()}) or label more patients of those classes")  # fmt: skip
+    return splits
 
 
 def write_splits(splits: Splits, path: str | Path) -> Path:
