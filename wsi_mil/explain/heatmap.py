@@ -316,7 +316,7 @@ def _find_bag(run_dir: Path, subset: Path, slide_id: str) -> Path | None:
 
 
 def heatmap_job(job: HeatmapJob, *, options: HeatmapConfig, reader: str = "auto", overwrite: bool = False,
-                debug: bool = False) -> dict[str, Any]:  # fmt: skip
+                debug: bool = False, checkpoint_path: str | None = None) -> dict[str, Any]:  # fmt: skip
     """One manifest record: ``done``, ``skipped`` or ``failed``; never raises for a bad slide."""
     record: dict[str, Any] = {"stage": STAGE, "slide_id": job.slide_id, "bag_set": job.label, "path": str(job.scores_path)}
     started = time.perf_counter()
@@ -331,7 +331,8 @@ def heatmap_job(job: HeatmapJob, *, options: HeatmapConfig, reader: str = "auto"
                 scores, select_maps(scores, options.maps), bag_path=job.bag_path, out_dir=job.out_dir,
                 k=options.gallery_k, reader=reader, overwrite=overwrite)  # fmt: skip
         if options.cam_top_k and options.cam_methods and job.run_dir is not None:
-            result.update(cam_outputs(job, options=options, reader=reader, overwrite=overwrite))
+            result.update(cam_outputs(job, options=options, reader=reader, overwrite=overwrite,
+                                      checkpoint_path=checkpoint_path))  # fmt: skip
     except Exception as error:
         if debug:
             logger.exception("%s: heatmap failed", job.slide_id)
@@ -343,7 +344,8 @@ def heatmap_job(job: HeatmapJob, *, options: HeatmapConfig, reader: str = "auto"
             "seconds": round(time.perf_counter() - started, 3)}  # fmt: skip
 
 
-def cam_outputs(job: HeatmapJob, *, options: HeatmapConfig, reader: str = "auto", overwrite: bool = False) -> dict[str, Any]:
+def cam_outputs(job: HeatmapJob, *, options: HeatmapConfig, reader: str = "auto", overwrite: bool = False,
+                checkpoint_path: str | None = None) -> dict[str, Any]:  # fmt: skip
     """CAMs of the slide's top patches: cams.h5, the gallery and a stitched canvas per method.
 
     Skipped, with the reason in the record, when the heads, features or bag are missing.
@@ -363,7 +365,8 @@ def cam_outputs(job: HeatmapJob, *, options: HeatmapConfig, reader: str = "auto"
             logger.warning("%s: no CAMs: %s", job.slide_id, inputs)
             return {"cams": f"skipped: {inputs}"}
         cams = cam_slide(scores, inputs, job.out_dir, methods=options.cam_methods, top_k=options.cam_top_k,
-                         ig_steps=options.cam_ig_steps, reader=reader, device=options.cam_device)  # fmt: skip
+                         ig_steps=options.cam_ig_steps, reader=reader, device=options.cam_device,
+                         checkpoint_path=checkpoint_path)  # fmt: skip
     geometry = _slide_geometry(scores, None, _bag_attrs(job.bag_path))
     level0 = CanvasGeometry.for_slide(geometry.dimensions, 1.0)
     written = 0
@@ -408,6 +411,8 @@ def heatmap_run(run_dir: str | Path, *, config: Config, model: str | None = None
 
     run_dir = Path(run_dir)
     model, jobs = find_jobs(run_dir, model=model)
+    if config.heatmap.cam_top_k and config.heatmap.cam_methods and jobs:
+        _check_cam_checkpoint(jobs[0], config.extract.checkpoint_path)
     out_root = run_dir / "heatmaps" / model
     out_root.mkdir(parents=True, exist_ok=True)
     with atomic_output(out_root / "heatmap_config.json") as tmp:
@@ -420,5 +425,24 @@ def heatmap_run(run_dir: str | Path, *, config: Config, model: str | None = None
     map_slides(heatmap_job, jobs, on_result=lambda _, record: recorder.add([record]), on_crash=on_crash,
                workers=config.parallel.workers,
                scheduler=config.parallel.scheduler, desc="heatmaps", progress=progress, options=config.heatmap,
-               reader=config.tiling.reader, overwrite=overwrite, debug=debug)  # fmt: skip
+               reader=config.tiling.reader, overwrite=overwrite, debug=debug,
+               checkpoint_path=config.extract.checkpoint_path)  # fmt: skip
     return recorder.records
+
+
+def _check_cam_checkpoint(job: HeatmapJob, checkpoint_path: str | None) -> None:
+    """CAMs of features made with a local checkpoint need that file: checked (and loaded) once, before any slide."""
+    from wsi_mil.explain.patch_cams import locate_cam_inputs
+    from wsi_mil.features.extract import check_checkpoint
+    from wsi_mil.store.features import read_feature_attrs
+
+    if job.run_dir is None:
+        return
+    inputs = locate_cam_inputs(read_scores(job.scores_path), run_dir=job.run_dir, model=job.model, subset=job.subset,
+                               bag_path=job.bag_path)  # fmt: skip
+    if isinstance(inputs, str):
+        return  # this slide gets no CAMs; heatmap_job says why
+    attrs = read_feature_attrs(inputs.feature_path)
+    weights = str(attrs.get("weights", ""))
+    if weights.startswith("checkpoint:"):
+        check_checkpoint(str(attrs.get("encoder")), checkpoint_path, made_with=weights)

@@ -71,6 +71,40 @@ def _encoder(config: ExtractConfig) -> Any:
     return _ENCODER_CACHE[key]
 
 
+def check_checkpoint(encoder: str, checkpoint_path: str | Path | None, *, weights: str = "imagenet",
+                     made_with: str = "", keep: bool = False) -> None:  # fmt: skip
+    """Load ``checkpoint_path`` into ``encoder`` once, before the first slide: an unreadable, unsafe
+    (pickled code) or ill-fitting checkpoint is one :class:`EncoderError`, not one failure per slide.
+
+    ``made_with``: the ``weights`` id of existing features (``checkpoint:<name>:<sha>``); a checkpoint
+    file with another hash is refused (it would explain features it did not make). ``keep``: keep the
+    loaded encoder for this process's extraction (else it is dropped; Dask workers load their own).
+    """
+    from wsi_mil.features.registry import EncoderError
+
+    if checkpoint_path is None:
+        if made_with.startswith("checkpoint:"):
+            raise EncoderError(f"the features were made with a local checkpoint ({made_with}); "
+                               "give that file as extract.checkpoint_path (--checkpoint-path)")  # fmt: skip
+        return
+    path = Path(checkpoint_path)
+    if made_with.startswith("checkpoint:"):
+        from wsi_mil.features.weights import file_digest
+
+        digest = made_with.rsplit(":", 1)[-1]
+        if path.is_file() and file_digest(path, len(digest)) != digest:
+            raise EncoderError(f"{path}: not the checkpoint the features were made with ({made_with}; this file's "
+                               f"hash is {file_digest(path, len(digest))}); give that file as extract.checkpoint_path")  # fmt: skip
+    options = ExtractConfig(encoder=encoder, weights=weights, checkpoint_path=str(checkpoint_path))
+    try:
+        _encoder(options)
+    except EncoderError as error:
+        message = " ".join(str(error).split())  # torch's messages span paragraphs: one line in the log
+        raise EncoderError(f"{message} (checked once, before any slide: nothing was done)") from error
+    if not keep:
+        _ENCODER_CACHE.pop((options.encoder, options.weights, options.checkpoint_path), None)
+
+
 def _frozen(encoder: Any, example: Any, device: Any, mode: str) -> Any:
     from wsi_mil.features.freeze import optimize_for_inference
 
@@ -240,6 +274,8 @@ def extract_run(run_dir: str | Path, *, config: Config, overwrite: bool = False,
 
     # unknown names, missing checkpoint files and file-only weights fail before any work
     check_weights(config.extract.encoder, weights=config.extract.weights, checkpoint_path=config.extract.checkpoint_path)
+    check_checkpoint(config.extract.encoder, config.extract.checkpoint_path, weights=config.extract.weights,
+                     keep=config.parallel.workers == 0)  # in-process extraction reuses the loaded encoder
     jobs = list(jobs) if jobs is not None else find_jobs(run_dir, config.extract)
     with run_lock(run_dir, "extract"):  # one writer per run folder
         return _extract_locked(run_dir, jobs, config=config, overwrite=overwrite, debug=debug, progress=progress)

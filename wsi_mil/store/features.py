@@ -72,6 +72,19 @@ def features_problem(path: str | Path) -> str | None:
     return output_problem(path, (FEATURES, "coords"))
 
 
+def read_feature_attrs(path: str | Path) -> dict[str, Any]:
+    """The attributes of a feature file (encoder, weights, ...) without reading its arrays."""
+    path = Path(path)
+    if path.suffix == ".zarr":
+        import zarr
+
+        return _clean_attrs(dict(zarr.open_group(str(path), mode="r")[FEATURES].attrs))
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return _clean_attrs(dict(f[FEATURES].attrs)) if FEATURES in f else {}
+
+
 def read_features(path: str | Path) -> FeatureFile:
     path = Path(path)
     if path.suffix == ".zarr":
