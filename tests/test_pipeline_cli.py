@@ -84,3 +84,21 @@ def test_evaluate_maps_from_the_cli(run: Path, capsys: pytest.CaptureFixture[str
     assert "| gradcam | 4 |" in table
     assert main(["evaluate-maps", str(run), "--masks", str(run / "nowhere")]) == 2
     assert "no such masks folder" in capsys.readouterr().err
+
+
+def test_one_bad_annotation_costs_its_slide_not_the_table(run: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for index in range(3):
+        features = [{"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [LESION]}, "properties": {}}]
+        (masks / f"case{index}.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    (masks / "case3.geojson").write_text('{"type": "FeatureCollection", "features": [')  # cut short
+    capsys.readouterr()
+    assert main(["evaluate-maps", str(run), "--masks", str(masks), "--no-faithfulness"]) == 0
+    out = run / "explanations" / "ilam"
+    assert "| attention_pct | 3/3 |" in (out / "explanations.md").read_text()
+    rows = (out / "explanations_per_slide.csv").read_text().splitlines()
+    bad = [line for line in rows if line.startswith("case3,")]
+    assert len(bad) == 1 and "case3.geojson" in bad[0], rows
+    assert "case3: not evaluated" in capsys.readouterr().err

@@ -30,7 +30,7 @@ def _truncate_to_half(path: Path) -> None:
 
 
 def _row(run: Path, stage: str) -> dict:
-    return Manifest(run).rows[(stage, "reference", "-" if stage == "extract" else "")]
+    return Manifest(run).rows[(stage, "reference", "-" if stage == "extract" else "0.5mpp")]
 
 
 @pytest.fixture
@@ -86,3 +86,15 @@ def test_zarr_feature_file_with_a_lost_chunk_is_incomplete(tmp_path: Path) -> No
     assert "chunks on disk" in str(features_problem(path))
     shutil.rmtree(path / "coords")
     assert features_problem(path) is not None
+
+
+def test_resumed_rows_keep_the_counts_of_the_row_they_resume(extracted: Path, reference_slide: Path) -> None:
+    done = {stage: dict(_row(extracted, stage)) for stage in ("tile", "extract")}
+    assert done["tile"]["status"] == "done" and int(done["tile"]["n_patches"]) == 24
+    tile_slides([SlideSource(reference_slide, "reference")], extracted, config=CONFIG, progress=False)
+    records = extract_run(extracted, config=CONFIG, progress=False)
+    assert records[0]["status"] == "skipped" and records[0]["n_patches"] == done["extract"]["n_patches"]
+    for stage in ("tile", "extract"):
+        row = _row(extracted, stage)
+        assert row["status"] == "skipped" and row["note"].startswith("complete")
+        assert (row["n_patches"], row["seconds"]) == (done[stage]["n_patches"], done[stage]["seconds"]), stage

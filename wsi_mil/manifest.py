@@ -43,12 +43,25 @@ class Manifest:
     def _key(row: dict[str, Any]) -> tuple[str, ...]:
         return tuple(str(row.get(k) or "") for k in KEY)
 
-    def update(self, records: Iterable[dict[str, Any]]) -> None:
+    def update(self, records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Store ``records`` (replacing their keys' rows); returns them as stored.
+
+        A ``skipped`` record of an output that an earlier row made (``done``, or already a
+        resumed ``skipped``) keeps that row's counts and seconds: a resumed run does not
+        erase what it resumed. Its own non-empty fields (status, note) win.
+        """
+        stored = []
         for record in records:
+            key = self._key(record)
+            previous = self.rows.get(key)
+            if record.get("status") == "skipped" and previous and previous.get("status") in ("done", "skipped"):
+                record = {**previous, **{k: v for k, v in record.items() if v not in (None, "")}, "error": ""}
             for column in record:
                 if column not in self.columns:
                     self.columns.append(column)
-            self.rows[self._key(record)] = dict(record)
+            self.rows[key] = dict(record)
+            stored.append(self.rows[key])
+        return stored
 
     def save(self) -> Path:
         buffer = io.StringIO()
@@ -91,8 +104,7 @@ class RunRecorder:
         for record in records:
             if record["status"] == "failed":
                 self.logger.error("%s: %s", record.get("slide_id"), record.get("error"))
-        self.records.extend(records)
-        self.manifest.update(records)
+        self.records.extend(self.manifest.update(records))
         self.manifest.save()
 
     def crashed(self, base: dict[str, Any], error: BaseException, hint: str = "") -> None:

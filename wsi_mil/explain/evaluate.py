@@ -132,14 +132,27 @@ def _localization(jobs: Sequence[Any], masks: Path, positive_fraction: float) ->
         if annotation is None:
             missing.append(job.slide_id)
             continue
-        rows.extend(evaluate_slide(read_scores(job.scores_path), annotation, bag_path=job.bag_path,
-                                   positive_fraction=positive_fraction))  # fmt: skip
+        try:  # one bad annotation or scores file costs its slide, not the table
+            rows.extend(evaluate_slide(read_scores(job.scores_path), annotation, bag_path=job.bag_path,
+                                       positive_fraction=positive_fraction))  # fmt: skip
+        except Exception as error:
+            rows.append({"slide_id": job.slide_id, "map": "", "error": _slide_error(job.slide_id, annotation, error)})
     if missing:
         logger.warning("%d scored slides have no annotation in %s (not evaluated), e.g. %s",
                        len(missing), masks, ", ".join(missing[:5]))  # fmt: skip
     if not rows:
         raise WsiMilError(f"{masks}: no annotation matches a scored slide (expected <slide_id>.png, .geojson or .xml)")
+    if all(row.get("error") for row in rows):
+        raise WsiMilError(f"{masks}: no annotated slide could be evaluated; the first: {rows[0]['error']}")
     return rows
+
+
+def _slide_error(slide_id: str, path: Path, error: BaseException) -> str:
+    """Log a slide's failure in one line and return it for the slide's row."""
+    message = str(error) if isinstance(error, WsiMilError) else f"{path}: {type(error).__name__}: {error}"
+    message = " ".join(message.split())
+    logger.error("%s: not evaluated: %s", slide_id, message)
+    return message
 
 
 def _faithfulness(jobs: Sequence[Any], fractions: Sequence[float]) -> list[dict[str, Any]]:
@@ -179,9 +192,12 @@ def _cams(jobs: Sequence[Any], masks: Path | None) -> list[dict[str, Any]]:
             continue
         annotation = find_annotation(masks, job.slide_id) if masks is not None else None
         truth = None
-        if annotation is not None:
-            truth = load_ground_truth(annotation, _slide_dimensions(read_scores(job.scores_path), job.bag_path))
-        rows.extend(cam_rows(path, truth))
+        try:
+            if annotation is not None:
+                truth = load_ground_truth(annotation, _slide_dimensions(read_scores(job.scores_path), job.bag_path))
+            rows.extend(cam_rows(path, truth))
+        except Exception as error:
+            _slide_error(job.slide_id, annotation or path, error)
     return rows
 
 
@@ -203,9 +219,12 @@ def evaluate_maps(run_dir: str | Path, *, masks: str | Path | None = None, model
     summary: list[dict[str, Any]] = []
     if masks is not None:
         rows = _localization(jobs, Path(masks), positive_fraction)
-        summary = summarize(rows)
+        summary = summarize([row for row in rows if not row.get("error")])
         outputs += [("explanations_per_slide.csv", _csv(rows)), ("explanations.csv", _csv(summary))]
         markdown.append(markdown_table(summary))
+        failed = [f"- {row['slide_id']}: {row['error']}" for row in rows if row.get("error")]
+        if failed:
+            markdown += ["Slides not evaluated (see explanations_per_slide.csv):", *failed, ""]
     cams = _cams(jobs, Path(masks) if masks is not None else None)
     if cams:
         from wsi_mil.explain.cam_metrics import cam_markdown, summarize_cams
