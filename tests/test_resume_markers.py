@@ -20,7 +20,8 @@ from wsi_mil.store.complete import COMPLETE_ATTR  # noqa: E402
 from wsi_mil.store.features import features_problem, read_features, write_features  # noqa: E402
 from wsi_mil.tiling import tile_slides  # noqa: E402
 
-CONFIG = Config(tiling=TilingConfig(), parallel=ParallelConfig(workers=0),
+#: 512-px patches: the reference slide's tissue is 6 of them (extraction time is per patch).
+CONFIG = Config(tiling=TilingConfig(patch_size=512), parallel=ParallelConfig(workers=0),
                 extract=ExtractConfig(encoder="resnet18", weights="random", num_workers=0, batch_size=8, freeze="eager"))  # fmt: skip
 
 
@@ -33,12 +34,20 @@ def _row(run: Path, stage: str) -> dict:
     return Manifest(run).rows[(stage, "reference", "-" if stage == "extract" else "0.5mpp")]
 
 
-@pytest.fixture
-def extracted(tmp_path: Path, reference_slide: Path) -> Path:
-    tile_slides([SlideSource(reference_slide, "reference")], tmp_path, config=CONFIG, progress=False)
-    records = extract_run(tmp_path, config=CONFIG, progress=False)
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory: pytest.TempPathFactory, reference_slide: Path) -> Path:
+    run = tmp_path_factory.mktemp("pristine") / "run"
+    tile_slides([SlideSource(reference_slide, "reference")], run, config=CONFIG, progress=False)
+    records = extract_run(run, config=CONFIG, progress=False)
     assert [r["status"] for r in records] == ["done"]
-    return tmp_path
+    return run
+
+
+@pytest.fixture
+def extracted(tmp_path: Path, pristine: Path) -> Path:
+    """A copy of a tiled and extracted run, for one test to damage."""
+    shutil.copytree(pristine, tmp_path / "run")
+    return tmp_path / "run"
 
 
 def test_truncated_feature_file_is_redone_not_skipped(extracted: Path) -> None:
@@ -90,7 +99,7 @@ def test_zarr_feature_file_with_a_lost_chunk_is_incomplete(tmp_path: Path) -> No
 
 def test_resumed_rows_keep_the_counts_of_the_row_they_resume(extracted: Path, reference_slide: Path) -> None:
     done = {stage: dict(_row(extracted, stage)) for stage in ("tile", "extract")}
-    assert done["tile"]["status"] == "done" and int(done["tile"]["n_patches"]) == 24
+    assert done["tile"]["status"] == "done" and int(done["tile"]["n_patches"]) == 6
     tile_slides([SlideSource(reference_slide, "reference")], extracted, config=CONFIG, progress=False)
     records = extract_run(extracted, config=CONFIG, progress=False)
     assert records[0]["status"] == "skipped" and records[0]["n_patches"] == done["extract"]["n_patches"]

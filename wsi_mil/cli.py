@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from wsi_mil import __version__
-from wsi_mil.errors import WsiMilError
+from wsi_mil.errors import ConfigError, WsiMilError
 
 logger = logging.getLogger("wsi_mil")
 
@@ -70,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--num-workers", type=int, help="reading threads or DataLoader processes")
     extract.add_argument("--format", dest="feature_format", choices=("h5", "zarr"))
     extract.add_argument("--dtype", choices=("float32", "float16"))
+    extract.add_argument("--coords", type=Path, help="extract CLAM (create_patches_fp) or TRIDENT (*_patches.h5) "
+                         "coords files from this folder instead of RUN_DIR/bags; needs --slides")  # fmt: skip
+    extract.add_argument("--slides", help="with --coords: the slides (folder, file or CSV), matched by id")
+    extract.add_argument("--clam-files", dest="clam_files", action="store_true", default=None,
+                         help="also write RUN_DIR/clam/<encoder>/h5_files + pt_files (CLAM main.py's layout)")  # fmt: skip
     _add_common(extract)
     extract.set_defaults(handler=_run_extract)
 
@@ -194,12 +199,22 @@ def _run_extract(args: argparse.Namespace) -> int:
     extract = {
         key: getattr(args, key)
         for key in ("encoder", "weights", "checkpoint_path", "device", "batch_size", "loader", "num_workers",
-                    "feature_format", "dtype")
+                    "feature_format", "dtype", "clam_files")
         if getattr(args, key) is not None
     }
     parallel = {k: getattr(args, k) for k in ("workers", "scheduler") if getattr(args, k) is not None}
     config = load_config(args.config, overrides={"extract": extract, "parallel": parallel}, sets=args.set)
-    records = extract_run(args.run_dir, config=config, overwrite=args.overwrite, debug=args.debug, progress=not args.quiet)
+    jobs = None
+    if args.coords is not None or args.slides is not None:
+        from wsi_mil.features.extract import encoder_dir_name
+        from wsi_mil.features.interop import find_coords_jobs
+
+        if args.coords is None or args.slides is None:
+            raise ConfigError("--coords and --slides go together: the coords files, and the slides they were made from")
+        jobs = find_coords_jobs(args.run_dir, args.coords, args.slides, encoder_dir=encoder_dir_name(config.extract.encoder),
+                                feature_format=config.extract.feature_format, extensions=config.tiling.extensions)  # fmt: skip
+    records = extract_run(args.run_dir, config=config, overwrite=args.overwrite, debug=args.debug, progress=not args.quiet,
+                          jobs=jobs)  # fmt: skip
     return _summarize(records, args.run_dir, "extraction")
 
 

@@ -135,6 +135,8 @@ class ExtractConfig:
     dtype: str = "float32"
     #: Feature file format.
     feature_format: str = "h5"
+    #: Also write CLAM's layout, RUN_DIR/clam/<encoder>/{h5_files,pt_files}/, which CLAM's main.py trains on.
+    clam_files: bool = False
 
     CHOICES: typing.ClassVar[dict[str, tuple[Any, ...]]] = {
         "weights": ("imagenet", "random"),

@@ -42,7 +42,7 @@ STAGE_ORDER = ("tile", "extract", "train", "predict", "heatmap", "evaluate")
 NEUTRAL_KEYS = frozenset({
     "tiling.extensions", "tiling.qc",
     "extract.device", "extract.batch_size", "extract.loader", "extract.num_workers", "extract.threads",
-    "extract.freeze", "extract.direct_tiles",
+    "extract.freeze", "extract.direct_tiles", "extract.clam_files",
     "parallel.workers", "parallel.scheduler",
     "train.device", "train.memory_gb", "train.read_threads",
     "heatmap.formats", "heatmap.threads", "heatmap.cam_device",

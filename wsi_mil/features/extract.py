@@ -42,6 +42,9 @@ class ExtractionJob:
     bag_set: str
     bag_path: Path
     out_path: Path
+    #: A CLAM or TRIDENT coords file (interop.py); its slide, None when --slides lacks it.
+    foreign: bool = False
+    slide_path: Path | None = None
 
 
 def encoder_dir_name(encoder: str) -> str:
@@ -175,7 +178,13 @@ def extract_bag(job: ExtractionJob, *, config: Config, progress: bool = False) -
         torch.set_num_threads(threads)
     encoder = _encoder(options)
     bag = read_bag(job.bag_path)
-    slide = None if bag.has_pixels or len(bag) == 0 else _open_checked(bag, config)
+    if job.foreign:
+        from wsi_mil.features.interop import open_foreign
+
+        bag, slide = open_foreign(bag, job.slide_path, slide_id=job.slide_id, reader=config.tiling.reader,
+                                  mpp=config.tiling.mpp)  # fmt: skip
+    else:
+        slide = None if bag.has_pixels or len(bag) == 0 else _open_checked(bag, config)
     n = len(bag)
     features = np.zeros((n, encoder.config.embed_dim), dtype=options.dtype)
     valid = np.zeros(n, dtype=bool)
@@ -209,6 +218,8 @@ def extract_bag(job: ExtractionJob, *, config: Config, progress: bool = False) -
         "target_mpp": bag.attrs.get("target_mpp"),
     }
     write_features(job.out_path, features[valid], bag.coords[valid], attrs, failed_coords=bag.coords[~valid])
+    if options.clam_files:
+        _write_clam(job, config)
     n_failed = int(n - valid.sum())
     if n_failed:
         logger.warning("%s: %d of %d patches unreadable (corrupt tiles); removed and listed in failed_coords", job.slide_id, n_failed, n)
@@ -222,6 +233,19 @@ def extract_bag(job: ExtractionJob, *, config: Config, progress: bool = False) -
         "seconds": round(seconds, 3),
         "patches_per_s": round(n / seconds, 1) if seconds > 0 else "",
     }
+
+
+def _write_clam(job: ExtractionJob, config: Config, *, only_missing: bool = False) -> None:
+    """CLAM's h5_files/ and pt_files/ for this job's feature file, with ``extract.clam_files``."""
+    if not config.extract.clam_files:
+        return
+    from wsi_mil.features.interop import clam_files_missing, clam_folder, write_clam_files
+
+    # RUN_DIR/features/<encoder>[/<set>]/<id>.h5 -> RUN_DIR/clam/<encoder>[/<set>]/
+    run_dir = job.out_path.parents[3 if job.bag_set not in ("", "-") else 2]
+    folder = clam_folder(run_dir, encoder_dir_name(config.extract.encoder), job.bag_set)
+    if not only_missing or clam_files_missing(job.out_path, folder):
+        write_clam_files(job.out_path, folder)
 
 
 def _run_loader(loader: Any, encoder: Any, device: Any, options: ExtractConfig, features: np.ndarray,
@@ -253,6 +277,10 @@ def extract_job(job: ExtractionJob, *, config: Config, overwrite: bool = False, 
     if job.out_path.exists() and not overwrite:
         problem = features_problem(job.out_path)
         if problem is None:
+            try:
+                _write_clam(job, config, only_missing=True)
+            except Exception as error:
+                return failure_record(record, error, path=job.out_path, started=time.perf_counter())
             return {**record, "status": "skipped", "note": "complete feature file exists"}
         redo = f"redone: the previous feature file was {problem}"
         logger.warning("%s: %s", job.out_path, redo)
