@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from wsi_mil import __version__
-from wsi_mil.errors import ConfigError, WsiMilError
+from wsi_mil.errors import WsiMilError
 
 logger = logging.getLogger("wsi_mil")
 
@@ -204,17 +204,8 @@ def _run_extract(args: argparse.Namespace) -> int:
     }
     parallel = {k: getattr(args, k) for k in ("workers", "scheduler") if getattr(args, k) is not None}
     config = load_config(args.config, overrides={"extract": extract, "parallel": parallel}, sets=args.set)
-    jobs = None
-    if args.coords is not None or args.slides is not None:
-        from wsi_mil.features.extract import encoder_dir_name
-        from wsi_mil.features.interop import find_coords_jobs
-
-        if args.coords is None or args.slides is None:
-            raise ConfigError("--coords and --slides go together: the coords files, and the slides they were made from")
-        jobs = find_coords_jobs(args.run_dir, args.coords, args.slides, encoder_dir=encoder_dir_name(config.extract.encoder),
-                                feature_format=config.extract.feature_format, extensions=config.tiling.extensions)  # fmt: skip
     records = extract_run(args.run_dir, config=config, overwrite=args.overwrite, debug=args.debug, progress=not args.quiet,
-                          jobs=jobs)  # fmt: skip
+                          coords=args.coords, slides=args.slides)  # fmt: skip
     return _summarize(records, args.run_dir, "extraction")
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from wsi_mil.config import Config, ExtractConfig
-from wsi_mil.errors import WsiMilError
+from wsi_mil.errors import ConfigError, WsiMilError
 from wsi_mil.manifest import failure_record
 from wsi_mil.store.bags import find_bags, read_bag
 from wsi_mil.store.features import features_problem, write_features
@@ -295,8 +295,13 @@ def extract_job(job: ExtractionJob, *, config: Config, overwrite: bool = False, 
 
 
 def extract_run(run_dir: str | Path, *, config: Config, overwrite: bool = False, debug: bool = False,
-                progress: bool = True, jobs: Sequence[ExtractionJob] | None = None) -> list[dict[str, Any]]:  # fmt: skip
-    """Extract every bag of a run; one Dask task per slide, one worker per device."""
+                progress: bool = True, jobs: Sequence[ExtractionJob] | None = None, coords: str | Path | None = None,
+                slides: str | Path | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """Extract every bag of a run; one Dask task per slide, one worker per device.
+
+    ``coords`` and ``slides``: extract the CLAM or TRIDENT coords files of folder ``coords``
+    instead of ``RUN_DIR/bags``, each with its slide from ``slides`` (interop.py).
+    """
     from wsi_mil.features.registry import check_weights
     from wsi_mil.store.runlock import run_lock
 
@@ -304,6 +309,13 @@ def extract_run(run_dir: str | Path, *, config: Config, overwrite: bool = False,
     check_weights(config.extract.encoder, weights=config.extract.weights, checkpoint_path=config.extract.checkpoint_path)
     check_checkpoint(config.extract.encoder, config.extract.checkpoint_path, weights=config.extract.weights,
                      keep=config.parallel.workers == 0)  # in-process extraction reuses the loaded encoder
+    if coords is not None or slides is not None:
+        from wsi_mil.features.interop import find_coords_jobs
+
+        if coords is None or slides is None:
+            raise ConfigError("--coords and --slides go together: the coords files, and the slides they were made from")
+        jobs = find_coords_jobs(run_dir, coords, slides, encoder_dir=encoder_dir_name(config.extract.encoder),
+                                feature_format=config.extract.feature_format, extensions=config.tiling.extensions)  # fmt: skip
     jobs = list(jobs) if jobs is not None else find_jobs(run_dir, config.extract)
     with run_lock(run_dir, "extract"):  # one writer per run folder
         return _extract_locked(run_dir, jobs, config=config, overwrite=overwrite, debug=debug, progress=progress)

@@ -12,7 +12,7 @@ input size anyway).
 Out: with ``extract.clam_files`` (``--clam-files``) every feature file also goes to
 ``RUN_DIR/clam/<encoder>[/<set>]/h5_files/<slide_id>.h5`` (``features`` + ``coords``;
 a hard link where the file system allows) and ``pt_files/<slide_id>.pt`` (a float32
-tensor (N, D)), the layout CLAM's ``main.py --data_root_dir`` trains on.
+tensor (N, D)), the ``data_dir`` layout CLAM's ``main.py`` trains on.
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def open_foreign(bag: Any, slide_path: Path | None, *, slide_id: str, reader: st
 
 
 def clam_folder(run_dir: str | Path, encoder_dir: str, bag_set: str) -> Path:
-    """``RUN_DIR/clam/<encoder>[/<set>]``: CLAM's ``--data_root_dir`` for these features."""
+    """``RUN_DIR/clam/<encoder>[/<set>]``: CLAM's ``data_dir`` for these features."""
     folder = Path(run_dir) / CLAM_DIR / encoder_dir
     return folder / bag_set if bag_set not in ("", "-") else folder
 
