@@ -126,8 +126,6 @@ def check_run_config(config: Config, *, where: str = "config") -> None:
             raise ConfigError(f"{where}: the train stage reads {folder} (extract.encoder = {config.extract.encoder}), "
                               f"which does not exist; encoders with features there: {', '.join(found) or 'none'}. "
                               "Set extract.encoder to one of them, or add the extract stage")  # fmt: skip
-    if "train" in stages and run.labels is not None:
-        check_labels_plan(config, where=where)
     if stages & {"train", "predict", "heatmap", "evaluate"}:
         from wsi_mil.mil.registry import mil_model_config
 
@@ -285,6 +283,8 @@ def run_pipeline(config: Config, *, where: str = "config", overwrite: bool = Fal
                  progress: bool = True) -> PipelineResult:  # fmt: skip
     """Run ``config.run.stages`` in order on ``config.run`` (paths absolute; see :func:`resolve_paths`)."""
     check_run_config(config, where=where)
+    if "train" in config.run.stages and config.run.labels is not None:
+        check_labels_plan(config, where=where)  # before any tiling: minutes, not hours, into a run
     from wsi_mil.mil.splits import fold_option
 
     with run_lock(Path(str(config.run.out)), "wsi-mil run"), fold_option("--set train.folds=N"):  # one writer per run folder
