@@ -285,6 +285,8 @@ def run_pipeline(config: Config, *, where: str = "config", overwrite: bool = Fal
     check_run_config(config, where=where)
     if "train" in config.run.stages and config.run.labels is not None:
         check_labels_plan(config, where=where)  # before any tiling: minutes, not hours, into a run
+    if not overwrite:
+        stale_outputs(config, where=where)  # a refused run touches nothing, not even the lock file
     from wsi_mil.mil.splits import fold_option
 
     with run_lock(Path(str(config.run.out)), "wsi-mil run"), fold_option("--set train.folds=N"):  # one writer per run folder

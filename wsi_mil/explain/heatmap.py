@@ -411,8 +411,8 @@ def heatmap_run(run_dir: str | Path, *, config: Config, model: str | None = None
 
     run_dir = Path(run_dir)
     model, jobs = find_jobs(run_dir, model=model)
-    if config.heatmap.cam_top_k and config.heatmap.cam_methods and jobs:
-        _check_cam_checkpoint(jobs[0], config.extract.checkpoint_path)
+    if config.heatmap.cam_top_k and config.heatmap.cam_methods:
+        _check_cam_checkpoint(jobs, config.extract.checkpoint_path)
     out_root = run_dir / "heatmaps" / model
     out_root.mkdir(parents=True, exist_ok=True)
     with atomic_output(out_root / "heatmap_config.json") as tmp:
@@ -430,19 +430,24 @@ def heatmap_run(run_dir: str | Path, *, config: Config, model: str | None = None
     return recorder.records
 
 
-def _check_cam_checkpoint(job: HeatmapJob, checkpoint_path: str | None) -> None:
-    """CAMs of features made with a local checkpoint need that file: checked (and loaded) once, before any slide."""
+def _check_cam_checkpoint(jobs: list[HeatmapJob], checkpoint_path: str | None) -> None:
+    """CAMs of features made with a local checkpoint need that file: checked (and loaded) once, before any
+    slide, on the first slide whose feature file can be found (a broken slide is left to its own task)."""
     from wsi_mil.explain.patch_cams import locate_cam_inputs
     from wsi_mil.features.extract import check_checkpoint
     from wsi_mil.store.features import read_feature_attrs
 
-    if job.run_dir is None:
-        return
-    inputs = locate_cam_inputs(read_scores(job.scores_path), run_dir=job.run_dir, model=job.model, subset=job.subset,
-                               bag_path=job.bag_path)  # fmt: skip
-    if isinstance(inputs, str):
-        return  # this slide gets no CAMs; heatmap_job says why
-    attrs = read_feature_attrs(inputs.feature_path)
-    weights = str(attrs.get("weights", ""))
-    if weights.startswith("checkpoint:"):
-        check_checkpoint(str(attrs.get("encoder")), checkpoint_path, made_with=weights)
+    for job in jobs:
+        if job.run_dir is None:
+            continue
+        try:
+            inputs = locate_cam_inputs(read_scores(job.scores_path), run_dir=job.run_dir, model=job.model,
+                                       subset=job.subset, bag_path=job.bag_path)  # fmt: skip
+            attrs = {} if isinstance(inputs, str) else read_feature_attrs(inputs.feature_path)
+        except Exception:  # noqa: BLE001 -- this slide's task reports it
+            continue
+        if attrs:
+            weights = str(attrs.get("weights", ""))
+            if weights.startswith("checkpoint:"):
+                check_checkpoint(str(attrs.get("encoder")), checkpoint_path, made_with=weights)
+            return
