@@ -96,3 +96,18 @@ def test_locked_folder_error_names_the_holder(tmp_path: Path) -> None:
     finally:
         holder.kill()
         holder.wait()
+
+
+@pytest.mark.parametrize("command", ["train", "predict", "heatmap", "evaluate-maps"])
+def test_every_writing_command_stops_on_a_held_folder(tmp_path: Path, command: str, capsys) -> None:
+    from wsi_mil.cli import main
+
+    holder, _ = _start_holder(tmp_path)
+    extra = {"train": ["--labels", str(tmp_path / "labels.csv")], "predict": ["--model-dir", str(tmp_path)],
+             "heatmap": [], "evaluate-maps": ["--masks", str(tmp_path)]}[command]  # fmt: skip
+    try:
+        assert main([command, str(tmp_path), *extra, "--quiet"]) == 2
+        assert f"is in use by process {holder.pid}" in capsys.readouterr().err
+    finally:
+        holder.kill()
+        holder.wait()

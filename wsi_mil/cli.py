@@ -353,7 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _setup_logging(args)
     try:
-        if args.command in _LOCKED_COMMANDS:  # tile, extract and run lock inside the library
+        if args.command in _LOCKED_COMMANDS and Path(args.run_dir).is_dir():  # tile, extract, run: in the library
             from wsi_mil.store.runlock import run_lock
 
             with run_lock(args.run_dir, f"wsi-mil {args.command}"):
