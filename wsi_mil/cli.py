@@ -244,6 +244,7 @@ def _add_training_commands(commands: Any) -> None:
     train.add_argument("--features", type=Path, nargs="+", default=[],
                        help="feature folders instead of RUN_DIR/features (also CLAM h5_files/pt_files folders)")  # fmt: skip
     train.add_argument("--folds", type=int, help="k of stratified k-fold cross-validation")
+    train.add_argument("--repeats", type=int, help="rounds of k-fold cross-validation, each with its own fold seed")
     train.add_argument("--epochs", type=int)
     train.add_argument("--seed", type=int)
     train.add_argument("--device", help="auto, cpu, cuda or cuda:N")
@@ -281,7 +282,7 @@ def _run_train(args: argparse.Namespace) -> int:
     from wsi_mil.config import load_config
     from wsi_mil.mil.run import model_dir_for, train_run
 
-    train = {k: getattr(args, k) for k in ("model", "name", "folds", "epochs", "seed", "device") if getattr(args, k) is not None}
+    train = {k: getattr(args, k) for k in ("model", "name", "folds", "repeats", "epochs", "seed", "device") if getattr(args, k) is not None}
     config = load_config(args.config, overrides={"train": train}, sets=args.set)
     train_run(args.run_dir, args.labels, config=config, features=args.features, overwrite=args.overwrite)
     model_dir = model_dir_for(args.run_dir, config)
