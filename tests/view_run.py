@@ -78,3 +78,10 @@ def build_run(run: Path, slides: dict[str, Path], *, masks: Path) -> Path:
     feature = {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]}, "properties": {}}
     (masks / "lesion.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": [feature]}))
     return run
+
+
+def viewer_slides(make_slide) -> dict[str, Path]:  # noqa: ANN001 (the conftest factory)
+    """The two slides of the viewer's run, from tests/conftest.py's ``make_slide``."""
+    from wsi_mil.synthetic import Region
+
+    return {name: make_slide(name, regions=(Region(*TISSUE),)) for name in ("lesion", "normal")}

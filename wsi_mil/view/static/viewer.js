@@ -27,6 +27,7 @@ const viewer = OpenSeadragon({
   maxZoomPixelRatio: 4,
   gestureSettingsMouse: { clickToZoom: false },
   imageLoaderLimit: 8,
+  drawer: "canvas",  // 2D canvas: the same pixels everywhere, no GPU needed (headless, remote desktops)
   timeout: 60000,
 });
 

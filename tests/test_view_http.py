@@ -1,0 +1,186 @@
+"""``wsi-mil view`` over HTTP: what it lists, the tiles it paints, its colour scales, and what it refuses.
+
+Traversal is tried with raw HTTP request lines (a socket, no client that would normalise
+the path): ``..`` plain and percent-encoded, absolute paths, a symlink out of the run, and
+a foreign Host header.
+"""
+
+from __future__ import annotations
+
+import io
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("starlette")
+pytest.importorskip("uvicorn")
+
+from tests.view_run import LESION, TISSUE, build_run, viewer_slides  # noqa: E402
+from wsi_mil.cli import build_parser, main  # noqa: E402
+from wsi_mil.view import running  # noqa: E402
+from wsi_mil.view.tiles import Grid, reduce_mean  # noqa: E402
+
+SECRET = "top-secret-outside-the-run"
+
+
+@pytest.fixture(scope="module")
+def viewer(tmp_path_factory: pytest.TempPathFactory, make_slide: Callable[..., Path]) -> Iterator[tuple[str, Path]]:
+    root = tmp_path_factory.mktemp("view_http")
+    run = build_run(root / "run", viewer_slides(make_slide), masks=root / "masks")
+    (root / "secret.txt").write_text(SECRET)
+    (root / "run-secret").mkdir()
+    (root / "run-secret" / "x.txt").write_text(SECRET)
+    (run / "heatmaps").mkdir(exist_ok=True)
+    (run / "heatmaps" / "escape").symlink_to(root)
+    with running(run, masks=root / "masks") as url:
+        yield url, run
+
+
+def raw_get(url: str, target: str, *, host: str | None = None, method: str = "GET") -> tuple[int, bytes]:
+    """Send one request line exactly as written; return the status and body."""
+    address, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((address, int(port)), timeout=10) as connection:
+        request = f"{method} {target} HTTP/1.1\r\nHost: {host or address}\r\nConnection: close\r\n\r\n"
+        connection.sendall(request.encode("latin-1"))
+        data = b""
+        while chunk := connection.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ")[1]), body
+
+
+def get_json(url: str, target: str) -> object:
+    import json
+
+    status, body = raw_get(url, target)
+    assert status == 200, (target, status, body[:200])
+    return json.loads(body)
+
+
+def tile_rgba(url: str, target: str) -> np.ndarray:
+    status, body = raw_get(url, target)
+    assert status == 200, (target, status, body[:200])
+    return np.asarray(Image.open(io.BytesIO(body)).convert("RGBA"))
+
+
+def test_slide_list_has_labels_probabilities_folds_and_status(viewer: tuple[str, Path]) -> None:
+    url, _ = viewer
+    data = get_json(url, "/api/slides")
+    rows = {row["slide_id"]: row for row in data["slides"]}
+    assert set(rows) == {"lesion", "normal", "broken"}
+    assert rows["lesion"]["label"] == "tumor" and rows["normal"]["label"] == "normal"
+    head = rows["lesion"]["heads"]["abmil"]
+    assert head["classes"] == ["normal", "tumor"] and head["probs"][1] == pytest.approx(0.98)
+    assert head["folds"] == [0] and head["fold_policy"] == "out_of_fold"
+    assert rows["broken"]["status"] == "failed" and "not a readable slide" in rows["broken"]["errors"][0]
+    assert rows["lesion"]["has_annotation"] and not rows["normal"]["has_annotation"]
+
+
+def test_overlay_tile_is_hot_on_the_lesion_and_transparent_off_tissue(viewer: tuple[str, Path]) -> None:
+    url, _ = viewer
+    grid = Grid((4096, 3072))
+    level = grid.max_level - 4  # downsample 16: the whole slide in 256 x 192 px, one tile
+    rgba = tile_rgba(url, f"/tiles/lesion/map/abmil/logit_tumor/{level}/0_0.png?scale=slide")
+    assert rgba.shape == (192, 256, 4)
+    x, y, w, h = LESION
+    lesion = rgba[(y + h // 2) // 16, (x + w // 2) // 16]
+    tx, ty, tw, th = TISSUE
+    normal = rgba[(ty + th - 100) // 16, (tx + tw - 100) // 16]
+    assert lesion[3] == 255 and lesion[0] > lesion[2] + 60  # red: evidence for tumour
+    assert normal[3] == 255 and normal[2] > normal[0] + 30  # blue: against
+    assert rgba[5, 5, 3] == 0 and rgba[(ty + th + 200) // 16, 5, 3] == 0  # glass: transparent
+
+
+def test_zoomed_out_tiles_average_patches_and_level_0_tiles_exist(viewer: tuple[str, Path]) -> None:
+    block = np.array([[1.0, np.nan], [3.0, np.nan]], dtype=np.float32)
+    assert reduce_mean(block, 2).tolist() == [[2.0]]
+    url, _ = viewer
+    grid = Grid((4096, 3072))
+    coarsest = tile_rgba(url, "/tiles/lesion/map/abmil/attention_pct/0/0_0.png")
+    assert coarsest.shape[:2] == (1, 1) and coarsest[0, 0, 3] == 255  # every patch lands in the 1-px slide
+    x, y, _, _ = LESION
+    level0 = tile_rgba(url, f"/tiles/lesion/map/abmil/logit_tumor/{grid.max_level}/{x // 256}_{y // 256}.png")
+    assert level0.shape == (256, 256, 4) and (level0[32:, 32:, 3] == 255).all()  # (the tissue mask trims the edge)
+    status, _ = raw_get(url, f"/tiles/lesion/image/{grid.max_level}/{4096 // 256}_0.jpeg")
+    assert status == 404  # one column past the slide
+
+
+def test_scales_slide_cohort_fixed(viewer: tuple[str, Path]) -> None:
+    url, _ = viewer
+    info = get_json(url, "/api/slides/normal/info")["heads"]["abmil"]["maps"]
+    raw = info["attention_raw"]
+    assert raw["slide"]["vmax"] < 1.5 < raw["cohort"]["vmax"]  # the lesion slide's 6.0 sets the cohort's top
+    logit = info["logit_tumor"]
+    assert logit["cmap"] == "RdBu_r" and logit["slide"]["vmin"] == -logit["slide"]["vmax"]
+    tx, ty, tw, th = TISSUE
+    level = Grid((4096, 3072)).max_level - 4
+    tiles = {mode: tile_rgba(url, f"/tiles/normal/map/abmil/attention_raw/{level}/0_0.png?{query}")
+             for mode, query in (("slide", "scale=slide"), ("cohort", "scale=cohort"),
+                                 ("fixed", "scale=fixed&vmin=-0.5&vmax=0.5"))}  # fmt: skip
+    tissue = (slice(ty // 16 + 1, (ty + th) // 16 - 1), slice(tx // 16 + 1, (tx + tw) // 16 - 1))
+    red = {mode: int((t[tissue][..., 0].astype(int) > t[tissue][..., 2].astype(int) + 60).sum()) for mode, t in tiles.items()}
+    assert red["slide"] > 0 and red["cohort"] == 0 and red["fixed"] > 0
+    for bad in ("scale=fixed&vmin=1&vmax=0", "scale=fixed&vmin=x&vmax=1", "scale=percent"):
+        assert raw_get(url, f"/tiles/normal/map/abmil/attention_raw/{level}/0_0.png?{bad}")[0] == 400
+
+
+def test_patch_click_values_gallery_and_patch_image(viewer: tuple[str, Path]) -> None:
+    url, _ = viewer
+    x, y, _, _ = LESION
+    info = get_json(url, f"/api/slides/lesion/patch?x={x + 10}&y={y + 10}")["heads"]["abmil"]
+    assert (info["x"], info["y"]) == (x, y) and info["values"]["logit_tumor"] > 8
+    assert set(info["values"]["instance_logits"]) == {"normal", "tumor"} and "manifold" in info["values"]
+    assert get_json(url, "/api/slides/lesion/patch?x=10&y=10")["heads"] == {}
+    top = get_json(url, "/api/slides/lesion/top?head=abmil&map=logit_tumor&k=4")
+    assert len(top) == 4 and all(LESION[0] <= r["x"] < LESION[0] + LESION[2] for r in top)
+    image = tile_rgba(url, f"/api/slides/lesion/patch/abmil/{top[0]['row']}.jpeg")
+    assert image.shape == (256, 256, 4) and image[..., :3].std() > 5  # tissue, not blank
+
+
+@pytest.mark.parametrize("target", [
+    "/run/../secret.txt",
+    "/run/%2e%2e/secret.txt",
+    "/run/..%2Fsecret.txt",
+    "/run/%2E%2E%2Fsecret.txt",
+    "/run/heatmaps/..%2F..%2Fsecret.txt",
+    "/run/../run-secret/x.txt",
+    "/run//etc/passwd",
+    "/run/%2Fetc%2Fpasswd",
+    "/run/heatmaps/escape/secret.txt",
+    "/run/.lock",
+    "/static/../../../../etc/passwd",
+    "/static/%2e%2e/%2e%2e/app.py",
+    "/static/..%2F..%2Fapp.py",
+    "/tiles/..%2F..%2Fetc%2Fpasswd/image/0/0_0.jpeg",
+    "/api/slides/..%2F..%2Fsecret.txt/info",
+    "/api/slides/%2Fetc%2Fpasswd/info",
+    "/../../secret.txt",
+    "//etc/passwd",
+])  # fmt: skip
+def test_traversal_is_refused(viewer: tuple[str, Path], target: str) -> None:
+    url, _ = viewer
+    status, body = raw_get(url, target)
+    assert status in (400, 404), (target, status)
+    assert SECRET.encode() not in body and b"root:" not in body
+
+
+def test_run_files_are_served_read_only_to_this_machine(viewer: tuple[str, Path]) -> None:
+    url, _ = viewer
+    status, body = raw_get(url, "/run/manifest.csv")
+    assert status == 200 and b"broken" in body
+    assert raw_get(url, "/run/manifest.csv", method="POST")[0] == 405
+    assert raw_get(url, "/run/manifest.csv", method="DELETE")[0] == 405
+    assert raw_get(url, "/api/slides", host="attacker.example")[0] == 400  # DNS rebinding
+    assert raw_get(url, "/api/slides", host="localhost")[0] == 200
+
+
+def test_cli_binds_localhost_by_default_and_rejects_a_folder_without_scores(tmp_path: Path,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    args = build_parser().parse_args(["view", str(tmp_path)])
+    assert args.host == "127.0.0.1"
+    assert main(["view", str(tmp_path)]) == 2
+    assert main(["view", str(tmp_path), "--port", "70000"]) == 2
