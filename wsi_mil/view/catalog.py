@@ -202,10 +202,13 @@ class RunCatalog:
         return scores
 
     def maps(self, slide_id: str, head: str) -> dict[str, np.ndarray]:
-        """Every per-patch map of this head on this slide: name -> (N,) float64."""
+        """Every per-patch map of this head on this slide: name -> (N,) float64 (computed once per score file read)."""
         from wsi_mil.explain.maps import available_maps
 
-        return available_maps(self.scores(slide_id, head))
+        scores = self.scores(slide_id, head)
+        if not hasattr(scores, "viewer_maps"):
+            scores.viewer_maps = available_maps(scores)
+        return scores.viewer_maps
 
     def map_values(self, slide_id: str, head: str, name: str) -> np.ndarray:
         maps = self.maps(slide_id, head)

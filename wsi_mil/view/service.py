@@ -18,7 +18,7 @@ from PIL import Image
 from wsi_mil.explain.stitch import ScoreRange, TissueMask, colormap_lut
 from wsi_mil.view.catalog import RunCatalog
 from wsi_mil.view.scales import Scale, ScaleError, cmap_for, fixed_range, is_signed, percentile_range
-from wsi_mil.view.tiles import LRU, TILE, TILE_CACHE, Grid, MapTiles, SlideTiles, colour_tile, outline_tile
+from wsi_mil.view.tiles import LRU, TILE, TILE_CACHE, Grid, SlideTiles, colour_tile, map_tiles, outline_tile
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +31,17 @@ class ViewerService:
         self.catalog = catalog
         self.tiles = LRU(TILE_CACHE)
         self.objects = LRU(256)  # slides, map painters, masks, ranges, luts
+        self.warm_up()
+
+    def warm_up(self) -> None:
+        """Import and compute, before the first request, what every page needs (matplotlib alone takes 0.5 s)."""
+        import openslide.deepzoom  # noqa: F401
+
+        import wsi_mil.explain.maps  # noqa: F401
+        import wsi_mil.io.open  # noqa: F401
+
+        for cmap in (cmap_for("map"), cmap_for("logit_map")):
+            self._lut(cmap)
 
     # ------------------------------------------------------------------ slides and scores
 
@@ -130,10 +141,10 @@ class ViewerService:
 
         return self.objects.get(("tissue", slide_id), load)
 
-    def _map_tiles(self, slide_id: str, head: str, name: str) -> MapTiles:
-        def make() -> MapTiles:
+    def _map_tiles(self, slide_id: str, head: str, name: str) -> Any:
+        def make() -> Any:
             scores = self.catalog.scores(slide_id, head)
-            return MapTiles(scores.coords, self.catalog.map_values(slide_id, head, name),
+            return map_tiles(scores.coords, self.catalog.map_values(slide_id, head, name),
                             patch_size_level0=scores.patch_size_level0, grid=self.grid(slide_id),
                             tissue=self._tissue(slide_id))  # fmt: skip
 

@@ -99,7 +99,14 @@ class SlideTiles:
 
         self.reader = open_slide(path, mpp=mpp)
         self.grid = Grid(tuple(int(v) for v in self.reader.dimensions))
-        self.deepzoom = DeepZoomGenerator(_RGBA(self.reader), tile_size=TILE, overlap=0, limit_bounds=False)
+        if self.reader.backend == "openslide":  # OpenSlide's own handle: RGBA already, reads in parallel
+            import openslide
+
+            self._openslide = openslide.OpenSlide(str(self.reader.path))
+            source: Any = self._openslide
+        else:
+            self._openslide, source = None, _RGBA(self.reader)
+        self.deepzoom = DeepZoomGenerator(source, tile_size=TILE, overlap=0, limit_bounds=False)
 
     def jpeg(self, level: int, col: int, row: int) -> bytes:
         self.grid.tile_bounds(level, col, row)
@@ -117,6 +124,8 @@ class SlideTiles:
         return image.resize((out, out), Image.Resampling.BILINEAR) if side != out else image
 
     def close(self) -> None:
+        if self._openslide is not None:
+            self._openslide.close()
         self.reader.close()
 
 
@@ -141,6 +150,78 @@ def reduce_mean(block: np.ndarray, factor: int) -> np.ndarray:
     out = np.full((rows, cols), np.nan, dtype=np.float32)
     out[count > 0] = total[count > 0] / count[count > 0]
     return out
+
+
+class GridMapTiles:
+    """Float tiles of a map whose patches tile a regular grid (step = side: what tiling writes).
+
+    One value per grid cell, and a pyramid of cell means; a tile is a gather from the
+    pyramid level whose cells are at most one tile pixel wide (the pixel-centre rule of
+    :func:`wsi_mil.explain.stitch.patch_extents` where patches span several pixels).
+    """
+
+    def __init__(self, cells: np.ndarray, origin: np.ndarray, values: np.ndarray, *, patch_size_level0: int, grid: Grid,
+                 tissue: TissueMask | None = None) -> None:  # fmt: skip
+        """cells: (N, 2) int64 (column, row) of each patch in the grid that starts at level-0 ``origin`` (x, y)."""
+        self.size, self.grid, self.tissue, self.origin = int(patch_size_level0), grid, tissue, origin
+        width, height = grid.dimensions
+        shape = (max(-(-(height - int(self.origin[1])) // self.size), int(cells[:, 1].max(initial=-1)) + 1, 1),
+                 max(-(-(width - int(self.origin[0])) // self.size), int(cells[:, 0].max(initial=-1)) + 1, 1))  # fmt: skip
+        base = np.full(shape, np.nan, dtype=np.float32)
+        base[cells[:, 1], cells[:, 0]] = values
+        self.levels = [base]
+        while max(self.levels[-1].shape) > 1:
+            self.levels.append(reduce_mean(self.levels[-1], 2))
+
+    def tile(self, level: int, col: int, row: int) -> np.ndarray:
+        """(h, w) float32 scores of the tile, NaN where there is none."""
+        width, height = self.grid.tile_bounds(level, col, row)
+        d = self.grid.downsample(level)
+        k = min(max(0, math.floor(math.log2(d / self.size))) if d > self.size else 0, len(self.levels) - 1)
+        cells, cell = self.levels[k], self.size * 2**k
+        xs = (np.arange(col * TILE, col * TILE + width) + 0.5) * d - self.origin[0]
+        ys = (np.arange(row * TILE, row * TILE + height) + 0.5) * d - self.origin[1]
+        ci, ri = np.floor(xs / cell).astype(np.int64), np.floor(ys / cell).astype(np.int64)
+        cv = np.flatnonzero((ci >= 0) & (ci < cells.shape[1]))
+        rv = np.flatnonzero((ri >= 0) & (ri < cells.shape[0]))
+        out = np.full((height, width), np.nan, dtype=np.float32)
+        if len(cv) and len(rv):
+            out[rv[0] : rv[-1] + 1, cv[0] : cv[-1] + 1] = cells[ri[rv]][:, ci[cv]]
+        if self.tissue is not None and d < self.size:  # (a pixel wider than a patch keeps the patches' mean)
+            rows, cols = slice(row * TILE, row * TILE + height), slice(col * TILE, col * TILE + width)
+            out[~self.tissue.sample(rows, cols, d)] = np.nan
+        return out
+
+
+def map_tiles(coords: np.ndarray, values: np.ndarray, *, patch_size_level0: float, grid: Grid,
+              tissue: TissueMask | None = None) -> GridMapTiles | MapTiles:  # fmt: skip
+    """The fastest tile source for these patches: a cell grid where they tile one, else the painter."""
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    found = grid_cells(coords, patch_size_level0)
+    if found is not None:
+        cells, origin = found
+        return GridMapTiles(cells, origin, values, patch_size_level0=int(patch_size_level0), grid=grid, tissue=tissue)
+    return MapTiles(coords, values, patch_size_level0=patch_size_level0, grid=grid, tissue=tissue)
+
+
+def grid_cells(coords: np.ndarray, patch_size_level0: float) -> tuple[np.ndarray, np.ndarray] | None:
+    """(cells (N, 2) int64, origin (2,)) when the patches are distinct cells of one grid of step = side, else None.
+
+    The same test as :func:`wsi_mil.explain.stitch.patches_disjoint`, with a uniqueness
+    check (``bincount``) that is ~50x faster than ``np.unique(axis=0)`` on 100,000 patches.
+    """
+    coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
+    size = int(round(patch_size_level0))
+    if not len(coords) or size != patch_size_level0 or size < 1:
+        return None
+    origin = coords[0] % size
+    if ((coords % size) != origin).any():
+        return None
+    cells = (coords - origin) // size
+    if (cells < 0).any():
+        return None
+    flat = cells[:, 1] * (int(cells[:, 0].max()) + 1) + cells[:, 0]
+    return (cells, origin) if np.bincount(flat).max() == 1 else None
 
 
 class MapTiles:

@@ -1,0 +1,49 @@
+"""The viewer's map tiles: the fast cell-grid path paints what the patch painter paints."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from wsi_mil.view.tiles import Grid, MapTiles, grid_cells, map_tiles, reduce_mean
+
+
+def _patches(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    xs, ys = np.meshgrid(np.arange(96, 9000, 256), np.arange(40, 6000, 256))
+    coords = np.stack([xs.ravel(), ys.ravel()], 1)
+    keep = rng.random(len(coords)) < 0.6
+    return coords[keep], rng.normal(size=int(keep.sum()))
+
+
+def test_grid_tiles_match_the_patch_painter_where_patches_span_pixels() -> None:
+    coords, values = _patches()
+    grid = Grid((9100, 6100))
+    fast = map_tiles(coords, values, patch_size_level0=256, grid=grid)
+    slow = MapTiles(coords, values, patch_size_level0=256, grid=grid)
+    assert not isinstance(fast, MapTiles)
+    for level in range(grid.max_level - 6, grid.max_level + 1):  # downsample 64 .. 1: patches >= 4 px
+        d = grid.downsample(level)
+        cols, rows = -(-9100 // (256 * d)), -(-6100 // (256 * d))
+        for col in range(cols):
+            for row in range(rows):
+                np.testing.assert_array_equal(fast.tile(level, col, row), slow.tile(level, col, row))
+
+
+def test_zoomed_out_grid_tiles_average_every_patch() -> None:
+    coords, values = _patches(1)
+    grid = Grid((9100, 6100))
+    whole = map_tiles(coords, values, patch_size_level0=256, grid=grid).tile(0, 0, 0)
+    assert whole.shape == (1, 1) and values.min() < whole[0, 0] < values.max()  # a mean of cell means
+    block = np.array([[1.0, np.nan], [3.0, np.nan]], dtype=np.float32)
+    assert reduce_mean(block, 2).tolist() == [[2.0]]
+
+
+def test_overlapping_or_off_grid_patches_use_the_painter() -> None:
+    coords, values = _patches()
+    assert grid_cells(coords, 256) is not None
+    assert grid_cells(coords, 300) is None  # overlapping squares
+    shifted = coords.copy()
+    shifted[0] += 7
+    assert grid_cells(shifted, 256) is None
+    assert grid_cells(np.concatenate([coords, coords[:1]]), 256) is None  # a repeat
+    assert isinstance(map_tiles(shifted, values, patch_size_level0=256, grid=Grid((9100, 6100))), MapTiles)
