@@ -144,6 +144,23 @@ def test_switching_the_map_changes_the_overlay(page: Page) -> None:
     assert page.errors == []
 
 
+def test_switching_the_head_changes_the_overlay(page: Page) -> None:
+    """On one fixed scale (-9..9), ILAM's halved logits are a lighter red than ABMIL's."""
+    page.set_opacity(1.0)
+    page.page.fill("#vmin", "-9")
+    page.page.fill("#vmax", "9")
+    page.page.check("input[name=scale][value=fixed]")
+    page.settle()
+    before = page.colour_at(page.pixels(), *LESION_CENTRE)
+    page.choose("#head", "ilam")
+    after = page.colour_at(page.pixels(), *LESION_CENTRE)
+    assert any("/map/ilam/logit_tumor/" in url and "vmax=9" in url for url, _ in page.responses)
+    assert page.page.locator("#map").input_value() == "logit_tumor"
+    assert before[0] > before[2] + 60 and after[0] > after[2] + 60, (before, after)
+    assert after[1] > before[1] + 30, (before, after)  # lighter: RdBu_r towards white
+    assert page.errors == []
+
+
 def test_zoom_to_level_0(page: Page) -> None:
     max_level = page.page.evaluate("() => window.wsiView.state.info.max_level")
     page.page.evaluate("([x, y]) => { const v = window.wsiView.viewer, item = v.world.getItemAt(0);"
@@ -187,9 +204,15 @@ def test_scale_toggle_changes_colours(page: Page) -> None:
     assert page.errors == []
 
 
-def test_traversal_urls_are_refused(page: Page, server: str) -> None:
-    for target in ("/run/..%2F..%2F..%2Fetc%2Fpasswd", "/static/..%2F..%2Fapp.py", "/run/%2Fetc%2Fpasswd",
-                   "/api/slides/..%2Fnormal/info"):  # fmt: skip
-        response = page.page.request.get(server + target)
-        assert response.status in (400, 404), target
-        assert b"root:" not in response.body()
+def test_traversal_urls_are_refused(browser: Any, server: str) -> None:
+    """Through the browser's own HTTP stack (tests/test_view_http.py sends raw request lines)."""
+    context = browser.new_context()
+    try:
+        for target in ("/run/..%2F..%2F..%2Fetc%2Fpasswd", "/static/..%2F..%2Fapp.py", "/run/%2Fetc%2Fpasswd",
+                       "/api/slides/..%2Fnormal/info", "/run/../../../../etc/passwd"):  # fmt: skip
+            response = context.request.get(server + target)
+            assert response.status in (400, 404), target
+            assert b"root:" not in response.body()
+        assert context.request.get(server + "/run/manifest.csv").status == 200
+    finally:
+        context.close()

@@ -78,6 +78,10 @@ def test_slide_list_has_labels_probabilities_folds_and_status(viewer: tuple[str,
     assert head["folds"] == [0] and head["fold_policy"] == "out_of_fold"
     assert rows["broken"]["status"] == "failed" and "not a readable slide" in rows["broken"]["errors"][0]
     assert rows["lesion"]["has_annotation"] and not rows["normal"]["has_annotation"]
+    assert data["heads"] == ["abmil", "ilam"] and rows["lesion"]["heads"]["ilam"]["probs"][1] == pytest.approx(0.9)
+    info = get_json(url, "/api/slides/lesion/info")["heads"]
+    assert "manifold" in info["abmil"]["maps"] and "manifold" not in info["ilam"]["maps"]
+    assert info["ilam"]["maps"]["attention_raw"]["slide"]["vmax"] < info["abmil"]["maps"]["attention_raw"]["slide"]["vmax"]
 
 
 def test_overlay_tile_is_hot_on_the_lesion_and_transparent_off_tissue(viewer: tuple[str, Path]) -> None:
@@ -132,11 +136,30 @@ def test_patch_click_values_gallery_and_patch_image(viewer: tuple[str, Path]) ->
     info = get_json(url, f"/api/slides/lesion/patch?x={x + 10}&y={y + 10}")["heads"]["abmil"]
     assert (info["x"], info["y"]) == (x, y) and info["values"]["logit_tumor"] > 8
     assert set(info["values"]["instance_logits"]) == {"normal", "tumor"} and "manifold" in info["values"]
+    both = get_json(url, f"/api/slides/lesion/patch?x={x + 10}&y={y + 10}")["heads"]
+    assert both["ilam"]["values"]["logit_tumor"] == pytest.approx(info["values"]["logit_tumor"] / 2, rel=1e-5)
     assert get_json(url, "/api/slides/lesion/patch?x=10&y=10")["heads"] == {}
     top = get_json(url, "/api/slides/lesion/top?head=abmil&map=logit_tumor&k=4")
     assert len(top) == 4 and all(LESION[0] <= r["x"] < LESION[0] + LESION[2] for r in top)
     image = tile_rgba(url, f"/api/slides/lesion/patch/abmil/{top[0]['row']}.jpeg")
     assert image.shape == (256, 256, 4) and image[..., :3].std() > 5  # tissue, not blank
+
+
+def test_patch_with_cams_shows_them(viewer: tuple[str, Path]) -> None:
+    url, run = viewer
+    from wsi_mil.explain.patch_cams import read_cams
+
+    cams = read_cams(run / "heatmaps" / "abmil" / "lesion" / "cams.h5")
+    x, y = (int(v) for v in cams.coords[0])
+    info = get_json(url, f"/api/slides/lesion/patch?x={x + 1}&y={y + 1}")["heads"]["abmil"]
+    assert info["row"] == int(cams.rows[0]) and info["cams"] == ["gradcam"]
+    image = tile_rgba(url, f"/api/slides/lesion/cam/abmil/gradcam/{info['row']}.png")
+    assert image[:, :32, 0].mean() > image[:, 32:, 0].mean() + 40  # jet's red where the CAM is high
+    tx, ty, tw, th = TISSUE
+    other = get_json(url, f"/api/slides/lesion/patch?x={tx + tw - 10}&y={ty + th - 10}")["heads"]["abmil"]
+    assert other["cams"] == []
+    assert raw_get(url, f"/api/slides/lesion/cam/abmil/gradcam/{other['row']}.png")[0] == 404
+    assert any(f.endswith("lesion/cams.h5") for f in get_json(url, "/api/slides/lesion/info")["files"])
 
 
 @pytest.mark.parametrize("target", [
@@ -176,9 +199,36 @@ def test_run_files_are_served_read_only_to_this_machine(viewer: tuple[str, Path]
     assert raw_get(url, "/api/slides", host="localhost")[0] == 200
 
 
-def test_cli_binds_localhost_by_default_and_rejects_a_folder_without_scores(tmp_path: Path,
-                                                                          caplog: pytest.LogCaptureFixture) -> None:
+def test_cli_binds_localhost_by_default_and_rejects_a_folder_without_scores(tmp_path: Path) -> None:
     args = build_parser().parse_args(["view", str(tmp_path)])
     assert args.host == "127.0.0.1"
     assert main(["view", str(tmp_path)]) == 2
     assert main(["view", str(tmp_path), "--port", "70000"]) == 2
+
+
+def test_wsi_mil_view_command_serves_the_run(viewer: tuple[str, Path]) -> None:
+    """The installed command, in its own process, on a free port of 127.0.0.1."""
+    import subprocess
+    import sys
+    import time
+
+    _, run = viewer
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen([sys.executable, "-m", "wsi_mil", "view", str(run), "--port", str(port)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                status, body = raw_get(f"http://127.0.0.1:{port}", "/api/slides")
+                break
+            except OSError:
+                assert process.poll() is None and time.monotonic() < deadline, "wsi-mil view did not start"
+                time.sleep(0.1)
+        assert status == 200 and b'"lesion"' in body
+    finally:
+        process.terminate()
+        output, _ = process.communicate(timeout=30)
+    assert f"http://127.0.0.1:{port}/" in output

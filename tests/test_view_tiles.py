@@ -47,3 +47,29 @@ def test_overlapping_or_off_grid_patches_use_the_painter() -> None:
     assert grid_cells(shifted, 256) is None
     assert grid_cells(np.concatenate([coords, coords[:1]]), 256) is None  # a repeat
     assert isinstance(map_tiles(shifted, values, patch_size_level0=256, grid=Grid((9100, 6100))), MapTiles)
+
+
+def test_slides_openslide_cannot_open_come_through_the_project_readers(tmp_path) -> None:  # noqa: ANN001
+    """A plain PNG (the image reader): deep-zoom tiles with its pixels where they belong."""
+    import io
+
+    from PIL import Image
+
+    from wsi_mil.view.tiles import SlideTiles
+
+    pixels = np.zeros((500, 700, 3), dtype=np.uint8)
+    pixels[:, :350] = (200, 30, 30)
+    pixels[:, 350:] = (30, 30, 200)
+    Image.fromarray(pixels).save(tmp_path / "plain.png")
+    tiles = SlideTiles(tmp_path / "plain.png")
+    try:
+        assert tiles.reader.backend == "image" and tiles.grid.dimensions == (700, 500)
+        level = tiles.grid.max_level
+        left = np.asarray(Image.open(io.BytesIO(tiles.jpeg(level, 0, 0))))
+        right = np.asarray(Image.open(io.BytesIO(tiles.jpeg(level, 2, 1))))
+        assert left.shape == (256, 256, 3) and right.shape == (244, 188, 3)
+        assert left[..., 0].mean() > 180 and right[..., 2].mean() > 180
+        whole = np.asarray(Image.open(io.BytesIO(tiles.jpeg(level - 2, 0, 0))))
+        assert whole.shape == (125, 175, 3)
+    finally:
+        tiles.close()

@@ -22,6 +22,7 @@ from wsi_mil.store.scores import write_scores
 from wsi_mil.tiling.tile import tile_slide
 
 MODEL = "abmil"
+SECOND = "ilam"  # a second head, with half the values and no manifold map
 LESION = (1024, 512, 512, 512)  # x, y, width, height in level-0 px
 TISSUE = (1024, 512, 1536, 1024)
 CLASSES = ["normal", "tumor"]
@@ -50,6 +51,18 @@ def _maps(coords: np.ndarray, *, lesion: bool, seed: int) -> dict[str, np.ndarra
     }
 
 
+def _write_cams(path: Path, coords: np.ndarray) -> None:
+    """CAMs of the two lesion patches first in the scores file: a bright left half, as the CAM stage writes them."""
+    from wsi_mil.explain.patch_cams import PatchCams, write_cams
+
+    rows = np.flatnonzero(in_lesion(coords))[:2]
+    images = np.full((len(rows), 64, 64, 3), 200, dtype=np.uint8)
+    cam = np.zeros((len(rows), 64, 64), dtype=np.float32)
+    cam[:, :, :32] = 1.0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_cams(path, PatchCams(coords[rows], rows, images, {"gradcam": cam}))
+
+
 def build_run(run: Path, slides: dict[str, Path], *, masks: Path) -> Path:
     """``slides``: {"lesion": path, "normal": path}, slides whose file stems are those ids."""
     config = load_config()
@@ -62,10 +75,13 @@ def build_run(run: Path, slides: dict[str, Path], *, masks: Path) -> Path:
         maps = _maps(bag.coords, lesion=lesion, seed=len(labels))
         geometry = {k: bag.attrs[k] for k in ("patch_size_level0", "patch_size", "patch_level", "slide_mpp",
                                               "target_mpp", "slide_path", "slide_id")}  # fmt: skip
-        probs = [0.02, 0.98] if lesion else [0.9, 0.1]
-        write_scores(run / "scores" / MODEL / f"{slide_id}.h5", bag.coords, maps, coords_attrs=geometry,
-                     attrs={"probs": probs, "pred": int(np.argmax(probs)), "classes": CLASSES, "model": MODEL,
-                            "folds": [len(labels)], "fold_policy": "out_of_fold", "slide_id": slide_id})  # fmt: skip
+        for head, probs in ((MODEL, [0.02, 0.98] if lesion else [0.9, 0.1]), (SECOND, [0.1, 0.9] if lesion else [0.7, 0.3])):
+            head_maps = maps if head == MODEL else {k: v * 0.5 for k, v in maps.items() if k != "manifold"}
+            write_scores(run / "scores" / head / f"{slide_id}.h5", bag.coords, head_maps, coords_attrs=geometry,
+                         attrs={"probs": probs, "pred": int(np.argmax(probs)), "classes": CLASSES, "model": head,
+                                "folds": [len(labels)], "fold_policy": "out_of_fold", "slide_id": slide_id})  # fmt: skip
+        if lesion:
+            _write_cams(run / "heatmaps" / MODEL / slide_id / "cams.h5", bag.coords)
         labels.append(f"{slide_id},p{slide_id},{'tumor' if lesion else 'normal'},{len(labels)}")
     manifest.update([{"stage": "tiling", "slide_id": "broken", "bag_set": "-", "status": "failed",
                       "error": "broken.svs: not a readable slide"}])  # fmt: skip

@@ -122,10 +122,13 @@ function chooseHead(head) {
 }
 
 function chooseMap(name) {
+  const changed = name !== state.map;
   state.map = name;
-  const cohort = mapInfo().cohort;
-  $("vmin").value = fmt(cohort.vmin);
-  $("vmax").value = fmt(cohort.vmax);
+  if (changed || $("vmin").value === "" || $("vmax").value === "") {  // a fixed range stays across heads
+    const cohort = mapInfo().cohort;
+    $("vmin").value = fmt(cohort.vmin);
+    $("vmax").value = fmt(cohort.vmax);
+  }
   showOverlay();
 }
 
