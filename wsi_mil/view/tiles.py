@@ -266,7 +266,7 @@ def colour_tile(scores: np.ndarray, lut: np.ndarray, score_range: ScoreRange) ->
 
 
 def outline_tile(mask: np.ndarray, mask_downsample: float, grid: Grid, level: int, col: int, row: int,
-                 *, colour: tuple[int, int, int] = (0, 255, 0)) -> bytes:  # fmt: skip
+                 *, colour: tuple[int, int, int] = (0, 230, 0)) -> bytes:  # fmt: skip
     """The border of a boolean level-0 ``mask`` (sampled at ``mask_downsample``) inside one tile, as RGBA PNG."""
     width, height = grid.tile_bounds(level, col, row)
     d = grid.downsample(level)
@@ -276,7 +276,8 @@ def outline_tile(mask: np.ndarray, mask_downsample: float, grid: Grid, level: in
     mc = np.clip(((cols + 0.5) * d / mask_downsample).astype(np.int64), 0, mask.shape[1] - 1)
     inside = mask[mr][:, mc]
     core = inside[1:-1, 1:-1]
-    edge = core & ~(inside[:-2, 1:-1] & inside[2:, 1:-1] & inside[1:-1, :-2] & inside[1:-1, 2:])
+    # both sides of the border: a 2-px line that survives the browser's smoothing
+    edge = (core != inside[:-2, 1:-1]) | (core != inside[2:, 1:-1]) | (core != inside[1:-1, :-2]) | (core != inside[1:-1, 2:])
     rgba = np.zeros((height, width, 4), dtype=np.uint8)
     rgba[edge] = (*colour, 255)
     return png(rgba)

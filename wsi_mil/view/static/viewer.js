@@ -71,19 +71,28 @@ function drawLegend() {
 
 const pending = {};
 
-function replaceItem(key, source, opacity, index) {
+function replaceItem(key, source, opacity) {
   const old = state[key];
   state[key] = null;
   if (old) viewer.world.removeItem(old);
   const token = (pending[key] = {});
   if (!source) return;
   viewer.addTiledImage({
-    tileSource: source, opacity, index: Math.min(index, viewer.world.getItemCount()),
+    tileSource: source, opacity,
     success: (event) => {
       if (pending[key] !== token) viewer.world.removeItem(event.item);  // replaced while it loaded
       else state[key] = event.item;
+      restack();
     },
   });
+}
+
+// Layers load in any order; keep them stacked slide < map overlay < annotation outline.
+function restack() {
+  let index = viewer.world.getItemCount() - 1;
+  for (const key of ["annotation", "overlay"]) {
+    if (state[key]) viewer.world.setItemIndex(state[key], index--);
+  }
 }
 
 function imageItem() { return viewer.world.getItemAt(0); }
@@ -96,7 +105,7 @@ function showOverlay() {
     return;
   }
   const url = (level, x, y) => `/tiles/${slide}/map/${head}/${map}/${level}/${x}_${y}.png?${query}`;
-  replaceItem("overlay", tileSource(state.info, url), Number($("opacity").value), 1);
+  replaceItem("overlay", tileSource(state.info, url), Number($("opacity").value));
   drawLegend();
   loadGallery();
 }
@@ -105,7 +114,7 @@ function showAnnotation() {
   const wanted = state.info && state.info.has_annotation && $("annotation").checked;
   const slide = enc(state.slide);
   const source = wanted ? tileSource(state.info, (l, x, y) => `/tiles/${slide}/annotation/${l}/${x}_${y}.png`) : null;
-  replaceItem("annotation", source, 1, 2);
+  replaceItem("annotation", source, 1);
 }
 
 function fillSelect(select, names, chosen) {
