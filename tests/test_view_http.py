@@ -19,10 +19,10 @@ from PIL import Image
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 
-from tests.view_run import LESION, TISSUE, build_run, viewer_slides  # noqa: E402
-from wsi_mil.cli import build_parser, main  # noqa: E402
-from wsi_mil.view import running  # noqa: E402
-from wsi_mil.view.tiles import Grid  # noqa: E402
+from tests.view_run import LESION, TISSUE, build_run, viewer_slides
+from wsi_mil.cli import build_parser, main
+from wsi_mil.view import running
+from wsi_mil.view.tiles import Grid
 
 SECRET = "top-secret-outside-the-run"
 
@@ -109,6 +109,19 @@ def test_whole_slide_and_level_0_tiles(viewer: tuple[str, Path]) -> None:
     assert level0.shape == (256, 256, 4) and (level0[32:, 32:, 3] == 255).all()  # (the tissue mask trims the edge)
     status, _ = raw_get(url, f"/tiles/lesion/image/{grid.max_level}/{4096 // 256}_0.jpeg")
     assert status == 404  # one column past the slide
+
+
+def test_annotation_outline_follows_the_lesion(viewer: tuple[str, Path]) -> None:
+    url, _ = viewer
+    level = Grid((4096, 3072)).max_level - 4  # downsample 16
+    rgba = tile_rgba(url, f"/tiles/lesion/annotation/{level}/0_0.png")
+    x, y, w, h = (v // 16 for v in LESION)
+    drawn = rgba[..., 3] > 0
+    assert drawn[y + h // 2, x - 1 : x + 1].any() and drawn[y + h // 2, x + w - 1 : x + w + 1].any()  # left, right
+    assert drawn[y - 1 : y + 1, x + w // 2].any() and drawn[y + h - 1 : y + h + 1, x + w // 2].any()  # top, bottom
+    assert not drawn[y + 3 : y + h - 3, x + 3 : x + w - 3].any()  # an outline, not a fill
+    assert drawn.sum() < 4 * 2 * (w + h) + 16 and (rgba[drawn][:, 1] > 200).all()  # green, nothing else
+    assert raw_get(url, f"/tiles/normal/annotation/{level}/0_0.png")[0] == 404  # no annotation
 
 
 def test_scales_slide_cohort_fixed(viewer: tuple[str, Path]) -> None:

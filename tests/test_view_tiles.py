@@ -49,7 +49,7 @@ def test_overlapping_or_off_grid_patches_use_the_painter() -> None:
     assert isinstance(map_tiles(shifted, values, patch_size_level0=256, grid=Grid((9100, 6100))), MapTiles)
 
 
-def test_slides_openslide_cannot_open_come_through_the_project_readers(tmp_path) -> None:  # noqa: ANN001
+def test_slides_openslide_cannot_open_come_through_the_project_readers(tmp_path) -> None:
     """A plain PNG (the image reader): deep-zoom tiles with its pixels where they belong."""
     import io
 

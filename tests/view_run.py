@@ -96,7 +96,7 @@ def build_run(run: Path, slides: dict[str, Path], *, masks: Path) -> Path:
     return run
 
 
-def viewer_slides(make_slide) -> dict[str, Path]:  # noqa: ANN001 (the conftest factory)
+def viewer_slides(make_slide) -> dict[str, Path]:
     """The two slides of the viewer's run, from tests/conftest.py's ``make_slide``."""
     from wsi_mil.synthetic import Region
 

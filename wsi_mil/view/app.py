@@ -52,7 +52,7 @@ def _json(data: Any) -> JSONResponse:
 def create_app(run_dir: str | Path, *, masks: str | Path | None = None, host: str = "127.0.0.1") -> Starlette:
     """The viewer of one run; ``host`` is added to the Host names accepted."""
     service = ViewerService(RunCatalog(run_dir, masks=masks))
-    p = lambda request, key: request.path_params[key]  # noqa: E731
+    p = _param
 
     def index(request: Request) -> Response:
         return FileResponse(STATIC / "index.html", headers={**HEADERS, "Cache-Control": "no-store"})
@@ -129,6 +129,10 @@ def create_app(run_dir: str | Path, *, masks: str | Path | None = None, host: st
     app.state.service = service
     app.state.scales = SCALES
     return app
+
+
+def _param(request: Request, key: str) -> Any:
+    return request.path_params[key]
 
 
 def _number(request: Request, key: str, default: float | None = None) -> float:

@@ -37,7 +37,7 @@ class ViewerService:
         """Import and compute, before the first request, what every page needs (matplotlib alone takes 0.5 s)."""
         import openslide.deepzoom  # noqa: F401
 
-        import wsi_mil.explain.maps  # noqa: F401
+        import wsi_mil.explain.maps
         import wsi_mil.io.open  # noqa: F401
 
         for cmap in (cmap_for("map"), cmap_for("logit_map")):
@@ -99,17 +99,16 @@ class ViewerService:
         cmap = cmap_for(name)
         if mode == "fixed":
             return Scale(mode, fixed_range(vmin, vmax), cmap)
-        if mode == "slide":
-            key = ("range", slide_id, head, name)
-            values = lambda: self.catalog.map_values(slide_id, head, name)  # noqa: E731
-        elif mode == "cohort":
-            key = ("range", "", head, name)
-            values = lambda: self.catalog.cohort_values(head, name)  # noqa: E731
-        else:
+        if mode not in ("slide", "cohort"):
             raise ScaleError(f"unknown scale {mode!r}; use slide, cohort or fixed")
-        self.catalog.map_values(slide_id, head, name)  # KeyError for an unknown map
-        score_range = self.objects.get(key, lambda: percentile_range(values(), signed=is_signed(name)))
-        return Scale(mode, score_range, cmap)
+        values = self.catalog.map_values(slide_id, head, name)  # KeyError for an unknown map
+
+        def compute() -> ScoreRange:
+            pooled = values if mode == "slide" else self.catalog.cohort_values(head, name)
+            return percentile_range(pooled, signed=is_signed(name))
+
+        key = ("range", slide_id if mode == "slide" else "", head, name)
+        return Scale(mode, self.objects.get(key, compute), cmap)
 
     def _lut(self, cmap: str) -> np.ndarray:
         return self.objects.get(("lut", cmap), lambda: colormap_lut(cmap))
