@@ -245,3 +245,35 @@ def test_wsi_mil_view_command_serves_the_run(viewer: tuple[str, Path]) -> None:
         process.terminate()
         output, _ = process.communicate(timeout=30)
     assert f"http://127.0.0.1:{port}/" in output
+
+
+def test_annotations_from_the_run_config_and_a_run_whose_slide_moved(viewer: tuple[str, Path], tmp_path: Path) -> None:
+    """``run.masks`` of run_config.json is the default annotations folder; a missing slide file
+    leaves the maps viewable on their own (the run copied to another machine)."""
+    import json
+
+    from wsi_mil.store.scores import read_scores, write_scores
+    from wsi_mil.view.catalog import RunCatalog
+    from wsi_mil.view.service import ViewerService
+
+    _, run = viewer
+    moved = tmp_path / "moved"
+    scores = read_scores(run / "scores" / "abmil" / "lesion.h5")
+    geometry = {**scores.coords_attrs, "slide_path": str(tmp_path / "gone.svs"), "level_dim": [4096, 3072]}
+    write_scores(moved / "scores" / "abmil" / "lesion.h5", scores.coords, scores.maps, attrs=scores.attrs,
+                 coords_attrs=geometry)  # fmt: skip
+    assert RunCatalog(moved).slide("lesion").annotation is None
+    (moved / "run_config.json").write_text(json.dumps({"run": {"masks": str(run.parent / "masks")}}))
+    catalog = RunCatalog(moved)
+    assert catalog.slide("lesion").annotation == run.parent / "masks" / "lesion.geojson"
+    service = ViewerService(catalog)
+    info = service.slide_info("lesion")
+    assert not info["has_image"] and (info["width"], info["height"]) == (4096, 3072) and info["mpp"] is None
+    level = info["max_level"] - 4
+    scale = service.scale("lesion", "abmil", "logit_tumor", "slide")
+    rgba = np.asarray(Image.open(io.BytesIO(service.overlay_tile("lesion", "abmil", "logit_tumor", level, 0, 0,
+                                                                  scale=scale))))  # fmt: skip
+    x, y, w, h = (v // 16 for v in LESION)
+    assert rgba[y + h // 2, x + w // 2, 0] > rgba[y + h // 2, x + w // 2, 2] + 60
+    with pytest.raises(KeyError):
+        service.slide_tile("lesion", level, 0, 0)

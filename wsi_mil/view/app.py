@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'",
@@ -123,7 +124,8 @@ def create_app(run_dir: str | Path, *, masks: str | Path | None = None, host: st
         Route("/run/{path:path}", run_file),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
-    hosts = sorted({*LOCAL_HOSTS, host, f"[{host}]"})
+    # Any Host header when listening on every interface (the user opened it to the network); else this machine only
+    hosts = ["*"] if host in WILDCARD_HOSTS else sorted({*LOCAL_HOSTS, host, f"[{host}]"})
     app = Starlette(routes=routes, middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=hosts)],
                     exception_handlers={KeyError: not_found, ScaleError: bad_request, WsiMilError: bad_request})  # fmt: skip
     app.state.service = service

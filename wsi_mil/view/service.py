@@ -30,7 +30,8 @@ class ViewerService:
     def __init__(self, catalog: RunCatalog) -> None:
         self.catalog = catalog
         self.tiles = LRU(TILE_CACHE)
-        self.objects = LRU(256)  # slides, map painters, masks, ranges, luts
+        self.objects = LRU(256)  # slides, map tile sources, masks, luts
+        self.ranges = LRU(16384)  # colour ranges: small, and a cohort's costs a read of every scores file
         self.warm_up()
 
     def warm_up(self) -> None:
@@ -108,7 +109,7 @@ class ViewerService:
             return percentile_range(pooled, signed=is_signed(name))
 
         key = ("range", slide_id if mode == "slide" else "", head, name)
-        return Scale(mode, self.objects.get(key, compute), cmap)
+        return Scale(mode, self.ranges.get(key, compute), cmap)
 
     def _lut(self, cmap: str) -> np.ndarray:
         return self.objects.get(("lut", cmap), lambda: colormap_lut(cmap))
