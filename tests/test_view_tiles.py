@@ -73,3 +73,23 @@ def test_slides_openslide_cannot_open_come_through_the_project_readers(tmp_path)
         assert whole.shape == (125, 175, 3)
     finally:
         tiles.close()
+
+
+def test_every_static_file_ships_as_package_data() -> None:
+    """The page, its script and OpenSeadragon (pinned, with its licence) are in the wheel: no CDN at run time."""
+    import fnmatch
+    from pathlib import Path
+
+    tomllib = __import__("pytest").importorskip("tomllib")
+    root = Path(__file__).resolve().parents[1]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["wsi_mil"]
+    static = root / "wsi_mil" / "view" / "static"
+    files = [p.relative_to(root / "wsi_mil").as_posix() for p in static.rglob("*") if p.is_file()]
+    missing = [f for f in files if not any(fnmatch.fnmatch(f, p) and f.count("/") == p.count("/") for p in patterns)]
+    assert not missing
+    osd = static / "openseadragon"
+    assert {"openseadragon.min.js", "LICENSE.txt", "SOURCE.md"} <= {p.name for p in osd.iterdir()}
+    version = (osd / "SOURCE.md").read_text().split()[1].rstrip(",")
+    assert f"//! openseadragon {version}" in (osd / "openseadragon.min.js").read_text()[:200]
+    page = (static / "index.html").read_text() + (static / "viewer.js").read_text()
+    assert "http://" not in page and "https://" not in page  # everything from this server
