@@ -269,6 +269,7 @@ def test_annotations_from_the_run_config_and_a_run_whose_slide_moved(viewer: tup
     service = ViewerService(catalog)
     info = service.slide_info("lesion")
     assert not info["has_image"] and (info["width"], info["height"]) == (4096, 3072) and info["mpp"] is None
+    assert "gone.svs" in info["image_error"]
     level = info["max_level"] - 4
     scale = service.scale("lesion", "abmil", "logit_tumor", "slide")
     rgba = np.asarray(Image.open(io.BytesIO(service.overlay_tile("lesion", "abmil", "logit_tumor", level, 0, 0,
@@ -277,3 +278,6 @@ def test_annotations_from_the_run_config_and_a_run_whose_slide_moved(viewer: tup
     assert rgba[y + h // 2, x + w // 2, 0] > rgba[y + h // 2, x + w // 2, 2] + 60
     with pytest.raises(KeyError):
         service.slide_tile("lesion", level, 0, 0)
+    (tmp_path / "gone.svs").write_bytes(b"not a slide at all")  # unreadable: the same, with the reader's reason
+    unreadable = ViewerService(RunCatalog(moved)).slide_info("lesion")
+    assert not unreadable["has_image"] and "not a readable slide" in unreadable["image_error"]

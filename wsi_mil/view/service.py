@@ -15,15 +15,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from wsi_mil.errors import WsiMilError
 from wsi_mil.explain.stitch import ScoreRange, TissueMask, colormap_lut
 from wsi_mil.view.catalog import RunCatalog
 from wsi_mil.view.scales import Scale, ScaleError, cmap_for, fixed_range, is_signed, percentile_range
 from wsi_mil.view.tiles import LRU, TILE, TILE_CACHE, Grid, SlideTiles, colour_tile, map_tiles, outline_tile
 
 logger = logging.getLogger(__name__)
-
-#: Per-patch arrays shown on a click, besides the maps.
-CLICK_ARRAYS = ("attention_raw", "attention", "attention_pct", "relevance", "manifold")
 
 
 class ViewerService:
@@ -50,16 +48,32 @@ class ViewerService:
         rows = [entry.row() for entry in sorted(self.catalog.slides.values(), key=lambda e: e.slide_id)]
         return {"run": self.catalog.run_dir.name, "heads": self.catalog.heads(), "slides": rows}
 
-    def _slide_tiles(self, slide_id: str) -> SlideTiles:
+    def _slide_or_reason(self, slide_id: str) -> SlideTiles | str:
+        """The slide's tiles, or why there are none (missing or unreadable file); remembered either way."""
         entry = self.catalog.slide(slide_id)
-        if entry.slide_path is None or not entry.slide_path.exists():
-            raise KeyError(f"{slide_id}: slide file not found")
-        return self.objects.get(("slide", slide_id), lambda: SlideTiles(entry.slide_path))
+
+        def open_tiles() -> SlideTiles | str:
+            if entry.slide_path is None or not entry.slide_path.exists():
+                return f"slide file not found ({entry.slide_path or 'no slide_path in the scores file'})"
+            try:
+                return SlideTiles(entry.slide_path)
+            except WsiMilError as error:
+                logger.warning("%s: showing the maps without the slide: %s", slide_id, error)
+                return str(error)
+
+        return self.objects.get(("slide", slide_id), open_tiles)
+
+    def _slide_tiles(self, slide_id: str) -> SlideTiles:
+        tiles = self._slide_or_reason(slide_id)
+        if isinstance(tiles, str):
+            raise KeyError(f"{slide_id}: {tiles}")
+        return tiles
 
     def grid(self, slide_id: str) -> Grid:
         entry = self.catalog.slide(slide_id)
-        if entry.slide_path is not None and entry.slide_path.exists():
-            return self._slide_tiles(slide_id).grid
+        tiles = self._slide_or_reason(slide_id)
+        if not isinstance(tiles, str):
+            return tiles.grid
         head = next(iter(entry.heads))
         geometry = self.catalog.geometry[(slide_id, head)]
         if geometry.get("level_dim") is not None:
@@ -80,11 +94,11 @@ class ViewerService:
                     for name in self.catalog.maps(slide_id, head)}  # fmt: skip
             heads[head] = {"maps": maps, "patch_size_level0": scores.patch_size_level0,
                            "cams": (slide_id, head) in self.catalog.cams}  # fmt: skip
-        mpp = None
-        if entry.slide_path is not None and entry.slide_path.exists():
-            mpp = self._slide_tiles(slide_id).reader.mpp
-        return {**entry.row(), "width": grid.dimensions[0], "height": grid.dimensions[1], "max_level": grid.max_level,
-                "tile_size": TILE, "mpp": mpp, "heads": heads, "files": self.files(slide_id),
+        tiles = self._slide_or_reason(slide_id)
+        image = {"has_image": False, "image_error": tiles, "mpp": None} if isinstance(tiles, str) else \
+            {"has_image": True, "image_error": "", "mpp": tiles.reader.mpp}  # fmt: skip
+        return {**entry.row(), **image, "width": grid.dimensions[0], "height": grid.dimensions[1],
+                "max_level": grid.max_level, "tile_size": TILE, "heads": heads, "files": self.files(slide_id),
                 "summary": entry.row()["heads"]}  # fmt: skip
 
     def files(self, slide_id: str) -> list[str]:
@@ -267,5 +281,5 @@ class ViewerService:
 
     def close(self) -> None:
         for key, value in list(self.objects.items.items()):
-            if key[0] == "slide":
+            if key[0] == "slide" and not isinstance(value, str):
                 value.close()

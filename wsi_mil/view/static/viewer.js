@@ -155,9 +155,6 @@ async function openSlide(slideId) {
     item.append(el("a", f.split("/").slice(-1)[0], { href: `/run/${f.split("/").map(enc).join("/")}`, target: "_blank", title: f }));
     return item;
   }));
-  if (!info.has_image) {
-    $("status-line").textContent = `${slideId}: slide file not found; showing the maps alone`;
-  }
   const slide = enc(slideId);
   const image = info.has_image ? tileSource(info, (l, x, y) => `/tiles/${slide}/image/${l}/${x}_${y}.jpeg`) : null;
   if (image) {  // first, so that every overlay goes above it
@@ -176,7 +173,8 @@ async function openSlide(slideId) {
     return `${h}: P(${s.classes[s.pred]}) = ${fmt(s.probs[s.pred])}`;
   });
   $("status-line").textContent = `${slideId} · ${info.width} x ${info.height} px` +
-    (info.mpp ? ` · ${fmt(info.mpp)} µm/px` : "") + ` · ${summary.join(" · ")}`;
+    (info.mpp ? ` · ${fmt(info.mpp)} µm/px` : "") + ` · ${summary.join(" · ")}` +
+    (info.has_image ? "" : ` · no slide image: ${info.image_error}; the maps alone`);
 }
 
 function positiveIndex(summary) { return summary.classes.length === 2 ? 1 : summary.pred; }
