@@ -70,9 +70,13 @@ class Page:
 
     def settle(self) -> None:
         """Wait until OpenSeadragon has asked for and drawn every tile of the view."""
-        self.page.wait_for_timeout(150)
+        self.frames(3)  # a change shows in getFullyLoaded() from the next drawn frame on
         self.page.wait_for_function("() => window.wsiView.loaded()", timeout=20000)
-        self.page.wait_for_timeout(100)
+        self.frames(2)
+
+    def frames(self, n: int) -> None:
+        self.page.evaluate("(n) => new Promise((done) => { const step = (k) => k ? requestAnimationFrame("
+                           "() => step(k - 1)) : done(); step(n); })", n)  # fmt: skip
 
     def set_opacity(self, value: float) -> None:
         self.page.evaluate("(v) => { const s = document.getElementById('opacity'); s.value = v;"
