@@ -58,6 +58,7 @@ class Page:
     """A loaded viewer page with its console errors and tile responses recorded."""
 
     def __init__(self, browser: Any, url: str) -> None:
+        self.url = url
         self.page = browser.new_page(viewport=VIEWPORT)
         self.errors: list[str] = []
         self.responses: list[tuple[str, int]] = []
@@ -122,6 +123,8 @@ def test_page_loads_without_console_errors(page: Page) -> None:
     assert page.page.locator("#legend-max").inner_text() != ""
     assert page.page.locator("#gallery figure").count() > 0
     assert page.errors == []
+    assert all(url.startswith(page.url) for url, _ in page.responses)  # no CDN: everything from the viewer
+    assert any(url.endswith("/static/openseadragon/openseadragon.min.js") for url, _ in page.responses)
 
 
 def test_hot_at_the_lesion_cold_elsewhere(page: Page) -> None:
