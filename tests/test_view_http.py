@@ -281,3 +281,17 @@ def test_annotations_from_the_run_config_and_a_run_whose_slide_moved(viewer: tup
     (tmp_path / "gone.svs").write_bytes(b"not a slide at all")  # unreadable: the same, with the reader's reason
     unreadable = ViewerService(RunCatalog(moved)).slide_info("lesion")
     assert not unreadable["has_image"] and "not a readable slide" in unreadable["image_error"]
+
+
+def test_cohort_values_read_each_file_once_and_cap_large_slides(viewer: tuple[str, Path],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from wsi_mil.view import catalog as catalog_module
+
+    _, run = viewer
+    catalog = catalog_module.RunCatalog(run)
+    full = catalog.cohort_values("abmil")
+    assert len(full["logit_tumor"]) == sum(len(catalog.scores(s, "abmil").coords) for s in ("lesion", "normal"))
+    monkeypatch.setattr(catalog_module, "COHORT_SAMPLE", 8)
+    capped = catalog_module.RunCatalog(run).cohort_values("abmil")["logit_tumor"]
+    assert len(capped) == 16  # 8 quantiles of each slide, its extremes included
+    assert capped.max() == full["logit_tumor"].max() and capped.min() == full["logit_tumor"].min()

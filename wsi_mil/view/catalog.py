@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 
 #: Score files kept in memory (a slide's maps for every head).
 SCORES_CACHE = 64
+#: Values a slide gives, at most, to a map's cohort colour range.
+COHORT_SAMPLE = 20_000
 
 
 class RunNotViewableError(WsiMilError, FileNotFoundError):
@@ -219,12 +221,23 @@ class RunCatalog:
     def heads(self) -> list[str]:
         return sorted({h for entry in self.slides.values() for h in entry.heads})
 
-    def cohort_values(self, head: str, name: str) -> np.ndarray:
-        """One map's values over every slide of the run that has it (for cohort colour ranges)."""
-        parts = []
+    def cohort_values(self, head: str) -> dict[str, np.ndarray]:
+        """Every map's values over every slide of the run that has it (for cohort colour ranges), reading each
+        scores file once. A slide with more than :data:`COHORT_SAMPLE` patches gives that many evenly spaced
+        quantiles of its values, so a cohort of thousands of slides stays a few hundred MB at most."""
+        from wsi_mil.explain.maps import available_maps, read_scores
+
+        parts: dict[str, list[np.ndarray]] = {}
         for slide_id, entry in self.slides.items():
-            if head in entry.heads:
-                values = self.maps(slide_id, head).get(name)
-                if values is not None:
-                    parts.append(values)
-        return np.concatenate(parts) if parts else np.zeros(0)
+            if head not in entry.heads:
+                continue
+            key = (slide_id, head)
+            with self._lock:
+                cached = self._scores.get(key)
+            maps = self.maps(slide_id, head) if cached is not None else available_maps(read_scores(entry.heads[head].path))
+            for name, values in maps.items():
+                values = np.asarray(values, dtype=np.float32)
+                if len(values) > COHORT_SAMPLE:
+                    values = np.sort(values)[np.linspace(0, len(values) - 1, COHORT_SAMPLE).round().astype(np.int64)]
+                parts.setdefault(name, []).append(values)
+        return {name: np.concatenate(chunks) for name, chunks in parts.items()}

@@ -118,12 +118,20 @@ class ViewerService:
             raise ScaleError(f"unknown scale {mode!r}; use slide, cohort or fixed")
         values = self.catalog.map_values(slide_id, head, name)  # KeyError for an unknown map
 
-        def compute() -> ScoreRange:
-            pooled = values if mode == "slide" else self.catalog.cohort_values(head, name)
-            return percentile_range(pooled, signed=is_signed(name))
+        if mode == "slide":
+            score_range = self.ranges.get((slide_id, head, name), lambda: percentile_range(values, signed=is_signed(name)))
+        else:
+            score_range = self.cohort_ranges(head)[name]
+        return Scale(mode, score_range, cmap)
 
-        key = ("range", slide_id if mode == "slide" else "", head, name)
-        return Scale(mode, self.ranges.get(key, compute), cmap)
+    def cohort_ranges(self, head: str) -> dict[str, ScoreRange]:
+        """Every map's cohort range for one head, from one pass over the run's scores files (then kept)."""
+
+        def compute() -> dict[str, ScoreRange]:
+            pooled = self.catalog.cohort_values(head)
+            return {name: percentile_range(values, signed=is_signed(name)) for name, values in pooled.items()}
+
+        return self.ranges.get(("", head), compute)
 
     def _lut(self, cmap: str) -> np.ndarray:
         return self.objects.get(("lut", cmap), lambda: colormap_lut(cmap))
