@@ -93,3 +93,25 @@ def test_every_static_file_ships_as_package_data() -> None:
     assert f"//! openseadragon {version}" in (osd / "openseadragon.min.js").read_text()[:200]
     page = (static / "index.html").read_text() + (static / "viewer.js").read_text()
     assert "http://" not in page and "https://" not in page  # everything from this server
+
+
+def test_a_tiff_only_tiffslide_reads_is_served_through_it(shared_data) -> None:  # noqa: ANN001
+    """Real data: a flat strip TIFF that OpenSlide rejects (kidney-ihc-strip.tif, 1493 x 901)."""
+    import io
+
+    from PIL import Image
+
+    from wsi_mil.view.tiles import SlideTiles
+
+    path = shared_data / "slides" / "kidney-ihc-strip.tif"
+    if not path.exists():
+        __import__("pytest").skip(f"{path} not in the shared data")
+    tiles = SlideTiles(path)
+    try:
+        assert tiles.reader.backend == "tiffslide" and tiles.grid.dimensions == (1493, 901)
+        corner = np.asarray(Image.open(io.BytesIO(tiles.jpeg(tiles.grid.max_level, 5, 3))))
+        assert corner.shape == (901 - 3 * 256, 1493 - 5 * 256, 3)
+        direct = tiles.reader.read_region((5 * 256, 3 * 256), 0, corner.shape[1::-1], as_array=True)
+        assert np.abs(corner.astype(int) - direct.astype(int)).mean() < 6  # the same pixels, JPEG aside
+    finally:
+        tiles.close()
