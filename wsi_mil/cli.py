@@ -142,6 +142,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quiet", action="store_true")
     demo.add_argument("--debug", action="store_true")
     demo.set_defaults(handler=_run_demo)
+
+    view = commands.add_parser("view", help="browse a run's slides, maps and top patches in a local web viewer",
+                               description="Serve a local web viewer of RUN_DIR (read-only) until Ctrl-C.")
+    view.add_argument("run_dir", type=Path, help="run directory holding scores/ (from wsi-mil predict or run)")
+    view.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    view.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    view.add_argument("--masks", type=Path, help="annotations folder (default: run.masks of the run's config)")
+    view.add_argument("--quiet", action="store_true")
+    view.add_argument("--debug", action="store_true")
+    view.set_defaults(handler=_run_view)
     return parser
 
 
@@ -327,6 +337,15 @@ def _run_demo(args: argparse.Namespace) -> int:
     result = run_demo(out=args.out, workers=args.workers, progress=not args.quiet, debug=args.debug)
     print(format_report(result))  # the demo's result tables are its output
     return 1 if result.pipeline.failed else 0
+
+
+def _run_view(args: argparse.Namespace) -> int:
+    from wsi_mil.view import serve
+
+    if not 0 <= args.port <= 65535:
+        raise WsiMilError(f"--port {args.port}: not a port number (0-65535)")
+    serve(args.run_dir, host=args.host, port=args.port, masks=args.masks)
+    return 0
 
 
 def _setup_logging(args: argparse.Namespace) -> None:
