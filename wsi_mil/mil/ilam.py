@@ -1,5 +1,7 @@
 """ILAM, Integrated Latent and Attention Mapping (ARCHITECTURE.md section 4; our definition).
 
+- the input standardized per channel with the fold's training statistics (a buffer of
+  the head, :mod:`wsi_mil.mil.standardize`);
 - shared projection phi_i = phi(h_i), D -> 512 (ReLU, dropout), optionally re-weighted
   by residual channel attention;
 - latent branch: instance logits s_i = W_s phi_i (N, C), what each patch says;
