@@ -99,16 +99,16 @@ def test_run_config_errors_name_key_and_file_before_any_work(tmp_path: Path, run
 
 
 @pytest.mark.slow
-def test_demo_meets_the_issue_targets(tmp_path: Path, shared_data: Path) -> None:
+def test_demo_meets_the_issue_targets(tmp_path: Path) -> None:
     """The demo cohort and settings, every stage but the heatmap drawing (tested in
-    test_pipeline_cli; the targets need only the scores): slide ROC-AUC >= 0.95,
-    attention patch ROC-AUC >= 0.90 and peak hit rate >= 0.9 for both heads."""
+    test_pipeline_cli; the targets need only the scores): both heads reach slide ROC-AUC >= 0.95
+    while the best stain statistic stays <= 0.75, and the best learned map's patch ROC-AUC is
+    >= 0.90 and >= the stain maps' + 0.15."""
     from wsi_mil.demo import format_report, run_demo, targets
 
     result = run_demo(out=tmp_path / "demo", stages=("tile", "extract", "train", "predict", "evaluate"), progress=False)
     assert result.pipeline.failed == 0
     checks = targets(result)
-    assert {(name.split(" >=")[0], model) for name, model, _, _ in checks} == {
-        (name, model) for name in ("slide ROC-AUC", "attention patch ROC-AUC", "attention peak hit rate")
-        for model in ("abmil", "ilam")}  # fmt: skip
+    assert [(name.split(" ")[0], model) for name, model, _, _ in checks[:2]] == [("slide", "abmil"), ("slide", "ilam")]
+    assert [name.split(" ")[:2] for name, *_ in checks[2:]] == [["stain", "baseline"], ["best", "learned"], ["best", "map"]]
     assert all(met for *_, met in checks), format_report(result)
