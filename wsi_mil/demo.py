@@ -118,8 +118,9 @@ def stain_baseline(run_dir: Path, labels: dict[str, str]) -> dict[str, float]:
     from wsi_mil.store.bags import find_bags, read_bag
 
     rows = []
-    for slide_id, path in find_bags(run_dir):
+    for _, path in find_bags(run_dir):
         bag = read_bag(path)
+        slide_id = str(bag.attrs.get("slide_id") or path.stem)
         with open_slide(str(bag.attrs["slide_path"]), mpp=bag.attrs.get("slide_mpp")) as slide:
             maps = stain_baseline_scores(slide, bag.coords, float(bag.attrs["patch_size_level0"]))
         rows.append((labels[slide_id] == "tumor", slide_stain_statistics(maps)))
