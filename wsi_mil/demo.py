@@ -4,8 +4,10 @@ Builds (or reuses) the demo cohort (wsi_mil.demo_cohort: 24 slides of real H&E, 
 with planted lesions and ground-truth masks), runs tile -> extract (EfficientNet-Lite0,
 ImageNet weights shipped offline) -> train (ABMIL and ILAM, 5-fold CV) -> predict ->
 heatmap -> evaluate-maps on the CPU through :func:`wsi_mil.pipeline.run_pipeline`, and
-reports the cross-validated slide metrics, how well each map localizes the planted
-lesions, the issue-6 targets, and where the heatmaps are. ``configs/demo.yaml`` holds
+reports the cross-validated slide metrics and how well each map localizes the planted
+lesions, each beside a baseline that learns nothing (per-slide stain statistics and the
+per-patch stain maps of wsi_mil.explain.stain_baseline), the targets, and where the
+heatmaps are. ``configs/demo.yaml`` holds
 the same settings for ``wsi-mil run``.
 """
 
