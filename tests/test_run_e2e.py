@@ -537,7 +537,6 @@ def test_demo_rerun_with_other_settings_is_refused(tmp_path: Path, monkeypatch: 
     from wsi_mil import demo
     from wsi_mil.errors import ConfigError
 
-    monkeypatch.setattr(demo, "shared_data_dir", lambda: None)  # the generated cohort: quick, no shared data
     spec = CohortSpec(n_slides=2, width=1024, height=768, seed=1)
     result = demo.run_demo(out=tmp_path / "demo", spec=spec, stages=("tile",), workers=0, progress=False)
     assert result.pipeline.failed == 0 and len(result.pipeline.records["tile"]) == 2

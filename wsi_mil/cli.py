@@ -103,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--masks", type=Path, help="folder of <slide_id>.png|.geojson|.xml annotations (localization)")
     evaluate.add_argument("--no-faithfulness", dest="faithfulness", action="store_false",
                           help="skip the bag-level removal / keep-only curves (they re-run the heads)")  # fmt: skip
+    evaluate.add_argument("--no-stain-baseline", dest="baseline", action="store_false",
+                          help="skip the non-learned stain maps scored beside the learned ones (they read the slides)")
     evaluate.add_argument("--model", help="which scores/<model>/ folder (needed when there are several)")
     evaluate.add_argument("--positive-fraction", type=float, default=0.5,
                           help="a patch is lesion when at least this fraction of it is annotated")  # fmt: skip
@@ -233,7 +235,7 @@ def _run_evaluate_maps(args: argparse.Namespace) -> int:
     from wsi_mil.explain.evaluate import evaluate_maps
 
     _, out = evaluate_maps(args.run_dir, masks=args.masks, model=args.model, positive_fraction=args.positive_fraction,
-                           faithfulness=args.faithfulness)  # fmt: skip
+                           faithfulness=args.faithfulness, baseline=args.baseline)  # fmt: skip
     if not args.quiet:
         print((out / "explanations.md").read_text())
         print(f"tables: {out}")
