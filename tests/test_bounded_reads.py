@@ -154,5 +154,5 @@ def test_slide_time_limit_fails_the_slide_not_the_batch(tmp_path: Path, referenc
     row = _manifest(run)["reference"]
     assert row["status"] == "failed" and "time limit of 1e-06 s" in row["error"]
     assert main(["tile", str(reference_slide), "--out", str(run), "--workers", "0", "--quiet",
-                 "--set", "tiling.slide_timeout=600"]) == 0  # fmt: skip
+                 "--slide-timeout", "600"]) == 0  # fmt: skip
     assert _manifest(run)["reference"]["status"] == "done"

@@ -23,6 +23,7 @@ from wsi_mil.errors import ConfigError, WsiMilError
         (["tile", "S", "--out", "R", "--target-mpp", "0.5", "-1"], "--target-mpp"),
         (["tile", "S", "--out", "R", "--level", "-1"], "--level"),
         (["tile", "S", "--out", "R", "--mpp", "inf"], "--mpp"),
+        (["tile", "S", "--out", "R", "--slide-timeout", "0"], "--slide-timeout"),
         (["extract", "R", "--batch-size", "0"], "--batch-size"),
         (["extract", "R", "--num-workers", "-1"], "--num-workers"),
         (["heatmap", "R", "--alpha", "2"], "--alpha"),

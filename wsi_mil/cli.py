@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     tile.add_argument("--mpp", type=options.positive_float,
                       help="level-0 um/px of every slide, replacing what the files say (a CSV mpp column wins)")
     tile.add_argument("--extensions", nargs="+", help="file suffixes to pick up in folders")
+    tile.add_argument("--slide-timeout", type=options.positive_float, metavar="SECONDS",
+                      help="a slide taking longer fails and the batch goes on (tiling.slide_timeout)")  # fmt: skip
     _add_common(tile)
     tile.set_defaults(handler=_run_tile)
 
@@ -151,7 +153,7 @@ def _tiling_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         key: getattr(args, key)
         for key in (
             "target_mpp", "magnification", "level", "patch_size", "overlap", "tissue_threshold",
-            "bag_format", "save_pixels", "reader", "mpp", "extensions",
+            "bag_format", "save_pixels", "reader", "mpp", "extensions", "slide_timeout",
         )  # fmt: skip
         if getattr(args, key) is not None
     }
