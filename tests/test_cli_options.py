@@ -77,7 +77,7 @@ def test_a_cluster_without_workers_fails_instead_of_hanging(monkeypatch: pytest.
     import wsi_mil.parallel as parallel
 
     monkeypatch.setattr(parallel, "WORKER_WAIT_S", 2.0)
-    with LocalCluster(n_workers=0, processes=False, dashboard_address=None) as cluster:
+    with LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as cluster:
         started = time.perf_counter()
         with pytest.raises(WsiMilError, match="no Dask worker"):
             parallel.map_slides(_identity, [1], on_result=lambda *_: None, on_crash=lambda *_: None,

@@ -85,3 +85,10 @@ def test_dicom_files_of_one_series_beside_other_slides_count_once(tmp_path: Path
     _touch(tmp_path / "junk.dcm")  # not DICOM at all: listed, and fails cleanly when opened
     sources = find_slides([tmp_path], extensions=DEFAULT_EXTENSIONS)
     assert sorted(s.slide_id for s in sources) == ["a", "boxes_0", "junk"]
+
+
+def test_run_command_refuses_unsafe_ids_before_writing_anything(tmp_path: Path, reference_slide: Path) -> None:
+    (tmp_path / "list.csv").write_text(f"path,slide_id\n{reference_slide},../../x\n")
+    (tmp_path / "run.yaml").write_text("run:\n  slides: list.csv\n  out: out/run\n  stages: [tile, extract]\n")
+    assert main(["run", str(tmp_path / "run.yaml"), "--workers", "0", "--quiet"]) == 2
+    assert not (tmp_path / "out").exists()
