@@ -60,7 +60,9 @@ def test_forged_header_fails_fast_in_a_batch(tmp_path: Path, reference_slide: Pa
     assert time.perf_counter() - started < 5
 
     run = tmp_path / "run"
-    code = main(["tile", str(bomb), str(reference_slide), "--out", str(run), "--workers", "0", "--quiet"])
+    # --mpp: without it the forged file would fail for lack of an MPP before reading pixels.
+    code = main(["tile", str(bomb), str(reference_slide), "--out", str(run), "--workers", "0", "--quiet",
+                 "--mpp", "0.5"])  # fmt: skip
     assert code == 1  # one failed, the batch went on
     rows = _manifest(run)
     assert rows["bomb"]["status"] == "failed" and "corrupt or forged" in rows["bomb"]["error"]
@@ -114,7 +116,9 @@ def corrupt_slides(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.mark.parametrize("reader", ["openslide", "tiffslide"])
-def test_a_few_corrupt_tiles_are_filled_and_listed(tmp_path: Path, corrupt_slides: dict[str, Path], reader: str) -> None:
+def test_a_few_corrupt_tiles_are_filled_and_listed(
+    tmp_path: Path, corrupt_slides: dict[str, Path], reader: str
+) -> None:
     config = Config(tiling=TilingConfig(reader=reader))
     [record] = tile_slide(SlideSource(corrupt_slides["one_bad_tile"], "one"), tmp_path, config=config)
     assert record["status"] == "done", record["error"]

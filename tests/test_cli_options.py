@@ -54,10 +54,12 @@ def test_negative_workers_do_not_hang_the_real_command(tmp_path: Path, reference
     assert not (tmp_path / "run").exists()
 
 
-def test_workers_config_key_is_checked(tmp_path: Path, reference_slide: Path, caplog) -> None:
-    code = main(["tile", str(reference_slide), "--out", str(tmp_path / "run"), "--set", "parallel.workers=-2", "--quiet"])
+def test_workers_config_key_is_checked(tmp_path: Path, reference_slide: Path, capsys) -> None:
+    run = tmp_path / "run"
+    code = main(["tile", str(reference_slide), "--out", str(run), "--set", "parallel.workers=-2", "--quiet"])
     assert code == 2
-    assert not (tmp_path / "run").exists()
+    assert "workers must be >= 0" in capsys.readouterr().err
+    assert not run.exists()
 
 
 def _identity(item: int) -> int:

@@ -21,7 +21,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config key"
     )
-    parser.add_argument("--workers", type=options.non_negative_int, help="local Dask worker processes (default: one per core; 0: no Dask)")
+    parser.add_argument("--workers", type=options.non_negative_int,
+                        help="local Dask worker processes (default: one per core; 0: no Dask)")  # fmt: skip
     parser.add_argument("--scheduler", help="address of an existing Dask scheduler, e.g. tcp://host:8786")
     parser.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
     parser.add_argument("--debug", action="store_true", help="log tracebacks of failures")
@@ -40,9 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tile.add_argument("paths", nargs="+", help="slide files, folders (recursive) or a CSV with a 'path' column")
     tile.add_argument("--out", required=True, type=Path, help="run directory")
-    tile.add_argument("--target-mpp", type=options.positive_float, nargs="+", help="target um/px; several give one bag set each")
-    tile.add_argument("--magnification", type=options.positive_float, nargs="+", help="target magnification(s), e.g. 20 (= 0.5 um/px)")
-    tile.add_argument("--level", type=options.non_negative_int, help="tile at this pyramid level in pixels (no MPP needed)")
+    tile.add_argument("--target-mpp", type=options.positive_float, nargs="+",
+                      help="target um/px; several give one bag set each")  # fmt: skip
+    tile.add_argument("--magnification", type=options.positive_float, nargs="+",
+                      help="target magnification(s), e.g. 20 (= 0.5 um/px)")  # fmt: skip
+    tile.add_argument("--level", type=options.non_negative_int,
+                      help="tile at this pyramid level in pixels (no MPP needed)")  # fmt: skip
     tile.add_argument("--patch-size", type=options.patch_size, help="patch side in pixels at the target resolution")
     tile.add_argument("--overlap", type=options.open_fraction, help="fraction of a patch shared with its neighbour")
     tile.add_argument("--tissue-threshold", type=options.fraction, help="minimum tissue fraction of a kept patch")
@@ -86,9 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     heatmap.add_argument("--model", help="which scores/<model>/ folder (needed when there are several)")
     heatmap.add_argument("--maps", nargs="+", help="attention_pct attention_raw attention relevance logit contribution")
     heatmap.add_argument("--formats", nargs="+", help="zarr tiff rgba_tiff png geojson blend_tiff")
-    heatmap.add_argument("--level", type=options.non_negative_int, help="finest OME-Zarr scale: this slide pyramid level")
-    heatmap.add_argument("--mpp", type=options.positive_float, help="finest OME-Zarr scale in um/px (instead of --level)")
-    heatmap.add_argument("--smooth-sigma", type=options.non_negative_float, help="Gaussian sigma in pixels of the finest scale (0: none)")
+    heatmap.add_argument("--level", type=options.non_negative_int,
+                         help="finest OME-Zarr scale: this slide pyramid level")  # fmt: skip
+    heatmap.add_argument("--mpp", type=options.positive_float,
+                         help="finest OME-Zarr scale in um/px (instead of --level)")  # fmt: skip
+    heatmap.add_argument("--smooth-sigma", type=options.non_negative_float,
+                         help="Gaussian sigma in pixels of the finest scale (0: none)")  # fmt: skip
     heatmap.add_argument("--cmap", help="matplotlib colormap of the colour-mapped outputs")
     heatmap.add_argument("--alpha", type=options.fraction, help="opacity of the colour map over the slide")
     _add_common(heatmap)
@@ -130,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("config", type=Path, help="YAML config with a run section (see configs/demo.yaml)")
     run.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config key")
-    run.add_argument("--workers", type=options.non_negative_int, help="local Dask worker processes (default: one per core; 0: no Dask)")
+    run.add_argument("--workers", type=options.non_negative_int,
+                     help="local Dask worker processes (default: one per core; 0: no Dask)")  # fmt: skip
     run.add_argument("--scheduler", help="address of an existing Dask scheduler, e.g. tcp://host:8786")
     run.add_argument("--overwrite", action="store_true",
                      help="redo outputs that already exist; outputs made with settings other than "

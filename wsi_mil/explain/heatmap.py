@@ -297,7 +297,8 @@ def find_jobs(run_dir: str | Path, *, model: str | None = None) -> tuple[str, li
             continue
         subset = path.parent.relative_to(root / model)  # a bag set (e.g. 0.5mpp) or nothing
         label = model if subset == Path(".") else f"{model}/{subset.as_posix()}"
-        jobs.append(HeatmapJob(check_slide_id(path.stem, where=path), path, run_dir / "heatmaps" / model / subset / path.stem,
+        slide_id = check_slide_id(path.stem, where=path)
+        jobs.append(HeatmapJob(slide_id, path, run_dir / "heatmaps" / model / subset / path.stem,
                                bag_path=_find_bag(run_dir, subset, path.stem), label=label, run_dir=run_dir,
                                model=model, subset=subset))  # fmt: skip
     return model, jobs

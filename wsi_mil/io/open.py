@@ -71,8 +71,10 @@ def _probe(reader: BaseReader) -> None:
         raise SlideReadError(f"{reader.path}: level {level} has no pixels ({width}x{height})")
     size = (min(width, 16), min(height, 16))
     downsample = reader.level_downsamples[level]
-    spots = sorted({(int(i * (width - size[0]) / max(1, PROBE_GRID - 1)), int(j * (height - size[1]) / max(1, PROBE_GRID - 1)))
-                    for j in range(PROBE_GRID) for i in range(PROBE_GRID)}, key=lambda xy: (xy != (0, 0), xy[1], xy[0]))  # fmt: skip
+    steps = max(1, PROBE_GRID - 1)
+    xs = sorted({i * (width - size[0]) // steps for i in range(PROBE_GRID)})
+    ys = sorted({j * (height - size[1]) // steps for j in range(PROBE_GRID)})
+    spots = [(x, y) for y in ys for x in xs]  # (0, 0) first
     first: SlideReadError | None = None
     for x, y in spots:
         try:
