@@ -21,6 +21,7 @@ from pathlib import Path
 from wsi_mil.errors import SlideOpenError, SlideReadError, SlideTooLargeError
 from wsi_mil.io.base import BaseReader
 from wsi_mil.io.bounded import check_claimed_size
+from wsi_mil.io.dicom_series import is_dicom_slide_folder
 from wsi_mil.io.image_reader import ImageReader
 from wsi_mil.io.openslide_reader import OpenSlideReader
 from wsi_mil.io.tiffslide_reader import TiffSlideReader
@@ -51,10 +52,13 @@ def auto_order(path: Path) -> list[str]:
 def resolve_entry_file(path: Path) -> Path:
     """A DICOM folder is opened through one of its files (OpenSlide finds the rest)."""
     if path.is_dir():
-        dicoms = sorted(path.glob("*.dcm"))
-        if not dicoms:
-            raise SlideOpenError(f"{path}: a folder is only a slide when it holds DICOM (.dcm) files")
-        return dicoms[0]
+        dicoms = sorted(p.name for p in path.glob("*.dcm") if not p.name.startswith("."))
+        if not is_dicom_slide_folder(path, dicoms):
+            raise SlideOpenError(
+                f"{path}: a folder is only a slide when it holds DICOM (.dcm) files of one series; "
+                "give the slide file itself, or the folder's files one by one"
+            )
+        return path / dicoms[0]
     return path
 
 
