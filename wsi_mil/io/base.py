@@ -83,6 +83,22 @@ def to_rgb_uint8(array: np.ndarray, background: tuple[int, int, int] = (255, 255
     return np.ascontiguousarray(array[..., :3])
 
 
+def _fit(size: tuple[int, int], box: tuple[int, int]) -> tuple[int, int]:
+    """``size`` scaled down to fit in ``box`` keeping its aspect ratio, as ``PIL.Image.thumbnail`` rounds."""
+    width, height = size
+    x, y = box
+    if x >= width and y >= height:
+        return width, height
+    aspect = width / height
+
+    def round_aspect(number: float, key: Any) -> int:
+        return max(min(math.floor(number), math.ceil(number), key=key), 1)
+
+    if x / y >= aspect:
+        return round_aspect(y * aspect, key=lambda n: abs(aspect - n / y)), y
+    return x, round_aspect(x / aspect, key=lambda n: 0 if n == 0 else abs(aspect - x / n))
+
+
 class BaseReader(abc.ABC):
     """Shared behaviour of the backends: MPP, thumbnails, context management, errors."""
 
@@ -216,8 +232,9 @@ class BaseReader(abc.ABC):
         level = self.get_best_level_for_downsample(downsample)
         factor = max(1, int(math.floor(downsample / self.level_downsamples[level] + 1e-6)))
         image = Image.fromarray(read_level_reduced(self, level, factor, max_unreadable=1.0).rgb)
-        image.thumbnail((max(1, int(width / downsample)), max(1, int(height / downsample))), Image.Resampling.BOX)
-        return image
+        box = (max(1, int(width / downsample)), max(1, int(height / downsample)))
+        target = _fit(self.level_dimensions[level], box)  # the size a thumbnail of the whole level would have
+        return image if image.size == target else image.resize(target, Image.Resampling.BOX)
 
     def __enter__(self) -> BaseReader:
         return self
