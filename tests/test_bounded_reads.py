@@ -160,3 +160,18 @@ def test_slide_time_limit_fails_the_slide_not_the_batch(tmp_path: Path, referenc
     assert main(["tile", str(reference_slide), "--out", str(run), "--workers", "0", "--quiet",
                  "--slide-timeout", "600"]) == 0  # fmt: skip
     assert _manifest(run)["reference"]["status"] == "done"
+
+
+def test_captured_warnings_keep_slide_messages_and_pass_on_code_warnings() -> None:
+    import logging
+    import warnings
+
+    from wsi_mil.io.library_warnings import capture_library_warnings, summarize_warnings
+
+    with pytest.warns(DeprecationWarning, match="old api"):
+        with capture_library_warnings() as captured:
+            logging.getLogger("tifffile").warning("odd page %d", 3)
+            logging.getLogger("tifffile").warning("odd page %d", 3)
+            warnings.warn("Image size exceeds limit", UserWarning)
+            warnings.warn("old api", DeprecationWarning)
+    assert summarize_warnings(captured) == "tifffile: odd page 3 (x2); UserWarning: Image size exceeds limit"

@@ -92,3 +92,12 @@ def test_run_command_refuses_unsafe_ids_before_writing_anything(tmp_path: Path, 
     (tmp_path / "run.yaml").write_text("run:\n  slides: list.csv\n  out: out/run\n  stages: [tile, extract]\n")
     assert main(["run", str(tmp_path / "run.yaml"), "--workers", "0", "--quiet"]) == 2
     assert not (tmp_path / "out").exists()
+
+
+def test_folder_ids_come_from_the_name_given(tmp_path: Path, shared_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = tmp_path / "1.2.840.113619"
+    shutil.copytree(shared_data / "dicom-boxes", real)
+    (tmp_path / "case-2").symlink_to(real)
+    assert [s.slide_id for s in find_slides([tmp_path / "case-2"], extensions=DEFAULT_EXTENSIONS)] == ["case-2"]
+    monkeypatch.chdir(real)
+    assert [s.slide_id for s in find_slides(["."], extensions=DEFAULT_EXTENSIONS)] == ["1.2.840.113619"]

@@ -39,7 +39,7 @@ STAGE_ORDER = ("tile", "extract", "train", "predict", "heatmap", "evaluate")
 #: Keys that change how a run is done, not what it writes: a rerun may change them.
 #: (``run.masks``: the evaluate stage recomputes its tables on every run.)
 NEUTRAL_KEYS = frozenset({
-    "tiling.extensions", "tiling.qc",
+    "tiling.extensions", "tiling.qc", "tiling.slide_timeout", "tiling.max_unreadable_fraction",
     "extract.device", "extract.batch_size", "extract.loader", "extract.num_workers", "extract.threads",
     "extract.freeze", "extract.direct_tiles",
     "parallel.workers", "parallel.scheduler",

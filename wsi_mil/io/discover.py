@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import configparser
 import csv
+import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ class SlideSource:
 
 def slide_id_for(path: Path) -> str:
     if path.is_dir():
-        return path.resolve().name
+        return Path(os.path.abspath(path)).name  # "." and "x/.." -> a real name; a symlink keeps its own
     return path.name[: -len(path.suffix)] if path.suffix else path.name
 
 
@@ -91,8 +92,6 @@ def scan_folder(folder: Path, extensions: Sequence[str]) -> list[Path]:
 
 
 def _walk(folder: Path) -> Iterable[tuple[Path, list[str], list[str]]]:
-    import os
-
     for directory, subdirs, files in os.walk(folder):
         yield Path(directory), subdirs, files
 

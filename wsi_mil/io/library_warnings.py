@@ -19,6 +19,8 @@ from collections.abc import Iterator
 
 #: Loggers of the libraries that read slides.
 LIBRARY_LOGGERS = ("tifffile", "tiffslide", "PIL", "imagecodecs", "openslide", "pydicom")
+#: Warnings about code rather than the slide, left to Python's usual filters.
+DEVELOPER_WARNINGS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning, ImportWarning, ResourceWarning)
 #: Distinct messages kept per slide, and characters per message.
 KEEP, WIDTH = 5, 200
 
@@ -29,7 +31,10 @@ class _Collect(logging.Handler):
         self.sink = sink
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.sink.append(f"{record.name}: {record.getMessage()}")
+        try:
+            self.sink.append(f"{record.name}: {record.getMessage()}")
+        except Exception:  # a malformed log call must not fail the slide
+            self.handleError(record)
 
 
 @contextlib.contextmanager
@@ -51,7 +56,12 @@ def capture_library_warnings() -> Iterator[list[str]]:
         for library_logger, handlers, propagate in saved:
             library_logger.handlers = handlers
             library_logger.propagate = propagate
-        captured.extend(f"{w.category.__name__}: {w.message}" for w in caught)
+        for caught_warning in caught:
+            if issubclass(caught_warning.category, DEVELOPER_WARNINGS):  # about code, not the slide: as usual
+                warnings.warn_explicit(caught_warning.message, caught_warning.category, caught_warning.filename,
+                                       caught_warning.lineno)  # fmt: skip
+            else:
+                captured.append(f"{caught_warning.category.__name__}: {caught_warning.message}")
 
 
 def summarize_warnings(messages: list[str]) -> str:
