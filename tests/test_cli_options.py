@@ -30,6 +30,7 @@ from wsi_mil.errors import ConfigError, WsiMilError
         (["heatmap", "R", "--smooth-sigma", "-1"], "--smooth-sigma"),
         (["train", "R", "--labels", "L", "--folds", "1"], "--folds"),
         (["train", "R", "--labels", "L", "--epochs", "0"], "--epochs"),
+        (["train", "R", "--labels", "L", "--repeats", "0"], "--repeats"),
         (["run", "C", "--workers", "-1"], "--workers"),
         (["evaluate-maps", "R", "--positive-fraction", "x"], "--positive-fraction"),
     ],

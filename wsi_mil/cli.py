@@ -153,6 +153,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quiet", action="store_true")
     demo.add_argument("--debug", action="store_true")
     demo.set_defaults(handler=_run_demo)
+
+    view = commands.add_parser("view", help="browse a run's slides, maps and top patches in a local web viewer",
+                               description="Serve a local web viewer of RUN_DIR (read-only) until Ctrl-C.")
+    view.add_argument("run_dir", type=Path, help="run directory holding scores/ (from wsi-mil predict or run)")
+    view.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    view.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    view.add_argument("--masks", type=Path, help="annotations folder (default: run.masks of the run's config)")
+    view.add_argument("--quiet", action="store_true")
+    view.add_argument("--debug", action="store_true")
+    view.set_defaults(handler=_run_view)
     return parser
 
 
@@ -255,6 +265,8 @@ def _add_training_commands(commands: Any) -> None:
     train.add_argument("--features", type=Path, nargs="+", default=[],
                        help="feature folders instead of RUN_DIR/features (also CLAM h5_files/pt_files folders)")  # fmt: skip
     train.add_argument("--folds", type=options.fold_count, help="k of stratified k-fold cross-validation")
+    train.add_argument("--repeats", type=options.positive_int,
+                       help="rounds of k-fold cross-validation, each with its own fold seed")  # fmt: skip
     train.add_argument("--epochs", type=options.positive_int)
     train.add_argument("--seed", type=options.any_int)
     train.add_argument("--device", help="auto, cpu, cuda or cuda:N")
@@ -292,7 +304,7 @@ def _run_train(args: argparse.Namespace) -> int:
     from wsi_mil.config import load_config
     from wsi_mil.mil.run import model_dir_for, train_run
 
-    train = {k: getattr(args, k) for k in ("model", "name", "folds", "epochs", "seed", "device") if getattr(args, k) is not None}
+    train = {k: getattr(args, k) for k in ("model", "name", "folds", "repeats", "epochs", "seed", "device") if getattr(args, k) is not None}
     config = load_config(args.config, overrides={"train": train}, sets=args.set)
     train_run(args.run_dir, args.labels, config=config, features=args.features, overwrite=args.overwrite)
     model_dir = model_dir_for(args.run_dir, config)
@@ -337,6 +349,15 @@ def _run_demo(args: argparse.Namespace) -> int:
     result = run_demo(out=args.out, workers=args.workers, progress=not args.quiet, debug=args.debug)
     print(format_report(result))  # the demo's result tables are its output
     return 1 if result.pipeline.failed else 0
+
+
+def _run_view(args: argparse.Namespace) -> int:
+    from wsi_mil.view import serve
+
+    if not 0 <= args.port <= 65535:
+        raise WsiMilError(f"--port {args.port}: not a port number (0-65535)")
+    serve(args.run_dir, host=args.host, port=args.port, masks=args.masks)
+    return 0
 
 
 def _setup_logging(args: argparse.Namespace) -> None:

@@ -193,15 +193,34 @@ class TrainConfig:
     name: str | None = None
     #: Stratified k-fold CV (grouped by patient_id); ignored when the labels CSV has a split column.
     folds: int = 5
+    #: Repeated cross-validation: R rounds of k folds, each with its own fold seed.
+    repeats: int = 1
     #: Fraction of each class's training patients held out for validation (0: none, no early stopping).
     val_fraction: float = 0.2
     seed: int = 0
+    #: Model selection: auto (early stopping when the validation carve-out is large enough, else
+    #: fixed), fixed (no carve-out, keep the last epoch) or early_stopping (see wsi_mil.mil.selection).
+    selection: str = "auto"
+    #: auto uses early stopping only when the validation carve-out holds at least this many bags.
+    min_val_bags: int = 40
+    #: Training epochs (the maximum under early stopping).
     epochs: int = 50
-    #: Early stopping never stops before this many epochs.
+    #: Early stopping never keeps an epoch before this one.
     min_epochs: int = 10
-    #: Stop after this many epochs without improvement of ``monitor``.
+    #: Stop after this many epochs without improvement of the smoothed ``monitor``.
     patience: int = 10
     monitor: str = "val_loss"
+    #: The monitored value is averaged over this many trailing epochs.
+    smooth_epochs: int = 3
+    #: Per-channel feature standardization fitted on each fold's training instances.
+    standardize: bool = True
+    #: Bags per optimizer step (padded, with masked attention).
+    batch_bags: int = 8
+    #: Torch threads while training; null: 1 for small steps, else the usable cores (at most 8).
+    threads: int | None = None
+    #: Training matmuls: auto (bfloat16 where the CPU or GPU computes it natively, else float32),
+    #: float32 or bfloat16. Weights, softmax, losses and evaluation stay float32.
+    precision: str = "auto"
     lr: float = 2e-4
     weight_decay: float = 1e-4
     scheduler: str = "cosine"
@@ -238,6 +257,8 @@ class TrainConfig:
 
     CHOICES: typing.ClassVar[dict[str, tuple[Any, ...]]] = {
         "monitor": ("val_loss", "val_auc"),
+        "selection": ("auto", "fixed", "early_stopping"),
+        "precision": ("auto", "float32", "bfloat16"),
         "scheduler": ("cosine", "plateau", "none"),
         "balance": ("weighted", "sampler", "none"),
     }
@@ -245,6 +266,10 @@ class TrainConfig:
     def check(self) -> None:
         if self.epochs < 1 or self.min_epochs < 0 or self.patience < 1:
             raise ValueError("epochs and patience must be at least 1, min_epochs at least 0")
+        if self.repeats < 1 or self.batch_bags < 1 or self.smooth_epochs < 1 or self.min_val_bags < 1:
+            raise ValueError("repeats, batch_bags, smooth_epochs and min_val_bags must be at least 1")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError("threads must be at least 1 (or null: chosen from the bag sizes)")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError("val_fraction must be in [0, 1)")
         if not 0.0 <= self.instance_dropout < 1.0 or not 0.0 <= self.dropout < 1.0:
