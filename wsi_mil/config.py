@@ -86,6 +86,12 @@ class TilingConfig:
     mpp: float | None = None
     #: Write a QC image per slide and bag set.
     qc: bool = True
+    #: Seconds one slide may take (all its bag sets); over it the slide is ``failed`` and the batch
+    #: goes on. Checked between reads, so a read in progress finishes first. null: no limit.
+    slide_timeout: float | None = None
+    #: A slide whose undecodable tiles cover more than this fraction of the tissue-detection
+    #: thumbnail fails; fewer are filled as background and listed in the manifest note.
+    max_unreadable_fraction: float = 0.05
     extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
 
     CHOICES: typing.ClassVar[dict[str, tuple[Any, ...]]] = {
@@ -104,6 +110,14 @@ class TilingConfig:
             raise ValueError("set target_mpp, magnification or level")
         if any(value <= 0 for value in (*self.target_mpp, *self.magnification)):
             raise ValueError("target_mpp and magnification must be positive")
+        if self.level is not None and self.level < 0:
+            raise ValueError("level must be >= 0")
+        if self.mpp is not None and self.mpp <= 0:
+            raise ValueError("mpp must be positive")
+        if self.slide_timeout is not None and self.slide_timeout <= 0:
+            raise ValueError("slide_timeout must be a positive number of seconds (or null: no limit)")
+        if not 0.0 <= self.max_unreadable_fraction <= 1.0:
+            raise ValueError("max_unreadable_fraction must be in [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -149,6 +163,8 @@ class ExtractConfig:
             raise ValueError("batch_size must be at least 1")
         if self.num_workers is not None and self.num_workers < 0:
             raise ValueError("num_workers must be >= 0")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError("threads must be at least 1 (or null: all cores)")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
@@ -161,6 +177,10 @@ class ParallelConfig:
     workers: int | None = None
     #: Address of an existing Dask scheduler (tcp://host:8786); replaces the local cluster.
     scheduler: str | None = None
+
+    def check(self) -> None:
+        if self.workers is not None and self.workers < 0:
+            raise ValueError(f"workers must be >= 0 (0: no Dask), got {self.workers}")
 
 
 @dataclass(frozen=True)
@@ -314,6 +334,10 @@ class HeatmapConfig:
             raise ValueError(f"unknown format(s) {unknown}; allowed: {', '.join(self.FORMATS)}")
         if self.level is not None and self.mpp is not None:
             raise ValueError("set level or mpp, not both")
+        if (self.level is not None and self.level < 0) or (self.mpp is not None and self.mpp <= 0):
+            raise ValueError("level must be >= 0 and mpp positive")
+        if (self.threads is not None and self.threads < 1) or self.gallery_k < 1:
+            raise ValueError("threads (or null) and gallery_k must be at least 1")
         if self.smooth_sigma < 0 or not 0.0 <= self.alpha <= 1.0:
             raise ValueError("smooth_sigma must be >= 0 and alpha in [0, 1]")
         if not 0.0 <= self.percentiles[0] < self.percentiles[1] <= 100.0:

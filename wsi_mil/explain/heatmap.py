@@ -22,6 +22,7 @@ import numpy as np
 
 from wsi_mil.config import Config, HeatmapConfig
 from wsi_mil.errors import WsiMilError
+from wsi_mil.io.slide_ids import check_slide_id
 from wsi_mil.manifest import failure_record
 from wsi_mil.explain.maps import SlideScores, read_scores, safe_name, select_maps
 from wsi_mil.explain.stitch import CanvasGeometry, ScorePainter, ScoreRange, TissueMask, stitch_scores
@@ -296,7 +297,8 @@ def find_jobs(run_dir: str | Path, *, model: str | None = None) -> tuple[str, li
             continue
         subset = path.parent.relative_to(root / model)  # a bag set (e.g. 0.5mpp) or nothing
         label = model if subset == Path(".") else f"{model}/{subset.as_posix()}"
-        jobs.append(HeatmapJob(path.stem, path, run_dir / "heatmaps" / model / subset / path.stem,
+        slide_id = check_slide_id(path.stem, where=path)
+        jobs.append(HeatmapJob(slide_id, path, run_dir / "heatmaps" / model / subset / path.stem,
                                bag_path=_find_bag(run_dir, subset, path.stem), label=label, run_dir=run_dir,
                                model=model, subset=subset))  # fmt: skip
     return model, jobs
