@@ -168,8 +168,8 @@ class TileBlender:
         self._weighted_lut = np.float32(alpha) * colormap_lut(cmap).astype(np.float32)  # (256, 3) alpha * colour
 
     def __call__(self, rgb: np.ndarray, scores: np.ndarray) -> np.ndarray:
-        """rgb: (h, w, 3) uint8; scores: (h, w) float, NaN keeps the slide."""
-        valid = np.isfinite(scores)
+        """rgb: (h, w, 3) uint8; scores: (h, w) float, NaN and near-neutral values keep the slide."""
+        valid = self.score_range.visible(scores)
         index = (self.score_range.normalize(np.where(valid, scores, 0.0)) * 255.0 + 0.5).astype(np.uint8)
         mixed = rgb.astype(np.float32)
         mixed *= 1.0 - self.alpha
