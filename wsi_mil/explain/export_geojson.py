@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from wsi_mil.config import HeatmapConfig
+from wsi_mil.explain.maps import SlideScores
 from wsi_mil.explain.stitch import ScoreRange, colormap_lut
 from wsi_mil.geojson import feature_id, polygons, qupath_feature, union_of_squares, write_feature_collection
 
@@ -105,3 +107,25 @@ def region_features(
 def write_region_geojson(path: str | Path, features_by_map: Mapping[str, list[dict]]) -> Path:
     """Every map's regions in one FeatureCollection (QuPath: one class per map)."""
     return write_feature_collection(path, [f for features in features_by_map.values() for f in features])
+
+
+def write_slide_geojson(scores: SlideScores, maps: Mapping[str, np.ndarray], ranges: Mapping[str, ScoreRange], *,
+                        out_dir: Path, options: HeatmapConfig, mpp: float | None, overwrite: bool = False) -> int:  # fmt: skip
+    """``patches.geojson`` and ``regions.geojson`` of one slide (those missing, or all with ``overwrite``); returns how many."""
+    from wsi_mil.explain.scaling import map_cmap
+
+    patches, regions = out_dir / PATCHES_NAME, out_dir / REGIONS_NAME
+    size, written = scores.patch_size_level0, 0
+    if overwrite or not patches.exists():
+        classes = patch_classes(scores.arrays.get("instance_logits"), scores.classes, len(scores.coords))
+        write_patch_geojson(patches, scores.coords, maps, patch_size_level0=size, slide_id=scores.slide_id,
+                            classifications=classes)  # fmt: skip
+        written += 1
+    if overwrite or not regions.exists():
+        features = {name: region_features(name, scores.coords, values, patch_size_level0=size, score_range=ranges[name],
+                                          above=options.regions_above, cmap=map_cmap(name, options),
+                                          slide_id=scores.slide_id, mpp=mpp)
+                    for name, values in maps.items()}  # fmt: skip
+        write_region_geojson(regions, features)
+        written += 1
+    return written

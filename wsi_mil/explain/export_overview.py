@@ -8,12 +8,14 @@ probability, the colour scale, and a colour bar with the values of the map's ran
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from wsi_mil.config import HeatmapConfig
 from wsi_mil.explain.stitch import ScoreRange, colormap_lut
 from wsi_mil.store.atomic import atomic_output
 
@@ -87,3 +89,22 @@ def write_overlay_png(
     with atomic_output(path) as tmp:
         canvas.save(tmp, format="PNG")
     return path
+
+
+def write_slide_png(path: Path, canvas: Callable[..., Any], slide: Any, *, dimensions: tuple[int, int], title: str,
+                    cmap: str, score_range: ScoreRange, options: HeatmapConfig, notes: Sequence[str] = ()) -> Path:  # fmt: skip
+    """The overlay PNG of one map: the slide's thumbnail (white without a slide) under the map.
+
+    ``canvas(downsample, chunks, shape=...)`` paints the map's lazy canvas at that downsample.
+    """
+    width, height = dimensions
+    if slide is not None:
+        thumbnail = np.asarray(slide.get_thumbnail((options.thumbnail_size, options.thumbnail_size)))
+    else:
+        scale = options.thumbnail_size / max(width, height)
+        thumbnail = np.full((max(1, int(height * scale)), max(1, int(width * scale)), 3), 255, dtype=np.uint8)
+    rows, cols = thumbnail.shape[:2]
+    downsample = max(width / cols, height / rows)
+    scores = canvas(downsample, (rows, cols), shape=(rows, cols)).compute(scheduler="threads")
+    return write_overlay_png(path, thumbnail, scores, cmap=cmap, score_range=score_range, alpha=options.alpha,
+                             title=title, notes=[n for n in notes if n])  # fmt: skip

@@ -44,7 +44,6 @@ MAP_FILES = {
     "png": "{map}_overlay.png",
     "blend_tiff": "{map}_blend.tiff",
 }
-GEOJSON_NAMES = ("patches.geojson", "regions.geojson")
 
 
 @dataclass(frozen=True)
@@ -74,7 +73,9 @@ class SlideGeometry:
 def output_paths(out_dir: Path, map_names: Sequence[str], formats: Sequence[str]) -> list[Path]:
     paths = [out_dir / MAP_FILES[f].format(map=m) for m in map_names for f in formats if f in MAP_FILES]
     if "geojson" in formats:
-        paths.extend(out_dir / name for name in GEOJSON_NAMES)
+        from wsi_mil.explain.export_geojson import PATCHES_NAME, REGIONS_NAME
+
+        paths.extend(out_dir / name for name in (PATCHES_NAME, REGIONS_NAME))
     return paths
 
 
@@ -173,34 +174,15 @@ def heatmap_slide(
             written += _write_map(name, values, scores, geometry, slide, tissue, out_dir, options, overwrite,
                                   score_range=ranges[name], scores_file=scores_file)  # fmt: skip
         if "geojson" in options.formats:
-            written += _write_geojson(scores, maps, ranges, geometry, out_dir, options, overwrite)
+            from wsi_mil.explain.export_geojson import write_slide_geojson
+
+            written += write_slide_geojson(scores, maps, ranges, out_dir=out_dir, options=options, mpp=geometry.mpp,
+                                           overwrite=overwrite)  # fmt: skip
     finally:
         if slide is not None:
             slide.close()
     return {"n_patches": len(scores.coords), "maps": " ".join(maps), "files_written": written,
             "tissue_mask": tissue is not None}  # fmt: skip
-
-
-def _write_geojson(scores: SlideScores, maps: Mapping[str, np.ndarray], ranges: Mapping[str, ScoreRange],
-                   geometry: SlideGeometry, out_dir: Path, options: HeatmapConfig, overwrite: bool) -> int:  # fmt: skip
-    from wsi_mil.explain.export_geojson import patch_classes, region_features, write_patch_geojson, write_region_geojson
-    from wsi_mil.explain.scaling import map_cmap
-
-    patches, regions = (out_dir / name for name in GEOJSON_NAMES)
-    size, written = scores.patch_size_level0, 0
-    if overwrite or not patches.exists():
-        classes = patch_classes(scores.arrays.get("instance_logits"), scores.classes, len(scores.coords))
-        write_patch_geojson(patches, scores.coords, maps, patch_size_level0=size, slide_id=scores.slide_id,
-                            classifications=classes)  # fmt: skip
-        written += 1
-    if overwrite or not regions.exists():
-        features = {name: region_features(name, scores.coords, values, patch_size_level0=size, score_range=ranges[name],
-                                          above=options.regions_above, cmap=map_cmap(name, options),
-                                          slide_id=scores.slide_id, mpp=geometry.mpp)
-                    for name, values in maps.items()}  # fmt: skip
-        write_region_geojson(regions, features)
-        written += 1
-    return written
 
 
 def _write_map(
@@ -265,65 +247,16 @@ def _write_map(
             write_pyramid_tiff(path, levels, mpp=geometry.mpp, kind="float32" if fmt == "tiff" else "rgba",
                                description=description, threads=options.threads)  # fmt: skip
         elif fmt == "png":
-            _write_png(path, name, canvas, geometry, slide, options, score_range, cmap, scores)
+            from wsi_mil.explain.export_overview import write_slide_png
+
+            write_slide_png(path, canvas, slide, dimensions=geometry.dimensions, title=name, cmap=cmap,
+                            score_range=score_range, options=options, notes=[scores.prediction_text(), f"scale: {options.scale}"])  # fmt: skip
         elif fmt == "blend_tiff" and slide is not None:
+            from wsi_mil.explain.blend import write_blend_tiff
+
             write_blend_tiff(path, slide, tiff_level, options=options, score_range=score_range, description=description,
                              cmap=cmap)  # fmt: skip
     return len(todo)
-
-
-def _write_png(path: Path, name: str, canvas: Any, geometry: SlideGeometry, slide: Any,
-               options: HeatmapConfig, score_range: ScoreRange, cmap: str, slide_scores: SlideScores) -> None:  # fmt: skip
-    from wsi_mil.explain.export_overview import write_overlay_png
-
-    width, height = geometry.dimensions
-    if slide is not None:
-        thumbnail = np.asarray(slide.get_thumbnail((options.thumbnail_size, options.thumbnail_size)))
-    else:
-        scale = options.thumbnail_size / max(width, height)
-        thumbnail = np.full((max(1, int(height * scale)), max(1, int(width * scale)), 3), 255, dtype=np.uint8)
-    rows, cols = thumbnail.shape[:2]
-    downsample = max(width / cols, height / rows)
-    scores = canvas(downsample, (rows, cols), shape=(rows, cols)).compute(scheduler="threads")
-    notes = [slide_scores.prediction_text(), f"scale: {options.scale}"]
-    write_overlay_png(path, thumbnail, scores, cmap=cmap, score_range=score_range, alpha=options.alpha, title=name,
-                      notes=[n for n in notes if n])  # fmt: skip
-
-
-def write_blend_tiff(path: Path, slide: Any, scores: Any, *, options: HeatmapConfig, score_range: ScoreRange,
-                     description: str | None = None, cmap: str | None = None) -> Path:  # fmt: skip
-    """A JPEG RGB pyramid of the colour map blended with the slide, one level per slide level.
-
-    ``scores(downsample)`` gives the level's scores: a :class:`ScorePainter` with
-    256-px chunks (blended tile by tile, copying the slide's own JPEG tiles where there
-    is no score) or a Dask canvas with 256-px row chunks (blended chunk by chunk).
-    """
-    from wsi_mil.explain.blend import BlendTiles, blended_canvas, open_per_thread, stored_tiles_for
-    from wsi_mil.explain.export_tiff import write_pyramid_tiff
-
-    slides = open_per_thread(slide.path, reader=slide.backend, mpp=slide.mpp)
-    stored = []
-    try:
-        levels = []
-        for downsample in slide.level_downsamples:
-            downsample = float(round(downsample))
-            level_scores = scores(downsample)
-            if levels and max(level_scores.shape) < 256:
-                break
-            blend_options = {"downsample": downsample, "cmap": cmap or options.cmap, "score_range": score_range,
-                             "alpha": options.alpha}  # fmt: skip
-            if isinstance(level_scores, ScorePainter):
-                stored.append(stored_tiles_for(slide, level_scores.shape, downsample))
-                levels.append(BlendTiles(level_scores, slides, stored=stored[-1], **blend_options))
-            else:
-                levels.append(blended_canvas(level_scores, slides, **blend_options))
-        return write_pyramid_tiff(path, levels, mpp=slide.mpp, kind="rgb_jpeg", description=description,
-                                  threads=options.threads)  # fmt: skip
-    finally:
-        for tiles in stored:
-            if tiles is not None:
-                tiles.close()
-        slides.close()
 
 
 # ----------------------------------------------------------------------------- bulk
@@ -468,7 +401,14 @@ def heatmap_run(run_dir: str | Path, *, config: Config, model: str | None = None
     out_root.mkdir(parents=True, exist_ok=True)
     with atomic_output(out_root / "heatmap_config.json") as tmp:
         tmp.write_text(json.dumps(asdict(config.heatmap), indent=2, sort_keys=True))
-    cohort = _cohort_ranges(jobs, out_root, options=config.heatmap)
+    cohort = None
+    if config.heatmap.scale == "cohort":
+        from wsi_mil.explain.scaling import write_cohort_ranges
+
+        by_set: dict[str, list[Path]] = {}
+        for job in jobs:
+            by_set.setdefault(job.subset.as_posix(), []).append(job.scores_path)
+        cohort = write_cohort_ranges(by_set, out_root, options=config.heatmap)
     recorder = RunRecorder(run_dir, logger=logger)
 
     def on_crash(job: HeatmapJob, error: BaseException) -> None:
@@ -480,20 +420,3 @@ def heatmap_run(run_dir: str | Path, *, config: Config, model: str | None = None
                reader=config.tiling.reader, overwrite=overwrite, debug=debug, cohort=cohort)  # fmt: skip
     return recorder.records
 
-
-def _cohort_ranges(jobs: Sequence[HeatmapJob], out_root: Path, *,
-                   options: HeatmapConfig) -> dict[str, dict[str, ScoreRange]] | None:  # fmt: skip
-    """``scale: cohort``: each bag set's map ranges over all its slides, also written to its colour_ranges.json."""
-    from wsi_mil.explain.scaling import RANGES_NAME, cohort_ranges, write_ranges
-
-    if options.scale != "cohort":
-        return None
-    by_subset: dict[str, list[Path]] = {}
-    for job in jobs:
-        by_subset.setdefault(job.subset.as_posix(), []).append(job.scores_path)
-    cohort = {}
-    for subset, paths in by_subset.items():
-        cohort[subset] = cohort_ranges(paths, options=options)
-        (out_root / subset).mkdir(parents=True, exist_ok=True)
-        write_ranges(out_root / subset / RANGES_NAME, cohort[subset], options=options)
-    return cohort

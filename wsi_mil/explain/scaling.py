@@ -111,6 +111,18 @@ def cohort_ranges(scores_paths: Iterable[Path], *, options: HeatmapConfig) -> di
             for name, parts in sorted(pooled.items())}  # fmt: skip
 
 
+def write_cohort_ranges(scores_by_set: Mapping[str, Iterable[Path]], out_root: Path, *,
+                        options: HeatmapConfig) -> dict[str, dict[str, ScoreRange]]:  # fmt: skip
+    """Each bag set's cohort ranges (bag set, as a POSIX sub-folder of ``out_root`` -> map -> range),
+    each also written to ``out_root/<bag set>/colour_ranges.json``."""
+    cohort = {}
+    for subset, paths in scores_by_set.items():
+        cohort[subset] = cohort_ranges(paths, options=options)
+        (out_root / subset).mkdir(parents=True, exist_ok=True)
+        write_ranges(out_root / subset / RANGES_NAME, cohort[subset], options=options)
+    return cohort
+
+
 def ranges_record(ranges: Mapping[str, ScoreRange], *, options: HeatmapConfig) -> dict:
     """JSON-ready: how each map was coloured (also read by viewers to show the same colours)."""
     maps = {}
