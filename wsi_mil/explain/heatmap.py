@@ -249,8 +249,9 @@ def _write_map(
         elif fmt == "png":
             from wsi_mil.explain.export_overview import write_slide_png
 
+            notes = [scores.prediction_text(), f"scale: {options.scale}"]
             write_slide_png(path, canvas, slide, dimensions=geometry.dimensions, title=name, cmap=cmap,
-                            score_range=score_range, options=options, notes=[scores.prediction_text(), f"scale: {options.scale}"])  # fmt: skip
+                            score_range=score_range, options=options, notes=notes)  # fmt: skip
         elif fmt == "blend_tiff" and slide is not None:
             from wsi_mil.explain.blend import write_blend_tiff
 
