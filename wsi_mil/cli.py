@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="Gaussian sigma in pixels of the finest scale (0: none)")  # fmt: skip
     heatmap.add_argument("--cmap", help="matplotlib colormap of the colour-mapped outputs")
     heatmap.add_argument("--alpha", type=options.fraction, help="opacity of the colour map over the slide")
+    heatmap.add_argument("--scale", choices=("slide", "cohort", "fixed"),
+                         help="colour range: each slide's own, the run's cohort, or fixed (--range)")
+    heatmap.add_argument("--range", type=float, nargs=2, metavar=("LOW", "HIGH"), help="colour range of --scale fixed")
     _add_common(heatmap)
     heatmap.set_defaults(handler=_run_heatmap)
 
@@ -232,7 +235,7 @@ def _run_heatmap(args: argparse.Namespace) -> int:
 
     heatmap = {
         key: getattr(args, key)
-        for key in ("maps", "formats", "level", "mpp", "smooth_sigma", "cmap", "alpha")
+        for key in ("maps", "formats", "level", "mpp", "smooth_sigma", "cmap", "alpha", "scale", "range")
         if getattr(args, key) is not None
     }
     parallel = {k: getattr(args, k) for k in ("workers", "scheduler") if getattr(args, k) is not None}

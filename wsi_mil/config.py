@@ -305,10 +305,23 @@ class HeatmapConfig:
     mpp: float | None = None
     #: Gaussian smoothing sigma in pixels of that finest scale (0: none); scaled for other levels.
     smooth_sigma: float = 0.0
-    #: A matplotlib colormap for the colour-mapped outputs.
+    #: A matplotlib colormap for the colour-mapped outputs of unsigned maps (attention...).
     cmap: str = "jet"
-    #: Colour range: these percentiles of the slide's patch scores (global, never per patch).
+    #: The colormap of signed maps (logit_*, contribution_*), centred at 0 (wsi_mil.explain.scaling).
+    diverging_cmap: str = "RdBu_r"
+    #: Colour range: slide (its own percentiles), cohort (percentiles over all the run's slides,
+    #: so colours compare across slides) or fixed (``range``).
+    scale: str = "cohort"
+    #: The percentiles of ``scale`` slide/cohort (global, never per patch); signed maps: the upper one of |value|.
     percentiles: tuple[float, float] = (1.0, 99.0)
+    #: [low, high] for ``scale: fixed``; signed maps use +-max(|low|, |high|).
+    range: tuple[float, float] | None = None
+    #: Near-neutral values left undrawn, as a fraction of the range: around 0 for signed maps,
+    #: the bottom of the range for the others (0: draw everything).
+    neutral: float = 0.1
+    #: geojson: regions.geojson merges the patches whose colour position (0 = low end,
+    #: 1 = high end of the colour range) is at least this into QuPath annotations.
+    regions_above: float = 0.75
     #: Opacity of the colour map over the slide (png, blend_tiff).
     alpha: float = 0.5
     #: Longest side of the PNG overlay, in pixels.
@@ -329,6 +342,7 @@ class HeatmapConfig:
     cam_device: str = "auto"
 
     FORMATS: typing.ClassVar[tuple[str, ...]] = ("zarr", "tiff", "rgba_tiff", "png", "geojson", "gallery", "blend_tiff")
+    CHOICES: typing.ClassVar[dict[str, tuple[Any, ...]]] = {"scale": ("slide", "cohort", "fixed")}
     CAM_METHODS: typing.ClassVar[tuple[str, ...]] = ("gradcam", "hirescam", "gradcam++", "scorecam", "ablationcam",
                                                      "eigencam", "layercam", "fullgrad", "integrated_gradients")  # fmt: skip
 
@@ -346,6 +360,19 @@ class HeatmapConfig:
             raise ValueError("smooth_sigma must be >= 0 and alpha in [0, 1]")
         if not 0.0 <= self.percentiles[0] < self.percentiles[1] <= 100.0:
             raise ValueError("percentiles must be two increasing values in [0, 100]")
+        if self.scale == "fixed" and (self.range is None or not self.range[0] < self.range[1]):
+            raise ValueError(f"scale: fixed needs range: [low, high] with low < high (got {self.range})")
+        if self.scale != "fixed" and self.range is not None:
+            raise ValueError(f"range is used only with scale: fixed (scale is {self.scale}); drop it or set scale: fixed")
+        if not 0.0 <= self.regions_above <= 1.0:
+            raise ValueError(f"regions_above must be in [0, 1] (a position in the colour range), got {self.regions_above}")
+        if not 0.0 <= self.neutral < 0.5:
+            raise ValueError(f"neutral must be in [0, 0.5) (a fraction of the colour range), got {self.neutral}")
+        import matplotlib
+
+        unknown = [c for c in (self.cmap, self.diverging_cmap) if c not in matplotlib.colormaps]
+        if unknown:
+            raise ValueError(f"unknown colormap(s) {unknown}: cmap and diverging_cmap must be matplotlib colormaps")
         if self.chunk_size < 256 or self.chunk_size % 256 or self.thumbnail_size < 64:
             raise ValueError("chunk_size must be a multiple of 256 and thumbnail_size at least 64")
         unknown = [m for m in self.cam_methods if m not in self.CAM_METHODS]

@@ -39,8 +39,8 @@ DEMO_SETTINGS: dict[str, dict[str, Any]] = {
     "extract": {"encoder": "efficientnet_lite0", "weights": "imagenet", "device": "cpu"},
     # CLAM's instance loss sharpens ABMIL's attention (patch AUC 0.89 -> 0.94 on this cohort)
     "train": {"folds": 5, "epochs": 30, "val_fraction": 0.0, "instance_loss": True, "device": "cpu"},
-    "heatmap": {"mpp": 8.0, "formats": ["zarr", "tiff", "png", "geojson"], "thumbnail_size": 1024, "cam_top_k": 2,
-                "cam_methods": ["gradcam"], "cam_device": "cpu"},  # fmt: skip
+    "heatmap": {"mpp": 8.0, "formats": ["zarr", "tiff", "rgba_tiff", "png", "geojson"], "thumbnail_size": 1024,
+                "cam_top_k": 2, "cam_methods": ["gradcam"], "cam_device": "cpu"},  # fmt: skip
     "run": {"models": ["abmil", "ilam"]},
 }
 #: The demo's targets (issue 12): both heads separate the slides, the best learned map localizes the

@@ -3,7 +3,8 @@
 Layout under ``RUN_DIR``: with one target, ``bags/<slide_id>.h5|.zarr`` and
 ``qc/<slide_id>.png``; with several (e.g. 0.25, 0.5, 1 and 2 um/px), one set per
 target: ``bags/<set>/<slide_id>.h5`` and ``qc/<set>/<slide_id>.png``, where the set is
-named ``0.5mpp``, ``20x`` or ``level1``.
+named ``0.5mpp``, ``20x`` or ``level1``. Beside each QC image, ``<slide_id>.geojson`` holds
+the tissue contours as QuPath annotations (:mod:`wsi_mil.geojson`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from PIL import Image
 
 from wsi_mil.config import Config, TilingConfig, config_to_dict, config_to_json
 from wsi_mil.errors import WsiMilError
+from wsi_mil.geojson import write_tissue_geojson
 from wsi_mil.io.base import BaseReader
 from wsi_mil.io.bounded import describe_unreadable
 from wsi_mil.io.discover import SlideSource, check_unique_ids
@@ -148,6 +150,8 @@ def _write_set(
     if tiling.qc:  # before the bag: the bag is the set's completion marker
         qc = render_qc(thumb.rgb, mask, coords, spec.patch_size_level0, thumb.downsample)
         save_qc(qc, qc_path(bag_set, source.slide_id))
+        write_tissue_geojson(qc_path(bag_set, source.slide_id).with_suffix(".geojson"), mask, thumb.downsample,
+                             slide_id=source.slide_id, mpp=slide.mpp)  # fmt: skip
     path = bag_path(bag_set.bag_dir, source.slide_id, tiling.bag_format)
     with open_bag_writer(path) as writer:
         writer.write_coords(coords, _bag_attrs(source, slide, spec, config))
