@@ -58,12 +58,13 @@ def find_coords_jobs(run_dir: str | Path, coords: str | Path, slides: str | Path
     """One extraction job per coords file, its slide found by id in ``slides`` (a folder, file or CSV)."""
     from wsi_mil.features.extract import ExtractionJob
     from wsi_mil.io.discover import find_slides
+    from wsi_mil.io.slide_ids import check_slide_id
 
     by_id = {source.slide_id: source.path for source in find_slides([slides], extensions=extensions)}
     out_root = Path(run_dir) / "features" / encoder_dir
     jobs, ids = [], {}
     for path in find_coords_files(coords):
-        slide_id = coords_slide_id(path)
+        slide_id = check_slide_id(coords_slide_id(path), where=path)
         if slide_id in ids:
             raise ConfigError(f"{path} and {ids[slide_id]} are coords files of one slide id {slide_id!r}")
         ids[slide_id] = path
