@@ -278,6 +278,10 @@ class HeatmapConfig:
     cam_ig_steps: int = 32
     #: ``auto`` (cuda when available), ``cpu``, ``cuda`` or ``cuda:N``.
     cam_device: str = "auto"
+    #: Slide context around each explained patch, as a fraction of its side (CNN encoders):
+    #: the CAM sees the surroundings instead of zero padding, which draws a ring into maps
+    #: of the patch alone. 0: the patch alone.
+    cam_context: float = 0.25
 
     FORMATS: typing.ClassVar[tuple[str, ...]] = ("zarr", "tiff", "rgba_tiff", "png", "geojson", "gallery", "blend_tiff")
     CAM_METHODS: typing.ClassVar[tuple[str, ...]] = ("gradcam", "hirescam", "gradcam++", "scorecam", "ablationcam",
@@ -300,6 +304,8 @@ class HeatmapConfig:
             raise ValueError(f"unknown cam_methods {unknown}; allowed: {', '.join(self.CAM_METHODS)}")
         if self.cam_top_k < 0 or self.cam_ig_steps < 1:
             raise ValueError("cam_top_k must be >= 0 and cam_ig_steps >= 1")
+        if not 0.0 <= self.cam_context <= 1.0:
+            raise ValueError("cam_context must be in [0, 1] (a fraction of the patch side)")
 
 
 @dataclass(frozen=True)
