@@ -166,9 +166,10 @@ def pooled_over_patch(layer: nn.Module, margin_cells: int) -> Iterator[None]:
 def unscaled(cam_class: type, *, crop_cells: int = 0, size: int | None = None) -> type:
     """``cam_class`` without pytorch-grad-cam's per-image min-max scaling (resize only).
 
-    With ``crop_cells``, each map is cut to its central cells (the patch, without its
-    context) at the feature map's resolution, then resized to ``size`` a side: cutting
-    after the resize would blend context cells into the patch's border."""
+    With ``crop_cells``, activations and gradients are cut to their central cells (the
+    patch, without its context) before the map is made (EigenCAM's principal component is
+    then the patch's), and the map is resized to ``size`` a side: cutting after the resize
+    would blend context cells into the patch's border."""
     from pytorch_grad_cam.base_cam import BaseCAM
 
     def resize(cams: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -180,15 +181,14 @@ def unscaled(cam_class: type, *, crop_cells: int = 0, size: int | None = None) -
         def compute_cam_per_layer(self, input_tensor: torch.Tensor, targets: list, eigen_smooth: bool) -> list:
             if type(self).__mro__[1].compute_cam_per_layer is not BaseCAM.compute_cam_per_layer:
                 return super().compute_cam_per_layer(input_tensor, targets, eigen_smooth)  # FullGrad: its own
-            activations = [a.cpu().data.numpy() for a in self.activations_and_grads.activations]
-            grads = [g.cpu().data.numpy() for g in self.activations_and_grads.gradients]
+            cut = (..., slice(crop_cells, -crop_cells or None), slice(crop_cells, -crop_cells or None))
+            activations = [a.cpu().data.numpy()[cut] for a in self.activations_and_grads.activations]
+            grads = [g.cpu().data.numpy()[cut] for g in self.activations_and_grads.gradients]
             target_size = (size, size) if size else self.get_target_width_height(input_tensor)
             per_layer = []
             for i, layer in enumerate(self.target_layers):
                 cam = self.get_cam_image(input_tensor, layer, targets, activations[i] if i < len(activations) else None,
                                          grads[i] if i < len(grads) else None, eigen_smooth)  # fmt: skip
-                if crop_cells:
-                    cam = cam[:, crop_cells:-crop_cells, crop_cells:-crop_cells]
                 per_layer.append(resize(np.maximum(cam, 0), target_size)[:, None])
             return per_layer
 
