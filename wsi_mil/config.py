@@ -43,6 +43,10 @@ class TissueConfig:
     darkness_range: tuple[float, float] = (0.08, 0.25)
     #: Clip range of the Otsu threshold on brightness (fluorescence).
     brightness_range: tuple[float, float] = (0.04, 0.12)
+    #: hsv_otsu: pixels of at least this saturation that join tissue above the threshold are
+    #: tissue too (pale stroma, the membranes of fat); glass stays below ~0.03. 0: only the
+    #: threshold counts (drops pale and fat-rich tissue).
+    faint_saturation: float = 0.04
     #: Pixels darker than this value (HSV V, 0-1) are not tissue.
     black_value: float = 0.12
     #: Radius of the closing disk, in um.
