@@ -18,7 +18,8 @@ the default patch grid (256 px at 0.5 um/px, kept at tissue fraction >= 0.5).
   2016 classes (a 6 x 6 quilt of the class's 150-px tiles, 0.495 um/px; ADIPOSE is the
   fat reference), the tissue tiles of ``tiles/`` (read as 2 um/px);
 - glass references (every pixel counts as glass): Kather EMPTY quilts and the tiles named
-  no-tissue / almost-white.
+  no-tissue / almost-white (not almost-white-2: it holds pale tissue in a corner). Left
+  out: pen tiles (tests/test_tissue*.py), IHC tiles and the 50-px liver crops.
 
 Columns: images; tissue kept = detected share of the image's area (tissue references)
 and kept share of the patches that lie inside the image; glass dropped = undetected
@@ -94,6 +95,8 @@ def measure(image: np.ndarray, mpp: float, glass: np.ndarray, config, *, thumbna
 
 def sources(data: Path) -> list[tuple[str, str, np.ndarray, float, bool, str]]:
     """(group, kind 'tissue'|'glass', image, mpp, thumbnail?, config name) of every real image."""
+    from PIL import Image
+
     items = []
     with open(data / "glas" / "labels.csv", newline="") as f:
         for row in csv.DictReader(f):
@@ -107,8 +110,10 @@ def sources(data: Path) -> list[tuple[str, str, np.ndarray, float, bool, str]]:
         for seed in range(3):
             items.append((f"Kather {folder.name}", kind, _quilt(sorted(folder.glob("*.tif")), seed=seed), KATHER_MPP, True, "default"))
     for path in sorted((data / "tiles").glob("*.png")):
-        if "pen" in path.name or "ihc" in path.name and "almost" not in path.name:
-            continue
+        if "pen" in path.name or "ihc" in path.name and "almost" not in path.name or path.stem == "almost-white-2":
+            continue  # pen: tests/test_tissue*.py; IHC; almost-white-2 holds pale tissue in a corner
+        if min(Image.open(path).size) < 100:
+            continue  # 50-px liver crops: smaller than the smallest tissue fragment at 2 um/px
         glass = path.stem in GLASS_TILES
         group = "tiles glass" if glass else f"tiles {path.stem.split('-level')[0].split('-', 1)[0]}"
         items.append((group, "glass" if glass else "tissue", _rgb(path), TILE_MPP, False, "default"))
