@@ -72,6 +72,16 @@ def test_missing_checkpoint_is_a_note_not_a_failed_slide(cnn_run: tuple[Path, Pa
         assert (out / "attention_pct.tiff").exists() and not (out / "cams.h5").exists()
 
 
+def test_another_checkpoint_is_refused_in_a_note(cnn_run: tuple[Path, Path], tmp_path: Path) -> None:
+    run, _ = cnn_run
+    torch.manual_seed(1)
+    other = tmp_path / "other.pth"
+    torch.save(timm.create_model("test_resnet", pretrained=False, num_classes=0).state_dict(), other)
+    assert _heatmap(run, "--set", f"extract.checkpoint_path={other}", "--overwrite") == 0
+    for row in _heatmap_rows(run):
+        assert row["status"] == "done" and "is not the checkpoint that made the features" in row["note"], row
+
+
 def test_checkpoint_encoder_gets_its_checkpoint_and_context(cnn_run: tuple[Path, Path]) -> None:
     from wsi_mil.explain.patch_cams import read_cams
 

@@ -236,9 +236,9 @@ def _encoder_for(feature_attrs: dict[str, Any], checkpoint_path: str | None) -> 
     if key not in _ENCODERS:
         kind = "random" if weights == "random" else "imagenet"
         encoder = create_encoder(name, weights=kind, checkpoint_path=checkpoint_path if weights.startswith("checkpoint:") else None)
-        if weights.startswith("checkpoint:") and encoder.weights != weights:
+        if weights.startswith("checkpoint:") and encoder.weights.rsplit(":", 1)[-1] != weights.rsplit(":", 1)[-1]:
             raise CamError(f"extract.checkpoint_path {checkpoint_path} ({encoder.weights}) is not the checkpoint "
-                           f"that made the features ({weights})")  # fmt: skip
+                           f"that made the features ({weights}): its contents differ")  # fmt: skip
         _ENCODERS[key] = encoder
     return _ENCODERS[key]
 
