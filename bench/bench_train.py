@@ -1,12 +1,14 @@
 """MIL training benchmark: seconds per epoch and peak memory on CPU. Prints numbers; it is not a test.
 
     .venv/bin/python bench/bench_train.py                       # 500 bags x 2,000 instances x 1024-d, abmil and ilam
+    .venv/bin/python bench/bench_train.py --set train.precision=float32 --set train.batch_bags=1   # the old recipe's step
 
 The bags are random float32 features held in memory, as ``BagStore`` holds them after
 its one parallel read (4.1 GB at the default size), with random labels: the cost of an
 epoch does not depend on what the features say. Each model trains ``--epochs`` epochs
-(one bag per step: forward, backward, gradient clipping, AdamW) with no validation
-set, after one untimed warm-up epoch on 20 bags; then one inference pass over all bags
+with the default train config (mini-batches of ``batch_bags`` bags: forward, backward,
+gradient clipping, AdamW; the config's thread count and precision, printed) and no
+validation set, after one untimed warm-up epoch on 20 bags; then one inference pass over all bags
 (what validation and ``predict`` cost). Peak RSS is the process's high-water mark
 (``ru_maxrss``), printed after the data is built and after each model. "others' cores" is
 the CPU other processes used during the timed epochs (from /proc/stat): numbers taken
@@ -23,6 +25,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -45,6 +48,8 @@ class MemoryBags:
         self.bags = {f"bag_{i:04d}": (torch.from_numpy(rng.standard_normal((n_instances, dim), dtype=np.float32)),
                                       torch.from_numpy(grid.astype(np.int64))) for i in range(n_bags)}  # fmt: skip
         self.labels = {s: int(i % 2) for i, s in enumerate(self.bags)}
+        self.slide_ids = list(self.bags)
+        self.sizes = {s: n_instances for s in self.bags}
 
     def get(self, slide_id: str) -> tuple:
         return self.bags[slide_id]
@@ -65,13 +70,23 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
-def bench_model(bags: MemoryBags, model: str, epochs: int, transformer: bool) -> dict[str, float]:
+def bench_model(bags: MemoryBags, model: str, epochs: int, transformer: bool, overrides: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from wsi_mil.config import TrainConfig
+    from wsi_mil.mil.train import FoldTrainer, torch_threads, training_precision, training_threads
+
+    config = replace(TrainConfig(model=model, epochs=1, min_epochs=0, device="cpu", transformer=transformer), **overrides)
+    with torch_threads(training_threads(config, bags)):
+        result = _bench(bags, config, epochs)
+    return {**result, "threads": training_threads(config, bags), "precision": training_precision(config, torch.device("cpu"))}
+
+
+def _bench(bags: MemoryBags, config: Any, epochs: int) -> dict[str, float]:
+    import torch
+
     from wsi_mil.mil.train import FoldTrainer
 
-    config = TrainConfig(model=model, epochs=1, min_epochs=0, device="cpu", transformer=transformer)
     ids = list(bags.bags)
     warm = FoldTrainer(bags, bags.labels, 2, config=config, device=torch.device("cpu"), fold=0)
     warm.fit(ids[:20], [])
@@ -79,12 +94,14 @@ def bench_model(bags: MemoryBags, model: str, epochs: int, transformer: bool) ->
     started, busy, own = time.perf_counter(), busy_cpu_seconds(), own_cpu_seconds()
     history = trainer.fit(ids, [])
     train_s = time.perf_counter() - started
+    cpu_s = own_cpu_seconds() - own
     others = max(0.0, (busy_cpu_seconds() - busy) - (own_cpu_seconds() - own)) / train_s
     started = time.perf_counter()
     trainer.evaluate(ids)
     infer_s = time.perf_counter() - started
     epochs_s = [h["seconds"] for h in history["history"]]
     return {"epoch_s": float(np.median(epochs_s)), "epoch_min_s": min(epochs_s), "train_s": train_s,
+            "cpu_epoch_s": cpu_s / len(epochs_s),
             "inference_s": infer_s, "peak_rss_gib": peak_rss_gib(), "others_cores": others}  # fmt: skip
 
 
@@ -95,26 +112,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dim", type=int, default=1024)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--models", nargs="+", default=["abmil", "ilam"], help="heads; ilam+transformer adds the transformer")
-    parser.add_argument("--threads", type=int, help="torch threads (default: torch's, one per core)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        help="train.key=value (e.g. train.threads=1, train.precision=float32, train.batch_bags=1)")
     args = parser.parse_args(argv)
 
     import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    from wsi_mil.config import parse_override
+
+    overrides = {}
+    for text in args.overrides:
+        _, key, value = parse_override(text)
+        overrides[key] = value
     print(f"machine: {os.cpu_count()} cores ({platform.processor() or platform.machine()}), Python "
-          f"{platform.python_version()}, torch {torch.__version__}, {torch.get_num_threads()} threads")  # fmt: skip
+          f"{platform.python_version()}, torch {torch.__version__}; train settings {overrides or 'default'}")  # fmt: skip
     started = time.perf_counter()
     bags = MemoryBags(args.bags, args.instances, args.dim)
     size = args.bags * args.instances * args.dim * 4 / 2**30
     print(f"data: {args.bags} bags x {args.instances} instances x {args.dim}-d float32 = {size:.2f} GiB in memory "
           f"(built in {time.perf_counter() - started:.1f} s); peak RSS {peak_rss_gib():.2f} GiB")  # fmt: skip
-    print(f"{'model':18s} {'s/epoch':>8s} {'min':>8s} {'bags/s':>7s} {'infer s':>8s} {'peak RSS GiB':>13s} {'others (cores)':>14s}")
+    print(f"{'model':18s} {'s/epoch':>8s} {'min':>8s} {'CPU s/ep':>8s} {'bags/s':>7s} {'infer s':>8s} {'peak RSS GiB':>13s} "
+          f"{'others (cores)':>14s} threads precision")  # fmt: skip
     for name in args.models:
         model, _, extra = name.partition("+")
-        result = bench_model(bags, model, args.epochs, transformer=extra == "transformer")
-        print(f"{name:18s} {result['epoch_s']:8.1f} {result['epoch_min_s']:8.1f} {args.bags / result['epoch_s']:7.1f} "
-              f"{result['inference_s']:8.1f} {result['peak_rss_gib']:13.2f} {result['others_cores']:14.2f}", flush=True)  # fmt: skip
+        result = bench_model(bags, model, args.epochs, transformer=extra == "transformer", overrides=overrides)
+        print(f"{name:18s} {result['epoch_s']:8.1f} {result['epoch_min_s']:8.1f} {result['cpu_epoch_s']:8.1f} "
+              f"{args.bags / result['epoch_s']:7.1f} {result['inference_s']:8.1f} {result['peak_rss_gib']:13.2f} "
+              f"{result['others_cores']:14.2f} {result['threads']:7d} {result['precision']}", flush=True)  # fmt: skip
     return 0
 
 

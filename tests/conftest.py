@@ -7,17 +7,38 @@ from pathlib import Path
 
 import pytest
 
-from wsi_mil.datasets import shared_data_dir
+from wsi_mil.datasets import shared_data_dir, shipped_data_dirs
 from wsi_mil.synthetic import Region, write_synthetic_slide
 
 
+#: Why a ``restricted_data`` test skips on a fresh clone.
+RESTRICTED_REASON = ("needs real data that may not be redistributed (TCGA slide, kidney IHC strip, boxes.tiff, "
+                     "dicom-boxes/, bad/, GlaS, BreakHis): not shipped in the repository; put the shared data at "
+                     "../shared/data or set WSI_MIL_DATA")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("restricted_data") and shared_data_dir() is None:
+        pytest.skip(RESTRICTED_REASON)
+
+
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    """../shared/data (or $WSI_MIL_DATA); tests that need it skip when it is absent."""
-    path = shared_data_dir()
-    if path is None:
-        pytest.skip("shared real data not found: put it at ../shared/data or set WSI_MIL_DATA")
-    return path
+def shared_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real test data, in the layout of ../shared/data (``slides/``, ``tiles/``, ``kather2016-samples/``).
+
+    Files shipped with the repository come first (wsi_mil/data, tests/data: every fresh clone
+    has them); the shared folder (../shared/data or $WSI_MIL_DATA) adds the rest when it is on
+    this machine. The result is a folder of links to both. Tests that read a file only the
+    shared folder has are marked ``restricted_data`` and skip without it."""
+    roots = [*shipped_data_dirs(), *filter(None, [shared_data_dir()])]
+    view = tmp_path_factory.mktemp("real-data")
+    for root in roots:
+        for path in sorted(root.rglob("*")):
+            target = view / path.relative_to(root)
+            if path.is_file() and not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.symlink_to(path)
+    return view
 
 
 #: The reference synthetic slide: 4096x3072 at 0.5 um/px, levels 1/4/16, one tissue

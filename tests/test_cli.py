@@ -28,6 +28,7 @@ def read_manifest(run_dir: Path) -> dict[str, dict[str, str]]:
         return {row["slide_id"]: row for row in csv.DictReader(handle)}
 
 
+@pytest.mark.restricted_data
 def test_real_slides_and_bad_files_in_one_batch(tmp_path: Path, shared_data: Path) -> None:
     """Every bad input ends in one clear line; the rest of the batch completes (real Dask cluster)."""
     out = tmp_path / "run"
@@ -60,11 +61,13 @@ def test_real_slides_and_bad_files_in_one_batch(tmp_path: Path, shared_data: Pat
     assert read_manifest(out)["CMU-1-Small-Region"]["status"] == "skipped"
 
 
+@pytest.mark.restricted_data
 def test_debug_shows_tracebacks(tmp_path: Path, shared_data: Path) -> None:
     result = run_cli("tile", str(shared_data / "bad" / "unreadable.svs"), "--out", str(tmp_path), "--workers", "0", "--debug")
     assert result.returncode == 1 and "Traceback" in result.stderr
 
 
+@pytest.mark.restricted_data
 def test_csv_input_with_per_slide_mpp(tmp_path: Path, shared_data: Path) -> None:
     slide = shared_data / "slides" / "TCGA-CR-7395-01A-01-TS1.svs"
     listing = tmp_path / "slides.csv"

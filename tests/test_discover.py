@@ -24,14 +24,12 @@ def test_folder_scan_handles_multi_file_formats(tmp_path: Path) -> None:
     _touch(tmp_path / "c.mrxs")
     _touch(tmp_path / "c" / "Data0000.dat")
     _touch(tmp_path / "c" / "Slidedat.ini")
-    _touch(tmp_path / "dicom_slide" / "1.2.3.dcm")
-    _touch(tmp_path / "dicom_slide" / "1.2.4.dcm")
     (tmp_path / "d.vms").write_text("[Virtual Microscope Specimen]\nImageFile=d_0.jpg\nImageFile(1)=d_1.jpg\n")
     _touch(tmp_path / "d_0.jpg")
     _touch(tmp_path / "d_1.jpg")
     _touch(tmp_path / "field.png")
     sources = find_slides([tmp_path], extensions=DEFAULT_EXTENSIONS)
-    assert sorted(s.slide_id for s in sources) == ["a", "b", "c", "d", "dicom_slide", "field"]
+    assert sorted(s.slide_id for s in sources) == ["a", "b", "c", "d", "field"]
 
 
 def test_extension_filter(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from tests.conftest import REFERENCE_COORDS
 from wsi_mil.config import HeatmapConfig, load_config
 from wsi_mil.explain.export_tiff import pyramid_factors
 from wsi_mil.explain.heatmap import heatmap_run, heatmap_slide
+from wsi_mil.explain.scaling import range_of
 from wsi_mil.explain.stitch import ScoreRange, colormap_lut
 from wsi_mil.io.discover import find_slides
 from wsi_mil.store.scores import write_scores
@@ -99,11 +100,19 @@ def test_tiff_opens_in_openslide_and_tiffslide_aligned_with_the_slide(run: tuple
     assert rgba.level_count == n_levels and rgba.level_downsamples[1] == pytest.approx(2.0)
     assert float(rgba.properties["openslide.mpp-x"]) == pytest.approx(0.5)
     lut = colormap_lut("jet")
-    score_range = ScoreRange.of(data["attention_pct"], percentiles=(1.0, 99.0))
-    for x, y in REFERENCE_COORDS[:6]:
+    score_range = range_of(data["attention_pct"], signed=False, options=HeatmapConfig())  # no cohort given: the slide's
+    assert score_range.clear is not None
+    drawn = 0
+    for x, y in REFERENCE_COORDS:
         pixel = np.asarray(rgba.read_region((x + 128, y + 100), 0, (1, 1)))[0, 0]
-        index = int(score_range.normalize(np.array(_value_at(data, x + 128, y + 100))) * 255 + 0.5)
-        assert tuple(pixel) == (*lut[index], 255)
+        value = np.array(_value_at(data, x + 128, y + 100))
+        index = int(score_range.normalize(value) * 255 + 0.5)
+        if value <= score_range.clear[1]:  # near-neutral: not drawn, the slide shows through
+            assert tuple(pixel) == (0, 0, 0, 0)
+        else:
+            assert tuple(pixel) == (*lut[index], 255)
+            drawn += 1
+    assert 0 < drawn < len(REFERENCE_COORDS)
     assert np.asarray(rgba.read_region((50, 50), 0, (1, 1)))[0, 0, 3] == 0  # no data: transparent
 
     scores = tiffslide.TiffSlide(folder / "out" / "attention_pct.tiff")
@@ -193,7 +202,8 @@ def test_run_cli_manifest_skip_and_bad_slide(tmp_path: Path, make_slide: Callabl
     assert rows["reference"]["status"] == "done" and rows["broken"]["status"] == "failed"
     assert "broken.h5" in rows["broken"]["error"]
     out = run / "heatmaps" / MODEL / "reference"
-    assert sorted(p.name for p in out.iterdir()) == ["attention_pct.tiff", "patches.geojson"]
+    assert sorted(p.name for p in out.iterdir()) == ["attention_pct.tiff", "patches.geojson", "regions.geojson"]
+    assert (run / "heatmaps" / MODEL / "colour_ranges.json").exists()  # scale: cohort
     bad.unlink()
     config = load_config(sets=["parallel.workers=0", "heatmap.formats=[tiff, geojson]", "heatmap.maps=[attention_pct]"])
     records = heatmap_run(run, config=config, progress=False)

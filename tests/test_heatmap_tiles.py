@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from wsi_mil.config import HeatmapConfig
-from wsi_mil.explain.blend import StoredJpegTiles, TileBlender
+from wsi_mil.explain.blend import StoredJpegTiles, TileBlender, write_blend_tiff
 from wsi_mil.explain.export_overview import blend
 from wsi_mil.explain.export_tiff import write_pyramid_tiff
-from wsi_mil.explain.heatmap import TIFF_CHUNK, write_blend_tiff
+from wsi_mil.explain.heatmap import TIFF_CHUNK
 from wsi_mil.explain.stitch import (
     CanvasGeometry,
     ColouredTiles,

@@ -68,7 +68,7 @@ def test_train_writes_folds_summary_and_plots_per_feature_set(trained: Path) -> 
         assert all(len(f) == 1 for f in folds_of_patient.values()), "a patient in two test folds"
     with (model_dir / "metrics.csv").open() as handle:
         table = list(csv.DictReader(handle))
-    assert [r["fold"] for r in table] == ["0", "1", "2", "mean", "std"] * 2
+    assert [r["fold"] for r in table] == ["0", "1", "2", "mean", "std", "pooled"] * 2
     assert {r["feature_set"] for r in table} == set(SETS)
     summary = (model_dir / "summary.md").read_text()
     assert "0.5mpp" in summary and "1mpp" in summary and "±" in summary and "0 = `normal`, 1 = `tumor`" in summary

@@ -64,9 +64,9 @@ def test_anisotropic_pixels_use_the_mean(caplog: pytest.LogCaptureFixture) -> No
     [
         ("CMU-1-Small-Region.svs", 0.499),
         ("test3-DAPI-2-(387).ndpi", 0.228175),
-        ("boxes.tiff", None),  # 352.8 um/px from its resolution tags: nonsense
-        ("TCGA-CR-7395-01A-01-TS1.svs", None),  # no MPP and no objective power
-        ("kidney-ihc-strip.tif", None),
+        pytest.param("boxes.tiff", None, marks=pytest.mark.restricted_data),  # 352.8 um/px from its resolution tags: nonsense
+        pytest.param("TCGA-CR-7395-01A-01-TS1.svs", None, marks=pytest.mark.restricted_data),  # no MPP and no objective power
+        pytest.param("kidney-ihc-strip.tif", None, marks=pytest.mark.restricted_data),
     ],
 )
 def test_real_slides(shared_data: Path, name: str, expected: float | None) -> None:
@@ -77,6 +77,7 @@ def test_real_slides(shared_data: Path, name: str, expected: float | None) -> No
             assert slide.mpp == pytest.approx(expected, rel=1e-4)
 
 
+@pytest.mark.restricted_data
 def test_per_run_override_reaches_the_reader(shared_data: Path) -> None:
     with open_slide(shared_data / "slides" / "boxes.tiff", mpp=0.25) as slide:
         assert slide.mpp == 0.25 and slide.mpp_info.source == "override"

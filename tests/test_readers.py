@@ -90,12 +90,14 @@ def test_plain_image_virtual_pyramid(plain_images: dict, kind: str) -> None:
             assert slide.mpp is None
 
 
+@pytest.mark.restricted_data
 def test_auto_picks_tiffslide_for_strip_tiff(shared_data: Path) -> None:
     with open_slide(shared_data / "slides" / "kidney-ihc-strip.tif") as slide:
         assert slide.backend == "tiffslide"
         assert slide.dimensions == (1493, 901)
 
 
+@pytest.mark.restricted_data
 def test_dicom_folder_is_one_slide(shared_data: Path) -> None:
     with open_slide(shared_data / "dicom-boxes") as slide:
         assert slide.backend == "openslide"
@@ -109,6 +111,7 @@ def test_ndpi_with_awkward_name(shared_data: Path) -> None:
         assert slide.mpp == pytest.approx(0.22817, rel=1e-3)
 
 
+@pytest.mark.restricted_data
 @pytest.mark.parametrize(
     ("name", "error"),
     [("not-a-tiff.svs", SlideOpenError), ("unopenable.tiff", SlideReadError), ("unreadable.svs", SlideReadError)],

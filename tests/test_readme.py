@@ -165,6 +165,9 @@ def dry_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, Any]:
     finished = SimpleNamespace(pipeline=SimpleNamespace(failed=0))
     monkeypatch.setattr(demo, "run_demo", lambda **kwargs: record("demo", kwargs, finished))
     monkeypatch.setattr(demo, "format_report", lambda result: "report")
+    from wsi_mil import view
+
+    monkeypatch.setattr(view, "serve", lambda run_dir, **kwargs: record("view", kwargs))
     monkeypatch.chdir(ROOT)  # configs/... paths as written
     return calls
 

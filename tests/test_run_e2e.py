@@ -201,7 +201,7 @@ def test_every_artefact_of_the_run(reference: Reference) -> None:
             predictions = read_csv(fold_dir / "predictions.csv")
             assert len(predictions) == 3 and all(row["label"] == labels[row["slide_id"]] for row in predictions)
         table = read_csv(model / "metrics.csv")
-        assert [row["fold"] for row in table] == ["0", "1", "mean", "std"]
+        assert [row["fold"] for row in table] == ["0", "1", "mean", "std", "pooled"]
         assert all(0.0 <= float(row["accuracy"]) <= 1.0 for row in table[:3])
         summary = (model / "summary.md").read_text()
         assert f"Head `{head}`, 2 fold(s)" in summary and "| feature set |" in summary
@@ -537,7 +537,6 @@ def test_demo_rerun_with_other_settings_is_refused(tmp_path: Path, monkeypatch: 
     from wsi_mil import demo
     from wsi_mil.errors import ConfigError
 
-    monkeypatch.setattr(demo, "shared_data_dir", lambda: None)  # the generated cohort: quick, no shared data
     spec = CohortSpec(n_slides=2, width=1024, height=768, seed=1)
     result = demo.run_demo(out=tmp_path / "demo", spec=spec, stages=("tile",), workers=0, progress=False)
     assert result.pipeline.failed == 0 and len(result.pipeline.records["tile"]) == 2
@@ -578,7 +577,7 @@ def test_run_all_sh_runs_every_staged_script(reference: Reference, tmp_path: Pat
         assert (run / "scores" / "abmil" / f"{slide_id}.h5").is_file()
         assert (run / "heatmaps" / "abmil" / slide_id / "attention_pct.ome.zarr").is_dir()
     metrics = read_csv(run / "models" / "abmil" / "metrics.csv")
-    assert [row["fold"] for row in metrics] == ["0", "1", "mean", "std"]
+    assert [row["fold"] for row in metrics] == ["0", "1", "mean", "std", "pooled"]
     metrics = json.loads((run / "models" / "abmil" / "fold_0" / "metrics.json").read_text())
     assert metrics["epochs_run"] == 3  # the YAML's (no --set here)
     assert "attention_pct" in (run / "explanations" / "abmil" / "explanations.md").read_text()

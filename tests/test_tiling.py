@@ -132,7 +132,7 @@ def test_bad_slide_does_not_stop_the_batch(tmp_path: Path, reference_slide: Path
     ("name", "mpp", "min_patches"),
     [
         ("CMU-1-Small-Region.svs", None, 20),
-        ("TCGA-CR-7395-01A-01-TS1.svs", 0.5, 100),
+        pytest.param("TCGA-CR-7395-01A-01-TS1.svs", 0.5, 100, marks=pytest.mark.restricted_data),
         ("test3-DAPI-2-(387).ndpi", None, 10),
     ],
 )

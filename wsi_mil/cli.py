@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from wsi_mil import __version__
+from wsi_mil import cli_options as options
 from wsi_mil.errors import WsiMilError
 
 logger = logging.getLogger("wsi_mil")
@@ -20,7 +21,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config key"
     )
-    parser.add_argument("--workers", type=int, help="local Dask worker processes (default: one per core; 0: no Dask)")
+    parser.add_argument("--workers", type=options.non_negative_int,
+                        help="local Dask worker processes (default: one per core; 0: no Dask)")  # fmt: skip
     parser.add_argument("--scheduler", help="address of an existing Dask scheduler, e.g. tcp://host:8786")
     parser.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
     parser.add_argument("--debug", action="store_true", help="log tracebacks of failures")
@@ -39,18 +41,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tile.add_argument("paths", nargs="+", help="slide files, folders (recursive) or a CSV with a 'path' column")
     tile.add_argument("--out", required=True, type=Path, help="run directory")
-    tile.add_argument("--target-mpp", type=float, nargs="+", help="target um/px; several give one bag set each")
-    tile.add_argument("--magnification", type=float, nargs="+", help="target magnification(s), e.g. 20 (= 0.5 um/px)")
-    tile.add_argument("--level", type=int, help="tile at this pyramid level in pixels (no MPP needed)")
-    tile.add_argument("--patch-size", type=int, help="patch side in pixels at the target resolution")
-    tile.add_argument("--overlap", type=float, help="fraction of a patch shared with its neighbour")
-    tile.add_argument("--tissue-threshold", type=float, help="minimum tissue fraction of a kept patch")
+    tile.add_argument("--target-mpp", type=options.positive_float, nargs="+",
+                      help="target um/px; several give one bag set each")  # fmt: skip
+    tile.add_argument("--magnification", type=options.positive_float, nargs="+",
+                      help="target magnification(s), e.g. 20 (= 0.5 um/px)")  # fmt: skip
+    tile.add_argument("--level", type=options.non_negative_int,
+                      help="tile at this pyramid level in pixels (no MPP needed)")  # fmt: skip
+    tile.add_argument("--patch-size", type=options.patch_size, help="patch side in pixels at the target resolution")
+    tile.add_argument("--overlap", type=options.open_fraction, help="fraction of a patch shared with its neighbour")
+    tile.add_argument("--tissue-threshold", type=options.fraction, help="minimum tissue fraction of a kept patch")
     tile.add_argument("--format", dest="bag_format", choices=("h5", "zarr"), help="bag format")
     tile.add_argument("--save-pixels", action="store_true", default=None, help="store patch pixels in the bag")
     tile.add_argument("--reader", choices=("auto", "openslide", "tiffslide", "image"), help="slide reader")
-    tile.add_argument("--mpp", type=float,
+    tile.add_argument("--mpp", type=options.positive_float,
                       help="level-0 um/px of every slide, replacing what the files say (a CSV mpp column wins)")
     tile.add_argument("--extensions", nargs="+", help="file suffixes to pick up in folders")
+    tile.add_argument("--slide-timeout", type=options.positive_float, metavar="SECONDS",
+                      help="a slide taking longer fails and the batch goes on (tiling.slide_timeout)")  # fmt: skip
     _add_common(tile)
     tile.set_defaults(handler=_run_tile)
 
@@ -64,10 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--weights", choices=("imagenet", "random"), help="pretrained weights (random: tests only)")
     extract.add_argument("--checkpoint-path", help="local weights file (.pth/.bin/.safetensors), e.g. UNI")
     extract.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    extract.add_argument("--batch-size", type=int)
+    extract.add_argument("--batch-size", type=options.positive_int)
     extract.add_argument("--loader", choices=("auto", "threads", "processes"),
                          help="read patches with threads (CPU default) or DataLoader processes (CUDA default)")  # fmt: skip
-    extract.add_argument("--num-workers", type=int, help="reading threads or DataLoader processes")
+    extract.add_argument("--num-workers", type=options.non_negative_int, help="reading threads or DataLoader processes")
     extract.add_argument("--format", dest="feature_format", choices=("h5", "zarr"))
     extract.add_argument("--dtype", choices=("float32", "float16"))
     _add_common(extract)
@@ -83,11 +90,17 @@ def build_parser() -> argparse.ArgumentParser:
     heatmap.add_argument("--model", help="which scores/<model>/ folder (needed when there are several)")
     heatmap.add_argument("--maps", nargs="+", help="attention_pct attention_raw attention relevance logit contribution")
     heatmap.add_argument("--formats", nargs="+", help="zarr tiff rgba_tiff png geojson blend_tiff")
-    heatmap.add_argument("--level", type=int, help="finest OME-Zarr scale: this slide pyramid level")
-    heatmap.add_argument("--mpp", type=float, help="finest OME-Zarr scale in um/px (instead of --level)")
-    heatmap.add_argument("--smooth-sigma", type=float, help="Gaussian sigma in pixels of the finest scale (0: none)")
+    heatmap.add_argument("--level", type=options.non_negative_int,
+                         help="finest OME-Zarr scale: this slide pyramid level")  # fmt: skip
+    heatmap.add_argument("--mpp", type=options.positive_float,
+                         help="finest OME-Zarr scale in um/px (instead of --level)")  # fmt: skip
+    heatmap.add_argument("--smooth-sigma", type=options.non_negative_float,
+                         help="Gaussian sigma in pixels of the finest scale (0: none)")  # fmt: skip
     heatmap.add_argument("--cmap", help="matplotlib colormap of the colour-mapped outputs")
-    heatmap.add_argument("--alpha", type=float, help="opacity of the colour map over the slide")
+    heatmap.add_argument("--alpha", type=options.fraction, help="opacity of the colour map over the slide")
+    heatmap.add_argument("--scale", choices=("slide", "cohort", "fixed"),
+                         help="colour range: each slide's own, the run's cohort, or fixed (--range)")
+    heatmap.add_argument("--range", type=float, nargs=2, metavar=("LOW", "HIGH"), help="colour range of --scale fixed")
     _add_common(heatmap)
     heatmap.set_defaults(handler=_run_heatmap)
 
@@ -103,8 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--masks", type=Path, help="folder of <slide_id>.png|.geojson|.xml annotations (localization)")
     evaluate.add_argument("--no-faithfulness", dest="faithfulness", action="store_false",
                           help="skip the bag-level removal / keep-only curves (they re-run the heads)")  # fmt: skip
+    evaluate.add_argument("--no-stain-baseline", dest="baseline", action="store_false",
+                          help="skip the non-learned stain maps scored beside the learned ones (they read the slides)")
     evaluate.add_argument("--model", help="which scores/<model>/ folder (needed when there are several)")
-    evaluate.add_argument("--positive-fraction", type=float, default=0.5,
+    evaluate.add_argument("--positive-fraction", type=options.fraction, default=0.5,
                           help="a patch is lesion when at least this fraction of it is annotated")  # fmt: skip
     evaluate.add_argument("--quiet", action="store_true")
     evaluate.add_argument("--debug", action="store_true")
@@ -127,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("config", type=Path, help="YAML config with a run section (see configs/demo.yaml)")
     run.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config key")
-    run.add_argument("--workers", type=int, help="local Dask worker processes (default: one per core; 0: no Dask)")
+    run.add_argument("--workers", type=options.non_negative_int,
+                     help="local Dask worker processes (default: one per core; 0: no Dask)")  # fmt: skip
     run.add_argument("--scheduler", help="address of an existing Dask scheduler, e.g. tcp://host:8786")
     run.add_argument("--overwrite", action="store_true",
                      help="redo outputs that already exist; outputs made with settings other than "
@@ -138,10 +154,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="build the demo cohort and run the whole pipeline on it (CPU, a few minutes)")
     demo.add_argument("--out", type=Path, help="demo folder: cohort/ and run/ (default: ./wsi-mil-demo)")
-    demo.add_argument("--workers", type=int, help="local Dask worker processes")
+    demo.add_argument("--workers", type=options.non_negative_int, help="local Dask worker processes")
     demo.add_argument("--quiet", action="store_true")
     demo.add_argument("--debug", action="store_true")
     demo.set_defaults(handler=_run_demo)
+
+    view = commands.add_parser("view", help="browse a run's slides, maps and top patches in a local web viewer",
+                               description="Serve a local web viewer of RUN_DIR (read-only) until Ctrl-C.")
+    view.add_argument("run_dir", type=Path, help="run directory holding scores/ (from wsi-mil predict or run)")
+    view.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    view.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    view.add_argument("--masks", type=Path, help="annotations folder (default: run.masks of the run's config)")
+    view.add_argument("--quiet", action="store_true")
+    view.add_argument("--debug", action="store_true")
+    view.set_defaults(handler=_run_view)
     return parser
 
 
@@ -150,7 +176,7 @@ def _tiling_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         key: getattr(args, key)
         for key in (
             "target_mpp", "magnification", "level", "patch_size", "overlap", "tissue_threshold",
-            "bag_format", "save_pixels", "reader", "mpp", "extensions",
+            "bag_format", "save_pixels", "reader", "mpp", "extensions", "slide_timeout",
         )  # fmt: skip
         if getattr(args, key) is not None
     }
@@ -209,7 +235,7 @@ def _run_heatmap(args: argparse.Namespace) -> int:
 
     heatmap = {
         key: getattr(args, key)
-        for key in ("maps", "formats", "level", "mpp", "smooth_sigma", "cmap", "alpha")
+        for key in ("maps", "formats", "level", "mpp", "smooth_sigma", "cmap", "alpha", "scale", "range")
         if getattr(args, key) is not None
     }
     parallel = {k: getattr(args, k) for k in ("workers", "scheduler") if getattr(args, k) is not None}
@@ -223,7 +249,7 @@ def _run_evaluate_maps(args: argparse.Namespace) -> int:
     from wsi_mil.explain.evaluate import evaluate_maps
 
     _, out = evaluate_maps(args.run_dir, masks=args.masks, model=args.model, positive_fraction=args.positive_fraction,
-                           faithfulness=args.faithfulness)  # fmt: skip
+                           faithfulness=args.faithfulness, baseline=args.baseline)  # fmt: skip
     if not args.quiet:
         print((out / "explanations.md").read_text())
         print(f"tables: {out}")
@@ -243,9 +269,11 @@ def _add_training_commands(commands: Any) -> None:
     train.add_argument("--name", help="output folder under RUN_DIR/models/ (default: the model name)")
     train.add_argument("--features", type=Path, nargs="+", default=[],
                        help="feature folders instead of RUN_DIR/features (also CLAM h5_files/pt_files folders)")  # fmt: skip
-    train.add_argument("--folds", type=int, help="k of stratified k-fold cross-validation")
-    train.add_argument("--epochs", type=int)
-    train.add_argument("--seed", type=int)
+    train.add_argument("--folds", type=options.fold_count, help="k of stratified k-fold cross-validation")
+    train.add_argument("--repeats", type=options.positive_int,
+                       help="rounds of k-fold cross-validation, each with its own fold seed")  # fmt: skip
+    train.add_argument("--epochs", type=options.positive_int)
+    train.add_argument("--seed", type=options.any_int)
     train.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     _add_stage_options(train)
     train.set_defaults(handler=_run_train)
@@ -281,7 +309,7 @@ def _run_train(args: argparse.Namespace) -> int:
     from wsi_mil.config import load_config
     from wsi_mil.mil.run import model_dir_for, train_run
 
-    train = {k: getattr(args, k) for k in ("model", "name", "folds", "epochs", "seed", "device") if getattr(args, k) is not None}
+    train = {k: getattr(args, k) for k in ("model", "name", "folds", "repeats", "epochs", "seed", "device") if getattr(args, k) is not None}
     config = load_config(args.config, overrides={"train": train}, sets=args.set)
     train_run(args.run_dir, args.labels, config=config, features=args.features, overwrite=args.overwrite)
     model_dir = model_dir_for(args.run_dir, config)
@@ -326,6 +354,15 @@ def _run_demo(args: argparse.Namespace) -> int:
     result = run_demo(out=args.out, workers=args.workers, progress=not args.quiet, debug=args.debug)
     print(format_report(result))  # the demo's result tables are its output
     return 1 if result.pipeline.failed else 0
+
+
+def _run_view(args: argparse.Namespace) -> int:
+    from wsi_mil.view import serve
+
+    if not 0 <= args.port <= 65535:
+        raise WsiMilError(f"--port {args.port}: not a port number (0-65535)")
+    serve(args.run_dir, host=args.host, port=args.port, masks=args.masks)
+    return 0
 
 
 def _setup_logging(args: argparse.Namespace) -> None:

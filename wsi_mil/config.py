@@ -90,6 +90,12 @@ class TilingConfig:
     mpp: float | None = None
     #: Write a QC image per slide and bag set.
     qc: bool = True
+    #: Seconds one slide may take (all its bag sets); over it the slide is ``failed`` and the batch
+    #: goes on. Checked between reads, so a read in progress finishes first. null: no limit.
+    slide_timeout: float | None = None
+    #: A slide whose undecodable tiles cover more than this fraction of the tissue-detection
+    #: thumbnail fails; fewer are filled as background and listed in the manifest note.
+    max_unreadable_fraction: float = 0.05
     extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
 
     CHOICES: typing.ClassVar[dict[str, tuple[Any, ...]]] = {
@@ -108,6 +114,14 @@ class TilingConfig:
             raise ValueError("set target_mpp, magnification or level")
         if any(value <= 0 for value in (*self.target_mpp, *self.magnification)):
             raise ValueError("target_mpp and magnification must be positive")
+        if self.level is not None and self.level < 0:
+            raise ValueError("level must be >= 0")
+        if self.mpp is not None and self.mpp <= 0:
+            raise ValueError("mpp must be positive")
+        if self.slide_timeout is not None and self.slide_timeout <= 0:
+            raise ValueError("slide_timeout must be a positive number of seconds (or null: no limit)")
+        if not 0.0 <= self.max_unreadable_fraction <= 1.0:
+            raise ValueError("max_unreadable_fraction must be in [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -153,6 +167,8 @@ class ExtractConfig:
             raise ValueError("batch_size must be at least 1")
         if self.num_workers is not None and self.num_workers < 0:
             raise ValueError("num_workers must be >= 0")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError("threads must be at least 1 (or null: all cores)")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
@@ -166,6 +182,10 @@ class ParallelConfig:
     #: Address of an existing Dask scheduler (tcp://host:8786); replaces the local cluster.
     scheduler: str | None = None
 
+    def check(self) -> None:
+        if self.workers is not None and self.workers < 0:
+            raise ValueError(f"workers must be >= 0 (0: no Dask), got {self.workers}")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -177,15 +197,34 @@ class TrainConfig:
     name: str | None = None
     #: Stratified k-fold CV (grouped by patient_id); ignored when the labels CSV has a split column.
     folds: int = 5
+    #: Repeated cross-validation: R rounds of k folds, each with its own fold seed.
+    repeats: int = 1
     #: Fraction of each class's training patients held out for validation (0: none, no early stopping).
     val_fraction: float = 0.2
     seed: int = 0
+    #: Model selection: auto (early stopping when the validation carve-out is large enough, else
+    #: fixed), fixed (no carve-out, keep the last epoch) or early_stopping (see wsi_mil.mil.selection).
+    selection: str = "auto"
+    #: auto uses early stopping only when the validation carve-out holds at least this many bags.
+    min_val_bags: int = 40
+    #: Training epochs (the maximum under early stopping).
     epochs: int = 50
-    #: Early stopping never stops before this many epochs.
+    #: Early stopping never keeps an epoch before this one.
     min_epochs: int = 10
-    #: Stop after this many epochs without improvement of ``monitor``.
+    #: Stop after this many epochs without improvement of the smoothed ``monitor``.
     patience: int = 10
     monitor: str = "val_loss"
+    #: The monitored value is averaged over this many trailing epochs.
+    smooth_epochs: int = 3
+    #: Per-channel feature standardization fitted on each fold's training instances.
+    standardize: bool = True
+    #: Bags per optimizer step (padded, with masked attention).
+    batch_bags: int = 8
+    #: Torch threads while training; null: 1 for small steps, else the usable cores (at most 8).
+    threads: int | None = None
+    #: Training matmuls: auto (bfloat16 where the CPU or GPU computes it natively, else float32),
+    #: float32 or bfloat16. Weights, softmax, losses and evaluation stay float32.
+    precision: str = "auto"
     lr: float = 2e-4
     weight_decay: float = 1e-4
     scheduler: str = "cosine"
@@ -222,6 +261,8 @@ class TrainConfig:
 
     CHOICES: typing.ClassVar[dict[str, tuple[Any, ...]]] = {
         "monitor": ("val_loss", "val_auc"),
+        "selection": ("auto", "fixed", "early_stopping"),
+        "precision": ("auto", "float32", "bfloat16"),
         "scheduler": ("cosine", "plateau", "none"),
         "balance": ("weighted", "sampler", "none"),
     }
@@ -229,6 +270,14 @@ class TrainConfig:
     def check(self) -> None:
         if self.epochs < 1 or self.min_epochs < 0 or self.patience < 1:
             raise ValueError("epochs and patience must be at least 1, min_epochs at least 0")
+        if self.name is not None and (not self.name or self.name.startswith(".") or any(c in self.name for c in "/\\")
+                                      or any(ord(c) < 32 for c in self.name)):  # fmt: skip
+            raise ValueError(f"name {self.name!r} must be one folder name under RUN_DIR/models (no '/', '\\', "
+                             "leading dot or control characters)")
+        if self.repeats < 1 or self.batch_bags < 1 or self.smooth_epochs < 1 or self.min_val_bags < 1:
+            raise ValueError("repeats, batch_bags, smooth_epochs and min_val_bags must be at least 1")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError("threads must be at least 1 (or null: chosen from the bag sizes)")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError("val_fraction must be in [0, 1)")
         if not 0.0 <= self.instance_dropout < 1.0 or not 0.0 <= self.dropout < 1.0:
@@ -260,10 +309,23 @@ class HeatmapConfig:
     mpp: float | None = None
     #: Gaussian smoothing sigma in pixels of that finest scale (0: none); scaled for other levels.
     smooth_sigma: float = 0.0
-    #: A matplotlib colormap for the colour-mapped outputs.
+    #: A matplotlib colormap for the colour-mapped outputs of unsigned maps (attention...).
     cmap: str = "jet"
-    #: Colour range: these percentiles of the slide's patch scores (global, never per patch).
+    #: The colormap of signed maps (logit_*, contribution_*), centred at 0 (wsi_mil.explain.scaling).
+    diverging_cmap: str = "RdBu_r"
+    #: Colour range: slide (its own percentiles), cohort (percentiles over all the run's slides,
+    #: so colours compare across slides) or fixed (``range``).
+    scale: str = "cohort"
+    #: The percentiles of ``scale`` slide/cohort (global, never per patch); signed maps: the upper one of |value|.
     percentiles: tuple[float, float] = (1.0, 99.0)
+    #: [low, high] for ``scale: fixed``; signed maps use +-max(|low|, |high|).
+    range: tuple[float, float] | None = None
+    #: Near-neutral values left undrawn, as a fraction of the range: around 0 for signed maps,
+    #: the bottom of the range for the others (0: draw everything).
+    neutral: float = 0.1
+    #: geojson: regions.geojson merges the patches whose colour position (0 = low end,
+    #: 1 = high end of the colour range) is at least this into QuPath annotations.
+    regions_above: float = 0.75
     #: Opacity of the colour map over the slide (png, blend_tiff).
     alpha: float = 0.5
     #: Longest side of the PNG overlay, in pixels.
@@ -288,6 +350,7 @@ class HeatmapConfig:
     cam_context: float = 0.25
 
     FORMATS: typing.ClassVar[tuple[str, ...]] = ("zarr", "tiff", "rgba_tiff", "png", "geojson", "gallery", "blend_tiff")
+    CHOICES: typing.ClassVar[dict[str, tuple[Any, ...]]] = {"scale": ("slide", "cohort", "fixed")}
     CAM_METHODS: typing.ClassVar[tuple[str, ...]] = ("gradcam", "hirescam", "gradcam++", "scorecam", "ablationcam",
                                                      "eigencam", "layercam", "fullgrad", "integrated_gradients")  # fmt: skip
 
@@ -297,10 +360,27 @@ class HeatmapConfig:
             raise ValueError(f"unknown format(s) {unknown}; allowed: {', '.join(self.FORMATS)}")
         if self.level is not None and self.mpp is not None:
             raise ValueError("set level or mpp, not both")
+        if (self.level is not None and self.level < 0) or (self.mpp is not None and self.mpp <= 0):
+            raise ValueError("level must be >= 0 and mpp positive")
+        if (self.threads is not None and self.threads < 1) or self.gallery_k < 1:
+            raise ValueError("threads (or null) and gallery_k must be at least 1")
         if self.smooth_sigma < 0 or not 0.0 <= self.alpha <= 1.0:
             raise ValueError("smooth_sigma must be >= 0 and alpha in [0, 1]")
         if not 0.0 <= self.percentiles[0] < self.percentiles[1] <= 100.0:
             raise ValueError("percentiles must be two increasing values in [0, 100]")
+        if self.scale == "fixed" and (self.range is None or not self.range[0] < self.range[1]):
+            raise ValueError(f"scale: fixed needs range: [low, high] with low < high (got {self.range})")
+        if self.scale != "fixed" and self.range is not None:
+            raise ValueError(f"range is used only with scale: fixed (scale is {self.scale}); drop it or set scale: fixed")
+        if not 0.0 <= self.regions_above <= 1.0:
+            raise ValueError(f"regions_above must be in [0, 1] (a position in the colour range), got {self.regions_above}")
+        if not 0.0 <= self.neutral < 0.5:
+            raise ValueError(f"neutral must be in [0, 0.5) (a fraction of the colour range), got {self.neutral}")
+        import matplotlib
+
+        unknown = [c for c in (self.cmap, self.diverging_cmap) if c not in matplotlib.colormaps]
+        if unknown:
+            raise ValueError(f"unknown colormap(s) {unknown}: cmap and diverging_cmap must be matplotlib colormaps")
         if self.chunk_size < 256 or self.chunk_size % 256 or self.thumbnail_size < 64:
             raise ValueError("chunk_size must be a multiple of 256 and thumbnail_size at least 64")
         unknown = [m for m in self.cam_methods if m not in self.CAM_METHODS]

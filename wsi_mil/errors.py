@@ -42,3 +42,15 @@ class LabelError(WsiMilError, ValueError):
 
 class FeatureFormatError(WsiMilError, ValueError):
     """Feature files are unreadable, hold NaN/inf values, or disagree on the feature dimension."""
+
+
+class UnsafeSlideIdError(WsiMilError, ValueError):
+    """A slide id could not be a plain file name inside the run folder (separators, ``..``, control characters)."""
+
+
+class SlideTooLargeError(WsiMilError, ValueError):
+    """A slide's header claims more pixels than its file could hold, or more than a bounded read allows."""
+
+
+class SlideTimeoutError(WsiMilError, TimeoutError):
+    """One slide took longer than the per-slide time limit."""

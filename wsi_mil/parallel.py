@@ -16,7 +16,12 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from wsi_mil.errors import ConfigError, WsiMilError
+
 logger = logging.getLogger(__name__)
+
+#: Seconds to wait for a first worker: a cluster that has none would otherwise wait forever.
+WORKER_WAIT_S = 60.0
 
 
 def default_workers() -> int:
@@ -39,8 +44,11 @@ def dask_client(
     import dask
     from distributed import Client, LocalCluster
 
+    if workers is not None and workers < 0:
+        raise ConfigError(f"workers = {workers}: must be >= 0 (0 runs every task in this process, without Dask)")
     if scheduler:
         with Client(scheduler) as client:
+            _wait_for_a_worker(client, scheduler)
             yield client
         return
     n_workers = workers or default_workers()
@@ -55,9 +63,20 @@ def dask_client(
         )
     try:
         with Client(cluster) as client:
+            _wait_for_a_worker(client, "the local cluster")
             yield client
     finally:
         cluster.close()
+
+
+def _wait_for_a_worker(client: Any, where: str) -> None:
+    try:
+        client.wait_for_workers(1, timeout=WORKER_WAIT_S)
+    except TimeoutError as error:  # dask raises the builtin (asyncio) TimeoutError
+        raise WsiMilError(
+            f"{where}: no Dask worker joined within {WORKER_WAIT_S:g} s, so no task could run. Start workers "
+            "(dask worker <address>), or drop --scheduler to use a local cluster."
+        ) from error
 
 
 @contextlib.contextmanager

@@ -39,7 +39,7 @@ STAGE_ORDER = ("tile", "extract", "train", "predict", "heatmap", "evaluate")
 #: Keys that change how a run is done, not what it writes: a rerun may change them.
 #: (``run.masks``: the evaluate stage recomputes its tables on every run.)
 NEUTRAL_KEYS = frozenset({
-    "tiling.extensions", "tiling.qc",
+    "tiling.extensions", "tiling.qc", "tiling.slide_timeout", "tiling.max_unreadable_fraction",
     "extract.device", "extract.batch_size", "extract.loader", "extract.num_workers", "extract.threads",
     "extract.freeze", "extract.direct_tiles",
     "parallel.workers", "parallel.scheduler",
@@ -253,6 +253,7 @@ def run_pipeline(config: Config, *, where: str = "config", overwrite: bool = Fal
     check_run_config(config, where=where)
     run: RunConfig = config.run
     run_dir = Path(str(run.out))
+    sources = _find_sources(config, where) if "tile" in run.stages else []  # bad inputs stop before any work
     stale = stale_outputs(config, where=where, overwrite=overwrite)
     if stale:  # before run_config.json changes: a run killed while removing refuses to resume as before
         logger.warning("--overwrite with changed settings: removing %s", ", ".join(map(str, stale)))
@@ -272,13 +273,8 @@ def run_pipeline(config: Config, *, where: str = "config", overwrite: bool = Fal
         return value
 
     if "tile" in stages:
-        from wsi_mil.io.discover import find_slides
         from wsi_mil.tiling.tile import tile_slides
 
-        sources = find_slides([str(run.slides)], extensions=config.tiling.extensions)
-        if not sources:
-            raise WsiMilError(f"{where}: run.slides = {run.slides}: no slides found "
-                              f"(extensions: {' '.join(config.tiling.extensions)})")  # fmt: skip
         result.records["tile"] = timed("tile", lambda: tile_slides(sources, run_dir, config=config, overwrite=overwrite,
                                                                   debug=debug, progress=progress))  # fmt: skip
     if "extract" in stages:
@@ -293,6 +289,16 @@ def run_pipeline(config: Config, *, where: str = "config", overwrite: bool = Fal
         _run_head(_head_config(config, name), name, run_dir, result, timed, overwrite=overwrite, debug=debug,
                   progress=progress)  # fmt: skip
     return result
+
+
+def _find_sources(config: Config, where: str) -> list[Any]:
+    from wsi_mil.io.discover import find_slides
+
+    sources = find_slides([str(config.run.slides)], extensions=config.tiling.extensions)
+    if not sources:
+        raise WsiMilError(f"{where}: run.slides = {config.run.slides}: no slides found "
+                          f"(extensions: {' '.join(config.tiling.extensions)})")  # fmt: skip
+    return sources
 
 
 def _run_head(config: Config, name: str, run_dir: Path, result: PipelineResult, timed: Any, *, overwrite: bool,

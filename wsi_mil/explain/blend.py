@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from wsi_mil.config import HeatmapConfig
 from wsi_mil.explain.export_overview import blend
 from wsi_mil.explain.export_tiff import TILE, JpegLayout
 from wsi_mil.explain.stitch import ScorePainter, ScoreRange, colormap_lut
@@ -168,8 +169,8 @@ class TileBlender:
         self._weighted_lut = np.float32(alpha) * colormap_lut(cmap).astype(np.float32)  # (256, 3) alpha * colour
 
     def __call__(self, rgb: np.ndarray, scores: np.ndarray) -> np.ndarray:
-        """rgb: (h, w, 3) uint8; scores: (h, w) float, NaN keeps the slide."""
-        valid = np.isfinite(scores)
+        """rgb: (h, w, 3) uint8; scores: (h, w) float, NaN and near-neutral values keep the slide."""
+        valid = self.score_range.visible(scores)
         index = (self.score_range.normalize(np.where(valid, scores, 0.0)) * 255.0 + 0.5).astype(np.uint8)
         mixed = rgb.astype(np.float32)
         mixed *= 1.0 - self.alpha
@@ -225,3 +226,38 @@ def stored_tiles_for(slide: Any, shape: tuple[int, int], downsample: float) -> S
     if tuple(slide.level_dimensions[level]) != (shape[1], shape[0]):
         return None
     return StoredJpegTiles.find(Path(slide.path), shape)
+
+
+def write_blend_tiff(path: Path, slide: Any, scores: Any, *, options: HeatmapConfig, score_range: ScoreRange,
+                     description: str | None = None, cmap: str | None = None) -> Path:  # fmt: skip
+    """A JPEG RGB pyramid of the colour map blended with the slide, one level per slide level.
+
+    ``scores(downsample)`` gives the level's scores: a :class:`ScorePainter` with
+    256-px chunks (blended tile by tile, copying the slide's own JPEG tiles where there
+    is no score) or a Dask canvas with 256-px row chunks (blended chunk by chunk).
+    """
+    from wsi_mil.explain.export_tiff import write_pyramid_tiff
+
+    slides = open_per_thread(slide.path, reader=slide.backend, mpp=slide.mpp)
+    stored = []
+    try:
+        levels = []
+        for downsample in slide.level_downsamples:
+            downsample = float(round(downsample))
+            level_scores = scores(downsample)
+            if levels and max(level_scores.shape) < 256:
+                break
+            blend_options = {"downsample": downsample, "cmap": cmap or options.cmap, "score_range": score_range,
+                             "alpha": options.alpha}  # fmt: skip
+            if isinstance(level_scores, ScorePainter):
+                stored.append(stored_tiles_for(slide, level_scores.shape, downsample))
+                levels.append(BlendTiles(level_scores, slides, stored=stored[-1], **blend_options))
+            else:
+                levels.append(blended_canvas(level_scores, slides, **blend_options))
+        return write_pyramid_tiff(path, levels, mpp=slide.mpp, kind="rgb_jpeg", description=description,
+                                  threads=options.threads)  # fmt: skip
+    finally:
+        for tiles in stored:
+            if tiles is not None:
+                tiles.close()
+        slides.close()

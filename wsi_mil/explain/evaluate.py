@@ -61,19 +61,55 @@ def _slide_dimensions(scores: SlideScores, bag_path: Path | None) -> tuple[int, 
                       "keep RUN_DIR/bags or the slide where it was tiled")  # fmt: skip
 
 
+def _slide_file(scores: SlideScores) -> Path | None:
+    slide_path = scores.attrs.get("slide_path")
+    return Path(str(slide_path)) if slide_path and Path(str(slide_path)).exists() else None
+
+
+def _stain_maps(scores: SlideScores, slide_path: Path) -> dict[str, np.ndarray]:
+    """The stain baseline maps of a scored slide, read from its slide file ({} with a warning when unreadable)."""
+    from wsi_mil.errors import SlideOpenError, SlideReadError
+    from wsi_mil.explain.stain_baseline import stain_baseline_scores
+    from wsi_mil.io.open import open_slide
+
+    try:
+        with open_slide(slide_path, mpp=scores.attrs.get("slide_mpp")) as slide:
+            return stain_baseline_scores(slide, scores.coords, scores.patch_size_level0)
+    except (SlideOpenError, SlideReadError) as error:
+        logger.warning("%s: no stain baseline: %s", scores.slide_id, error)
+        return {}
+
+
 def evaluate_slide(scores: SlideScores, annotation: Path, *, bag_path: Path | None = None,
-                   positive_fraction: float = 0.5) -> list[dict[str, Any]]:  # fmt: skip
-    """One row per map: the slide's localization metrics (empty values for a negative slide)."""
+                   positive_fraction: float = 0.5, baseline: bool = True) -> list[dict[str, Any]]:  # fmt: skip
+    """One row per map: the slide's localization metrics (empty values for a negative slide).
+    With ``baseline``, the non-learned stain maps (stain_baseline.py) and the manifold's seeds
+    (map_checks.py) are scored beside the learned maps."""
+    from wsi_mil.explain.map_checks import MANIFOLD, SEEDS, is_constant, manifold_seeds, seed_spread
+    from wsi_mil.explain.stain_baseline import STAIN_MAPS
+
     truth = load_ground_truth(annotation, _slide_dimensions(scores, bag_path))
     fraction, grade = patch_truth(scores.coords, scores.patch_size_level0, truth)
     positives = int((fraction >= positive_fraction).sum())
+    maps: dict[str, np.ndarray | None] = dict(available_maps(scores))
+    if baseline and MANIFOLD in maps and "attention_raw" in maps:
+        maps[SEEDS] = manifold_seeds(maps["attention_raw"])
+    slide_path = _slide_file(scores) if baseline else None
+    if slide_path is not None:  # computed only where they are scored
+        maps.update(_stain_maps(scores, slide_path) if positives else dict.fromkeys(STAIN_MAPS))
+    elif baseline:
+        logger.warning("%s: no stain baseline: slide not found at %s", scores.slide_id, scores.attrs.get("slide_path"))
     rows = []
-    for name, values in available_maps(scores).items():
-        row: dict[str, Any] = {"slide_id": scores.slide_id, "map": name, "n_patches": len(values),
+    for name, values in maps.items():
+        row: dict[str, Any] = {"slide_id": scores.slide_id, "map": name, "n_patches": len(scores.coords),
                                "n_lesion_patches": positives}  # fmt: skip
-        if positives:
-            row.update(localization_metrics(values, fraction, grade, graded=truth.graded,
-                                            positive_fraction=positive_fraction))  # fmt: skip
+        if values is not None:
+            row["constant"] = is_constant(values)
+            if name == MANIFOLD and SEEDS in maps:
+                row["spread"] = seed_spread(values, maps[SEEDS])
+            if positives:
+                row.update(localization_metrics(values, fraction, grade, graded=truth.graded,
+                                                positive_fraction=positive_fraction))  # fmt: skip
         rows.append(row)
     return rows
 
@@ -114,7 +150,9 @@ def markdown_table(summary: Sequence[dict[str, Any]]) -> str:
     lines = ["## Localization", "",
              "Mean ± std over annotated positive slides; patch-level ground truth: >= half the patch inside the "
              "lesion. hit = pointing game; graded = the peak's layer (3 core .. 0 outside); dice/iou of the "
-             "min-max scaled map at 0.5; coverage = mean scaled map inside / outside the lesion.", "",
+             "min-max scaled map at 0.5; coverage = mean scaled map inside / outside the lesion. Not learned, to read "
+             "every map against: stain_hematoxylin (mean hematoxylin optical density per patch), stain_darkness "
+             "(fraction of very dark pixels per patch), manifold_seeds (the manifold ranking's seeds alone).", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]  # fmt: skip
     for entry in summary:
         cells = [entry["map"], f"{entry['positive_slides']}/{entry['slides']}", *(cell(entry, m) for m in SUMMARY_METRICS)]
@@ -122,7 +160,8 @@ def markdown_table(summary: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _localization(jobs: Sequence[Any], masks: Path, positive_fraction: float) -> list[dict[str, Any]]:
+def _localization(jobs: Sequence[Any], masks: Path, positive_fraction: float,
+                  baseline: bool) -> list[dict[str, Any]]:  # fmt: skip
     if not masks.is_dir():
         raise WsiMilError(f"{masks}: no such masks folder; give the folder holding <slide_id>.png|.geojson|.xml")
     rows: list[dict[str, Any]] = []
@@ -133,7 +172,7 @@ def _localization(jobs: Sequence[Any], masks: Path, positive_fraction: float) ->
             missing.append(job.slide_id)
             continue
         rows.extend(evaluate_slide(read_scores(job.scores_path), annotation, bag_path=job.bag_path,
-                                   positive_fraction=positive_fraction))  # fmt: skip
+                                   positive_fraction=positive_fraction, baseline=baseline))  # fmt: skip
     if missing:
         logger.warning("%d scored slides have no annotation in %s (not evaluated), e.g. %s",
                        len(missing), masks, ", ".join(missing[:5]))  # fmt: skip
@@ -187,10 +226,12 @@ def _cams(jobs: Sequence[Any], masks: Path | None) -> list[dict[str, Any]]:
 
 def evaluate_maps(run_dir: str | Path, *, masks: str | Path | None = None, model: str | None = None,
                   positive_fraction: float = 0.5, faithfulness: bool = True,
-                  fractions: Sequence[float] | None = None) -> tuple[list[dict[str, Any]], Path]:  # fmt: skip
-    """Localization of every map on annotated slides (when ``masks`` is given) and bag-level
-    faithfulness curves (when ``faithfulness``); writes the tables; returns (localization
-    summary rows, output folder)."""
+                  fractions: Sequence[float] | None = None,
+                  baseline: bool = True) -> tuple[list[dict[str, Any]], Path]:  # fmt: skip
+    """Localization of every map on annotated slides (when ``masks`` is given; with ``baseline``,
+    beside the non-learned stain maps and manifold seeds, with warnings for maps that are
+    degenerate or do not beat the stain baseline) and bag-level faithfulness curves (when
+    ``faithfulness``); writes the tables; returns (localization summary rows, output folder)."""
     from wsi_mil.explain.faithfulness import FRACTIONS, faithfulness_markdown, summarize_faithfulness
 
     if masks is None and not faithfulness:
@@ -202,10 +243,15 @@ def evaluate_maps(run_dir: str | Path, *, masks: str | Path | None = None, model
     markdown = [f"# Explanation metrics: {model}", ""]
     summary: list[dict[str, Any]] = []
     if masks is not None:
-        rows = _localization(jobs, Path(masks), positive_fraction)
+        from wsi_mil.explain.map_checks import map_warnings, warnings_markdown
+
+        rows = _localization(jobs, Path(masks), positive_fraction, baseline)
         summary = summarize(rows)
+        warnings = map_warnings(rows, summary)
+        for warning in warnings:
+            logger.warning("%s: %s", model, warning)
         outputs += [("explanations_per_slide.csv", _csv(rows)), ("explanations.csv", _csv(summary))]
-        markdown.append(markdown_table(summary))
+        markdown += [warnings_markdown(warnings), markdown_table(summary)]
     cams = _cams(jobs, Path(masks) if masks is not None else None)
     if cams:
         from wsi_mil.explain.cam_metrics import cam_markdown, summarize_cams

@@ -1,12 +1,20 @@
-"""Pyramidal tiled TIFFs that OpenSlide, tiffslide and QuPath open aligned with the slide.
+"""Pyramidal tiled TIFFs that Bio-Formats (QuPath), OpenSlide and tiffslide all open as a
+pyramid aligned with the slide, with the slide's pixel size.
 
-Layout: a plain (Big)TIFF whose top-level pages are the pyramid levels, full size
-first, each reduced page marked ``NewSubfileType = 1``, all tiled 256 x 256, with
-``XResolution``/``YResolution`` in pixels per centimetre from the slide's MPP. This is
-the layout OpenSlide's ``generic-tiff`` driver reads as a pyramid (it ignores
-SubIFDs) and that tifffile/tiffslide also group into one multi-level series; both
-report ``mpp-x``/``mpp-y`` from the resolution tags. Page 0 has the slide's level-0
-size, so the file overlays the slide pixel for pixel.
+Layout: an OME-TIFF whose page 0 is the full-size level (the slide's level-0 size, so
+the file overlays the slide pixel for pixel) with the reduced levels twice:
+- as SubIFDs of page 0, which is how OME-TIFF stores a pyramid: Bio-Formats (QuPath's
+  reader), tifffile and tiffslide read these; Bio-Formats sees top-level reduced pages
+  as nothing (a plain TIFF's ``NewSubfileType = 1`` pages leave it one flat level);
+- as top-level pages marked ``NewSubfileType = 1``: OpenSlide's ``generic-tiff`` driver
+  reads only these (it ignores SubIFDs). The OME-XML names IFD 0 only, so Bio-Formats
+  and tifffile leave them alone.
+The second copy is the same encoded tiles, spooled to a temporary file while the first
+is written (nothing is painted or compressed twice); it adds about a third of level 0's
+size. All levels are tiled 256 x 256 with ``XResolution``/``YResolution`` in pixels per
+centimetre (OpenSlide's and tiffslide's ``mpp``), and the OME-XML carries
+``PhysicalSizeX/Y`` in micrometres (Bio-Formats' pixel size). The provenance text goes
+into the OME ``Image/Description``, with paths relative to the run directory.
 
 Pixel types (see :func:`write_pyramid_tiff`):
 - float32, one sample, deflate: the scores themselves, NaN for no data. tiffslide,
@@ -28,12 +36,14 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, BinaryIO, Protocol, runtime_checkable
+from xml.sax.saxutils import escape, quoteattr
 
 import numpy as np
 
@@ -222,6 +232,53 @@ def _level_codec(kind: str, level: Any, tile: int) -> tuple[dict[str, Any], Call
     raise ValueError(f"unknown TIFF kind {kind!r}; use float32, rgba or rgb_jpeg")
 
 
+def ome_xml(*, name: str, shape: tuple[int, ...], dtype: np.dtype, mpp: float | None,
+            description: str | None = None) -> str:  # fmt: skip
+    """ASCII OME-XML for one image stored in IFD 0 (its pyramid in SubIFDs); ``shape`` (H, W[, S]).
+
+    No unit attributes: micrometre is OME's default, and Bio-Formats' OME-TIFF check
+    rejects a non-ASCII ``\u00b5m`` in the TIFF comment.
+    """
+    height, width = shape[:2]
+    samples = shape[2] if len(shape) > 2 else 1
+    pixel_type = {"float32": "float", "uint8": "uint8"}[np.dtype(dtype).name]
+    size = f' PhysicalSizeX="{float(mpp)!r}" PhysicalSizeY="{float(mpp)!r}"' if mpp else ""
+    text = f"<Description>{escape(description)}</Description>" if description else ""
+    xml = ('<?xml version="1.0" encoding="UTF-8"?>'
+           '<OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06" '
+           'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" '
+           'xsi:schemaLocation="http://www.openmicroscopy.org/Schemas/OME/2016-06 '
+           'http://www.openmicroscopy.org/Schemas/OME/2016-06/ome.xsd">'
+           f'<Image ID="Image:0" Name={quoteattr(name)}>{text}'
+           f'<Pixels ID="Pixels:0" DimensionOrder="XYCZT" Type="{pixel_type}" SizeX="{width}" SizeY="{height}" '
+           f'SizeC="{samples}" SizeZ="1" SizeT="1"{size}>'
+           f'<Channel ID="Channel:0:0" SamplesPerPixel="{samples}"/><TiffData IFD="0" PlaneCount="1"/>'
+           "</Pixels></Image></OME>")  # fmt: skip
+    return xml.encode("ascii", "xmlcharrefreplace").decode("ascii")
+
+
+class _TileSpool:
+    """A reduced level's encoded tiles, kept on disk between its SubIFD copy and its top-level copy."""
+
+    def __init__(self, folder: Path) -> None:
+        self._file: BinaryIO = tempfile.TemporaryFile(dir=folder, prefix=".tiles-")
+        self._sizes: list[int] = []
+
+    def record(self, tiles: Iterator[bytes]) -> Iterator[bytes]:
+        for data in tiles:
+            self._file.write(data)
+            self._sizes.append(len(data))
+            yield data
+
+    def replay(self) -> Iterator[bytes]:
+        self._file.seek(0)
+        for size in self._sizes:
+            yield self._file.read(size)
+
+    def close(self) -> None:
+        self._file.close()
+
+
 def write_pyramid_tiff(
     path: str | Path,
     levels: Sequence[Any],
@@ -236,7 +293,8 @@ def write_pyramid_tiff(
 
     ``kind``: ``float32`` ((H, W) scores), ``rgba`` ((H, W, 4) uint8) or ``rgb_jpeg``
     ((H, W, 3) uint8). ``mpp`` is level 0's um/px; each level's resolution tags use its
-    own downsample, taken from the level widths. The file appears atomically.
+    own downsample, taken from the level widths. ``description`` (provenance) goes into
+    the OME-XML. The file appears atomically; layout in the module docstring.
     """
     import tifffile
 
@@ -245,31 +303,37 @@ def write_pyramid_tiff(
     dtype = np.float32 if kind == "float32" else np.uint8
     width0 = levels[0].shape[1]
     path = Path(path)
+    name = path.name.split(".")[0]
+
+    def tiles_of(level: Any) -> Iterator[bytes]:
+        options, encode, empty = _level_codec(kind, level, tile)
+        if isinstance(level, TileSource):
+            return iter_source_tiles(level, tile=tile, encode=encode, empty=empty, threads=threads)
+        return iter_tiles(level, tile=tile, threads=threads, encode=encode)
+
+    def write(writer: Any, level: Any, tiles: Iterator[bytes], **extra: Any) -> None:
+        options, _, _ = _level_codec(kind, level, tile)
+        resolution = {}
+        if mpp:
+            per_cm = 1e4 / (mpp * width0 / level.shape[1])
+            resolution = {"resolution": (per_cm, per_cm), "resolutionunit": "CENTIMETER"}
+        writer.write(tiles, shape=level.shape, dtype=dtype, tile=(tile, tile), metadata=None, maxworkers=threads,
+                     **resolution, **options, **extra)  # fmt: skip
+
+    reduced = list(levels[1:])
     with atomic_output(path) as tmp:
-        big = sum(int(np.prod(level.shape)) * np.dtype(dtype).itemsize for level in levels) > 2**31
-        with tifffile.TiffWriter(tmp, bigtiff=big) as writer:
-            for index, level in enumerate(levels):
-                options, encode, empty = _level_codec(kind, level, tile)
-                if isinstance(level, TileSource):
-                    tiles = iter_source_tiles(level, tile=tile, encode=encode, empty=empty, threads=threads)
-                else:
-                    tiles = iter_tiles(level, tile=tile, threads=threads, encode=encode)
-                downsample = width0 / level.shape[1]
-                resolution = {}
-                if mpp:
-                    per_cm = 1e4 / (mpp * downsample)
-                    resolution = {"resolution": (per_cm, per_cm), "resolutionunit": "CENTIMETER"}
-                writer.write(
-                    tiles,
-                    shape=level.shape,
-                    dtype=dtype,
-                    tile=(tile, tile),
-                    subfiletype=0 if index == 0 else 1,
-                    description=description if index == 0 else None,
-                    metadata=None,
-                    maxworkers=threads,
-                    **resolution,
-                    **options,
-                )
+        stored = sum(int(np.prod(level.shape)) for level in [*levels, *reduced]) * np.dtype(dtype).itemsize
+        spools = [_TileSpool(tmp.parent) for _ in reduced]
+        try:
+            with tifffile.TiffWriter(tmp, bigtiff=stored > 2**31) as writer:
+                xml = ome_xml(name=name, shape=levels[0].shape, dtype=dtype, mpp=mpp, description=description)
+                write(writer, levels[0], tiles_of(levels[0]), subfiletype=0, subifds=len(reduced), description=xml)
+                for level, spool in zip(reduced, spools, strict=True):
+                    write(writer, level, spool.record(tiles_of(level)), subfiletype=1)
+                for level, spool in zip(reduced, spools, strict=True):
+                    write(writer, level, spool.replay(), subfiletype=1)
+        finally:
+            for spool in spools:
+                spool.close()
     logger.debug("wrote %s (%d levels)", path, len(levels))
     return path

@@ -1,11 +1,15 @@
 """The heatmap stage: scores files -> ``RUN_DIR/heatmaps/<model>/<slide_id>/``.
 
 Per slide and map: ``<map>.ome.zarr`` (OME-NGFF 0.4 multiscale, float32),
-``<map>.tiff`` (float32 pyramid at the slide's level-0 size), ``<map>_rgba.tiff``
+``<map>.tiff`` (float32 OME-TIFF pyramid at the slide's level-0 size), ``<map>_rgba.tiff``
 (colour-mapped uint8 RGBA pyramid, for OpenSlide), ``<map>_overlay.png`` (thumbnail
-overlay with a colour bar), optionally ``<map>_blend.tiff`` (level-0 colour map blended
-with the slide); and one ``patches.geojson`` with every map as a measurement.
-Each file appears atomically; complete files are skipped on a rerun.
+overlay with a legend and the slide's prediction), optionally ``<map>_blend.tiff``
+(level-0 colour map blended with the slide); and ``patches.geojson`` (every map as a
+measurement) with ``regions.geojson`` (each map's hot regions), both for QuPath.
+Colours follow ``heatmap.scale`` (:mod:`wsi_mil.explain.scaling`): with ``cohort``, the
+run's ranges are written to ``colour_ranges.json`` beside the slides' folders.
+Each file appears atomically; complete files are skipped on a rerun. No output holds an
+absolute path of this machine: provenance names files relative to the run directory.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +26,7 @@ import numpy as np
 
 from wsi_mil.config import Config, HeatmapConfig
 from wsi_mil.errors import WsiMilError
+from wsi_mil.io.slide_ids import check_slide_id
 from wsi_mil.manifest import failure_record
 from wsi_mil.explain.maps import SlideScores, read_scores, select_maps
 from wsi_mil.explain.stitch import CanvasGeometry, ScorePainter, ScoreRange, TissueMask, stitch_scores
@@ -40,7 +45,6 @@ MAP_FILES = {
     "png": "{map}_overlay.png",
     "blend_tiff": "{map}_blend.tiff",
 }
-GEOJSON_NAME = "patches.geojson"
 
 
 @dataclass(frozen=True)
@@ -70,8 +74,20 @@ class SlideGeometry:
 def output_paths(out_dir: Path, map_names: Sequence[str], formats: Sequence[str]) -> list[Path]:
     paths = [out_dir / MAP_FILES[f].format(map=m) for m in map_names for f in formats if f in MAP_FILES]
     if "geojson" in formats:
-        paths.append(out_dir / GEOJSON_NAME)
+        from wsi_mil.explain.export_geojson import PATCHES_NAME, REGIONS_NAME
+
+        paths.extend(out_dir / name for name in (PATCHES_NAME, REGIONS_NAME))
     return paths
+
+
+def run_relative(path: Path, run_dir: Path | None) -> str:
+    """``path`` relative to the run directory (POSIX), or its bare name outside one: never absolute."""
+    if run_dir is not None:
+        try:
+            return Path(path).resolve().relative_to(Path(run_dir).resolve()).as_posix()
+        except ValueError:
+            pass
+    return Path(path).name
 
 
 def _slide_geometry(scores: SlideScores, slide: Any, bag_attrs: dict[str, Any]) -> SlideGeometry:
@@ -119,12 +135,23 @@ def heatmap_slide(
     options: HeatmapConfig | None = None,
     reader: str = "auto",
     overwrite: bool = False,
+    run_dir: str | Path | None = None,
+    cohort: Mapping[str, ScoreRange] | None = None,
 ) -> dict[str, Any]:
-    """Write every requested output of one slide; returns counts. Raises on slide-level errors."""
+    """Write every requested output of one slide; returns counts. Raises on slide-level errors.
+
+    ``cohort``: each map's colour range over the run (``scale: cohort``; from
+    :func:`wsi_mil.explain.scaling.cohort_ranges`); without it, the slide's own.
+    ``run_dir``: provenance names the scores file relative to it.
+    """
+    from wsi_mil.explain.scaling import slide_ranges
+
     options = options or HeatmapConfig()
     scores = read_scores(scores_path)
     out_dir = Path(out_dir)
     maps = select_maps(scores, options.maps)
+    ranges = slide_ranges(maps, options=options, cohort=cohort)
+    scores_file = run_relative(scores.path, Path(run_dir) if run_dir else None)
     recorded = slide_path or scores.attrs.get("slide_path")
     slide_path = Path(str(recorded)) if recorded else None  # never Path(""), which is the working directory
     slide = None
@@ -145,13 +172,13 @@ def heatmap_slide(
         geometry = _slide_geometry(scores, slide, bag_attrs)
         written = 0
         for name, values in maps.items():
-            written += _write_map(name, values, scores, geometry, slide, tissue, out_dir, options, overwrite)
-        geojson = out_dir / GEOJSON_NAME
-        if "geojson" in options.formats and (overwrite or not geojson.exists()):
-            from wsi_mil.explain.export_overview import write_patch_geojson
+            written += _write_map(name, values, scores, geometry, slide, tissue, out_dir, options, overwrite,
+                                  score_range=ranges[name], scores_file=scores_file)  # fmt: skip
+        if "geojson" in options.formats:
+            from wsi_mil.explain.export_geojson import write_slide_geojson
 
-            write_patch_geojson(geojson, scores.coords, maps, patch_size_level0=scores.patch_size_level0)
-            written += 1
+            written += write_slide_geojson(scores, maps, ranges, out_dir=out_dir, options=options, mpp=geometry.mpp,
+                                           overwrite=overwrite)  # fmt: skip
     finally:
         if slide is not None:
             slide.close()
@@ -161,16 +188,18 @@ def heatmap_slide(
 
 def _write_map(
     name: str, values: np.ndarray, scores: SlideScores, geometry: SlideGeometry, slide: Any,
-    tissue: TissueMask | None, out_dir: Path, options: HeatmapConfig, overwrite: bool,
+    tissue: TissueMask | None, out_dir: Path, options: HeatmapConfig, overwrite: bool, *,
+    score_range: ScoreRange, scores_file: str,
 ) -> int:  # fmt: skip
     from wsi_mil.explain.export_tiff import pyramid_factors, write_pyramid_tiff
+    from wsi_mil.explain.scaling import map_cmap
     from wsi_mil.explain.stitch import ColouredTiles, colorize
 
     todo = {f: out_dir / MAP_FILES[f].format(map=name) for f in options.formats if f in MAP_FILES}
     todo = {f: p for f, p in todo.items() if overwrite or not p.exists()}
     if not todo:
         return 0
-    score_range = ScoreRange.of(values, percentiles=options.percentiles)
+    cmap = map_cmap(name, options)
     base = _base_downsample(geometry, options, scores.slide_id)
     size = scores.patch_size_level0
     chunk = options.chunk_size
@@ -194,7 +223,10 @@ def _write_map(
     level0 = CanvasGeometry.for_slide(geometry.dimensions, 1.0)
     tiff_factors = pyramid_factors(level0.shape)
     provenance = {"slide_id": scores.slide_id, "map": name, "model": scores.root_attrs.get("model"),
-                  "scores_file": str(scores.path), "vmin": score_range.vmin, "vmax": score_range.vmax,
+                  "scores_file": scores_file, "vmin": score_range.vmin, "vmax": score_range.vmax,
+                  "clear": None if score_range.clear is None else [float(v) if np.isfinite(v) else None
+                                                                   for v in score_range.clear],
+                  "scale": options.scale, "cmap": cmap,
                   "level0_dimensions": list(geometry.dimensions), "slide_mpp": geometry.mpp}  # fmt: skip
     description = json.dumps({"wsi_mil_heatmap": provenance})
     for fmt, path in todo.items():
@@ -210,68 +242,23 @@ def _write_map(
         elif fmt in ("tiff", "rgba_tiff"):
             levels = [tiff_level(f) for f in tiff_factors]
             if fmt == "rgba_tiff":
-                colour = {"cmap": options.cmap, "score_range": score_range}
+                colour = {"cmap": cmap, "score_range": score_range}
                 levels = [ColouredTiles(level, **colour) if isinstance(level, ScorePainter) else colorize(level, **colour)
                           for level in levels]  # fmt: skip
             write_pyramid_tiff(path, levels, mpp=geometry.mpp, kind="float32" if fmt == "tiff" else "rgba",
                                description=description, threads=options.threads)  # fmt: skip
         elif fmt == "png":
-            _write_png(path, name, canvas, geometry, slide, options, score_range)
+            from wsi_mil.explain.export_overview import write_slide_png
+
+            notes = [scores.prediction_text(), f"scale: {options.scale}"]
+            write_slide_png(path, canvas, slide, dimensions=geometry.dimensions, title=name, cmap=cmap,
+                            score_range=score_range, options=options, notes=notes)  # fmt: skip
         elif fmt == "blend_tiff" and slide is not None:
-            write_blend_tiff(path, slide, tiff_level, options=options, score_range=score_range, description=description)
+            from wsi_mil.explain.blend import write_blend_tiff
+
+            write_blend_tiff(path, slide, tiff_level, options=options, score_range=score_range, description=description,
+                             cmap=cmap)  # fmt: skip
     return len(todo)
-
-
-def _write_png(path: Path, name: str, canvas: Any, geometry: SlideGeometry, slide: Any,
-               options: HeatmapConfig, score_range: ScoreRange) -> None:  # fmt: skip
-    from wsi_mil.explain.export_overview import write_overlay_png
-
-    width, height = geometry.dimensions
-    if slide is not None:
-        thumbnail = np.asarray(slide.get_thumbnail((options.thumbnail_size, options.thumbnail_size)))
-    else:
-        scale = options.thumbnail_size / max(width, height)
-        thumbnail = np.full((max(1, int(height * scale)), max(1, int(width * scale)), 3), 255, dtype=np.uint8)
-    rows, cols = thumbnail.shape[:2]
-    downsample = max(width / cols, height / rows)
-    scores = canvas(downsample, (rows, cols), shape=(rows, cols)).compute(scheduler="threads")
-    write_overlay_png(path, thumbnail, scores, cmap=options.cmap, score_range=score_range, alpha=options.alpha, title=name)
-
-
-def write_blend_tiff(path: Path, slide: Any, scores: Any, *, options: HeatmapConfig, score_range: ScoreRange,
-                     description: str | None = None) -> Path:  # fmt: skip
-    """A JPEG RGB pyramid of the colour map blended with the slide, one level per slide level.
-
-    ``scores(downsample)`` gives the level's scores: a :class:`ScorePainter` with
-    256-px chunks (blended tile by tile, copying the slide's own JPEG tiles where there
-    is no score) or a Dask canvas with 256-px row chunks (blended chunk by chunk).
-    """
-    from wsi_mil.explain.blend import BlendTiles, blended_canvas, open_per_thread, stored_tiles_for
-    from wsi_mil.explain.export_tiff import write_pyramid_tiff
-
-    slides = open_per_thread(slide.path, reader=slide.backend, mpp=slide.mpp)
-    stored = []
-    try:
-        levels = []
-        for downsample in slide.level_downsamples:
-            downsample = float(round(downsample))
-            level_scores = scores(downsample)
-            if levels and max(level_scores.shape) < 256:
-                break
-            blend_options = {"downsample": downsample, "cmap": options.cmap, "score_range": score_range,
-                             "alpha": options.alpha}  # fmt: skip
-            if isinstance(level_scores, ScorePainter):
-                stored.append(stored_tiles_for(slide, level_scores.shape, downsample))
-                levels.append(BlendTiles(level_scores, slides, stored=stored[-1], **blend_options))
-            else:
-                levels.append(blended_canvas(level_scores, slides, **blend_options))
-        return write_pyramid_tiff(path, levels, mpp=slide.mpp, kind="rgb_jpeg", description=description,
-                                  threads=options.threads)  # fmt: skip
-    finally:
-        for tiles in stored:
-            if tiles is not None:
-                tiles.close()
-        slides.close()
 
 
 # ----------------------------------------------------------------------------- bulk
@@ -296,7 +283,8 @@ def find_jobs(run_dir: str | Path, *, model: str | None = None) -> tuple[str, li
             continue
         subset = path.parent.relative_to(root / model)  # a bag set (e.g. 0.5mpp) or nothing
         label = model if subset == Path(".") else f"{model}/{subset.as_posix()}"
-        jobs.append(HeatmapJob(path.stem, path, run_dir / "heatmaps" / model / subset / path.stem,
+        slide_id = check_slide_id(path.stem, where=path)
+        jobs.append(HeatmapJob(slide_id, path, run_dir / "heatmaps" / model / subset / path.stem,
                                bag_path=_find_bag(run_dir, subset, path.stem), label=label, run_dir=run_dir,
                                model=model, subset=subset))  # fmt: skip
     return model, jobs
@@ -316,15 +304,19 @@ def _find_bag(run_dir: Path, subset: Path, slide_id: str) -> Path | None:
 
 
 def heatmap_job(job: HeatmapJob, *, options: HeatmapConfig, reader: str = "auto", overwrite: bool = False,
-                debug: bool = False, checkpoint_path: str | None = None) -> dict[str, Any]:  # fmt: skip
+                debug: bool = False, cohort: Mapping[str, Mapping[str, ScoreRange]] | None = None,
+                checkpoint_path: str | None = None) -> dict[str, Any]:  # fmt: skip
     """One manifest record: ``done``, ``skipped`` or ``failed``; never raises for a bad slide.
 
-    CAMs never fail a slide: what could not be explained is named in the record's note."""
+    ``cohort``: bag set (``job.subset`` as POSIX) -> map -> colour range, for ``scale: cohort``.
+    CAMs never fail a slide: what could not be explained is named in the record's note.
+    """
     record: dict[str, Any] = {"stage": STAGE, "slide_id": job.slide_id, "bag_set": job.label, "path": str(job.scores_path)}
     started = time.perf_counter()
     try:
         result = heatmap_slide(job.scores_path, out_dir=job.out_dir, slide_path=job.slide_path, bag_path=job.bag_path,
-                               options=options, reader=reader, overwrite=overwrite)  # fmt: skip
+                               options=options, reader=reader, overwrite=overwrite, run_dir=job.run_dir,
+                               cohort=(cohort or {}).get(job.subset.as_posix()))  # fmt: skip
         if "gallery" in options.formats and job.bag_path is not None:
             from wsi_mil.explain.galleries import write_map_galleries
 
@@ -360,6 +352,14 @@ def heatmap_run(run_dir: str | Path, *, config: Config, model: str | None = None
     out_root.mkdir(parents=True, exist_ok=True)
     with atomic_output(out_root / "heatmap_config.json") as tmp:
         tmp.write_text(json.dumps(asdict(config.heatmap), indent=2, sort_keys=True))
+    cohort = None
+    if config.heatmap.scale == "cohort":
+        from wsi_mil.explain.scaling import write_cohort_ranges
+
+        by_set: dict[str, list[Path]] = {}
+        for job in jobs:
+            by_set.setdefault(job.subset.as_posix(), []).append(job.scores_path)
+        cohort = write_cohort_ranges(by_set, out_root, options=config.heatmap)
     recorder = RunRecorder(run_dir, logger=logger)
 
     def on_crash(job: HeatmapJob, error: BaseException) -> None:
@@ -368,6 +368,7 @@ def heatmap_run(run_dir: str | Path, *, config: Config, model: str | None = None
     map_slides(heatmap_job, jobs, on_result=lambda _, record: recorder.add([record]), on_crash=on_crash,
                workers=config.parallel.workers,
                scheduler=config.parallel.scheduler, desc="heatmaps", progress=progress, options=config.heatmap,
-               reader=config.tiling.reader, overwrite=overwrite, debug=debug,
+               reader=config.tiling.reader, overwrite=overwrite, debug=debug, cohort=cohort,
                checkpoint_path=config.extract.checkpoint_path)  # fmt: skip
     return recorder.records
+

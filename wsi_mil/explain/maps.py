@@ -64,6 +64,16 @@ class SlideScores:
             raise ScoresFormatError(f"{self.path}: coords has no patch_size_level0 attribute; re-run wsi-mil predict")
         return float(value)
 
+    def prediction_text(self) -> str:
+        """``pred: <class> p=<probability>`` from the scores' ``pred``/``probs`` (empty when absent)."""
+        pred, probs = self.root_attrs.get("pred"), self.root_attrs.get("probs")
+        if pred is None or probs is None:
+            return ""
+        probs = json.loads(probs) if isinstance(probs, str) else list(np.asarray(probs).reshape(-1))
+        pred = int(pred)
+        name = self.classes[pred] if pred < len(self.classes) else str(pred)
+        return f"pred: {name} p={float(probs[pred]):.3f}" if pred < len(probs) else f"pred: {name}"
+
     def target_class(self) -> int:
         classes = self.classes
         if len(classes) == 2:

@@ -272,10 +272,16 @@ def stitch_scores(
 
 @dataclass(frozen=True)
 class ScoreRange:
-    """The global colour range of one map: every pixel of every output uses the same one."""
+    """The global colour range of one map: every pixel of every output uses the same one.
+
+    ``clear``: the open interval of near-neutral values left undrawn (transparent in the
+    RGBA TIFF, the plain slide in overlays), so benign morphology stays visible; ``None``:
+    every finite value is drawn. See :mod:`wsi_mil.explain.scaling`.
+    """
 
     vmin: float
     vmax: float
+    clear: tuple[float, float] | None = None
 
     @classmethod
     def of(cls, values: np.ndarray, *, percentiles: tuple[float, float] = (0.0, 100.0)) -> ScoreRange:
@@ -293,6 +299,14 @@ class ScoreRange:
         """Scores mapped to [0, 1] (clipped); NaN stays NaN."""
         return np.clip((array - self.vmin) / (self.vmax - self.vmin), 0.0, 1.0)
 
+    def visible(self, array: np.ndarray) -> np.ndarray:
+        """Where values are drawn: finite and outside the ``clear`` band."""
+        shown = np.isfinite(array)
+        if self.clear is not None:
+            low, high = self.clear
+            shown &= ~((array > low) & (array < high))
+        return shown
+
 
 def colormap_lut(name: str) -> np.ndarray:
     """(256, 3) uint8 lookup table of a matplotlib colormap."""
@@ -306,8 +320,8 @@ def colormap_lut(name: str) -> np.ndarray:
 
 
 def colorize_block(block: np.ndarray, lut: np.ndarray, score_range: ScoreRange) -> np.ndarray:
-    """(h, w) float scores -> (h, w, 4) uint8 RGBA; no-data is transparent black."""
-    valid = np.isfinite(block)
+    """(h, w) float scores -> (h, w, 4) uint8 RGBA; no-data and near-neutral values are transparent black."""
+    valid = score_range.visible(block)
     index = np.zeros(block.shape, dtype=np.uint8)
     index[valid] = (score_range.normalize(block[valid]) * 255.0 + 0.5).astype(np.uint8)
     out = np.zeros((*block.shape, 4), dtype=np.uint8)

@@ -21,6 +21,7 @@ import numpy as np
 
 from wsi_mil.config import Config, ExtractConfig
 from wsi_mil.errors import WsiMilError
+from wsi_mil.io.slide_ids import check_slide_id
 from wsi_mil.manifest import failure_record
 from wsi_mil.store.bags import find_bags, read_bag
 from wsi_mil.store.features import write_features
@@ -54,7 +55,8 @@ def find_jobs(run_dir: str | Path, config: ExtractConfig) -> list[ExtractionJob]
     if not (run_dir / "bags").is_dir():
         raise WsiMilError(f"{run_dir}: no bags/ folder; run `wsi-mil tile ... --out {run_dir}` first")
     out_root = run_dir / "features" / encoder_dir_name(config.encoder)
-    return [ExtractionJob(bag.stem, set_name or "-", bag, out_root / set_name / f"{bag.stem}.{config.feature_format}")
+    return [ExtractionJob(check_slide_id(bag.stem, where=bag), set_name or "-", bag,
+                          out_root / set_name / f"{bag.stem}.{config.feature_format}")
             for set_name, bag in find_bags(run_dir)]  # fmt: skip
 
 

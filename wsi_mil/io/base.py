@@ -10,6 +10,8 @@ file, never as a library's own exception.
 from __future__ import annotations
 
 import abc
+import math
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
@@ -18,7 +20,7 @@ from typing import Any, ClassVar, Literal, Protocol, overload, runtime_checkable
 import numpy as np
 from PIL import Image
 
-from wsi_mil.errors import SlideReadError
+from wsi_mil.errors import SlideReadError, SlideTimeoutError
 from wsi_mil.io.mpp import MppInfo, resolve_mpp
 
 
@@ -81,6 +83,22 @@ def to_rgb_uint8(array: np.ndarray, background: tuple[int, int, int] = (255, 255
     return np.ascontiguousarray(array[..., :3])
 
 
+def _fit(size: tuple[int, int], box: tuple[int, int]) -> tuple[int, int]:
+    """``size`` scaled down to fit in ``box`` keeping its aspect ratio, as ``PIL.Image.thumbnail`` rounds."""
+    width, height = size
+    x, y = box
+    if x >= width and y >= height:
+        return width, height
+    aspect = width / height
+
+    def round_aspect(number: float, key: Any) -> int:
+        return max(min(math.floor(number), math.ceil(number), key=key), 1)
+
+    if x / y >= aspect:
+        return round_aspect(y * aspect, key=lambda n: abs(aspect - n / y)), y
+    return x, round_aspect(x / aspect, key=lambda n: 0 if n == 0 else abs(aspect - x / n))
+
+
 class BaseReader(abc.ABC):
     """Shared behaviour of the backends: MPP, thumbnails, context management, errors."""
 
@@ -90,6 +108,8 @@ class BaseReader(abc.ABC):
         self.path = Path(path)
         self._mpp_override = mpp_override
         self._mpp_info: MppInfo | None = None
+        self._deadline: float | None = None
+        self._time_limit: float | None = None
 
     # --- what each backend provides -------------------------------------------------
     @property
@@ -164,6 +184,7 @@ class BaseReader(abc.ABC):
         """Read an RGB region: ``location`` in level-0 pixels, ``size`` (w, h) at ``level``."""
         if not 0 <= level < self.level_count:
             raise ValueError(f"{self.path.name}: level {level} out of range 0..{self.level_count - 1}")
+        self.check_deadline()
         try:
             rgb = self._read_rgb((int(location[0]), int(location[1])), level, (int(size[0]), int(size[1])))
         except SlideReadError:
@@ -176,6 +197,20 @@ class BaseReader(abc.ABC):
             ) from error
         return rgb if as_array else Image.fromarray(rgb)
 
+    def set_time_limit(self, seconds: float | None, *, elapsed: float = 0.0) -> None:
+        """Reads raise :class:`SlideTimeoutError` once ``seconds`` have passed, of which ``elapsed``
+        already have (time spent on the slide before this call); None: no limit."""
+        self._time_limit = seconds
+        self._deadline = None if seconds is None else time.monotonic() + seconds - elapsed
+
+    def check_deadline(self) -> None:
+        """Raise :class:`SlideTimeoutError` when the time limit set by :meth:`set_time_limit` has passed."""
+        if self._deadline is not None and time.monotonic() > self._deadline:
+            raise SlideTimeoutError(
+                f"{self.path}: stopped after the per-slide time limit of {self._time_limit:g} s "
+                "(tiling.slide_timeout); the file is pathological or very large. Raise the limit, or check the file."
+            )
+
     def get_best_level_for_downsample(self, downsample: float) -> int:
         """The coarsest level whose downsample does not exceed ``downsample`` (1% slack)."""
         best = 0
@@ -185,13 +220,21 @@ class BaseReader(abc.ABC):
         return best
 
     def get_thumbnail(self, size: tuple[int, int]) -> Image.Image:
-        """An RGB thumbnail that fits in ``size``, read from the best pyramid level."""
+        """An RGB thumbnail that fits in ``size``, read from the best pyramid level.
+
+        A bounded read (:func:`wsi_mil.io.bounded.read_level_reduced`): block by block,
+        undecodable tiles shown as background, a level too large for a thumbnail refused.
+        """
+        from wsi_mil.io.bounded import read_level_reduced
+
         width, height = self.dimensions
         downsample = max(width / size[0], height / size[1], 1.0)
         level = self.get_best_level_for_downsample(downsample)
-        image = self.read_region((0, 0), level, self.level_dimensions[level])
-        image.thumbnail((max(1, int(width / downsample)), max(1, int(height / downsample))), Image.Resampling.BOX)
-        return image
+        factor = max(1, int(math.floor(downsample / self.level_downsamples[level] + 1e-6)))
+        image = Image.fromarray(read_level_reduced(self, level, factor, max_unreadable=1.0).rgb)
+        box = (max(1, int(width / downsample)), max(1, int(height / downsample)))
+        target = _fit(self.level_dimensions[level], box)  # the size a thumbnail of the whole level would have
+        return image if image.size == target else image.resize(target, Image.Resampling.BOX)
 
     def __enter__(self) -> BaseReader:
         return self

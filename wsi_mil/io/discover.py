@@ -2,24 +2,32 @@
 
 Multi-file formats count as one slide:
 
-- a folder of DICOM files (``*.dcm``) is one slide, opened through its first
-  file, with the folder name as slide id (DICOM file names are instance UIDs);
+- a folder whose image files are all DICOM (``*.dcm``) of one series is one slide,
+  opened through its first file, with the folder name as slide id (DICOM file names
+  are instance UIDs); any other folder is scanned file by file, one entry per DICOM
+  series (see :mod:`wsi_mil.io.dicom_series`);
 - a MIRAX ``.mrxs`` file is the slide; its companion folder of ``.dat`` files is skipped;
 - a Hamamatsu ``.vms``/``.vmu`` index is the slide; the JPEG files it lists are skipped.
 
-A CSV may also give ``slide_id`` and ``mpp`` per slide.
+A CSV may also give ``slide_id`` and ``mpp`` per slide. Hidden files and folders
+(names starting with a dot, e.g. macOS ``._slide.svs``) are skipped in folder scans.
+Slide ids must be plain file names (:mod:`wsi_mil.io.slide_ids`): an unsafe one is
+refused before any work, naming the CSV row or the file.
 """
 
 from __future__ import annotations
 
 import configparser
 import csv
+import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from wsi_mil.errors import ConfigError, DuplicateSlideIdError
+from wsi_mil.io.dicom_series import DICOM_SUFFIX, is_dicom_slide_folder, one_file_per_series
+from wsi_mil.io.slide_ids import check_slide_id
 
 
 @dataclass(frozen=True)
@@ -30,10 +38,13 @@ class SlideSource:
     slide_id: str
     mpp: float | None = None
 
+    def __post_init__(self) -> None:  # every output path is built from the id: check it once, here
+        check_slide_id(self.slide_id, where=self.path)
+
 
 def slide_id_for(path: Path) -> str:
     if path.is_dir():
-        return path.name
+        return Path(os.path.abspath(path)).name  # "." and "x/.." -> a real name; a symlink keeps its own
     return path.name[: -len(path.suffix)] if path.suffix else path.name
 
 
@@ -51,33 +62,36 @@ def _vms_members(index: Path) -> set[Path]:
     return members
 
 
+def _normalize(extensions: Sequence[str]) -> set[str]:
+    return {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
+
+
 def scan_folder(folder: Path, extensions: Sequence[str]) -> list[Path]:
     """Slides under ``folder``, recursively, in sorted order."""
-    wanted = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
+    wanted = _normalize(extensions)
     found: list[Path] = []
     skip: set[Path] = set()
     for directory, subdirs, files in _walk(folder):
-        names = sorted(files)
-        dicoms = [n for n in names if n.lower().endswith(".dcm")]
-        if dicoms and ".dcm" in wanted:
+        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+        images = sorted(n for n in files if not n.startswith(".") and Path(n).suffix.lower() in wanted)
+        if DICOM_SUFFIX in wanted and is_dicom_slide_folder(directory, images):
             found.append(directory)  # the folder is the slide
-        for name in names:
+            continue
+        dicoms = set(one_file_per_series(directory, [n for n in images if n.lower().endswith(DICOM_SUFFIX)]))
+        for name in images:
             path = directory / name
             suffix = path.suffix.lower()
-            if suffix == ".dcm" or suffix not in wanted:
-                continue
+            if suffix == DICOM_SUFFIX and name not in dicoms:
+                continue  # another file of a series already listed
             if suffix == ".mrxs":
                 skip.add((directory / path.stem).resolve())
             if suffix in (".vms", ".vmu"):
                 skip.update(_vms_members(path))
             found.append(path)
-        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
     return [p for p in found if p.resolve() not in skip and not any(s in p.resolve().parents for s in skip)]
 
 
 def _walk(folder: Path) -> Iterable[tuple[Path, list[str], list[str]]]:
-    import os
-
     for directory, subdirs, files in os.walk(folder):
         yield Path(directory), subdirs, files
 
@@ -102,6 +116,7 @@ def read_slide_csv(csv_path: Path) -> list[SlideSource]:
             except ValueError as error:
                 raise ConfigError(f"{csv_path}:{line}: mpp {mpp_text!r} is not a number") from error
             slide_id = (row.get("slide_id") or "").strip() or slide_id_for(path)
+            check_slide_id(slide_id, where=f"{csv_path}:{line}")
             sources.append(SlideSource(path, slide_id, mpp))
     return sources
 
@@ -115,12 +130,28 @@ def find_slides(paths: Sequence[str | Path], *, extensions: Sequence[str]) -> li
             raise ConfigError(f"{path}: no such file or folder")
         if path.is_file() and path.suffix.lower() == ".csv":
             sources.extend(read_slide_csv(path))
-        elif path.is_dir() and not any(path.glob("*.dcm")):
-            sources.extend(SlideSource(p, slide_id_for(p)) for p in scan_folder(path, extensions))
+        elif path.is_dir():
+            sources.extend(_folder_sources(path, extensions))
         else:
             sources.append(SlideSource(path, slide_id_for(path)))
     check_unique_ids(sources)
     return sources
+
+
+def _folder_sources(folder: Path, extensions: Sequence[str]) -> list[SlideSource]:
+    """The slides of a folder given on the command line; a folder that yields none is an error."""
+    found = scan_folder(folder, extensions)
+    if not found and folder.suffix.lower() in _normalize(extensions) - {DICOM_SUFFIX}:
+        raise ConfigError(
+            f"{folder}: a folder named like a slide file, but not a slide (a folder is a slide only when it holds "
+            "DICOM files of one series). Give the slide file itself."
+        )
+    if not found:
+        raise ConfigError(
+            f"{folder}: a folder with no slides (looked for {' '.join(sorted(_normalize(extensions)))}, "
+            "recursively; hidden files skipped). Check the path or --extensions."
+        )
+    return [SlideSource(p, slide_id_for(p)) for p in found]
 
 
 def check_unique_ids(sources: Sequence[SlideSource]) -> None:

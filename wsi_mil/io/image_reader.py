@@ -14,16 +14,32 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from wsi_mil.errors import SlideTooLargeError
 from wsi_mil.io.base import BaseReader, to_rgb_uint8
+from wsi_mil.io.bounded import check_claimed_size
 
 #: Stop adding virtual pyramid levels when the longest side is at most this.
 MIN_LEVEL_SIZE = 512
+#: Largest image decoded whole (about 32,000 x 32,000 px, 3 GiB as RGB).
+MAX_DECODE_PIXELS = 2**30
 
 TIFF_SUFFIXES = {".tif", ".tiff"}
 
 
+def _check_decode_size(path: Path, width: int, height: int) -> None:
+    """Before decoding a whole image: its header must be plausible and its size within ``MAX_DECODE_PIXELS``."""
+    check_claimed_size(path, width, height)
+    if width * height > MAX_DECODE_PIXELS:
+        raise SlideTooLargeError(
+            f"{path}: {width}x{height} px is too large to decode whole into memory (the plain-image reader's "
+            f"limit is {MAX_DECODE_PIXELS / 1e9:.3g} gigapixels). Convert it to a tiled pyramidal TIFF (e.g. vips "
+            "tiffsave IN OUT.tif --tile --pyramid), which the openslide and tiffslide readers read piece by piece."
+        )
+
+
 def _read_with_pillow(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
     with Image.open(path) as image:
+        _check_decode_size(path, *image.size)
         image.load()
         properties: dict[str, Any] = {"image.format": image.format or ""}
         dpi = image.info.get("dpi")
@@ -41,6 +57,7 @@ def _read_with_tifffile(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
 
     with tifffile.TiffFile(path) as tif:
         page = tif.series[0].levels[0].keyframe
+        _check_decode_size(path, int(page.imagewidth), int(page.imagelength))
         properties: dict[str, Any] = {"image.format": "TIFF"}
         tags = page.tags
         if "XResolution" in tags and "ResolutionUnit" in tags:

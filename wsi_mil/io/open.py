@@ -7,8 +7,10 @@
 3. ``tiffslide``: TIFFs OpenSlide rejects (flat strip TIFFs, some JPEG 2000 SVS);
 4. ``image``: any other TIFF, decoded whole with tifffile.
 
-A backend counts only if it opens the file *and* decodes a first tile, so a file
-that one library opens but cannot read falls through to the next.
+A backend counts only if it opens the file *and* decodes a spot of its coarsest
+level, so a file that one library opens but cannot read falls through to the next.
+A header that claims more pixels than the file could hold is refused at once
+(:func:`wsi_mil.io.bounded.check_claimed_size`).
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from wsi_mil.errors import SlideOpenError, SlideReadError
+from wsi_mil.errors import SlideOpenError, SlideReadError, SlideTooLargeError
 from wsi_mil.io.base import BaseReader
+from wsi_mil.io.bounded import check_claimed_size
+from wsi_mil.io.dicom_series import is_dicom_slide_folder
 from wsi_mil.io.image_reader import ImageReader
 from wsi_mil.io.openslide_reader import OpenSlideReader
 from wsi_mil.io.tiffslide_reader import TiffSlideReader
@@ -31,6 +35,8 @@ READERS: dict[str, type[BaseReader]] = {
 }
 READER_NAMES = ("auto", *READERS)
 PLAIN_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
+#: The probe tries up to this many spots per side of the coarsest level.
+PROBE_GRID = 3
 
 
 def list_readers() -> list[str]:
@@ -46,20 +52,42 @@ def auto_order(path: Path) -> list[str]:
 def resolve_entry_file(path: Path) -> Path:
     """A DICOM folder is opened through one of its files (OpenSlide finds the rest)."""
     if path.is_dir():
-        dicoms = sorted(path.glob("*.dcm"))
-        if not dicoms:
-            raise SlideOpenError(f"{path}: a folder is only a slide when it holds DICOM (.dcm) files")
-        return dicoms[0]
+        dicoms = sorted(p.name for p in path.glob("*.dcm") if not p.name.startswith("."))
+        if not is_dicom_slide_folder(path, dicoms):
+            raise SlideOpenError(
+                f"{path}: a folder is only a slide when it holds DICOM (.dcm) files of one series; "
+                "give the slide file itself, or the folder's files one by one"
+            )
+        return path / dicoms[0]
     return path
 
 
 def _probe(reader: BaseReader) -> None:
-    """Decode one small region of the coarsest level, so broken pixel data fails now."""
+    """Decode small regions of the coarsest level, so broken pixel data fails now.
+
+    Up to ``PROBE_GRID`` x ``PROBE_GRID`` spots spread over the level are tried: the
+    slide passes when one decodes (a few corrupt tiles are the thumbnail's business,
+    which fills and reports them), and fails with the first error when none does.
+    """
     level = reader.level_count - 1
     width, height = reader.level_dimensions[level]
     if width < 1 or height < 1:
         raise SlideReadError(f"{reader.path}: level {level} has no pixels ({width}x{height})")
-    reader.read_region((0, 0), level, (min(width, 16), min(height, 16)), as_array=True)
+    size = (min(width, 16), min(height, 16))
+    downsample = reader.level_downsamples[level]
+    steps = max(1, PROBE_GRID - 1)
+    xs = sorted({i * (width - size[0]) // steps for i in range(PROBE_GRID)})
+    ys = sorted({j * (height - size[1]) // steps for j in range(PROBE_GRID)})
+    spots = [(x, y) for y in ys for x in xs]  # (0, 0) first
+    first: SlideReadError | None = None
+    for x, y in spots:
+        try:
+            reader.read_region((int(round(x * downsample)), int(round(y * downsample))), level, size, as_array=True)
+            return
+        except SlideReadError as error:
+            first = first or error
+    if first is not None:
+        raise first
 
 
 def open_slide(path: str | Path, *, reader: str = "auto", mpp: float | None = None) -> BaseReader:
@@ -81,9 +109,16 @@ def open_slide(path: str | Path, *, reader: str = "auto", mpp: float | None = No
     for name in order:
         try:
             slide = READERS[name](entry, mpp_override=mpp)
+        except SlideTooLargeError:
+            raise  # the header itself is implausible: no other reader will do better
         except Exception as error:  # each library has its own exception types
             open_failures.append(f"{name}: {_short(error)}")
             continue
+        try:
+            check_claimed_size(entry, *slide.dimensions)
+        except SlideTooLargeError:
+            slide.close()
+            raise
         try:
             _probe(slide)
         except Exception as error:

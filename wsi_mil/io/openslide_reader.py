@@ -47,5 +47,15 @@ class OpenSlideReader(WrappedSlideReader):
         return openslide.OpenSlide(str(path))
 
     def _read_rgb(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        import openslide
+
+        try:
+            region = self._slide.read_region(location, level, size)
+        except openslide.OpenSlideError:
+            # An OpenSlide handle stays in error state after one failed read: reopen it, so
+            # one undecodable tile does not make every later read of the slide fail too.
+            self._slide.close()
+            self._slide = self._open(self.path)
+            raise
         # RGBA with transparent areas outside the scanned region: composite on the background.
-        return to_rgb_uint8(np.asarray(self._slide.read_region(location, level, size)), self.background)
+        return to_rgb_uint8(np.asarray(region), self.background)

@@ -1,5 +1,6 @@
 """Attention-based MIL (Ilse et al. 2018) as CLAM builds it: ``abmil`` (gated) and ``abmil_plain`` (tanh).
 
+input standardization with the fold's training statistics (:mod:`wsi_mil.mil.standardize`);
 projection D -> 512 (ReLU, dropout 0.25); attention scores with hidden 256; softmax
 over the bag; z = sum_i a_i h_i; a linear classifier. ``instance_logits`` are that
 classifier applied to each instance embedding h_i. Because the classifier is linear
@@ -14,14 +15,16 @@ import torch
 from torch import nn
 
 from wsi_mil.mil.instance_loss import InstanceClusterer
-from wsi_mil.mil.layers import ChannelAttention, GatedAttention, PlainAttention
+from wsi_mil.mil.layers import ChannelAttention, GatedAttention, PlainAttention, as_batch, masked_softmax, pool
 from wsi_mil.mil.registry import HeadOptions, MilModelConfig, MilOutput, register_mil_model
+from wsi_mil.mil.standardize import InputStandardizer
 
 
 class AttentionMIL(nn.Module):
     def __init__(self, in_dim: int, n_classes: int, options: HeadOptions, *, gated: bool = True) -> None:
         super().__init__()
         hidden = options.hidden_dim
+        self.standardize = InputStandardizer(in_dim) if options.standardize else None
         self.projection = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(options.dropout))
         self.channel_attention = ChannelAttention(hidden) if options.channel_attention else None
         pooling = GatedAttention if gated else PlainAttention
@@ -29,15 +32,20 @@ class AttentionMIL(nn.Module):
         self.classifier = nn.Linear(hidden, n_classes)
         self.clusterer = InstanceClusterer(hidden, n_classes, options.instance_k) if options.instance_loss else None
 
-    def forward(self, features: torch.Tensor, coords: torch.Tensor | None = None, *, explain: bool = False) -> MilOutput:
-        h = self.projection(features)
+    def forward(self, features: torch.Tensor, coords: torch.Tensor | None = None, *, mask: torch.Tensor | None = None,
+                explain: bool = False) -> MilOutput:  # fmt: skip
+        """features (N, D) or (B, N, D) with mask (B, N); coords are not used."""
+        x, _, mask, batched = as_batch(features, coords, mask)
+        if self.standardize is not None:
+            x = self.standardize(x)
+        h = self.projection(x)
         if self.channel_attention is not None:
-            h = self.channel_attention(h)
+            h = self.channel_attention(h, mask)
         scores = self.attention(h)
-        weights = torch.softmax(scores, dim=0)
-        logits = self.classifier(weights @ h)
-        return MilOutput(logits=logits, attention_raw=scores, attention=weights,
-                         instance_logits=self.classifier(h), embeddings=h)  # fmt: skip
+        weights = masked_softmax(scores, mask)
+        out = MilOutput(logits=self.classifier(pool(weights, h)), attention_raw=scores, attention=weights,
+                        instance_logits=self.classifier(h), embeddings=h)  # fmt: skip
+        return out if batched else out.first()
 
 
 @register_mil_model(MilModelConfig("abmil", "gated attention MIL (Ilse et al. 2018; CLAM Attn_Net_Gated)"))

@@ -1,5 +1,7 @@
 """ILAM, Integrated Latent and Attention Mapping (ARCHITECTURE.md section 4; our definition).
 
+- the input standardized per channel with the fold's training statistics (a buffer of
+  the head, :mod:`wsi_mil.mil.standardize`);
 - shared projection phi_i = phi(h_i), D -> 512 (ReLU, dropout), optionally re-weighted
   by residual channel attention;
 - latent branch: instance logits s_i = W_s phi_i (N, C), what each patch says;
@@ -24,14 +26,16 @@ import torch
 from torch import nn
 
 from wsi_mil.mil.instance_loss import InstanceClusterer
-from wsi_mil.mil.layers import ChannelAttention, GatedAttention, InstanceContext
+from wsi_mil.mil.layers import ChannelAttention, GatedAttention, InstanceContext, as_batch, masked_softmax, pool
 from wsi_mil.mil.registry import HeadOptions, MilModelConfig, MilOutput, register_mil_model
+from wsi_mil.mil.standardize import InputStandardizer
 
 
 class ILAM(nn.Module):
     def __init__(self, in_dim: int, n_classes: int, options: HeadOptions) -> None:
         super().__init__()
         hidden = options.hidden_dim
+        self.standardize = InputStandardizer(in_dim) if options.standardize else None
         self.projection = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(options.dropout))
         self.channel_attention = ChannelAttention(hidden) if options.channel_attention else None
         self.context = None
@@ -43,28 +47,35 @@ class ILAM(nn.Module):
         self.global_head = nn.Linear(hidden, n_classes)  # W_g, b
         self.clusterer = InstanceClusterer(hidden, n_classes, options.instance_k) if options.instance_loss else None
 
-    def forward(self, features: torch.Tensor, coords: torch.Tensor | None = None, *, explain: bool = False) -> MilOutput:
-        phi = self.projection(features)
+    def forward(self, features: torch.Tensor, coords: torch.Tensor | None = None, *, mask: torch.Tensor | None = None,
+                explain: bool = False) -> MilOutput:  # fmt: skip
+        """features (N, D), coords (N, 2); or a padded batch (B, N, D), (B, N, 2) with mask (B, N)."""
+        x, coords, mask, batched = as_batch(features, coords, mask)
+        if self.standardize is not None:
+            x = self.standardize(x)
+        phi = self.projection(x)
         if self.channel_attention is not None:
-            phi = self.channel_attention(phi)
-        rollouts = []
+            phi = self.channel_attention(phi, mask)
+        rollouts: list = []
         context = phi
         if self.context is not None:
-            context, rollouts = self.context(phi, coords, rollout=explain)
+            context, rollouts = self.context.forward_batch(phi, coords, mask, rollout=explain)
         scores = self.attention(context)
-        weights = torch.softmax(scores, dim=0)
+        weights = masked_softmax(scores, mask)
         s = self.latent(phi)
-        contribution = weights.unsqueeze(1) * s
-        global_logits = self.global_head(weights @ phi)
+        contribution = weights.unsqueeze(-1) * s
+        global_logits = self.global_head(pool(weights, phi))
         relevance = None
-        if rollouts:
-            # r_j = sum_i a_i R_ij: how much patch j feeds the attended tokens (sums to 1).
+        if any(rollouts):
+            # r_j = sum_i a_i R_ij: how much patch j feeds the attended tokens (sums to 1 per bag).
             relevance = torch.zeros_like(weights)
-            for index, joint in rollouts:
-                relevance[index] = weights[index] @ joint
-        return MilOutput(logits=contribution.sum(dim=0) + global_logits, attention_raw=scores, attention=weights,
-                         instance_logits=s, embeddings=phi, contribution=contribution,
-                         global_logits=global_logits, relevance=relevance)  # fmt: skip
+            for b, bag_rollouts in enumerate(rollouts):
+                for index, joint in bag_rollouts:
+                    relevance[b, index] = weights[b, index] @ joint
+        out = MilOutput(logits=contribution.sum(dim=1) + global_logits, attention_raw=scores, attention=weights,
+                        instance_logits=s, embeddings=phi, contribution=contribution,
+                        global_logits=global_logits, relevance=relevance)  # fmt: skip
+        return out if batched else out.first()
 
 
 @register_mil_model(MilModelConfig("ilam", "integrated latent and attention mapping: y = sum a_i s_i + W_g z + b",

@@ -22,7 +22,21 @@ class InstanceClusterer(nn.Module):
         self.k = k
         self.n_classes = n_classes
 
-    def loss(self, embeddings: torch.Tensor, scores: torch.Tensor, label: int) -> torch.Tensor:
+    def loss(self, embeddings: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor | int,
+             mask: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+        """A batch: embeddings (B, N, E), pre-softmax scores (B, N), classes (B,), mask (B, N)
+        -> per-bag losses (B,); top-k and bottom-k are chosen among each bag's own instances.
+        One bag (N, E), (N,), its class -> its scalar loss."""
+        if embeddings.dim() == 2:
+            return self.bag_loss(embeddings, scores, int(labels))
+        assert isinstance(labels, torch.Tensor)
+        losses = []
+        for b in range(embeddings.shape[0]):
+            index = torch.nonzero(mask[b]).squeeze(1) if mask is not None else slice(None)
+            losses.append(self.bag_loss(embeddings[b, index], scores[b, index], int(labels[b])))
+        return torch.stack(losses)
+
+    def bag_loss(self, embeddings: torch.Tensor, scores: torch.Tensor, label: int) -> torch.Tensor:
         """embeddings (N, E), pre-softmax scores (N,), the bag's class -> scalar loss (0 for N < 2)."""
         k = min(self.k, embeddings.shape[0] // 2)
         if k < 1:

@@ -1,6 +1,9 @@
 """Building blocks of the MIL heads: attention pooling, channel attention, instance context.
 
-Every module works on one bag at a time: instances (N, E), coordinates (N, 2).
+Heads work on padded batches of bags: instances (B, N, E), coordinates (B, N, 2) and a
+mask (B, N) that is True for a bag's own instances and False for padding (None: no
+padding). Every bag's softmax, mean and transformer run over its own instances only,
+so a bag's outputs do not depend on what else is in its batch.
 """
 
 from __future__ import annotations
@@ -36,6 +39,37 @@ class PlainAttention(nn.Module):
         return self.net(h).squeeze(-1)
 
 
+def as_batch(features: torch.Tensor, coords: torch.Tensor | None, mask: torch.Tensor | None
+             ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, bool]:  # fmt: skip
+    """One bag (N, D) or a batch (B, N, D) -> the batch form, and whether the input was batched."""
+    if features.dim() == 3:
+        return features, coords, mask, True
+    if mask is not None:
+        raise ValueError("a mask goes with a batch of bags (B, N, D), not with one bag (N, D)")
+    return features.unsqueeze(0), None if coords is None else coords.unsqueeze(0), None, False
+
+
+def masked_softmax(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Softmax over each bag's own instances: scores (B, N) -> weights (B, N), 0 on padding."""
+    scores = scores.float()  # a bag of thousands: no bfloat16 softmax under autocast
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.softmax(scores, dim=-1)
+
+
+def pool(weights: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """sum_i a_i h_i per bag: weights (B, N), h (B, N, E) -> (B, E)."""
+    return torch.bmm(weights.unsqueeze(1), h).squeeze(1)
+
+
+def masked_mean(h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean over each bag's own instances: (B, N, E) -> (B, 1, E)."""
+    if mask is None:
+        return h.mean(dim=1, keepdim=True)
+    weights = mask.to(h.dtype).unsqueeze(-1)
+    return (h * weights).sum(dim=1, keepdim=True) / weights.sum(dim=1, keepdim=True).clamp_min(1.0)
+
+
 class ChannelAttention(nn.Module):
     """Squeeze-excitation over the feature dimension with a residual path: h + h * g.
 
@@ -49,8 +83,9 @@ class ChannelAttention(nn.Module):
         self.gate = nn.Sequential(nn.Linear(dim, max(4, dim // reduction)), nn.ReLU(),
                                   nn.Linear(max(4, dim // reduction), dim), nn.Sigmoid())  # fmt: skip
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return h + h * self.gate(h.mean(dim=0, keepdim=True))
+    def forward(self, h: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """h (B, N, E); the squeeze is over each bag's own instances."""
+        return h + h * self.gate(masked_mean(h, mask))
 
 
 def grid_positions(coords: torch.Tensor) -> torch.Tensor:
@@ -128,8 +163,25 @@ class InstanceContext(nn.Module):
         self.max_instances = max_instances
         self.dim = dim
 
+    def forward_batch(self, h: torch.Tensor, coords: torch.Tensor | None, mask: torch.Tensor | None, *,
+                      rollout: bool = False) -> tuple[torch.Tensor, list[list[tuple[torch.Tensor, torch.Tensor]]]]:
+        """h (B, N, E): each bag attends within its own instances (a loop over the batch;
+        padding stays as it is). Rollouts per bag, indices into that bag's rows."""
+        if mask is None:
+            results = [self(h[b], None if coords is None else coords[b], rollout=rollout) for b in range(h.shape[0])]
+            return torch.stack([out for out, _ in results]), [r for _, r in results]
+        out = h.clone()
+        rollouts = []
+        for b in range(h.shape[0]):
+            index = torch.nonzero(mask[b]).squeeze(1)
+            x, bag_rollouts = self(h[b, index], None if coords is None else coords[b, index], rollout=rollout)
+            out[b, index] = x.to(out.dtype)
+            rollouts.append([(index[i], joint) for i, joint in bag_rollouts])
+        return out, rollouts
+
     def forward(self, h: torch.Tensor, coords: torch.Tensor | None, *, rollout: bool = False
                 ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:  # fmt: skip
+        """One bag: h (N, E), coords (N, 2)."""
         n = h.shape[0]
         if coords is not None and n > 0:
             h = h + positional_encoding_2d(grid_positions(coords).to(h.device), self.dim)
@@ -152,7 +204,7 @@ class InstanceContext(nn.Module):
                     step = 0.5 * weights + 0.5 * torch.eye(len(index), device=h.device)
                     step = step / step.sum(dim=-1, keepdim=True)
                     joint = step if joint is None else step @ joint
-            out[index] = x
+            out[index] = x.to(out.dtype)
             if rollout:
                 rollouts.append((index, joint))
         return out, rollouts

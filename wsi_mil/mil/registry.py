@@ -1,7 +1,8 @@
 """The MIL head registry: ``create_mil_model(name, in_dim=..., n_classes=..., **options)``, after timm.
 
-Every head maps one bag, features (N, D) and coords (N, 2), to a :class:`MilOutput`,
-so the training loop and ``predict`` never branch on a head's name.
+Every head maps one bag, features (N, D) and coords (N, 2), or a padded batch of bags,
+features (B, N, D), coords (B, N, 2) and ``mask`` (B, N), to a :class:`MilOutput`, so the
+training loop and ``predict`` never branch on a head's name.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ class MilModelConfig:
 class HeadOptions:
     """Options shared by the heads (the ``train`` config keys of the same names)."""
 
+    #: Standardize input features per channel with statistics set from the training instances.
+    standardize: bool = True
     hidden_dim: int = 512
     attention_dim: int = 256
     dropout: float = 0.25
@@ -56,7 +59,8 @@ class HeadOptions:
 
 @dataclass
 class MilOutput:
-    """One bag's outputs. N instances, C classes, E embedding channels."""
+    """One bag's outputs. N instances, C classes, E embedding channels; for a batch of B
+    bags every tensor has a leading B dimension (and ``relevance`` covers padding with 0)."""
 
     logits: torch.Tensor  #: (C,) bag logits
     attention_raw: torch.Tensor  #: (N,) pre-softmax attention scores
@@ -66,6 +70,11 @@ class MilOutput:
     contribution: torch.Tensor | None = None  #: (N, C) ILAM: a_i s_i^c
     global_logits: torch.Tensor | None = None  #: (C,) ILAM: W_g z + b
     relevance: torch.Tensor | None = None  #: (N,) attention rollout, when asked and available
+
+    def first(self) -> MilOutput:
+        """The batch's only bag, without the batch dimension."""
+        return MilOutput(**{f.name: None if (v := getattr(self, f.name)) is None else v[0]
+                            for f in dataclasses.fields(self)})  # fmt: skip
 
 
 Builder = Callable[[int, int, HeadOptions], "torch.nn.Module"]

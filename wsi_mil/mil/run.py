@@ -5,8 +5,12 @@
 - ``train_config.json``: the resolved config, classes and feature sets (predict reads it);
 - ``[<set>/]splits.csv``, ``[<set>/]fold_<k>/`` (model.safetensors, config.json,
   metrics.json, predictions.csv), ``[<set>/]roc.png``, ``[<set>/]confusion.png``
-  (pooled out-of-fold test predictions);
-- ``metrics.csv`` (one row per set and fold, then mean and std rows) and ``summary.md``.
+  (pooled out-of-fold test predictions of the first repeat);
+- with ``repeats`` R > 1, rounds 1..R-1 of cross-validation (new fold seeds) in
+  ``[<set>/]repeat_<r>/`` (splits.csv, fold_<k>/); ``predict`` and heatmaps use the
+  first round's folds;
+- ``metrics.csv`` (one row per set, repeat and fold; then mean and std over folds,
+  mean and std over repeats, and the pooled out-of-fold metrics) and ``summary.md``.
 
 A fold folder is written atomically, so one that exists is complete: a rerun skips it
 (resume) unless ``overwrite``. A rerun with a different config or slide set refuses to
@@ -41,7 +45,7 @@ logger = logging.getLogger(__name__)
 
 TRAIN_CONFIG = "train_config.json"
 #: Train keys that change nothing about the result (resume accepts a change of these).
-RESUME_NEUTRAL = ("device", "memory_gb", "read_threads", "name")
+RESUME_NEUTRAL = ("device", "memory_gb", "read_threads", "name", "repeats")
 
 
 @dataclass
@@ -49,8 +53,18 @@ class SetResult:
     feature_set: FeatureSet
     classes: list[str]
     report: MatchReport
-    folds: list[dict[str, Any]] = field(default_factory=list)  #: per fold: test metrics
+    folds: list[dict[str, Any]] = field(default_factory=list)  #: per fold of every repeat: test metrics
+    repeat_of_fold: list[int] = field(default_factory=list)  #: the repeat of each entry of ``folds``
+    pooled: list[dict[str, Any]] = field(default_factory=list)  #: per repeat: metrics of the pooled out-of-fold predictions
     out_dir: Path | None = None
+
+    def repeat_means(self) -> list[dict[str, float]]:
+        """Per repeat: the mean over its folds of each metric."""
+        means = []
+        for repeat in sorted(set(self.repeat_of_fold)):
+            rows = [row for row, r in zip(self.folds, self.repeat_of_fold, strict=True) if r == repeat]
+            means.append({m: mean for m, (mean, _, _) in summarize(rows).items()})
+        return means
 
 
 def model_dir_for(run_dir: str | Path, config: Config) -> Path:
@@ -116,7 +130,7 @@ def train_run(run_dir: str | Path, labels_csv: str | Path, *, config: Config, fe
 
 def _train_set(feature_set: FeatureSet, table: Any, *, config: Config, device: Any, out_dir: Path) -> SetResult:
     from wsi_mil.mil.plots import plot_confusion, plot_roc
-    from wsi_mil.mil.train import FoldTrainer, write_fold
+    from wsi_mil.mil.train import torch_threads, training_threads
 
     options = config.train
     report = match_labels(table, feature_set)
@@ -126,47 +140,69 @@ def _train_set(feature_set: FeatureSet, table: Any, *, config: Config, device: A
     labels_text = {s: table.labels[s] for s in store.slide_ids}
     classes = [c for c in table.classes if c in set(labels_text.values())]
     where = f"{table.path} ({feature_set.key or feature_set.root})"
-    splits = _splits(out_dir / "splits.csv", labels_text, table, options, where)
     labels = {s: classes.index(labels_text[s]) for s in store.slide_ids}
     result = SetResult(feature_set, classes, report, out_dir=out_dir)
+    threads = training_threads(options, store)
+    logger.info("training on %d torch thread(s) (train.threads %s)", threads, options.threads or "null: from the bag sizes")
+    with torch_threads(threads):
+        for repeat in range(options.repeats):
+            repeat_dir = out_dir / f"repeat_{repeat}" if repeat else out_dir
+            splits = _splits(repeat_dir / "splits.csv", labels_text, table, options, where, repeat=repeat)
+            true, probs = _train_repeat(store, labels, classes, table, splits, config=config, device=device,
+                                        out_dir=repeat_dir, repeat=repeat, result=result, threads=threads)  # fmt: skip
+            result.pooled.append(compute_metrics(true, probs))
+            if repeat == 0:
+                title = f"{config.train.model} {feature_set.key}".strip()
+                plot_roc(out_dir / "roc.png", true, probs, classes, title=f"{title}: out-of-fold ROC")
+                plot_confusion(out_dir / "confusion.png", true, probs.argmax(axis=1), classes,
+                               title=f"{title}: out-of-fold")  # fmt: skip
+    return result
+
+
+def _train_repeat(store: BagStore, labels: dict[str, int], classes: list[str], table: Any, splits: Splits, *,
+                  config: Config, device: Any, out_dir: Path, repeat: int, result: SetResult,
+                  threads: int) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Every fold of one round of cross-validation (resuming finished folds); the pooled
+    out-of-fold labels (n,) and probabilities (n, C)."""
+    from wsi_mil.mil.train import FoldTrainer, write_fold
+
+    options = config.train
     pooled_true, pooled_probs = [], []
+    round_text = f"repeat {repeat}, " if options.repeats > 1 else ""
     for fold in range(splits.n_folds):
         fold_dir = out_dir / f"fold_{fold}"
         if (fold_dir / "metrics.json").exists():
-            logger.info("fold %d: complete, skipped (resume)", fold)
+            logger.info("%sfold %d: complete, skipped (resume)", round_text, fold)
         else:
             started = time.perf_counter()
-            trainer = FoldTrainer(store, labels, len(classes), config=options, device=device, fold=fold)
+            trainer = FoldTrainer(store, labels, len(classes), config=options, device=device, fold=fold, repeat=repeat)
             train, val, test = (splits.members(fold, role) for role in ("train", "val", "test"))
-            logger.info("fold %d (%d of %d): %s", fold, fold + 1, splits.n_folds, fold_count_text(splits, fold))
+            logger.info("%sfold %d (%d of %d): %s", round_text, fold, fold + 1, splits.n_folds, fold_count_text(splits, fold))
             history = trainer.fit(train, val)
             probs, test_loss = trainer.evaluate(test)
             y_true = np.array([labels[s] for s in test])
             test_metrics = compute_metrics(y_true, probs)
             if not math.isfinite(test_metrics["roc_auc"]):
                 logger.warning("fold %d: ROC-AUC undefined (test slides lack a class); left out of its mean", fold)
-            metrics = {"fold": fold, "test": {k: _finite(v) for k, v in test_metrics.items()}, "test_loss": test_loss,
-                       "n_train": len(train), "n_val": len(val), "n_test": len(test), **history,
-                       "seconds": time.perf_counter() - started}  # fmt: skip
+            metrics = {"fold": fold, "repeat": repeat, "test": {k: _finite(v) for k, v in test_metrics.items()},
+                       "test_loss": test_loss, "n_train": len(train), "n_val": len(val), "n_test": len(test),
+                       "threads": threads, **history, "seconds": time.perf_counter() - started}  # fmt: skip
             model_config = {"model": options.model, "head_options": _head_options(options), "in_dim": store.dim,
-                            "classes": classes, "fold": fold, "feature_set": feature_set.key,
+                            "classes": classes, "fold": fold, "repeat": repeat, "feature_set": result.feature_set.key,
                             "best_epoch": history["best_epoch"], "train": dataclasses.asdict(options),
-                            "format_version": "1.0", "wsi_mil_version": __version__}  # fmt: skip
+                            "format_version": "1.1", "wsi_mil_version": __version__}  # fmt: skip
             predictions = [_prediction_row(s, table, classes, labels[s], p) for s, p in zip(test, probs, strict=True)]
             write_fold(fold_dir, trainer, model_config=model_config, metrics=metrics, predictions=predictions)
-            logger.info("fold %d: best epoch %d of %d, test ROC-AUC %.3f, accuracy %.3f (%.1f s)", fold,
-                        history["best_epoch"] + 1, history["epochs_run"], test_metrics["roc_auc"],
-                        test_metrics["accuracy"], metrics["seconds"])  # fmt: skip
+            logger.info("%sfold %d: %s, kept epoch %d of %d, test ROC-AUC %.3f, accuracy %.3f (%.1f s)", round_text, fold,
+                        history["selection"]["rule"].replace("_", " "), history["best_epoch"] + 1, history["epochs_run"],
+                        test_metrics["roc_auc"], test_metrics["accuracy"], metrics["seconds"])  # fmt: skip
         saved = json.loads((fold_dir / "metrics.json").read_text())
         result.folds.append({k: math.nan if v is None else v for k, v in saved["test"].items()})
+        result.repeat_of_fold.append(repeat)
         true, probs = _read_predictions(fold_dir / "predictions.csv", classes)
         pooled_true.append(true)
         pooled_probs.append(probs)
-    y_true, probs = np.concatenate(pooled_true), np.concatenate(pooled_probs)
-    title = f"{config.train.model} {feature_set.key}".strip()
-    plot_roc(out_dir / "roc.png", y_true, probs, classes, title=f"{title}: out-of-fold ROC")
-    plot_confusion(out_dir / "confusion.png", y_true, probs.argmax(axis=1), classes, title=f"{title}: out-of-fold")
-    return result
+    return np.concatenate(pooled_true), np.concatenate(pooled_probs)
 
 
 def _head_options(options: Any) -> dict[str, Any]:
@@ -175,7 +211,7 @@ def _head_options(options: Any) -> dict[str, Any]:
     return head_options_from(options)
 
 
-def _splits(path: Path, labels: dict[str, str], table: Any, options: Any, where: str) -> Splits:
+def _splits(path: Path, labels: dict[str, str], table: Any, options: Any, where: str, *, repeat: int = 0) -> Splits:
     patients = {s: table.patients[s] for s in labels}
     csv_splits = {s: table.splits[s] for s in labels} if table.splits else None
     if path.exists():
@@ -183,8 +219,8 @@ def _splits(path: Path, labels: dict[str, str], table: Any, options: Any, where:
         if sorted(splits.slide_ids) != sorted(labels):
             raise LabelError(f"{path} was made for another set of slides; use a new --name or --overwrite")
         return splits
-    splits = make_splits(labels, patients, folds=options.folds, seed=options.seed, val_fraction=options.val_fraction,
-                         csv_splits=csv_splits, where=where)  # fmt: skip
+    splits = make_splits(labels, patients, folds=options.folds, seed=options.seed + 7919 * repeat,
+                         val_fraction=options.val_fraction, csv_splits=csv_splits, where=where)  # fmt: skip
     write_splits(splits, path)
     return splits
 
@@ -205,43 +241,75 @@ def _read_predictions(path: Path, classes: list[str]) -> tuple[np.ndarray, np.nd
 
 
 def write_summary(model_dir: Path, results: list[SetResult], *, config: Config) -> None:
-    """``metrics.csv`` (per set and fold, then mean and std) and ``summary.md`` (mean +/- std table)."""
+    """``metrics.csv`` and ``summary.md``: per fold; mean and std over folds; over repeats; pooled out of fold."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["feature_set", "fold", *METRICS])
+    writer.writerow(["feature_set", "repeat", "fold", *METRICS])
+    cell = lambda v: f"{v:.6f}"  # noqa: E731
     for result in results:
         key = result.feature_set.key or "-"
-        for fold, row in enumerate(result.folds):
-            writer.writerow([key, fold, *(f"{row[m]:.6f}" for m in METRICS)])
+        folds_seen: dict[int, int] = {}
+        for row, repeat in zip(result.folds, result.repeat_of_fold, strict=True):
+            fold = folds_seen[repeat] = folds_seen.get(repeat, -1) + 1
+            writer.writerow([key, repeat, fold, *(cell(row[m]) for m in METRICS)])
         summary = summarize(result.folds)
-        writer.writerow([key, "mean", *(f"{summary[m][0]:.6f}" for m in METRICS)])
-        writer.writerow([key, "std", *(f"{summary[m][1]:.6f}" for m in METRICS)])
+        writer.writerow([key, "", "mean", *(cell(summary[m][0]) for m in METRICS)])
+        writer.writerow([key, "", "std", *(cell(summary[m][1]) for m in METRICS)])
+        if len(result.pooled) > 1:
+            over_repeats = summarize(result.repeat_means())
+            writer.writerow([key, "", "repeat_mean", *(cell(over_repeats[m][0]) for m in METRICS)])
+            writer.writerow([key, "", "repeat_std", *(cell(over_repeats[m][1]) for m in METRICS)])
+        for repeat, pooled in enumerate(result.pooled):
+            writer.writerow([key, repeat, "pooled", *(cell(pooled[m]) for m in METRICS)])
     with atomic_output(model_dir / "metrics.csv") as tmp:
         tmp.write_text(buffer.getvalue())
+    with atomic_output(model_dir / "summary.md") as tmp:
+        tmp.write_text(_summary_markdown(results, config=config))
+
+
+def _mean_std_cell(mean: float, std: float, count: int, total: int) -> str:
+    text = "n/a" if count == 0 else f"{mean:.3f}" if count == 1 else f"{mean:.3f} ± {std:.3f}"
+    return text + (f" ({count}/{total})" if 0 < count < total else "")
+
+
+def _summary_markdown(results: list[SetResult], *, config: Config) -> str:
     options = config.train
-    lines = [f"# {options.name or options.model}: {options.model}, cross-validated", ""]
     first = results[0]
-    n_folds = len(first.folds)
-    lines += [f"Head `{options.model}`, {n_folds} fold(s), seed {options.seed}, classes "
+    repeats = len(first.pooled)
+    n_folds = len(first.folds) // max(1, repeats)
+    lines = [f"# {options.name or options.model}: {options.model}, cross-validated", ""]
+    rounds = f"{repeats} repeats of {n_folds} folds" if repeats > 1 else f"{n_folds} fold(s)"
+    lines += [f"Head `{options.model}`, {rounds}, seed {options.seed}, classes "
               + ", ".join(f"{i} = `{c}`" for i, c in enumerate(first.classes)) + ".",
-              "Metrics on each fold's held-out test slides, mean ± sample std over folds"
+              "Metrics on each fold's held-out test slides, mean ± sample std over "
+              + ("all folds of all repeats" if repeats > 1 else "folds")
               + (" (two classes: precision, recall, F1 of class 1)." if len(first.classes) == 2
-                 else " (macro averages; ROC-AUC one-vs-rest)."), ""]  # fmt: skip
-    header = "| feature set | " + " | ".join(m.replace("_", " ") for m in METRICS) + " |"
-    lines += [header, "|---|" + "---:|" * len(METRICS)]
+                 else " (macro averages; ROC-AUC one-vs-rest).")
+              + " Pooled OOF ROC-AUC: the ROC-AUC of every slide's out-of-fold probability pooled over the folds "
+              "(the curve in `roc.png`)" + (", mean ± std over repeats." if repeats > 1 else "."), ""]  # fmt: skip
+    header = "| feature set | " + " | ".join(m.replace("_", " ") for m in METRICS) + " | pooled OOF ROC-AUC |"
+    lines += [header, "|---|" + "---:|" * (len(METRICS) + 1)]
     for result in results:
         summary = summarize(result.folds)
-        cells = []
-        for m in METRICS:
-            mean, std, count = summary[m]
-            cell = "n/a" if count == 0 else f"{mean:.3f}" if count == 1 else f"{mean:.3f} ± {std:.3f}"
-            cells.append(cell + (f" ({count}/{len(result.folds)} folds)" if 0 < count < len(result.folds) else ""))
+        pooled = summarize(result.pooled)["roc_auc"]
+        cells = [_mean_std_cell(*summary[m], len(result.folds)) for m in METRICS]
+        cells.append(_mean_std_cell(*pooled, len(result.pooled)))
         lines.append(f"| {result.feature_set.key or result.feature_set.root.name} | " + " | ".join(cells) + " |")
+    if repeats > 1:
+        lines += ["", f"Over repeats: each repeat's mean over its folds, then mean ± std over the {repeats} repeats "
+                  "(how much the estimate moves with the fold assignment).", "",
+                  "| feature set | " + " | ".join(m.replace("_", " ") for m in METRICS) + " |",
+                  "|---|" + "---:|" * len(METRICS)]  # fmt: skip
+        for result in results:
+            over = summarize(result.repeat_means())
+            cells = [_mean_std_cell(*over[m], repeats) for m in METRICS]
+            lines.append(f"| {result.feature_set.key or result.feature_set.root.name} | " + " | ".join(cells) + " |")
     lines += ["", "## Data", ""]
     for result in results:
         name = result.feature_set.key or result.feature_set.root.name
         lines += [f"- {name} ({result.feature_set.root}): " + "; ".join(result.report.lines())]
     lines += ["", "Out-of-fold ROC curves and confusion matrices: `roc.png`, `confusion.png` "
-              "(per feature set folder when there are several). Per fold: `fold_<k>/`.", ""]  # fmt: skip
-    with atomic_output(model_dir / "summary.md") as tmp:
-        tmp.write_text("\n".join(lines))
+              "(per feature set folder when there are several). Per fold: `fold_<k>/` (its `metrics.json` records "
+              "the model-selection rule applied and why, and the kept epoch)"
+              + ("; later repeats in `repeat_<r>/`." if repeats > 1 else "."), ""]  # fmt: skip
+    return "\n".join(lines)

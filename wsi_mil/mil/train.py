@@ -1,19 +1,26 @@
-"""One fold of MIL training: AdamW, cosine or plateau schedule, class balancing, early stopping.
+"""One fold of MIL training: standardization, mini-batches of bags, the model-selection rule.
 
-One bag per step (bags differ in length; CLAM's convention). Seeded from the config's
-seed and the fold index, so a CPU run gives the same weights and metrics every time.
-Training-time augmentation: random instance dropout and a cap on the instances per
-bag (``max_instances``); evaluation always sees every instance.
+Per fold: a per-channel feature standardization fitted on the training bags' instances
+(stored in the head, see :mod:`wsi_mil.mil.standardize`); AdamW with a cosine (or
+plateau) schedule; mini-batches of ``batch_bags`` padded bags with masked attention
+(:mod:`wsi_mil.mil.batching`); class-weighted loss; and the epoch chosen by
+:mod:`wsi_mil.mil.selection`. Seeded from the config's seed, the repeat and the fold,
+and run on ``threads`` torch threads set on purpose, so a CPU run gives the same weights
+and metrics every time, whatever the environment's default thread count.
+Training-time augmentation: random instance dropout and a cap on the instances per bag
+(``max_instances``); evaluation always sees every instance.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import dataclasses
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -23,15 +30,21 @@ from typing import Any
 import numpy as np
 
 from wsi_mil.config import TrainConfig
+from wsi_mil.mil.batching import BagBatch, pad_bags, plan_batches
 from wsi_mil.mil.data import BagStore
 from wsi_mil.mil.metrics import compute_metrics
 from wsi_mil.mil.registry import HeadOptions, create_mil_model
+from wsi_mil.mil.selection import plan_selection, smoothed
 from wsi_mil.store.atomic import atomic_output
 
 logger = logging.getLogger(__name__)
 
-MODEL_FORMAT_VERSION = "1.0"
+MODEL_FORMAT_VERSION = "1.1"
 WEIGHTS_NAME = "model.safetensors"
+#: ``threads: null``: one thread while a step's work is below this many feature values
+#: (instances x dim per bag x bags per batch); tiny steps gain nothing from more threads
+#: and lose much on a busy machine (BENCHMARKS.md).
+SMALL_STEP_VALUES = 2**21
 
 
 def head_options_from(config: TrainConfig) -> dict[str, Any]:
@@ -40,19 +53,73 @@ def head_options_from(config: TrainConfig) -> dict[str, Any]:
     return {k: v for k, v in dataclasses.asdict(config).items() if k in names}
 
 
-def iterate_bags(store: BagStore, slide_ids: Sequence[str]) -> Iterator[tuple[str, Any, Any]]:
-    """(slide_id, features, coords); when streaming from disk the next bag is read while this one trains."""
-    if store.in_memory or not slide_ids:
-        for slide_id in slide_ids:
-            yield (slide_id, *store.get(slide_id))
+def training_threads(config: TrainConfig, store: BagStore) -> int:
+    """``train.threads``, or for null: 1 for small steps, else the usable cores (at most 8)."""
+    if config.threads is not None:
+        return config.threads
+    sizes = [store.sizes[s] for s in store.slide_ids]
+    rows = float(np.mean(sizes)) if sizes else 0.0
+    if config.max_instances is not None:
+        rows = min(rows, config.max_instances)
+    if rows * store.dim * config.batch_bags < SMALL_STEP_VALUES:
+        return 1
+    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
+def native_bfloat16(device: Any) -> bool:
+    """Whether ``device`` computes bfloat16 matmuls natively (CUDA with bf16; a CPU with AVX-512 BF16 or AMX)."""
+    import torch
+
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    try:
+        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
+
+
+def training_precision(config: TrainConfig, device: Any) -> str:
+    """``train.precision`` resolved for ``device``: float32 or bfloat16."""
+    if config.precision == "auto":
+        return "bfloat16" if native_bfloat16(device) else "float32"
+    return config.precision
+
+
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Run torch's intra-op work on ``count`` threads, restoring the previous count after."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def iterate_batches(store: BagStore, batches: Sequence[Sequence[str]], transform: Any = None) -> Iterator[BagBatch]:
+    """Padded batches; ``transform(features, coords)`` per bag first (e.g. subsampling).
+    When streaming from disk the next batch is read while this one trains."""
+
+    def load(slide_ids: Sequence[str]) -> BagBatch:
+        bags = [store.get(s) for s in slide_ids]
+        if transform is not None:
+            bags = [transform(f, c) for f, c in bags]
+        return pad_bags(slide_ids, bags)
+
+    if store.in_memory or not batches:
+        for batch in batches:
+            yield load(batch)
         return
     with ThreadPoolExecutor(1) as pool:
-        pending = pool.submit(store.get, slide_ids[0])
-        for index, slide_id in enumerate(slide_ids):
-            bag = pending.result()
-            if index + 1 < len(slide_ids):
-                pending = pool.submit(store.get, slide_ids[index + 1])
-            yield (slide_id, *bag)
+        pending = pool.submit(load, batches[0])
+        for index in range(len(batches)):
+            batch = pending.result()
+            if index + 1 < len(batches):
+                pending = pool.submit(load, batches[index + 1])
+            yield batch
 
 
 def _subsample(n: int, config: TrainConfig, generator: Any) -> Any:
@@ -73,17 +140,20 @@ class FoldTrainer:
     """Trains and evaluates one head on one fold's train / val / test slides."""
 
     def __init__(self, store: BagStore, labels: dict[str, int], n_classes: int, *, config: TrainConfig,
-                 device: Any, fold: int) -> None:  # fmt: skip
+                 device: Any, fold: int, repeat: int = 0) -> None:  # fmt: skip
         import torch
 
         self.store, self.labels, self.n_classes = store, labels, n_classes
         self.config, self.device, self.fold = config, device, fold
-        torch.manual_seed(config.seed * 1009 + fold)
-        self.generator = torch.Generator().manual_seed(config.seed * 1009 + fold)
+        seed = (config.seed + 7919 * repeat) * 1009 + fold
+        torch.manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(seed)
         self.model = create_mil_model(config.model, in_dim=store.dim, n_classes=n_classes, **head_options_from(config))
         self.model.to(device)
+        self.precision = training_precision(config, device)
 
     def _class_weights(self, train: Sequence[str]) -> np.ndarray:
+        """n / (C * count): 1 on average over the training bags."""
         counts = np.bincount([self.labels[s] for s in train], minlength=self.n_classes).astype(np.float64)
         return len(train) / (self.n_classes * np.maximum(counts, 1))
 
@@ -97,37 +167,71 @@ class FoldTrainer:
             index = torch.randperm(len(train), generator=self.generator)
         return [train[i] for i in index.tolist()]
 
-    def _loss(self, out: Any, label: int, class_weight: Any) -> Any:
+    def fit_standardization(self, train: Sequence[str]) -> dict[str, Any]:
+        """Fit the head's input standardization on the training bags' instances (all of them)."""
+        from wsi_mil.mil.standardize import fit_statistics
+
+        standardizer = getattr(self.model, "standardize", None)
+        if standardizer is None:
+            return {"standardize": False}
+        mean, std, count = fit_statistics(self.store.get(s)[0] for s in train)
+        standardizer.set_statistics(mean, std)
+        constant = int((std < 1e-6).sum())
+        if constant:
+            logger.info("fold %d: %d of %d feature channels are constant on the training bags (centred, not scaled)",
+                        self.fold, constant, len(std))  # fmt: skip
+        return {"standardize": True, "instances": count, "constant_channels": constant}
+
+    def _loss(self, batch: BagBatch, out: Any, class_weight: Any) -> Any:
+        """Mean over the batch's bags of the class-weighted bag loss (mixed with the instance loss)."""
+        import torch
         import torch.nn.functional as F
 
-        target = out.logits.new_tensor([label]).long()
-        loss = F.cross_entropy(out.logits.unsqueeze(0), target, weight=class_weight)
+        target = torch.tensor([self.labels[s] for s in batch.slide_ids], device=out.logits.device)
+        losses = F.cross_entropy(out.logits.float(), target, reduction="none")
         clusterer = getattr(self.model, "clusterer", None)
         if clusterer is not None:
             w = self.config.instance_loss_weight
-            loss = (1 - w) * loss + w * clusterer.loss(out.embeddings, out.attention_raw, label)
-        return loss
+            losses = (1 - w) * losses + w * clusterer.loss(out.embeddings, out.attention_raw, target, batch.mask)
+        if class_weight is not None:
+            losses = losses * class_weight[target]
+        return losses.mean()
+
+    def _batches(self, slide_ids: Sequence[str], sizes: Sequence[int]) -> list[list[str]]:
+        return plan_batches(slide_ids, sizes, self.config.batch_bags)
 
     def evaluate(self, slide_ids: Sequence[str]) -> tuple[np.ndarray, float]:
-        """Softmax probabilities (n, C) and the mean unweighted cross-entropy."""
+        """Softmax probabilities (n, C) in ``slide_ids`` order and the mean unweighted cross-entropy."""
         import torch
         import torch.nn.functional as F
 
         self.model.eval()
-        probs, losses = [], []
+        by_size = sorted(slide_ids, key=lambda s: self.store.sizes[s])  # similar lengths pad least
+        results: dict[str, tuple[np.ndarray, float]] = {}
         with torch.inference_mode():
-            for slide_id, features, coords in iterate_bags(self.store, slide_ids):
-                out = self.model(features.to(self.device), coords.to(self.device))
-                target = torch.tensor([self.labels[slide_id]], device=self.device)
-                losses.append(float(F.cross_entropy(out.logits.unsqueeze(0).float(), target)))
-                probs.append(torch.softmax(out.logits.float(), dim=0).cpu().numpy())
-        return np.array(probs).reshape(-1, self.n_classes), float(np.mean(losses)) if losses else math.nan
+            for batch in iterate_batches(self.store, self._batches(by_size, [self.store.sizes[s] for s in by_size])):
+                batch = batch.to(self.device)
+                out = self.model(batch.features, batch.coords, mask=batch.mask)
+                target = torch.tensor([self.labels[s] for s in batch.slide_ids], device=self.device)
+                losses = F.cross_entropy(out.logits.float(), target, reduction="none").cpu().numpy()
+                probs = torch.softmax(out.logits.float(), dim=1).cpu().numpy()
+                for slide_id, p, loss in zip(batch.slide_ids, probs, losses, strict=True):
+                    results[slide_id] = (p, float(loss))
+        probs = np.array([results[s][0] for s in slide_ids]).reshape(-1, self.n_classes)
+        return probs, float(np.mean([results[s][1] for s in slide_ids])) if slide_ids else math.nan
 
     def fit(self, train: Sequence[str], val: Sequence[str]) -> dict[str, Any]:
-        """Train; the returned history names the best epoch, whose weights the model ends with."""
+        """Train; the returned history names the kept epoch, whose weights the model ends with,
+        and the selection rule applied (validation slides train when the rule is ``fixed``)."""
         import torch
 
         config = self.config
+        plan = plan_selection(config.selection, [self.labels[s] for s in val], self.n_classes,
+                              min_val_bags=config.min_val_bags)  # fmt: skip
+        if plan.rule == "fixed":
+            train, val = [*train, *val], []
+        logger.info("fold %d: %s (%s)", self.fold, plan.rule.replace("_", " "), plan.reason)
+        standardization = self.fit_standardization(train)
         weights = self._class_weights(train)
         class_weight = torch.tensor(weights, dtype=torch.float32, device=self.device) if config.balance == "weighted" else None
         optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -138,29 +242,36 @@ class FoldTrainer:
         else:
             scheduler = None
         monitor = config.monitor
-        val_classes = {self.labels[s] for s in val}
-        if monitor == "val_auc" and len(val_classes) < self.n_classes:
+        if val and monitor == "val_auc" and len({self.labels[s] for s in val}) < self.n_classes:
             logger.warning("fold %d: the validation set lacks a class, so early stopping uses val_loss, not val_auc", self.fold)
             monitor = "val_loss"
+
+        def subsample(features: Any, coords: Any) -> tuple[Any, Any]:
+            keep = _subsample(len(features), config, self.generator)
+            return (features, coords) if keep is None else (features[keep], coords[keep])
+
         best_score, best_state, best_epoch, since_best = math.inf, None, -1, 0
-        history = []
+        history: list[dict[str, Any]] = []
+        scores: list[float] = []
         for epoch in range(config.epochs):
             started = time.perf_counter()
             self.model.train()
-            total = 0.0
-            for slide_id, features, coords in iterate_bags(self.store, self._epoch_order(train, weights)):
-                keep = _subsample(len(features), config, self.generator)
-                if keep is not None:
-                    features, coords = features[keep], coords[keep]
-                out = self.model(features.to(self.device, non_blocking=True), coords.to(self.device))
-                loss = self._loss(out, self.labels[slide_id], class_weight)
+            total, steps = 0.0, 0
+            order = self._epoch_order(train, weights)
+            batches = self._batches(order, [min(self.store.sizes[s], config.max_instances or math.inf) for s in order])
+            for batch in iterate_batches(self.store, batches, subsample):
+                batch = batch.to(self.device)
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bfloat16"):
+                    out = self.model(batch.features, batch.coords, mask=batch.mask)
+                    loss = self._loss(batch, out, class_weight)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if config.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
                 optimizer.step()
-                total += loss.item()
-            record: dict[str, Any] = {"epoch": epoch, "train_loss": total / max(1, len(train)),
+                total += loss.item() * len(batch.slide_ids)
+                steps += 1
+            record: dict[str, Any] = {"epoch": epoch, "train_loss": total / max(1, len(train)), "steps": steps,
                                       "lr": optimizer.param_groups[0]["lr"]}  # fmt: skip
             if val:
                 probs, val_loss = self.evaluate(val)
@@ -175,19 +286,22 @@ class FoldTrainer:
             logger.debug("fold %d epoch %d: %s", self.fold, epoch, record)
             if not val:
                 continue
-            score = record["val_loss"] if monitor == "val_loss" else -record["val_auc"]
-            if score < best_score:
-                best_score, best_epoch, since_best = score, epoch, 0
+            scores.append(record["val_loss"] if monitor == "val_loss" else -record["val_auc"])
+            score = smoothed(scores, config.smooth_epochs)
+            if epoch + 1 < config.min_epochs or score < best_score:
+                best_score, best_epoch, since_best = min(score, best_score), epoch, 0
                 best_state = copy.deepcopy(self.model.state_dict())
             else:
                 since_best += 1
-                if epoch + 1 >= config.min_epochs and since_best >= config.patience:
+                if since_best >= config.patience:
                     break
         if best_state is not None:
             self.model.load_state_dict(best_state)
         else:
-            best_epoch = len(history) - 1  # no validation set: the last epoch
-        return {"best_epoch": best_epoch, "epochs_run": len(history), "monitor": monitor, "history": history}
+            best_epoch = len(history) - 1  # fixed: the last epoch
+        return {"best_epoch": best_epoch, "epochs_run": len(history), "monitor": monitor if val else None,
+                "selection": plan.as_dict(), "standardization": standardization, "history": history,
+                "n_train_used": len(train), "precision": self.precision}  # fmt: skip
 
 
 def write_fold(fold_dir: Path, trainer: FoldTrainer, *, model_config: dict[str, Any], metrics: dict[str, Any],
@@ -219,7 +333,7 @@ def load_fold_model(fold_dir: Path, device: Any) -> tuple[Any, dict[str, Any]]:
     from safetensors.torch import load_file
 
     config = json.loads((fold_dir / "config.json").read_text())
-    model = create_mil_model(config["model"], in_dim=config["in_dim"], n_classes=len(config["classes"]),
-                             **config["head_options"])  # fmt: skip
+    options = {"standardize": False, **config["head_options"]}  # heads saved before standardization existed
+    model = create_mil_model(config["model"], in_dim=config["in_dim"], n_classes=len(config["classes"]), **options)
     model.load_state_dict(load_file(str(fold_dir / WEIGHTS_NAME)))
     return model.to(device).eval(), config

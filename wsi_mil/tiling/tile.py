@@ -3,7 +3,8 @@
 Layout under ``RUN_DIR``: with one target, ``bags/<slide_id>.h5|.zarr`` and
 ``qc/<slide_id>.png``; with several (e.g. 0.25, 0.5, 1 and 2 um/px), one set per
 target: ``bags/<set>/<slide_id>.h5`` and ``qc/<set>/<slide_id>.png``, where the set is
-named ``0.5mpp``, ``20x`` or ``level1``.
+named ``0.5mpp``, ``20x`` or ``level1``. Beside each QC image, ``<slide_id>.geojson`` holds
+the tissue contours as QuPath annotations (:mod:`wsi_mil.geojson`).
 """
 
 from __future__ import annotations
@@ -21,8 +22,11 @@ from PIL import Image
 
 from wsi_mil.config import Config, TilingConfig, config_to_dict, config_to_json
 from wsi_mil.errors import WsiMilError
+from wsi_mil.geojson import write_tissue_geojson
 from wsi_mil.io.base import BaseReader
+from wsi_mil.io.bounded import describe_unreadable
 from wsi_mil.io.discover import SlideSource, check_unique_ids
+from wsi_mil.io.library_warnings import capture_library_warnings, summarize_warnings
 from wsi_mil.io.open import open_slide
 from wsi_mil.manifest import RunRecorder, failure_record
 from wsi_mil.store.atomic import atomic_output
@@ -140,10 +144,14 @@ def _write_set(
         note = "no tissue found"
     elif len(coords) == 0:
         note = f"no patch reaches tissue_threshold {tiling.tissue_threshold}"
+    if thumb.unreadable:
+        note = "; ".join(filter(None, [note, f"{describe_unreadable(list(thumb.unreadable))} filled as background"]))
 
     if tiling.qc:  # before the bag: the bag is the set's completion marker
         qc = render_qc(thumb.rgb, mask, coords, spec.patch_size_level0, thumb.downsample)
         save_qc(qc, qc_path(bag_set, source.slide_id))
+        write_tissue_geojson(qc_path(bag_set, source.slide_id).with_suffix(".geojson"), mask, thumb.downsample,
+                             slide_id=source.slide_id, mpp=slide.mpp)  # fmt: skip
     path = bag_path(bag_set.bag_dir, source.slide_id, tiling.bag_format)
     with open_bag_writer(path) as writer:
         writer.write_coords(coords, _bag_attrs(source, slide, spec, config))
@@ -187,11 +195,25 @@ def tile_slide(
     records = [_record(source, s, status="skipped", note="complete bag exists") for s in sets if s not in todo]
     if not todo:
         return records
+    with capture_library_warnings() as captured:
+        done = _tile_sets(source, todo, config, started, debug)
+    if captured:  # attached to the slide's rows instead of printed raw
+        summary = summarize_warnings(captured)
+        logger.warning("%s: library warnings: %s", source.slide_id, summary)
+        done = [{**record, "warnings": summary} for record in done]
+    return records + done
+
+
+def _tile_sets(
+    source: SlideSource, todo: list[BagSet], config: Config, started: float, debug: bool
+) -> list[dict[str, Any]]:
+    records: list[dict[str, Any]] = []
     try:
         slide = open_slide(source.path, reader=config.tiling.reader, mpp=source.mpp or config.tiling.mpp)
     except Exception as error:
-        return records + [_failure(source, s, error, started, debug) for s in todo]
+        return [_failure(source, s, error, started, debug) for s in todo]
     with slide:
+        slide.set_time_limit(config.tiling.slide_timeout, elapsed=time.perf_counter() - started)
         if slide.mpp is None:  # fail fast, before any pixel work, where an MPP is needed
             for bag_set in [s for s in todo if s.target_mpp is not None]:
                 try:
@@ -203,13 +225,15 @@ def tile_slide(
                 return records
         try:
             thumb = read_detection_thumbnail(
-                slide, target_mpp=config.tissue.thumbnail_mpp, max_mpp=config.tissue.thumbnail_mpp_max
-            )
+                slide, target_mpp=config.tissue.thumbnail_mpp, max_mpp=config.tissue.thumbnail_mpp_max,
+                max_unreadable=config.tiling.max_unreadable_fraction,
+            )  # fmt: skip
             mask = detect_tissue(thumb.rgb, mpp=thumb.mpp or ASSUMED_MPP * thumb.downsample, config=config.tissue)
         except Exception as error:
             return records + [_failure(source, s, error, started, debug) for s in todo]
         for bag_set in todo:
             try:
+                slide.check_deadline()
                 records.append(_write_set(source, slide, thumb, mask, bag_set, config, started))
             except Exception as error:
                 records.append(_failure(source, bag_set, error, started, debug))

@@ -1,0 +1,93 @@
+"""GlaS through the real pipeline: ``wsi-mil tile`` + ``wsi-mil extract`` on the 165 images. Prints what it built.
+
+    .venv/bin/python bench/bench_glas_features.py          # needs ../shared/data/glas; about 5-10 CPU minutes
+
+Each GlaS image (775 x 522 px, 20x, about 0.62 um/px) is one bag: tiled at its own
+resolution (level 0) into 128-px patches (about 79 um) without overlap, every patch kept
+whose tissue fraction is at least a quarter (the fields were chosen by a pathologist),
+features from the offline ImageNet EfficientNet-Lite0 (the default encoder). Writes, under
+bench/.cache/recipe/glas/ (what ``bench_mil_recipe.py --sets glas`` and
+``bench_glas_maps.py`` read):
+
+- ``run/`` the wsi-mil run (bags/, features/, manifest.csv);
+- ``features`` -> run/features/efficientnet_lite0 (a link) and ``labels.csv``
+  (slide_id,label,patient_id: folds are grouped by patient);
+- ``gland_fraction.npz``: per slide, each patch's gland fraction from the GlaS mask (the
+  localization ground truth in malignant images).
+"""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+OUT = ROOT / "bench" / ".cache" / "recipe" / "glas"
+MPP = 0.62
+PATCH = 128
+
+
+def main() -> int:
+    from wsi_mil.datasets import shared_data_dir
+
+    data = shared_data_dir()
+    if data is None or not (data / "glas" / "labels.csv").exists():
+        print("skipped: ../shared/data/glas not found (research data; it never ships with the repository)")
+        return 0
+    glas = data / "glas"
+    with (glas / "labels.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    OUT.mkdir(parents=True, exist_ok=True)
+    slides = OUT / "slides.csv"
+    slides.write_text("path,mpp\n" + "".join(f"{glas / r['image']},{MPP}\n" for r in rows))
+    labels = ["slide_id,label,patient_id"] + [f"{Path(r['image']).stem},{r['label']},{r['patient_id']}" for r in rows]
+    (OUT / "labels.csv").write_text("\n".join(labels) + "\n")
+    wsi_mil = [sys.executable, "-m", "wsi_mil"]
+    run = OUT / "run"
+    started = time.perf_counter()
+    subprocess.run([*wsi_mil, "tile", str(slides), "--out", str(run), "--level", "0", "--patch-size", str(PATCH),
+                    "--tissue-threshold", "0.25", "--reader", "image", "--workers", "0", "--quiet",
+                    "--set", "tissue.remove_pen=false", "--set", "tissue.min_object_um2=1000",
+                    "--set", "tissue.max_hole_um2=4000"], check=True)  # fmt: skip
+    tiled = time.perf_counter()
+    subprocess.run([*wsi_mil, "extract", str(run), "--workers", "0", "--quiet"], check=True)
+    extracted = time.perf_counter()
+    link = OUT / "features"
+    if not link.exists():
+        link.symlink_to(run / "features" / "efficientnet_lite0")
+    fractions = gland_fractions(rows, glas, run)
+    np.savez(OUT / "gland_fraction.npz", **fractions)
+    n = [len(v) for v in fractions.values()]
+    print(f"glas: {len(n)} bags, {sum(n)} patches ({min(n)}-{max(n)} per image); tile {tiled - started:.0f} s, "
+          f"extract {extracted - tiled:.0f} s wall")  # fmt: skip
+    return 0
+
+
+def gland_fractions(rows: list[dict[str, str]], glas: Path, run: Path) -> dict[str, np.ndarray]:
+    """Per slide: the gland fraction of each bag patch (rows in the bag's coords order)."""
+    from PIL import Image
+
+    from wsi_mil.store.bags import read_bag
+
+    out = {}
+    for row in rows:
+        slide_id = Path(row["image"]).stem
+        bag_path = run / "bags" / f"{slide_id}.h5"
+        if not bag_path.exists():
+            continue
+        bag = read_bag(bag_path)
+        size = int(bag.attrs.get("patch_size_level0") or PATCH)
+        with Image.open(glas / row["mask"]) as image:
+            mask = np.asarray(image.convert("L")) > 0
+        out[slide_id] = np.array([mask[y : y + size, x : x + size].mean() for x, y in np.asarray(bag.coords)], np.float32)
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""Warnings of the slide libraries, captured per slide instead of printed raw.
+
+tifffile, tiffslide, Pillow and imagecodecs report oddities of a file through
+``logging`` or ``warnings`` (``shaped series shape does not match page shape``,
+``DecompressionBombWarning``...). Printed raw, they name no slide and interleave
+between parallel workers. Inside :func:`capture_library_warnings` they are collected
+instead, and the caller attaches them to the slide's manifest row and log line.
+libjpeg errors inside OpenSlide surface as read errors (with the tile's position);
+messages a C library writes straight to the process's stderr are not captured.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from collections import Counter
+from collections.abc import Iterator
+
+#: Loggers of the libraries that read slides.
+LIBRARY_LOGGERS = ("tifffile", "tiffslide", "PIL", "imagecodecs", "openslide", "pydicom")
+#: Warnings about code rather than the slide, left to Python's usual filters.
+DEVELOPER_WARNINGS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning, ImportWarning, ResourceWarning)
+#: Distinct messages kept per slide, and characters per message.
+KEEP, WIDTH = 5, 200
+
+
+class _Collect(logging.Handler):
+    def __init__(self, sink: list[str]) -> None:
+        super().__init__(logging.WARNING)
+        self.sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.sink.append(f"{record.name}: {record.getMessage()}")
+        except Exception:  # a malformed log call must not fail the slide
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def capture_library_warnings() -> Iterator[list[str]]:
+    """Collect the libraries' warnings (logging and ``warnings``) into the yielded list, filled on exit."""
+    captured: list[str] = []
+    handler = _Collect(captured)
+    saved = []
+    for name in LIBRARY_LOGGERS:
+        library_logger = logging.getLogger(name)
+        saved.append((library_logger, library_logger.handlers, library_logger.propagate))
+        library_logger.handlers = [handler]
+        library_logger.propagate = False
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield captured
+    finally:
+        for library_logger, handlers, propagate in saved:
+            library_logger.handlers = handlers
+            library_logger.propagate = propagate
+        for caught_warning in caught:
+            if issubclass(caught_warning.category, DEVELOPER_WARNINGS):  # about code, not the slide: as usual
+                warnings.warn_explicit(caught_warning.message, caught_warning.category, caught_warning.filename,
+                                       caught_warning.lineno)  # fmt: skip
+            else:
+                captured.append(f"{caught_warning.category.__name__}: {caught_warning.message}")
+
+
+def summarize_warnings(messages: list[str]) -> str:
+    """One line: distinct messages in first-seen order, repeats counted, at most ``KEEP``."""
+    counts = Counter(" ".join(m.split())[:WIDTH] for m in messages)
+    parts = [f"{text} (x{n})" if n > 1 else text for text, n in counts.items()]
+    more = f"; and {len(parts) - KEEP} other(s)" if len(parts) > KEEP else ""
+    return "; ".join(parts[:KEEP]) + more
