@@ -113,3 +113,54 @@ def test_heatmap_config_lists_every_cam_method() -> None:
     from wsi_mil.explain.cam import METHODS
 
     assert HeatmapConfig.CAM_METHODS == METHODS
+
+
+# --------------------------------------------------------------------------- the border ring (issue 12 item 4)
+
+
+def _radial_profile(maps: np.ndarray) -> tuple[float, float, float]:
+    """Mean of the maps (each divided by its own mean) in the outer 32 px, the next 32 px and
+    the rest of a patch: (1, 1, 1) on a homogeneous texture when nothing is drawn at the border."""
+    side = maps.shape[-1]
+    distance = np.minimum.outer(*(np.minimum(np.arange(side), side - 1 - np.arange(side)),) * 2)
+    mean = (maps / np.maximum(maps.mean(axis=(1, 2), keepdims=True), 1e-12)).mean(axis=0)
+    return tuple(float(mean[(distance >= a) & (distance < b)].mean()) for a, b in ((0, 32), (32, 64), (64, side)))
+
+
+@pytest.mark.slow
+def test_cams_of_homogeneous_real_tissue_draw_no_border_ring(shared_data) -> None:
+    """Real stroma (Kather 2016, mirrored into a seamless field), the real pretrained
+    EfficientNet-Lite0: the mean CAM of patches cut from it must be flat from the border
+    inwards. On the patch alone the encoder's zero padding dims the outer cells and raises
+    the ones inside (Grad-CAM about 0.6 / 1.2 / 1.7): checked, so that this test can see a
+    ring; with the default slide context around each patch the ring goes."""
+    from PIL import Image
+
+    from wsi_mil.config import HeatmapConfig
+    from wsi_mil.explain.cam import context_margin, target_layer_and_stride
+    from wsi_mil.explain.patch_cams import explain_patches
+
+    torch.set_num_threads(1)
+    lite0 = create_encoder("efficientnet_lite0", weights="imagenet")
+    tile = np.asarray(Image.open(sorted((shared_data / "kather2016-samples" / "02_STROMA").glob("*.tif"))[0]).convert("RGB"))
+    field = np.pad(tile[:150, :150], ((0, 750), (0, 750), (0, 0)), mode="symmetric")  # 900 px, 445 um
+    size = lite0.config.input_size
+    stride = target_layer_and_stride(lite0.model, size)[1]
+    torch.manual_seed(0)
+    head = create_mil_model("abmil", in_dim=lite0.config.embed_dim, n_classes=2).eval()
+    corners = [(x, y) for x in (180, 330, 480) for y in (200, 400)]
+
+    def profiles(fraction: float) -> dict[str, tuple[float, float, float]]:
+        pixels = context_margin(stride, size, fraction)
+        margin = round(pixels * 256 / size)
+        images = np.stack([field[y - margin : y + 256 + margin, x - margin : x + 256 + margin] for x, y in corners])
+        maps, _, _ = explain_patches(images, encoder=lite0, head=head, log_normalizer=0.0, target=1,
+                                     methods=["gradcam", "eigencam"], margin=margin, context=pixels)  # fmt: skip
+        assert {m.shape for m in maps.values()} == {(len(corners), size, size)}
+        return {method: _radial_profile(values) for method, values in maps.items()}
+
+    alone = profiles(0.0)["gradcam"]
+    assert alone[0] < 0.8 and alone[2] > 1.3, alone  # the artefact, on the patch alone
+    assert HeatmapConfig().cam_context > 0
+    for method, (outer, band, inner) in profiles(HeatmapConfig().cam_context).items():
+        assert outer > 0.85 and band < 1.15 and inner < 1.3, (method, outer, band, inner)

@@ -50,7 +50,11 @@ def test_tissue_tiles_are_tissue(shared_data: Path, name: str, method: str) -> N
 @pytest.mark.parametrize("name", EMPTY_TILES)
 @pytest.mark.parametrize("method", ["auto", "hsv_otsu", "gray_otsu"])
 def test_glass_is_not_tissue(shared_data: Path, name: str, method: str) -> None:
-    assert _fraction(_tile(shared_data, name), method=method) < 0.05
+    rgb = _tile(shared_data, name)
+    if name == "almost-white-2":  # pale loose tissue in its top right corner: glass elsewhere
+        assert not detect_tissue(rgb, mpp=TILE_MPP, config=TissueConfig(method=method))[160:, :300].any()
+        return
+    assert _fraction(rgb, method=method) < 0.05
 
 
 @pytest.mark.parametrize("name", PEN_ONLY_TILES)

@@ -43,6 +43,10 @@ class TissueConfig:
     darkness_range: tuple[float, float] = (0.08, 0.25)
     #: Clip range of the Otsu threshold on brightness (fluorescence).
     brightness_range: tuple[float, float] = (0.04, 0.12)
+    #: hsv_otsu: pixels of at least this saturation that join tissue above the threshold are
+    #: tissue too (pale stroma, the membranes of fat); glass stays below ~0.03. 0: only the
+    #: threshold counts (drops pale and fat-rich tissue).
+    faint_saturation: float = 0.04
     #: Pixels darker than this value (HSV V, 0-1) are not tissue.
     black_value: float = 0.12
     #: Radius of the closing disk, in um.
@@ -342,6 +346,10 @@ class HeatmapConfig:
     cam_ig_steps: int = 32
     #: ``auto`` (cuda when available), ``cpu``, ``cuda`` or ``cuda:N``.
     cam_device: str = "auto"
+    #: Slide context around each explained patch, as a fraction of its side (CNN encoders):
+    #: the CAM sees the surroundings instead of zero padding, which draws a ring into maps
+    #: of the patch alone. 0: the patch alone.
+    cam_context: float = 0.25
 
     FORMATS: typing.ClassVar[tuple[str, ...]] = ("zarr", "tiff", "rgba_tiff", "png", "geojson", "gallery", "blend_tiff")
     CHOICES: typing.ClassVar[dict[str, tuple[Any, ...]]] = {"scale": ("slide", "cohort", "fixed")}
@@ -382,6 +390,8 @@ class HeatmapConfig:
             raise ValueError(f"unknown cam_methods {unknown}; allowed: {', '.join(self.CAM_METHODS)}")
         if self.cam_top_k < 0 or self.cam_ig_steps < 1:
             raise ValueError("cam_top_k must be >= 0 and cam_ig_steps >= 1")
+        if not 0.0 <= self.cam_context <= 1.0:
+            raise ValueError("cam_context must be in [0, 1] (a fraction of the patch side)")
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,8 @@ comparable within a patch only (documented in the table).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import numpy as np
@@ -88,17 +89,23 @@ class ClassMargin:
 
 
 def find_target_layer(encoder: nn.Module, input_size: int) -> nn.Module:
-    """The module producing the encoder's last spatial feature map (the usual CAM layer).
+    """The module producing the encoder's last spatial feature map (the usual CAM layer)."""
+    return target_layer_and_stride(encoder, input_size)[0]
+
+
+def target_layer_and_stride(encoder: nn.Module, input_size: int) -> tuple[nn.Module, int]:
+    """The encoder's last spatial feature map: its module and its stride in input pixels.
 
     Found by one forward pass: the last module (in completion order) whose output is a
     (B, K, H, W) tensor with H, W > 1. When token tensors (B, T, K) come after it, the
     encoder is a transformer whose only spatial map is the patch embedding: refused.
     """
-    finished: list[tuple[nn.Module, int, bool]] = []
+    finished: list[tuple[nn.Module, int, int]] = []  # module, ndim, map height (0: no map)
 
     def hook(module: nn.Module, _: Any, output: Any) -> None:
         if isinstance(output, torch.Tensor):
-            finished.append((module, output.ndim, output.ndim == 4 and min(output.shape[-2:]) > 1))
+            is_map = output.ndim == 4 and min(output.shape[-2:]) > 1
+            finished.append((module, output.ndim, int(output.shape[-2]) if is_map else 0))
 
     handles = [m.register_forward_hook(hook) for m in encoder.modules() if m is not encoder]
     try:
@@ -107,15 +114,62 @@ def find_target_layer(encoder: nn.Module, input_size: int) -> nn.Module:
     finally:
         for handle in handles:
             handle.remove()
-    spatial = [i for i, (_, _, is_map) in enumerate(finished) if is_map]
+    spatial = [i for i, (_, _, height) in enumerate(finished) if height]
     if not spatial or any(ndim == 3 for _, ndim, _ in finished[spatial[-1] + 1 :]):
         raise CamError("this encoder has no final spatial feature map (a transformer?); CAM methods need a CNN "
                        f"encoder. Use {INTEGRATED_GRADIENTS}, which works on any encoder")  # fmt: skip
-    return finished[spatial[-1]][0]
+    module, _, height = finished[spatial[-1]]
+    return module, max(1, round(input_size / height))
 
 
-def unscaled(cam_class: type) -> type:
-    """``cam_class`` without pytorch-grad-cam's per-image min-max scaling (resize only)."""
+def is_spatial(encoder: nn.Module, input_size: int) -> bool:
+    """Whether the encoder ends in a spatial feature map (a CNN): CAM methods and context apply."""
+    try:
+        target_layer_and_stride(encoder, input_size)
+    except CamError:
+        return False
+    return True
+
+
+def context_margin(stride: int, input_size: int, fraction: float) -> int:
+    """Context on each side of a patch, in input pixels: ``fraction`` of the patch side,
+    rounded up to whole cells of the last feature map (so the patch's cells line up)."""
+    if fraction <= 0:
+        return 0
+    return int(np.ceil(fraction * input_size / stride)) * stride
+
+
+@contextmanager
+def pooled_over_patch(layer: nn.Module, margin_cells: int) -> Iterator[None]:
+    """While active, what follows ``layer`` sees its feature map only over the central patch
+    (``margin_cells`` cells of context on each side are zeroed), scaled so that the
+    encoder's global mean pool gives the mean over the patch's cells: the encoder then
+    describes the patch, seen with its surroundings instead of zero padding at its border.
+    Hooks registered on ``layer`` before this one see the unmasked map."""
+
+    def hook(_: nn.Module, __: Any, output: torch.Tensor) -> torch.Tensor:
+        height, width = output.shape[-2:]
+        inner = (height - 2 * margin_cells) * (width - 2 * margin_cells)
+        if inner <= 0:
+            raise CamError(f"a {margin_cells}-cell context margin leaves no patch in a {height}x{width} feature map")
+        mask = torch.zeros((1, 1, height, width), dtype=output.dtype, device=output.device)
+        mask[..., margin_cells : height - margin_cells, margin_cells : width - margin_cells] = height * width / inner
+        return output * mask
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def unscaled(cam_class: type, *, crop_cells: int = 0, size: int | None = None) -> type:
+    """``cam_class`` without pytorch-grad-cam's per-image min-max scaling (resize only).
+
+    With ``crop_cells``, activations and gradients are cut to their central cells (the
+    patch, without its context) before the map is made (EigenCAM's principal component is
+    then the patch's), and the map is resized to ``size`` a side: cutting after the resize
+    would blend context cells into the patch's border."""
     from pytorch_grad_cam.base_cam import BaseCAM
 
     def resize(cams: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -127,14 +181,15 @@ def unscaled(cam_class: type) -> type:
         def compute_cam_per_layer(self, input_tensor: torch.Tensor, targets: list, eigen_smooth: bool) -> list:
             if type(self).__mro__[1].compute_cam_per_layer is not BaseCAM.compute_cam_per_layer:
                 return super().compute_cam_per_layer(input_tensor, targets, eigen_smooth)  # FullGrad: its own
-            activations = [a.cpu().data.numpy() for a in self.activations_and_grads.activations]
-            grads = [g.cpu().data.numpy() for g in self.activations_and_grads.gradients]
-            size = self.get_target_width_height(input_tensor)
+            cut = (..., slice(crop_cells, -crop_cells or None), slice(crop_cells, -crop_cells or None))
+            activations = [a.cpu().data.numpy()[cut] for a in self.activations_and_grads.activations]
+            grads = [g.cpu().data.numpy()[cut] for g in self.activations_and_grads.gradients]
+            target_size = (size, size) if size else self.get_target_width_height(input_tensor)
             per_layer = []
             for i, layer in enumerate(self.target_layers):
                 cam = self.get_cam_image(input_tensor, layer, targets, activations[i] if i < len(activations) else None,
                                          grads[i] if i < len(grads) else None, eigen_smooth)  # fmt: skip
-                per_layer.append(resize(np.maximum(cam, 0), size)[:, None])
+                per_layer.append(resize(np.maximum(cam, 0), target_size)[:, None])
             return per_layer
 
         def aggregate_multi_layers(self, cam_per_target_layer: list | np.ndarray) -> np.ndarray:
@@ -159,8 +214,15 @@ def _integrated_gradients(model: PatchContribution, images: torch.Tensor, target
 
 
 def compute_maps(model: PatchContribution, images: torch.Tensor, *, target: int, methods: Sequence[str] = DEFAULT_METHODS,
-                 input_size: int, batch_size: int = 16, ig_steps: int = 32) -> dict[str, np.ndarray]:  # fmt: skip
-    """Each method's (B, S, S) float32 map of ``images`` (normalized (B, 3, S, S)) for class ``target``."""
+                 input_size: int, batch_size: int = 16, ig_steps: int = 32, context: int = 0) -> dict[str, np.ndarray]:  # fmt: skip
+    """Each method's (B, S, S) float32 map of ``images`` for class ``target``.
+
+    images: normalized (B, 3, S, S) patches, or with ``context`` > 0 (B, 3, S + 2c, S + 2c):
+    each patch with ``context`` input pixels of its surroundings on every side (a multiple
+    of the last feature map's stride, see :func:`context_margin`). The encoder then pools
+    only the patch's cells (:func:`pooled_over_patch`) and the maps are cropped to the patch.
+    Without context, the zero padding at the patch border draws a ring into CAMs.
+    """
     import pytorch_grad_cam
 
     unknown = [m for m in methods if m not in METHODS]
@@ -171,21 +233,32 @@ def compute_maps(model: PatchContribution, images: torch.Tensor, *, target: int,
     images = images.detach().contiguous().requires_grad_(True)
     maps: dict[str, np.ndarray] = {}
     cam_methods = [m for m in methods if m in CAM_CLASSES]
-    layer = find_target_layer(model.encoder, input_size) if cam_methods else None
+    layer, stride = target_layer_and_stride(model.encoder, input_size) if cam_methods or context else (None, 1)
+    if context % stride or images.shape[-1] != input_size + 2 * context:
+        raise CamError(f"context of {context} px for {tuple(images.shape[-2:])} inputs: expected "
+                       f"{input_size} + 2 x a multiple of {stride}")  # fmt: skip
+    cells = context // stride
+
+    def pooling() -> Any:  # entered after pytorch-grad-cam's hooks: they keep the unmasked activations
+        return pooled_over_patch(layer, cells) if context else nullcontext()
+
     with torch.enable_grad():
         for method in cam_methods:
-            cam_class = unscaled(getattr(pytorch_grad_cam, CAM_CLASSES[method]))
-            with cam_class(model=model, target_layers=[layer]) as cam:
+            cam_class = unscaled(getattr(pytorch_grad_cam, CAM_CLASSES[method]), crop_cells=cells, size=input_size)
+            with cam_class(model=model, target_layers=[layer]) as cam, pooling():
                 if hasattr(cam, "batch_size"):
                     cam.batch_size = batch_size
                 parts = [cam(input_tensor=images[i : i + batch_size], targets=[ClassMargin(target)] * len(images[i : i + batch_size]))
                          for i in range(0, len(images), batch_size)]  # fmt: skip
             maps[method] = np.concatenate(parts).astype(np.float32)
         if INTEGRATED_GRADIENTS in methods:
-            maps[INTEGRATED_GRADIENTS] = np.concatenate(
-                [_integrated_gradients(model, images[i : i + batch_size], target, ig_steps) for i in range(0, len(images), batch_size)]
-            )
-    return maps
+            with pooling():
+                maps[INTEGRATED_GRADIENTS] = np.concatenate(
+                    [_integrated_gradients(model, images[i : i + batch_size], target, ig_steps) for i in range(0, len(images), batch_size)]
+                )
+    # Pixel-resolution maps (integrated gradients, FullGrad) cover the context: cut to the patch.
+    return {method: np.ascontiguousarray(values[:, context:-context, context:-context]) if values.shape[-1] > input_size else values
+            for method, values in maps.items()}  # fmt: skip
 
 
 def patch_confidence(model: PatchContribution, images: torch.Tensor, target: int) -> np.ndarray:

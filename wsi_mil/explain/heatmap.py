@@ -28,7 +28,7 @@ from wsi_mil.config import Config, HeatmapConfig
 from wsi_mil.errors import WsiMilError
 from wsi_mil.io.slide_ids import check_slide_id
 from wsi_mil.manifest import failure_record
-from wsi_mil.explain.maps import SlideScores, read_scores, safe_name, select_maps
+from wsi_mil.explain.maps import SlideScores, read_scores, select_maps
 from wsi_mil.explain.stitch import CanvasGeometry, ScorePainter, ScoreRange, TissueMask, stitch_scores
 
 logger = logging.getLogger(__name__)
@@ -310,6 +310,7 @@ def heatmap_job(job: HeatmapJob, *, options: HeatmapConfig, reader: str = "auto"
 
     ``cohort``: bag set (``job.subset`` as POSIX) -> map -> colour range, for ``scale: cohort``.
     ``checkpoint_path``: the encoder checkpoint the features were made with (CAMs need it).
+    CAMs never fail a slide: what could not be explained is named in the record's note.
     """
     record: dict[str, Any] = {"stage": STAGE, "slide_id": job.slide_id, "bag_set": job.label, "path": str(job.scores_path)}
     started = time.perf_counter()
@@ -325,6 +326,8 @@ def heatmap_job(job: HeatmapJob, *, options: HeatmapConfig, reader: str = "auto"
                 scores, select_maps(scores, options.maps), bag_path=job.bag_path, out_dir=job.out_dir,
                 k=options.gallery_k, reader=reader, overwrite=overwrite)  # fmt: skip
         if options.cam_top_k and options.cam_methods and job.run_dir is not None:
+            from wsi_mil.explain.cam_stage import cam_outputs
+
             result.update(cam_outputs(job, options=options, reader=reader, overwrite=overwrite,
                                       checkpoint_path=checkpoint_path))  # fmt: skip
     except Exception as error:
@@ -333,67 +336,9 @@ def heatmap_job(job: HeatmapJob, *, options: HeatmapConfig, reader: str = "auto"
         return failure_record(record, error, path=job.scores_path, started=started)
     written = result["files_written"] + result.get("cam_files_written", 0) + result.get("galleries_written", 0)
     status = "done" if written else "skipped"
-    note = "" if written else "complete outputs exist"
+    note = "; ".join(n for n in ("" if written else "complete outputs exist", result.pop("cam_note", "")) if n)
     return {**record, **result, "status": status, "error": "", "note": note,
             "seconds": round(time.perf_counter() - started, 3)}  # fmt: skip
-
-
-def cam_outputs(job: HeatmapJob, *, options: HeatmapConfig, reader: str = "auto", overwrite: bool = False,
-                checkpoint_path: str | None = None) -> dict[str, Any]:  # fmt: skip
-    """CAMs of the slide's top patches: cams.h5, the gallery and a stitched canvas per method.
-
-    Skipped, with the reason in the record, when the heads, features or bag are missing.
-    """
-    from wsi_mil.explain.export_tiff import pyramid_factors, write_pyramid_tiff
-    from wsi_mil.explain.export_zarr import write_ome_zarr
-    from wsi_mil.explain.patch_cams import CAMS_NAME, cam_range, cam_slide, locate_cam_inputs, read_cams
-    from wsi_mil.explain.stitch_cams import stitch_patch_maps
-
-    scores = read_scores(job.scores_path)
-    cams_path = job.out_dir / CAMS_NAME
-    if cams_path.exists() and not overwrite:
-        cams = read_cams(cams_path)
-    else:
-        inputs = locate_cam_inputs(scores, run_dir=job.run_dir, model=job.model, subset=job.subset, bag_path=job.bag_path)
-        if isinstance(inputs, str):
-            logger.warning("%s: no CAMs: %s", job.slide_id, inputs)
-            return {"cams": f"skipped: {inputs}"}
-        cams = cam_slide(scores, inputs, job.out_dir, methods=options.cam_methods, top_k=options.cam_top_k,
-                         ig_steps=options.cam_ig_steps, reader=reader, device=options.cam_device,
-                         checkpoint_path=checkpoint_path)  # fmt: skip
-    geometry = _slide_geometry(scores, None, _bag_attrs(job.bag_path))
-    level0 = CanvasGeometry.for_slide(geometry.dimensions, 1.0)
-    written = 0
-    for method, maps in cams.maps.items():
-        name = f"cam_{safe_name(method)}"
-        low, high = cam_range(maps)
-        provenance = {"slide_id": job.slide_id, "map": name, "vmin": low, "vmax": high, "top_k": len(maps),
-                      "level0_dimensions": list(geometry.dimensions), "slide_mpp": geometry.mpp}  # fmt: skip
-
-        def canvas(downsample: float, chunks: tuple[int, int], maps: np.ndarray = maps) -> Any:
-            return stitch_patch_maps(cams.coords, maps, patch_size_level0=scores.patch_size_level0,
-                                     geometry=CanvasGeometry.for_slide(geometry.dimensions, downsample), chunks=chunks)  # fmt: skip
-
-        zarr_path, tiff_path = job.out_dir / f"{name}.ome.zarr", job.out_dir / f"{name}.tiff"
-        if "zarr" in options.formats and (overwrite or not zarr_path.exists()):
-            factors = pyramid_factors(level0.shape, min_side=options.chunk_size // 2)
-            write_ome_zarr(zarr_path, [canvas(f, (options.chunk_size,) * 2) for f in factors], level_downsamples=factors,
-                           mpp=geometry.mpp, name=name, window=(low, high), attrs=provenance, threads=options.threads)  # fmt: skip
-            written += 1
-        if "tiff" in options.formats and (overwrite or not tiff_path.exists()):
-            write_pyramid_tiff(tiff_path, [canvas(f, TIFF_CHUNK) for f in pyramid_factors(level0.shape)], mpp=geometry.mpp,
-                               kind="float32", description=json.dumps({"wsi_mil_heatmap": provenance}),
-                               threads=options.threads)  # fmt: skip
-            written += 1
-    return {"cams": " ".join(cams.maps), "cam_patches": len(cams.coords), "cam_files_written": written}
-
-
-def _bag_attrs(bag_path: Path | None) -> dict[str, Any]:
-    if bag_path is None or not bag_path.exists():
-        return {}
-    from wsi_mil.store.bags import read_bag
-
-    return read_bag(bag_path).attrs
 
 
 def heatmap_run(run_dir: str | Path, *, config: Config, model: str | None = None, overwrite: bool = False,

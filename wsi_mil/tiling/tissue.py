@@ -8,7 +8,9 @@ given in micrometres and mean the same thing on every slide. Steps:
    dark background); ``auto`` (the default) picks fluorescence when most of the
    thumbnail is near black and ``hsv_otsu`` otherwise;
 2. median filter, then an Otsu threshold clipped to a configured range, so an
-   empty or a tissue-only thumbnail does not get an arbitrary split;
+   empty or a tissue-only thumbnail does not get an arbitrary split; faint pixels
+   (``faint_saturation``: pale stroma, fat's membranes) joined to what passes it are
+   tissue too (hysteresis);
 3. near-black pixels (scanner borders, out-of-slide areas) and, optionally, pen
    ink (blue, green, black and red marker) are removed: strokes that hold a colour
    no H&E stain takes (see ``detect_pen``), so dense tissue is not taken for ink;
@@ -203,6 +205,24 @@ def _fill_small_holes(mask: np.ndarray, max_pixels: int) -> np.ndarray:
     return mask | fill[labels]
 
 
+def _with_faint(mask: np.ndarray, faint: np.ndarray) -> np.ndarray:
+    """``mask`` plus the connected areas of ``faint`` that touch it (hysteresis thresholding).
+
+    Pale stroma and fat (thin membranes around empty cells) stay below an Otsu threshold
+    set by dense tissue; above ``faint_saturation`` and joined to it, they are tissue.
+    ``faint`` has only a 3-px median (the 5-px one erases fat's membranes); glass stays
+    below its level."""
+    from scipy import ndimage
+
+    labels, count = ndimage.label(faint | mask, structure=np.ones((3, 3), dtype=bool))
+    if count == 0:
+        return mask
+    keep = np.zeros(count + 1, dtype=bool)
+    keep[np.unique(labels[mask])] = True
+    keep[0] = False
+    return keep[labels]
+
+
 def detect_tissue(rgb: np.ndarray, *, mpp: float, config: TissueConfig | None = None) -> np.ndarray:
     """Tissue mask of a thumbnail.
 
@@ -233,22 +253,31 @@ def detect_tissue(rgb: np.ndarray, *, mpp: float, config: TissueConfig | None = 
 
         size = max(3, _odd(int(round(config.closing_radius_um / mpp))))
         score = ndimage.uniform_filter(score.astype(np.float32), size=size)
-    score8 = (np.clip(score, 0, 1) * 255).astype(np.uint8)
-    if method != "fluorescence":
-        score8 = _median(score8, _odd(config.median_size))
+    raw8 = (np.clip(score, 0, 1) * 255).astype(np.uint8)
+    score8 = _median(raw8, _odd(config.median_size)) if method != "fluorescence" else raw8
 
     background_like = score8 < 255 * low  # Otsu on glass-only pixels would split noise
     threshold = filters.threshold_otsu(score8) / 255 if np.ptp(score8) > 0 else high
     threshold = float(np.clip(threshold, low, high))
     mask = score8 > 255 * threshold
+    faint = None
     if not background_like.any():  # tissue everywhere: any stain counts
         mask = score8 > 255 * low
+    elif method == "hsv_otsu" and config.faint_saturation > 0:
+        faint = _median(raw8, 3) > 255 * config.faint_saturation  # a 3-px median: noise off, membranes kept
     if method != "fluorescence":
         mask &= hsv[..., 2] > config.black_value
 
     pixel_area = mpp * mpp
     if config.remove_pen and method != "fluorescence":
-        mask &= ~detect_pen(hsv, mpp=mpp, config=config)
+        ink = detect_pen(hsv, mpp=mpp, config=config)
+        mask &= ~ink
+        if faint is not None and ink.any():  # an ink stroke's faint, blurred edge is not pale tissue
+            from scipy import ndimage
+
+            faint &= ndimage.distance_transform_edt(~ink) * mpp > config.pen_halo_um
+    if faint is not None:
+        mask = _with_faint(mask, faint)
 
     radius = int(round(config.closing_radius_um / mpp))
     if radius > 0:
