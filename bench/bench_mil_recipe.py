@@ -13,7 +13,7 @@ few instances) and a whole-slide-like set of long bags with rare witnesses:
 - ``tiny-easy``: 100 bags x 2-40 instances x 166-d, unscaled (channels span hundreds);
 - ``tiny-hard``: 100 bags x 2-40 x 230-d, unscaled, witnesses close to a background cluster;
 - ``tiny-200``: 200 bags x 2-13 x 230-d, moderate scale;
-- ``long``: 60 bags x 1,500-2,000 x 256-d, witnesses 1-3% of a positive bag;
+- ``long``: 40 bags x 1,500-2,000 x 128-d, witnesses about 1% of a positive bag;
 - ``glas``: GlaS through the real pipeline (features from ``bench/bench_glas_features.py``),
   benign vs malignant, patient-grouped folds.
 
@@ -67,7 +67,7 @@ SETS = {
     "tiny-easy": SetSpec(100, (2, 40), 166, 0.3, 4.0, 300.0, 10),
     "tiny-hard": SetSpec(100, (2, 40), 230, 0.2, 2.2, 300.0, 10),
     "tiny-200": SetSpec(200, (2, 13), 230, 0.3, 2.8, 10.0, 10),
-    "long": SetSpec(60, (1500, 2000), 256, 0.02, 3.0, 5.0, 5),
+    "long": SetSpec(40, (1500, 2000), 128, 0.01, 2.5, 5.0, 5),
 }
 
 

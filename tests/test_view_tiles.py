@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from wsi_mil.view.tiles import Grid, MapTiles, grid_cells, map_tiles, reduce_mean
 
