@@ -227,7 +227,7 @@ class TrainConfig:
     #: Training matmuls: auto (bfloat16 where the CPU or GPU computes it natively, else float32),
     #: float32 or bfloat16. Weights, softmax, losses and evaluation stay float32.
     precision: str = "auto"
-    lr: float = 2e-4
+    lr: float = 5e-4
     weight_decay: float = 1e-4
     scheduler: str = "cosine"
     #: Class imbalance: weighted (loss weights 1/frequency), sampler (balanced bag sampling) or none.
