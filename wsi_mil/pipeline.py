@@ -285,18 +285,19 @@ def run_pipeline(config: Config, *, where: str = "config", overwrite: bool = Fal
     check_run_config(config, where=where)
     if "train" in config.run.stages and config.run.labels is not None:
         check_labels_plan(config, where=where)  # before any tiling: minutes, not hours, into a run
+    sources = _find_sources(config, where) if "tile" in config.run.stages else []  # bad inputs stop before any work
     if not overwrite:
         stale_outputs(config, where=where)  # a refused run touches nothing, not even the lock file
     from wsi_mil.mil.splits import fold_option
 
     with run_lock(Path(str(config.run.out)), "wsi-mil run"), fold_option("--set train.folds=N"):  # one writer per run folder
-        return _run_locked(config, where=where, overwrite=overwrite, debug=debug, progress=progress)
+        return _run_locked(config, sources, where=where, overwrite=overwrite, debug=debug, progress=progress)
 
 
-def _run_locked(config: Config, *, where: str, overwrite: bool, debug: bool, progress: bool) -> PipelineResult:
+def _run_locked(config: Config, sources: list[Any], *, where: str, overwrite: bool, debug: bool,
+                progress: bool) -> PipelineResult:  # fmt: skip
     run: RunConfig = config.run
     run_dir = Path(str(run.out))
-    sources = _find_sources(config, where) if "tile" in run.stages else []  # bad inputs stop before any work
     stale = stale_outputs(config, where=where, overwrite=overwrite)
     if stale:  # before run_config.json changes: a run killed while removing refuses to resume as before
         logger.warning("--overwrite with changed settings: removing %s", ", ".join(map(str, stale)))
