@@ -43,7 +43,7 @@ DEMO_SETTINGS: dict[str, dict[str, Any]] = {
                 "cam_top_k": 2, "cam_methods": ["gradcam"], "cam_device": "cpu"},  # fmt: skip
     "run": {"models": ["abmil", "ilam"]},
 }
-#: The demo's targets (issue 12): both heads separate the slides, the best learned map localizes the
+#: The demo's targets: both heads separate the slides, the best learned map localizes the
 #: lesions, while stain statistics that learn nothing do not separate the slides and localize clearly worse.
 TARGETS = {"slide_auc": 0.95, "baseline_slide_auc": 0.75, "patch_auc": 0.90, "baseline_margin": 0.15}
 ATTENTION_MAP = "attention_pct"
@@ -204,7 +204,7 @@ def format_report(result: DemoResult) -> str:
             head = "baseline" if _is_baseline(row["map"]) else model
             lines.append(f"| {head} | {row['map']} | {_pm(row['auc'], row['auc_std'])} | {row['hit']:.3f} | "
                          f"{_pm(row['dice@0.5'], row['dice@0.5_std'])} |")  # fmt: skip
-    lines += ["", "Targets (issue 12: learned results beside a baseline that learns nothing)"]
+    lines += ["", "Targets (learned results beside a baseline that learns nothing)"]
     for name, model, value, met in targets(result, baseline):
         lines.append(f"  {name:50s} {model:24s} {value:.3f}  {'met' if met else 'NOT met'}")
     example = next((s for s in sorted(labels) if labels[s] == "tumor"), sorted(labels)[0])
