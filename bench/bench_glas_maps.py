@@ -12,8 +12,8 @@ is positive when at least half of it is gland in the GlaS mask. Every map of ``w
 predict`` (each image scored out of fold, by the model of the fold that held it out) is
 scored with ROC-AUC over the patches of each malignant image, then averaged over images
 (maps are read within a slide), beside non-learned stain baselines computed from the same
-patches: mean hematoxylin optical density (scikit-image ``rgb2hed``) and darkness
-(1 - mean grey level). A learned map that does not beat them adds nothing a stain
+patches, the same ones ``evaluate-maps`` scores (``wsi_mil.explain.stain_baseline``):
+mean hematoxylin optical density (scikit-image ``rgb2hed``) and the dark-pixel fraction. A learned map that does not beat them adds nothing a stain
 statistic does not already say.
 """
 
@@ -32,23 +32,15 @@ HEADS = ("abmil", "ilam", "abmil_plain")
 
 
 def stain_baselines(run: Path, slide_id: str) -> dict[str, np.ndarray]:
-    """Per patch of the bag: mean hematoxylin OD and darkness, from the image pixels."""
-    from skimage.color import rgb2hed
-
+    """Per patch of the bag: the stain baseline maps ``evaluate-maps`` scores (wsi_mil.explain.stain_baseline)."""
+    from wsi_mil.explain.stain_baseline import stain_baseline_scores
     from wsi_mil.io import open_slide
     from wsi_mil.store.bags import read_bag
 
     bag = read_bag(run / "bags" / f"{slide_id}.h5")
-    size = int(bag.attrs["patch_size_level0"])
     with open_slide(bag.attrs["slide_path"]) as slide:
-        image = np.asarray(slide.read_region((0, 0), 0, slide.dimensions).convert("RGB"))
-    hematoxylin = rgb2hed(image)[..., 0]
-    grey = image.mean(axis=2) / 255.0
-    out: dict[str, list[float]] = {"stain: hematoxylin OD": [], "stain: darkness": []}
-    for x, y in np.asarray(bag.coords):
-        out["stain: hematoxylin OD"].append(float(hematoxylin[y : y + size, x : x + size].mean()))
-        out["stain: darkness"].append(float(1 - grey[y : y + size, x : x + size].mean()))
-    return {k: np.array(v) for k, v in out.items()}
+        maps = stain_baseline_scores(slide, np.asarray(bag.coords), float(bag.attrs["patch_size_level0"]))
+    return {f"stain: {name}": values for name, values in maps.items()}
 
 
 def learned_maps(scores_path: Path) -> dict[str, np.ndarray]:

@@ -199,7 +199,7 @@ def run_head(head: str, folder: Path, overrides: list[str], run_dir: Path) -> Pa
     from wsi_mil.config import load_config
     from wsi_mil.mil.run import train_run
 
-    folds = next(s.folds for n, s in SETS.items() if folder.name == n) if folder.name in SETS else 5
+    folds = SETS[folder.name].folds if folder.name in SETS else 5
     sets = [f"train.model={head}", f"train.folds={folds}", *overrides]
     config = load_config(None, sets=sets)
     train_run(run_dir, folder / "labels.csv", config=config, features=[folder / "features"], overwrite=True)

@@ -164,7 +164,7 @@ def _train_repeat(store: BagStore, labels: dict[str, int], classes: list[str], t
                   threads: int) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """Every fold of one round of cross-validation (resuming finished folds); the pooled
     out-of-fold labels (n,) and probabilities (n, C)."""
-    from wsi_mil.mil.train import FoldTrainer, write_fold
+    from wsi_mil.mil.train import MODEL_FORMAT_VERSION, FoldTrainer, write_fold
 
     options = config.train
     pooled_true, pooled_probs = [], []
@@ -190,7 +190,7 @@ def _train_repeat(store: BagStore, labels: dict[str, int], classes: list[str], t
             model_config = {"model": options.model, "head_options": _head_options(options), "in_dim": store.dim,
                             "classes": classes, "fold": fold, "repeat": repeat, "feature_set": result.feature_set.key,
                             "best_epoch": history["best_epoch"], "train": dataclasses.asdict(options),
-                            "format_version": "1.1", "wsi_mil_version": __version__}  # fmt: skip
+                            "format_version": MODEL_FORMAT_VERSION, "wsi_mil_version": __version__}  # fmt: skip
             predictions = [_prediction_row(s, table, classes, labels[s], p) for s, p in zip(test, probs, strict=True)]
             write_fold(fold_dir, trainer, model_config=model_config, metrics=metrics, predictions=predictions)
             logger.info("%sfold %d: %s, kept epoch %d of %d, test ROC-AUC %.3f, accuracy %.3f (%.1f s)", round_text, fold,

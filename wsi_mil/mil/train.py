@@ -17,6 +17,7 @@ import contextlib
 import copy
 import csv
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -72,6 +73,12 @@ def native_bfloat16(device: Any) -> bool:
 
     if device.type == "cuda":
         return bool(torch.cuda.is_bf16_supported())
+    return _cpu_has_bfloat16()
+
+
+@functools.cache
+def _cpu_has_bfloat16() -> bool:
+    """From /proc/cpuinfo, read once per process (every fold asks)."""
     try:
         flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
     except OSError:
