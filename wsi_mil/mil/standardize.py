@@ -12,7 +12,8 @@ training used, with nothing to pass around.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -29,6 +30,7 @@ class InputStandardizer(nn.Module):
         super().__init__()
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("inv_std", torch.ones(dim))
+        self.bypass = False  #: inputs arrive standardized (see :func:`inputs_standardized`); not saved
 
     def set_statistics(self, mean: np.ndarray, std: np.ndarray) -> None:
         """mean, std (D,); a channel with std < MIN_STD keeps the scale 1 (no division by zero)."""
@@ -38,6 +40,8 @@ class InputStandardizer(nn.Module):
         self.inv_std.copy_(torch.as_tensor(inv, dtype=torch.float32))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bypass:
+            return x
         # x * inv_std - mean * inv_std in one pass: one new (B, N, D) tensor instead of two
         return torch.addcmul(-self.mean * self.inv_std, x, self.inv_std)
 
@@ -61,3 +65,18 @@ def fit_statistics(bags: Iterable[torch.Tensor]) -> tuple[np.ndarray, np.ndarray
     mean = (total / count).numpy()
     variance = np.maximum((squares / count).numpy() - mean * mean, 0.0)
     return mean, np.sqrt(variance), count
+
+
+@contextmanager
+def inputs_standardized(model: nn.Module) -> Iterator[None]:
+    """Within this block ``model``'s :class:`InputStandardizer` passes its input through:
+    the caller feeds bags it standardized itself (e.g. once per fold, not once per step)."""
+    standardizer = getattr(model, "standardize", None)
+    if standardizer is None:
+        yield
+        return
+    standardizer.bypass = True
+    try:
+        yield
+    finally:
+        standardizer.bypass = False
