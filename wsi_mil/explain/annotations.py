@@ -135,7 +135,7 @@ def _asap_polygons(path: Path) -> list[Polygon]:
     for annotation in root.iter("Annotation"):
         group = str(annotation.get("PartOfGroup", "")).lower()
         points = sorted(annotation.iter("Coordinate"), key=lambda c: float(c.get("Order", 0)))
-        ring = np.asarray([(float(c.get("X")), float(c.get("Y"))) for c in points], float)
+        ring = np.asarray([(float(c.attrib["X"]), float(c.attrib["Y"])) for c in points], np.float64)
         if len(ring) >= 3:
             polygons.append((0 if group in EXCLUDE_CLASSES else LESION, ring, []))
     return polygons

@@ -87,7 +87,7 @@ def blended_canvas(
     """
     lut = colormap_lut(cmap)
 
-    def block_rgb(scores: np.ndarray, block_info: dict | None = None) -> np.ndarray:
+    def block_rgb(scores: np.ndarray, block_info: dict) -> np.ndarray:
         (r0, r1), (c0, c1) = block_info[0]["array-location"]
         rgb = read_slide_block(slides.get(), slice(r0, r1), slice(c0, c1), downsample)
         return blend(rgb, scores, lut=lut, score_range=score_range, alpha=alpha)
@@ -123,7 +123,7 @@ class StoredJpegTiles:
         with tif:
             for page in tif.pages:
                 if (
-                    page.shape[:2] == tuple(shape) and page.is_tiled and (page.tilelength, page.tilewidth) == (tile, tile)
+                    isinstance(page, tifffile.TiffPage) and page.shape[:2] == tuple(shape) and page.is_tiled and (page.tilelength, page.tilewidth) == (tile, tile)
                     and page.compression == _JPEG and page.photometric in (_RGB, _YCBCR) and page.planarconfig == 1
                     and page.samplesperpixel == 3 and page.bitspersample == 8
                 ):  # fmt: skip

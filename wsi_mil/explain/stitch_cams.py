@@ -7,9 +7,14 @@ averaged per pixel; pixels outside every explained patch are NaN.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from wsi_mil.explain.stitch import CanvasGeometry, PatchIndex, patch_extents
+
+if TYPE_CHECKING:
+    import dask.array
 
 
 def paint_maps_block(extents: np.ndarray, maps: np.ndarray, rows: slice, cols: slice) -> np.ndarray:
@@ -40,7 +45,7 @@ def paint_maps_block(extents: np.ndarray, maps: np.ndarray, rows: slice, cols: s
 
 
 def stitch_patch_maps(coords: np.ndarray, maps: np.ndarray, *, patch_size_level0: float, geometry: CanvasGeometry,
-                      chunks: tuple[int, int] = (1024, 1024)) -> "dask.array.Array":  # noqa: F821  # fmt: skip
+                      chunks: tuple[int, int] = (1024, 1024)) -> dask.array.Array:  # fmt: skip
     """A lazy (rows, cols) float32 canvas of within-patch maps. coords: (k, 2) level-0 (x, y);
     maps: (k, S, S), each stretched over its patch's square."""
     import dask.array as da
@@ -54,7 +59,7 @@ def stitch_patch_maps(coords: np.ndarray, maps: np.ndarray, *, patch_size_level0
     extents = patch_extents(coords, patch_size_level0, geometry.downsample)
     index = PatchIndex(extents, geometry.shape, chunks)
 
-    def block(block_info: dict | None = None) -> np.ndarray:
+    def block(block_info: dict) -> np.ndarray:
         info = block_info[None]
         (r0, r1), (c0, c1) = info["array-location"]
         picked = index.in_block(*info["chunk-location"])

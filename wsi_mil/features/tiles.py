@@ -27,7 +27,7 @@ class TileGrid:
         self._tif = tifffile.TiffFile(self.path)
         levels = self._tif.series[0].levels
         page = levels[level].pages[0] if level < len(levels) else None
-        if page is None or not page.is_tiled:
+        if not isinstance(page, tifffile.TiffPage) or not page.is_tiled:  # a TiffFrame has no tile tags
             self.close()
             raise ValueError(f"{self.path}: level {level} is not a tiled TIFF level")
         height, width = page.shape[:2]

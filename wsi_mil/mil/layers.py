@@ -199,7 +199,7 @@ class InstanceContext(nn.Module):
         rollouts = []
         for index in blocks:
             x = h[index]
-            joint = None
+            joint: torch.Tensor | None = None
             for layer in self.layers:
                 x, weights = layer(x, keep_attention=rollout)
                 if rollout:
@@ -207,6 +207,6 @@ class InstanceContext(nn.Module):
                     step = step / step.sum(dim=-1, keepdim=True)
                     joint = step if joint is None else step @ joint
             out[index] = x.to(out.dtype)
-            if rollout:
+            if rollout and joint is not None:
                 rollouts.append((index, joint))
         return out, rollouts

@@ -26,6 +26,10 @@ MIN_STD = 1e-6
 class InputStandardizer(nn.Module):
     """x -> (x - mean) / std per channel; the identity until :meth:`set_statistics`."""
 
+    # Buffers registered in __init__; declared so the type checker knows them as tensors.
+    mean: torch.Tensor
+    inv_std: torch.Tensor
+
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.register_buffer("mean", torch.zeros(dim))
@@ -50,17 +54,18 @@ def fit_statistics(bags: Iterable[torch.Tensor]) -> tuple[np.ndarray, np.ndarray
     """Per-channel mean and population std over every instance of ``bags`` ((N, D) each),
     accumulated in float64 one bag at a time (bags may be streamed from disk); and the
     number of instances."""
-    total = squares = None
+    total: torch.Tensor | None = None
+    squares: torch.Tensor | None = None
     count = 0
     for features in bags:
         x = features.to(torch.float64)
-        if total is None:
+        if total is None or squares is None:
             total, squares = x.sum(dim=0), (x * x).sum(dim=0)
         else:
             total += x.sum(dim=0)
             squares += (x * x).sum(dim=0)
         count += x.shape[0]
-    if total is None or count == 0:
+    if total is None or squares is None or count == 0:
         raise ValueError("no training instances to fit the feature standardization on")
     mean = (total / count).numpy()
     variance = np.maximum((squares / count).numpy() - mean * mean, 0.0)

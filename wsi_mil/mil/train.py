@@ -124,10 +124,10 @@ def iterate_batches(store: BagStore, batches: Sequence[Sequence[str]], transform
     with ThreadPoolExecutor(1) as pool:
         pending = pool.submit(load, batches[0])
         for index in range(len(batches)):
-            batch = pending.result()
+            loaded = pending.result()
             if index + 1 < len(batches):
                 pending = pool.submit(load, batches[index + 1])
-            yield batch
+            yield loaded
 
 
 class PreparedBags:
@@ -275,6 +275,7 @@ class FoldTrainer:
         weights = self._class_weights(train)
         class_weight = torch.tensor(weights, dtype=torch.float32, device=self.device) if config.balance == "weighted" else None
         optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None
         if config.scheduler == "cosine":
             scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs, eta_min=config.lr * 0.01)
         elif config.scheduler == "plateau":
@@ -300,7 +301,10 @@ class FoldTrainer:
             self.model.train()
             total, steps = 0.0, 0
             order = self._epoch_order(train, weights)
-            batches = self._batches(order, [min(self.store.sizes[s], config.max_instances or math.inf) for s in order])
+            sizes = [self.store.sizes[s] for s in order]
+            if config.max_instances is not None:
+                sizes = [min(size, config.max_instances) for size in sizes]
+            batches = self._batches(order, sizes)
             for batch in iterate_batches(source, batches, subsample):
                 batch = batch.to(self.device)
                 autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bfloat16")
