@@ -127,7 +127,8 @@ class StoredJpegTiles:
                     and page.compression == _JPEG and page.photometric in (_RGB, _YCBCR) and page.planarconfig == 1
                     and page.samplesperpixel == 3 and page.bitspersample == 8
                 ):  # fmt: skip
-                    layout = (JpegLayout("YCBCR", tuple(page.subsampling or (2, 2))) if page.photometric == _YCBCR
+                    sub_h, sub_v = page.subsampling or (2, 2)
+                    layout = (JpegLayout("YCBCR", (sub_h, sub_v)) if page.photometric == _YCBCR
                               else JpegLayout("RGB", (1, 1)))  # fmt: skip
                     return cls(path, np.asarray(page.dataoffsets), np.asarray(page.databytecounts),
                                page.jpegtables, -(-shape[1] // tile), layout)  # fmt: skip
@@ -241,13 +242,13 @@ def write_blend_tiff(path: Path, slide: Any, scores: Any, *, options: HeatmapCon
     slides = open_per_thread(slide.path, reader=slide.backend, mpp=slide.mpp)
     stored = []
     try:
-        levels = []
+        levels: list[Any] = []
         for downsample in slide.level_downsamples:
             downsample = float(round(downsample))
             level_scores = scores(downsample)
             if levels and max(level_scores.shape) < 256:
                 break
-            blend_options = {"downsample": downsample, "cmap": cmap or options.cmap, "score_range": score_range,
+            blend_options: dict[str, Any] = {"downsample": downsample, "cmap": cmap or options.cmap, "score_range": score_range,
                              "alpha": options.alpha}  # fmt: skip
             if isinstance(level_scores, ScorePainter):
                 stored.append(stored_tiles_for(slide, level_scores.shape, downsample))

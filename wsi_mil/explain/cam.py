@@ -175,7 +175,7 @@ def unscaled(cam_class: type, *, crop_cells: int = 0, size: int | None = None) -
     def resize(cams: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         import cv2
 
-        return np.stack([cv2.resize(np.float32(c), size) for c in cams]).astype(np.float32)
+        return np.stack([cv2.resize(np.asarray(c, np.float32), size) for c in cams]).astype(np.float32)
 
     # pytorch-grad-cam ships no types: its CAM classes are Any to the type checker.
     base: Any = cam_class

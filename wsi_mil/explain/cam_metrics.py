@@ -34,7 +34,7 @@ def cam_localization(coords: np.ndarray, maps: np.ndarray, patch_size_level0: fl
         y1 = min(height, int(math.ceil((y + patch_size_level0) / truth.downsample)))
         if x1 <= x0 or y1 <= y0:
             continue
-        resized = cv2.resize(np.float32(cam), (x1 - x0, y1 - y0), interpolation=cv2.INTER_AREA)
+        resized = cv2.resize(np.asarray(cam, np.float32), (x1 - x0, y1 - y0), interpolation=cv2.INTER_AREA)
         values.append(resized.reshape(-1))
         labels.append(truth.lesion[y0:y1, x0:x1].reshape(-1))
     if not values:

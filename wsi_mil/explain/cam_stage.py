@@ -38,6 +38,8 @@ def cam_outputs(job: HeatmapJob, *, options: HeatmapConfig, reader: str = "auto"
     try:
         if cams_path.exists() and not overwrite:
             cams = read_cams(cams_path)
+        elif job.run_dir is None:  # the heads and features are found through the run folder
+            return {"cams": "skipped", "cam_note": "no CAMs: the scores are not inside a run folder"}
         else:
             inputs = locate_cam_inputs(scores, run_dir=job.run_dir, model=job.model, subset=job.subset, bag_path=job.bag_path)
             if isinstance(inputs, str):

@@ -242,7 +242,7 @@ def _write_map(
         elif fmt in ("tiff", "rgba_tiff"):
             levels = [tiff_level(f) for f in tiff_factors]
             if fmt == "rgba_tiff":
-                colour = {"cmap": cmap, "score_range": score_range}
+                colour: dict[str, Any] = {"cmap": cmap, "score_range": score_range}
                 levels = [ColouredTiles(level, **colour) if isinstance(level, ScorePainter) else colorize(level, **colour)
                           for level in levels]  # fmt: skip
             write_pyramid_tiff(path, levels, mpp=geometry.mpp, kind="float32" if fmt == "tiff" else "rgba",

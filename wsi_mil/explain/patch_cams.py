@@ -301,7 +301,7 @@ def cam_slide(scores: SlideScores, inputs: CamInputs, out_dir: Path, *, methods:
             skipped[method] = f"{type(error).__name__}: {error}"
             maps.pop(method, None)
             faithfulness.pop(method, None)
-    if not maps:
+    if not maps or seen is None:  # seen: the patches as the encoder saw them, set with the first maps
         raise CamError("no CAM method could run: " + "; ".join(f"{m}: {why}" for m, why in skipped.items()))
     cams = PatchCams(coords, rows, seen, maps, faithfulness,
                      {"patch_size_level0": scores.patch_size_level0, "slide_id": scores.slide_id, "target_class": target,

@@ -30,7 +30,7 @@ def paint_maps_block(extents: np.ndarray, maps: np.ndarray, rows: slice, cols: s
             continue
         # cv2 resizes float32 bilinearly; INTER_AREA when shrinking averages instead of skipping pixels
         shrink = width < values.shape[1] or height < values.shape[0]
-        resized = cv2.resize(np.float32(values), (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        resized = cv2.resize(np.asarray(values, np.float32), (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
         y0, y1 = max(r0, rows.start), min(r1, rows.stop)
         x0, x1 = max(c0, cols.start), min(c1, cols.stop)
         if y1 <= y0 or x1 <= x0:

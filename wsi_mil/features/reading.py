@@ -225,7 +225,7 @@ class PatchDataset:
         import torch
 
         arrays = [self._read(int(i)) for i in indices]
-        shape = (len(indices), *next((a.shape for a, ok in arrays if ok), (self.blank_size, self.blank_size, 3)))
+        shape = (len(indices), *next((a.shape for a, _ in arrays if a is not None), (self.blank_size, self.blank_size, 3)))
         images = self._buffer(shape)
         target = images.numpy()
         for row, (array, ok) in enumerate(arrays):
