@@ -64,7 +64,7 @@ def test_a_constant_channel_is_centred_not_divided_by_zero(tmp_path: Path) -> No
     assert np.isfinite(probs).all() and np.isfinite(loss)
 
 
-@pytest.mark.parametrize("model, options", [
+@pytest.mark.parametrize(("model", "options"), [
     ("abmil", {}),
     ("abmil_plain", {"channel_attention": True}),
     ("ilam", {"channel_attention": True}),

@@ -218,7 +218,7 @@ def stale_outputs(config: Config, *, where: str = "config", overwrite: bool = Fa
         try:
             saved = json.loads(path.read_text())
             if not isinstance(saved, dict):
-                raise ValueError("not a mapping of config sections")
+                raise ValueError("not a mapping of config sections")  # noqa: TRY004 -- handled with the JSON errors below
             changed = changed_keys(saved, config)
         except (OSError, ValueError) as error:  # JSONDecodeError is a ValueError
             changed = {RUN_CONFIG: (f"unreadable ({error}), so every setting counts as changed", None)}

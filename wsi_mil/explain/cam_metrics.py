@@ -28,7 +28,7 @@ def cam_localization(coords: np.ndarray, maps: np.ndarray, patch_size_level0: fl
 
     values, labels = [], []
     height, width = truth.lesion.shape
-    for (x, y), cam in zip(np.asarray(coords, np.float64), maps):
+    for (x, y), cam in zip(np.asarray(coords, np.float64), maps, strict=True):
         x0, y0 = int(x // truth.downsample), int(y // truth.downsample)
         x1 = min(width, int(math.ceil((x + patch_size_level0) / truth.downsample)))
         y1 = min(height, int(math.ceil((y + patch_size_level0) / truth.downsample)))

@@ -276,7 +276,7 @@ class _TileSpool:
     """A reduced level's encoded tiles, kept on disk between its SubIFD copy and its top-level copy."""
 
     def __init__(self, folder: Path) -> None:
-        self._file: BinaryIO = tempfile.TemporaryFile(dir=folder, prefix=".tiles-")
+        self._file: BinaryIO = tempfile.TemporaryFile(dir=folder, prefix=".tiles-")  # noqa: SIM115 -- closed by close()
         self._sizes: list[int] = []
 
     def record(self, tiles: Iterator[bytes]) -> Iterator[bytes]:
@@ -321,7 +321,7 @@ def write_pyramid_tiff(
     name = path.name.split(".")[0]
 
     def tiles_of(level: Any) -> Iterator[bytes]:
-        options, encode, empty = _level_codec(kind, level, tile)
+        _, encode, empty = _level_codec(kind, level, tile)
         if isinstance(level, TileSource):
             return iter_source_tiles(level, tile=tile, encode=encode, empty=empty, threads=threads)
         return iter_tiles(level, tile=tile, threads=threads, encode=encode)

@@ -24,7 +24,7 @@ def paint_maps_block(extents: np.ndarray, maps: np.ndarray, rows: slice, cols: s
     h, w = rows.stop - rows.start, cols.stop - cols.start
     total = np.zeros((h, w), np.float64)
     count = np.zeros((h, w), np.uint16)
-    for (c0, c1, r0, r1), values in zip(extents.tolist(), maps):
+    for (c0, c1, r0, r1), values in zip(extents.tolist(), maps, strict=True):
         width, height = c1 - c0, r1 - r0
         if width <= 0 or height <= 0:
             continue

@@ -212,7 +212,7 @@ class PatchDataset:
     def _read(self, index: int) -> tuple[np.ndarray | None, bool]:
         try:
             return self.source.read(index), True
-        except Exception as error:  # a corrupt tile must not stop the slide
+        except Exception as error:  # noqa: BLE001 -- a corrupt tile must not stop the slide
             x, y = self.source.coords[index]
             logger.warning("patch %d at (%d, %d) unreadable: %s: %s", index, x, y, type(error).__name__, error)
             return None, False

@@ -85,7 +85,7 @@ def try_tile_grid(path: str | Path, level: int, level_dimensions: tuple[int, int
     """A :class:`TileGrid` when the patches line up with the stored tiles, else None."""
     try:
         grid = TileGrid(path, level, level_dimensions)
-    except Exception as error:  # not a TIFF, not tiled, another layout: use read_region
+    except Exception as error:  # noqa: BLE001 -- not a TIFF, not tiled, another layout: use read_region
         logger.debug("direct tile path unavailable for %s: %s", path, error)
         return None
     if not grid.aligned(level_coordinates(coords, downsample), size):

@@ -95,7 +95,7 @@ def find_feature_sets(paths: Sequence[str | Path], *, run_dir: str | Path | None
     run_features = Path(run_dir) / "features" if run_dir is not None else None
     roots = [Path(p) for p in paths] or ([run_features] if run_features else [])
     found = []
-    for root, prefix in zip(roots, _root_names(roots)):
+    for root, prefix in zip(roots, _root_names(roots), strict=True):
         if not root.is_dir():
             raise FeatureFormatError(f"{root}: no such folder of feature files; run `wsi-mil extract` first or pass --features")
         found += _collect(root, prefix)

@@ -93,7 +93,7 @@ def register_mil_model(config: MilModelConfig) -> Callable[[Builder], Builder]:
 
 
 def _load_entries() -> None:
-    import wsi_mil.mil.abmil  # noqa: F401
+    import wsi_mil.mil.abmil
     import wsi_mil.mil.ilam  # noqa: F401
 
 

@@ -41,7 +41,7 @@ def output_problem(path: str | Path, arrays: tuple[str, ...]) -> str | None:
         if path.suffix == ".zarr":
             return _zarr_problem(path, arrays)
         return _h5_problem(path, arrays)
-    except Exception as error:  # any library error here means the file cannot be used
+    except Exception as error:  # noqa: BLE001 -- any library error here means the file cannot be used
         return f"unreadable ({type(error).__name__}: {error})"
 
 
