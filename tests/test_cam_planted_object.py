@@ -17,8 +17,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("pytorch_grad_cam")
 
-from wsi_mil.features.registry import create_encoder  # noqa: E402
-from wsi_mil.mil.registry import create_mil_model  # noqa: E402
+from wsi_mil.features.registry import create_encoder
+from wsi_mil.mil.registry import create_mil_model
 
 PATCH = 256
 OBJECT = 56
@@ -31,7 +31,7 @@ def _field_and_object(shared_data) -> tuple[np.ndarray, np.ndarray]:
     from PIL import Image
 
     field = np.asarray(Image.open(shared_data / "tiles" / "very-low-nuclei-score-level0.png").convert("RGB"))
-    lympho = sorted((shared_data / "kather2016-samples" / "04_LYMPHO").glob("*.tif"))[0]
+    lympho = min((shared_data / "kather2016-samples" / "04_LYMPHO").glob("*.tif"))
     return field, np.asarray(Image.open(lympho).convert("RGB"))[:OBJECT, :OBJECT]
 
 
@@ -52,7 +52,9 @@ def _object_head(encoder, field: np.ndarray, thing: np.ndarray) -> torch.nn.Modu
     rng = np.random.default_rng(0)
     corners = [(int(rng.integers(80, 620)), int(rng.integers(80, 490))) for _ in range(16)]
     places = [(int(rng.integers(0, PATCH - OBJECT)), int(rng.integers(0, PATCH - OBJECT))) for _ in range(16)]
-    images = np.stack([_patch(field, thing, c, 0, p if i % 2 else None) for i, (c, p) in enumerate(zip(corners, places))])
+    images = np.stack(
+        [_patch(field, thing, c, 0, p if i % 2 else None) for i, (c, p) in enumerate(zip(corners, places))]
+    )
     labels = torch.tensor([i % 2 for i in range(16)])
     with torch.no_grad():
         features = encoder.model(encoder.transform(torch.from_numpy(images))).float()
