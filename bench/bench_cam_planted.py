@@ -42,7 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, source in (("tiles", repository_test_data_dir()), ("kather2016-samples", embedded_data_dir())):
         if not (view / name).exists():
             (view / name).symlink_to(source / name)
-    print("| context | peaks on the object | object / elsewhere (median, min) | peaks 16-63 px from edge | CPU s / wall s |")
+    print(
+        "| context | peaks on the object | object / elsewhere (median, min) | peaks 16-63 px from edge | CPU s / wall s |"
+    )
     print("|---|---:|---|---:|---:|")
     for context in args.contexts:
         cpu, wall = resource.getrusage(resource.RUSAGE_SELF).ru_utime, time.perf_counter()
@@ -53,7 +55,12 @@ def main(argv: list[str] | None = None) -> int:
         yy, xx = np.mgrid[:size, :size]
         ratios, band = [], 0
         for (ox, oy), cam in zip(planted.PLACES, cams):
-            box = (xx >= ox * scale) & (xx < (ox + planted.OBJECT) * scale) & (yy >= oy * scale) & (yy < (oy + planted.OBJECT) * scale)
+            box = (
+                (xx >= ox * scale)
+                & (xx < (ox + planted.OBJECT) * scale)
+                & (yy >= oy * scale)
+                & (yy < (oy + planted.OBJECT) * scale)
+            )
             near = (xx >= ox * scale - stride) & (xx < (ox + planted.OBJECT) * scale + stride)
             near &= (yy >= oy * scale - stride) & (yy < (oy + planted.OBJECT) * scale + stride)
             ratios.append(cam[box].mean() / max(cam[~near].mean(), 1e-12))

@@ -64,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
                     "--set", "tissue.remove_pen=false", "--set", "tissue.min_object_um2=1000",
                     "--set", "tissue.max_hole_um2=4000"], check=True)  # fmt: skip
     tiled = time.perf_counter()
-    subprocess.run([*wsi_mil, "extract", str(run), "--workers", "0", "--quiet", "--set", "extract.threads=1"], check=True)
+    subprocess.run(
+        [*wsi_mil, "extract", str(run), "--workers", "0", "--quiet", "--set", "extract.threads=1"], check=True
+    )
     extracted = time.perf_counter()
     link = out / "features"
     if not link.exists():
@@ -93,7 +95,9 @@ def gland_fractions(rows: list[dict[str, str]], glas: Path, run: Path, *, patch:
         size = int(bag.attrs.get("patch_size_level0") or patch)
         with Image.open(glas / row["mask"]) as image:
             mask = np.asarray(image.convert("L")) > 0
-        out[slide_id] = np.array([mask[y : y + size, x : x + size].mean() for x, y in np.asarray(bag.coords)], np.float32)
+        out[slide_id] = np.array(
+            [mask[y : y + size, x : x + size].mean() for x, y in np.asarray(bag.coords)], np.float32
+        )
     return out
 
 

@@ -95,11 +95,17 @@ def reference_scores(features: Path, truth: dict[str, np.ndarray], labels: dict[
     x, gland = np.concatenate(x), np.concatenate([truth[s] >= 0.5 for s in slides])
     malignant = np.array([labels[slides[i]] == "malignant" for i in rows])
     groups = np.array([patients[slides[i]] for i in rows])
-    names = ("supervised gland classifier", "instance classifier (image label on every patch)", "distance to benign patches")
+    names = (
+        "supervised gland classifier",
+        "instance classifier (image label on every patch)",
+        "distance to benign patches",
+    )
     out = {name: np.zeros(len(x)) for name in names}
     for train, test in GroupKFold(5).split(x, gland, groups):
         for name, target in zip(names, (gland, malignant)):
-            model = make_pipeline(StandardScaler(), LogisticRegression(C=0.01, max_iter=1000)).fit(x[train], target[train])
+            model = make_pipeline(StandardScaler(), LogisticRegression(C=0.01, max_iter=1000)).fit(
+                x[train], target[train]
+            )
             out[name][test] = model.decision_function(x[test])
         scaler = StandardScaler().fit(x[train])
         benign = scaler.transform(x[train][~malignant[train]])
@@ -125,7 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     from wsi_mil.mil.run import train_run
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cache", default="glas", help="folder under bench/.cache/recipe (bench_glas_features.py --out)")
+    parser.add_argument(
+        "--cache", default="glas", help="folder under bench/.cache/recipe (bench_glas_features.py --out)"
+    )
     parser.add_argument("--heads", nargs="+", default=list(HEADS))
     parser.add_argument("--scored", action="store_true", help="score the maps already in the run (no training)")
     args = parser.parse_args(argv)
@@ -162,8 +170,10 @@ def main(argv: list[str] | None = None) -> int:
         maps = {**stain_baselines(run, slide_id), **references[slide_id]}
         for name, values in maps.items():
             table.setdefault(name, []).append(roc_auc_score(truth[slide_id] >= 0.5, values))
-    print(f"\nPatch ROC-AUC against the gland masks, mean ± std over {len(malignant)} malignant images "
-          "(a patch is positive when at least half of it is gland):\n")
+    print(
+        f"\nPatch ROC-AUC against the gland masks, mean ± std over {len(malignant)} malignant images "
+        "(a patch is positive when at least half of it is gland):\n"
+    )
     print(f"| map | patch ROC-AUC, malignant | in the {len(benign)} benign images |\n|---|---:|---:|")
     for name, values in sorted(per_map.items(), key=lambda kv: -np.mean(kv[1])):
         other = in_benign.get(name, [np.nan])
