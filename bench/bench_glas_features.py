@@ -1,7 +1,7 @@
 """GlaS through the real pipeline: ``wsi-mil tile`` + ``wsi-mil extract`` on the 165 images. Prints what it built.
 
     .venv/bin/python bench/bench_glas_features.py          # needs ../shared/data/glas; about 5-10 CPU minutes
-    .venv/bin/python bench/bench_glas_features.py --patch-size 64   # finer grid: bench/.cache/recipe/glas-64/
+    .venv/bin/python bench/bench_glas_features.py --patch-size 64   # finer grid into glas-64/ (4x the patches)
 
 Each GlaS image (775 x 522 px, 20x, about 0.62 um/px) is one bag: tiled at its own
 resolution (level 0) into 128-px patches (about 79 um) without overlap, every patch kept
