@@ -115,8 +115,8 @@ def misses(cams: np.ndarray, stride: int) -> list[tuple[tuple[int, int], str]]:
 def test_cam_peaks_on_a_planted_object_anywhere_in_the_patch(shared_data) -> None:
     """With the patch alone (``cam_context: 0``) this fails: the encoder's zero padding dims
     the patch's outer cells and lifts the ones inside, so 2 of the 16 peaks miss the object
-    and 3 more CAMs hold less than 3x as much on it as elsewhere (BENCHMARKS.md, CAM border
-    ring: the planted object)."""
+    and 3 more CAMs hold less than 3x as much on it as elsewhere (BENCHMARKS.md, "CAM on
+    one planted object")."""
     from wsi_mil.config import HeatmapConfig
 
     cams, stride = planted_object_cams(shared_data, HeatmapConfig().cam_context)
