@@ -1,6 +1,7 @@
 """GlaS through the real pipeline: ``wsi-mil tile`` + ``wsi-mil extract`` on the 165 images. Prints what it built.
 
     .venv/bin/python bench/bench_glas_features.py          # needs ../shared/data/glas; about 5-10 CPU minutes
+    .venv/bin/python bench/bench_glas_features.py --patch-size 64   # finer grid into glas-64/ (4x the patches)
 
 Each GlaS image (775 x 522 px, 20x, about 0.62 um/px) is one bag: tiled at its own
 resolution (level 0) into 128-px patches (about 79 um) without overlap, every patch kept
@@ -18,6 +19,7 @@ bench/.cache/recipe/glas/ (what ``bench_mil_recipe.py --sets glas`` and
 
 from __future__ import annotations
 
+import argparse
 import csv
 import subprocess
 import sys
@@ -33,8 +35,14 @@ MPP = 0.62
 PATCH = 128
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     from wsi_mil.datasets import shared_data_dir
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--patch-size", type=int, default=PATCH, help="patch side in image pixels (default 128)")
+    parser.add_argument("--out", type=Path, default=None, help="cache folder (default: glas/, or glas-<size>/)")
+    args = parser.parse_args(argv)
+    out = args.out or (OUT if args.patch_size == PATCH else OUT.with_name(f"glas-{args.patch_size}"))
 
     data = shared_data_dir()
     if data is None or not (data / "glas" / "labels.csv").exists():
@@ -43,33 +51,35 @@ def main() -> int:
     glas = data / "glas"
     with (glas / "labels.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
-    OUT.mkdir(parents=True, exist_ok=True)
-    slides = OUT / "slides.csv"
+    out.mkdir(parents=True, exist_ok=True)
+    slides = out / "slides.csv"
     slides.write_text("path,mpp\n" + "".join(f"{glas / r['image']},{MPP}\n" for r in rows))
     labels = ["slide_id,label,patient_id"] + [f"{Path(r['image']).stem},{r['label']},{r['patient_id']}" for r in rows]
-    (OUT / "labels.csv").write_text("\n".join(labels) + "\n")
+    (out / "labels.csv").write_text("\n".join(labels) + "\n")
     wsi_mil = [sys.executable, "-m", "wsi_mil"]
-    run = OUT / "run"
+    run = out / "run"
     started = time.perf_counter()
-    subprocess.run([*wsi_mil, "tile", str(slides), "--out", str(run), "--level", "0", "--patch-size", str(PATCH),
+    subprocess.run([*wsi_mil, "tile", str(slides), "--out", str(run), "--level", "0", "--patch-size", str(args.patch_size),
                     "--tissue-threshold", "0.25", "--reader", "image", "--workers", "0", "--quiet",
                     "--set", "tissue.remove_pen=false", "--set", "tissue.min_object_um2=1000",
                     "--set", "tissue.max_hole_um2=4000"], check=True)  # fmt: skip
     tiled = time.perf_counter()
-    subprocess.run([*wsi_mil, "extract", str(run), "--workers", "0", "--quiet"], check=True)
+    subprocess.run(
+        [*wsi_mil, "extract", str(run), "--workers", "0", "--quiet", "--set", "extract.threads=1"], check=True
+    )
     extracted = time.perf_counter()
-    link = OUT / "features"
+    link = out / "features"
     if not link.exists():
         link.symlink_to(run / "features" / "efficientnet_lite0")
-    fractions = gland_fractions(rows, glas, run)
-    np.savez(OUT / "gland_fraction.npz", **fractions)
+    fractions = gland_fractions(rows, glas, run, patch=args.patch_size)
+    np.savez(out / "gland_fraction.npz", **fractions)
     n = [len(v) for v in fractions.values()]
     print(f"glas: {len(n)} bags, {sum(n)} patches ({min(n)}-{max(n)} per image); tile {tiled - started:.0f} s, "
           f"extract {extracted - tiled:.0f} s wall")  # fmt: skip
     return 0
 
 
-def gland_fractions(rows: list[dict[str, str]], glas: Path, run: Path) -> dict[str, np.ndarray]:
+def gland_fractions(rows: list[dict[str, str]], glas: Path, run: Path, *, patch: int = PATCH) -> dict[str, np.ndarray]:
     """Per slide: the gland fraction of each bag patch (rows in the bag's coords order)."""
     from PIL import Image
 
@@ -82,10 +92,12 @@ def gland_fractions(rows: list[dict[str, str]], glas: Path, run: Path) -> dict[s
         if not bag_path.exists():
             continue
         bag = read_bag(bag_path)
-        size = int(bag.attrs.get("patch_size_level0") or PATCH)
+        size = int(bag.attrs.get("patch_size_level0") or patch)
         with Image.open(glas / row["mask"]) as image:
             mask = np.asarray(image.convert("L")) > 0
-        out[slide_id] = np.array([mask[y : y + size, x : x + size].mean() for x, y in np.asarray(bag.coords)], np.float32)
+        out[slide_id] = np.array(
+            [mask[y : y + size, x : x + size].mean() for x, y in np.asarray(bag.coords)], np.float32
+        )
     return out
 
 
