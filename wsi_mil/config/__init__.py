@@ -14,7 +14,12 @@ from wsi_mil.config.extraction import ExtractConfig, ParallelConfig
 from wsi_mil.config.fields import AFFECTS_OUTPUTS, DEVICE_CHOICES, check_device, neutral_field
 from wsi_mil.config.heatmaps import CAM_METHODS, DEFAULT_CAM_METHODS, HeatmapConfig
 from wsi_mil.config.loading import (
-    config_from_dict, config_to_dict, config_to_json, load_config, neutral_keys, parse_override,
+    config_from_dict,
+    config_to_dict,
+    config_to_json,
+    load_config,
+    neutral_keys,
+    parse_override,
 )
 from wsi_mil.config.sections import SECTIONS, Config, RunConfig
 from wsi_mil.config.tiling import DEFAULT_EXTENSIONS, TilingConfig, TissueConfig

@@ -15,10 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from wsi_mil.features.registry import (
-    ENCODERS, IMAGENET_MEAN, IMAGENET_STD, Builder, EncoderConfig, EncoderError, register_encoder,
+    ENCODERS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Builder,
+    EncoderConfig,
+    EncoderError,
+    register_encoder,
 )
-from wsi_mil.registry import Entry
 from wsi_mil.features.weights import hub_error, load_checkpoint
+from wsi_mil.registry import Entry
 
 #: UNI (Chen et al. 2024, Nature Medicine): ViT-L/16 with LayerScale, as its model card builds it.
 UNI_TIMM_ARCH = "vit_large_patch16_224"
@@ -33,8 +39,8 @@ def autocast_precision(model: Any) -> str:
     overflow float16; ``float16`` for the rest (BatchNorm CNNs). Read from the layers, not the name."""
     import torch
 
-    transformer_norms: tuple[type, ...] = (torch.nn.LayerNorm, *((torch.nn.RMSNorm,) if hasattr(torch.nn, "RMSNorm") else ()))
-    return "bfloat16" if any(isinstance(m, transformer_norms) for m in model.modules()) else "float16"
+    norms = tuple(getattr(torch.nn, name) for name in ("LayerNorm", "RMSNorm") if hasattr(torch.nn, name))
+    return "bfloat16" if any(isinstance(m, norms) for m in model.modules()) else "float16"
 
 
 def timm_config(arch: str) -> EncoderConfig:

@@ -60,7 +60,7 @@ Builder = Callable[[int, int, HeadOptions], "torch.nn.Module"]
 
 
 def _load_entries() -> None:
-    import wsi_mil.mil.abmil  # noqa: F401
+    import wsi_mil.mil.abmil
     import wsi_mil.mil.ilam  # noqa: F401
 
 

@@ -39,6 +39,7 @@ from wsi_mil.errors import LabelError
 from wsi_mil.mil.data import BagStore, FeatureSet, MatchReport, find_feature_sets, match_labels, read_labels
 from wsi_mil.mil.metrics import METRICS, compute_metrics, summarize
 from wsi_mil.mil.splits import Splits, fold_count_text, make_splits, read_splits, write_splits
+from wsi_mil.stats import format_mean_std
 from wsi_mil.store.atomic import atomic_output, remove_path
 
 logger = logging.getLogger(__name__)
@@ -268,8 +269,7 @@ def write_summary(model_dir: Path, results: list[SetResult], *, config: Config) 
 
 
 def _mean_std_cell(mean: float, std: float, count: int, total: int) -> str:
-    text = "n/a" if count == 0 else f"{mean:.3f}" if count == 1 else f"{mean:.3f} ± {std:.3f}"
-    return text + (f" ({count}/{total})" if 0 < count < total else "")
+    return format_mean_std(mean, std) + (f" ({count}/{total})" if 0 < count < total else "")
 
 
 def _summary_markdown(results: list[SetResult], *, config: Config) -> str:
