@@ -38,7 +38,7 @@ class MeanStd(NamedTuple):
 
     mean: float  #: NaN without values
     std: float  #: sample std (ddof=1); NaN for fewer than two values
-    count: int
+    n: int  #: how many finite values
 
     def __str__(self) -> str:
         return format_mean_std(self.mean, self.std)
