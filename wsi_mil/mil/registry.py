@@ -2,7 +2,9 @@
 
 Every head maps one bag, features (N, D) and coords (N, 2), or a padded batch of bags,
 features (B, N, D), coords (B, N, 2) and ``mask`` (B, N), to a :class:`MilOutput`, so the
-training loop and ``predict`` never branch on a head's name.
+training loop and ``predict`` never branch on a head's name. The ``options`` are
+:class:`~wsi_mil.config.HeadOptions`, defined once in the config (the ``train`` keys of the
+same names); the registry itself is the generic :class:`wsi_mil.registry.Registry`.
 """
 
 from __future__ import annotations
