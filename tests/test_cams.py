@@ -107,14 +107,14 @@ def test_stitched_maps_land_on_their_patches() -> None:
     assert np.isfinite(left).all() and np.isfinite(right).all()
     assert np.isnan(canvas[:64]).all() and np.isnan(canvas[:, :128]).all() and np.isnan(canvas[:, 256:]).all()
     assert left[:, 0].max() < 0.1 and left[:, -1].min() > 0.9  # the ramp runs left to right within the patch
-    assert 10 <= right.min() and right.max() <= 11
+    assert right.min() >= 10 and right.max() <= 11
 
 
 def test_the_config_lists_exactly_the_cam_methods_the_code_runs() -> None:
     from wsi_mil.config import CAM_METHODS, DEFAULT_CAM_METHODS, HeatmapConfig
     from wsi_mil.explain.cam import CAM_CLASSES, INTEGRATED_GRADIENTS
 
-    assert CAM_METHODS == (*CAM_CLASSES, INTEGRATED_GRADIENTS)
+    assert (*CAM_CLASSES, INTEGRATED_GRADIENTS) == CAM_METHODS
     assert HeatmapConfig().cam_methods == DEFAULT_CAM_METHODS and set(DEFAULT_CAM_METHODS) <= set(CAM_METHODS)
     assert inspect.signature(compute_maps).parameters["methods"].default == DEFAULT_CAM_METHODS  # one default
 

@@ -12,8 +12,17 @@ from pathlib import Path
 import pytest
 
 from wsi_mil.config import (
-    AFFECTS_OUTPUTS, CAM_METHODS, DEFAULT_CAM_METHODS, SECTIONS, Config, HeadOptions, HeatmapConfig, TrainConfig,
-    config_from_dict, config_to_json, neutral_keys,
+    AFFECTS_OUTPUTS,
+    CAM_METHODS,
+    DEFAULT_CAM_METHODS,
+    SECTIONS,
+    Config,
+    HeadOptions,
+    HeatmapConfig,
+    TrainConfig,
+    config_from_dict,
+    config_to_json,
+    neutral_keys,
 )  # fmt: skip
 from wsi_mil.errors import ConfigError
 
@@ -29,7 +38,7 @@ def test_neutral_keys_are_the_fields_that_say_so() -> None:
     from wsi_mil.pipeline import NEUTRAL_KEYS
 
     keys = neutral_keys()
-    assert NEUTRAL_KEYS == keys
+    assert keys == NEUTRAL_KEYS
     assert {"heatmap.cam_device", "extract.device", "train.device", "parallel.workers", "run.out"} <= keys
     assert not {"tiling.patch_size", "extract.encoder", "train.hidden_dim", "heatmap.cam_methods"} & keys
     for key in keys:

@@ -167,4 +167,3 @@ def create_encoder(name: str, *, weights: str = "imagenet", checkpoint_path: str
     for parameter in module.parameters():
         parameter.requires_grad_(False)
     return Encoder(config, module, make_batch_transform(config), weights_id)
-

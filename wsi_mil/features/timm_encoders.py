@@ -43,6 +43,11 @@ def autocast_precision(model: Any) -> str:
     return "bfloat16" if any(isinstance(m, norms) for m in model.modules()) else "float16"
 
 
+def _rgb(values: Any) -> tuple[float, float, float]:
+    red, green, blue = values  # timm's mean/std: one value per RGB channel
+    return float(red), float(green), float(blue)
+
+
 def timm_config(arch: str) -> EncoderConfig:
     """The config of timm's default ``arch``: its feature width, input size, mean/std and precision."""
     import timm
@@ -57,10 +62,10 @@ def timm_config(arch: str) -> EncoderConfig:
     size = (cfg.input_size if cfg else (3, 224, 224))[-1]
     return EncoderConfig(
         name,
-        int(model.num_features),
+        int(model.num_features),  # type: ignore[arg-type]  # torch types unknown Module attributes as Tensor | Module
         input_size=int(size),
-        mean=tuple(cfg.mean) if cfg else IMAGENET_MEAN,
-        std=tuple(cfg.std) if cfg else IMAGENET_STD,
+        mean=_rgb(cfg.mean) if cfg else IMAGENET_MEAN,
+        std=_rgb(cfg.std) if cfg else IMAGENET_STD,
         precision=autocast_precision(model),
         description=f"timm {arch}",
     )
