@@ -238,7 +238,7 @@ def instance_maps(model_dir: Path, bags: dict[str, np.ndarray], splits: list[dic
 
 
 def instance_auroc(scores: dict[str, np.ndarray], witnesses: dict[str, np.ndarray] | None) -> float:
-    from sklearn.metrics import roc_auc_score
+    from wsi_mil.stats import roc_auc
 
     if witnesses is None:
         return float("nan")
@@ -247,7 +247,7 @@ def instance_auroc(scores: dict[str, np.ndarray], witnesses: dict[str, np.ndarra
         if slide in scores and planted.any() and not planted.all():
             truth.append(planted)
             values.append(scores[slide])
-    return float(roc_auc_score(np.concatenate(truth), np.concatenate(values))) if truth else float("nan")
+    return roc_auc(np.concatenate(values), np.concatenate(truth)) if truth else float("nan")
 
 
 def repeat_instance_auroc(per_repeat: list[dict[str, np.ndarray]], witnesses: dict[str, np.ndarray] | None) -> float:
@@ -255,9 +255,11 @@ def repeat_instance_auroc(per_repeat: list[dict[str, np.ndarray]], witnesses: di
     return float(np.mean([instance_auroc(scores, witnesses) for scores in per_repeat]))
 
 
-def mean_std(values: list[float]) -> str:
-    v = np.array([x for x in values if x is not None and np.isfinite(x)], float)
-    return f"{v.mean():.3f} ± {v.std(ddof=1):.3f}" if len(v) > 1 else "n/a"
+def mean_std(values: list[float | None]) -> str:
+    """Mean ± sample std (wsi_mil.stats), over the values that are there."""
+    from wsi_mil.stats import mean_std as summary
+
+    return str(summary(x for x in values if x is not None))
 
 
 def bench_set(name: str, heads: list[str], overrides: list[str]) -> list[str]:

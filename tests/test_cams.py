@@ -3,6 +3,8 @@ every method runs, and sub-patch stitching puts each map on its patch."""
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 
@@ -108,11 +110,13 @@ def test_stitched_maps_land_on_their_patches() -> None:
     assert right.min() >= 10 and right.max() <= 11
 
 
-def test_heatmap_config_lists_every_cam_method() -> None:
-    from wsi_mil.config import HeatmapConfig
-    from wsi_mil.explain.cam import METHODS
+def test_the_config_lists_exactly_the_cam_methods_the_code_runs() -> None:
+    from wsi_mil.config import CAM_METHODS, DEFAULT_CAM_METHODS, HeatmapConfig
+    from wsi_mil.explain.cam import CAM_CLASSES, INTEGRATED_GRADIENTS
 
-    assert HeatmapConfig.CAM_METHODS == METHODS
+    assert (*CAM_CLASSES, INTEGRATED_GRADIENTS) == CAM_METHODS
+    assert HeatmapConfig().cam_methods == DEFAULT_CAM_METHODS and set(DEFAULT_CAM_METHODS) <= set(CAM_METHODS)
+    assert inspect.signature(compute_maps).parameters["methods"].default == DEFAULT_CAM_METHODS  # one default
 
 
 # --------------------------------------------------------------------------- the border ring (issue 12 item 4)

@@ -332,13 +332,13 @@ def _run_predict(args: argparse.Namespace) -> int:
 
 
 def _run_encoders(args: argparse.Namespace) -> int:
-    from wsi_mil.features.registry import encoder_config, list_encoders
+    from wsi_mil.features.registry import ENCODERS
 
-    for name in list_encoders():
-        config = encoder_config(name)
+    for name in ENCODERS.names():
+        config = ENCODERS.get(name).config
         print(f"{name:20s} {config.embed_dim:5d}-d  {config.input_size}px  {config.description}")
-    print(f"{'timm:<name>':20s}   any timm model as timm builds it by default, e.g. timm:vit_base_patch16_224; "
-          "checkpoints of other architectures (UNI: use uni) need a registered entry")
+    for namespace in ENCODERS.namespaces():
+        print(f"{namespace.prefix + ':<name>':20s}   {namespace.description}, e.g. {namespace.example}")
     return 0
 
 

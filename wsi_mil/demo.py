@@ -27,6 +27,7 @@ import numpy as np
 from wsi_mil.config import Config, config_from_dict
 from wsi_mil.demo_cohort import Cohort, CohortSpec, build_cohort
 from wsi_mil.pipeline import PipelineResult, run_pipeline
+from wsi_mil.stats import format_mean_std
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ def run_demo(*, out: Path | None = None, workers: int | None = None, spec: Cohor
 
 def slide_metrics(model_dir: Path) -> dict[str, float]:
     """Mean and std over folds of the test metrics, and the ROC-AUC of the pooled out-of-fold predictions."""
-    from wsi_mil.explain.localization import roc_auc
+    from wsi_mil.stats import roc_auc
 
     with (model_dir / "metrics.csv").open(newline="") as handle:
         rows = {row["fold"]: row for row in csv.DictReader(handle)}
@@ -114,9 +115,9 @@ def localization(run_dir: Path, model: str) -> list[dict[str, Any]]:
 def stain_baseline(run_dir: Path, labels: dict[str, str]) -> dict[str, float]:
     """Slide ROC-AUC (higher = tumor) of each per-slide stain statistic
     (wsi_mil.explain.stain_baseline.SLIDE_STATISTICS) over every tiled slide."""
-    from wsi_mil.explain.localization import roc_auc
     from wsi_mil.explain.stain_baseline import SLIDE_STATISTICS, slide_stain_statistics, stain_baseline_scores
     from wsi_mil.io.open import open_slide
+    from wsi_mil.stats import roc_auc
     from wsi_mil.store.bags import find_bags, read_bag
 
     rows = []
@@ -170,10 +171,6 @@ def targets(result: DemoResult, baseline: dict[str, float] | None = None) -> lis
     return checks
 
 
-def _pm(mean: float, std: float) -> str:
-    return "n/a" if math.isnan(mean) else f"{mean:.3f}" if math.isnan(std) else f"{mean:.3f} ± {std:.3f}"
-
-
 def format_report(result: DemoResult) -> str:
     run_dir, cohort = result.pipeline.run_dir, result.cohort
     models = result.pipeline.models
@@ -184,26 +181,26 @@ def format_report(result: DemoResult) -> str:
     lines = [f"Demo cohort: {len(labels)} slides ({n_tumor} tumor, {len(labels) - n_tumor} normal), {cohort.source}",
              f"  {cohort.root} (ready in {result.cohort_seconds:.0f} s)",
              f"Pipeline: {stages}; total {result.seconds:.0f} s", "",
-             "Slide classification, 5-fold cross-validation (test folds: mean ± std over folds; pooled = ROC-AUC of "
+             "Slide classification, 5-fold cross-validation (test folds: mean ± sample std over folds; pooled = ROC-AUC of "
              "all out-of-fold predictions)", "",
              "| head | ROC-AUC | pooled ROC-AUC | balanced accuracy | F1 |", "|---|---:|---:|---:|---:|"]  # fmt: skip
     for model in models:
         m = slide_metrics(run_dir / "models" / model)
-        lines.append(f"| {model} | {_pm(m['roc_auc'], m['roc_auc_std'])} | {m['pooled_auc']:.3f} | "
-                     f"{_pm(m['balanced_accuracy'], m['balanced_accuracy_std'])} | {_pm(m['f1'], m['f1_std'])} |")  # fmt: skip
+        roc, balanced, f1 = (format_mean_std(m[k], m[f"{k}_std"]) for k in ("roc_auc", "balanced_accuracy", "f1"))
+        lines.append(f"| {model} | {roc} | {m['pooled_auc']:.3f} | {balanced} | {f1} |")
     stats = ", ".join(f"{name} {value:.3f}" for name, value in baseline.items())
     lines += [f"| stain baseline (not learned; best statistic) | | {max(baseline.values()):.3f} | | |", "",
               f"Stain baseline, slide ROC-AUC of each per-slide statistic (higher = tumor; no training): {stats}"]
     lines += ["", f"Localization of the planted lesions ({n_tumor} tumor slides; a patch is lesion when >= half of it "
-              "is; mean ± std over slides)", "",
+              "is; mean ± sample std over slides)", "",
               "| head | map | patch ROC-AUC | peak hit rate | Dice@0.5 |", "|---|---|---:|---:|---:|"]  # fmt: skip
     for index, model in enumerate(models):
         for row in localization(run_dir, model):
             if _is_baseline(row["map"]) and (index or not row["map"].startswith("stain_")):
                 continue  # the stain rows are the same for every head: once; a head's seeds are in its table
             head = "baseline" if _is_baseline(row["map"]) else model
-            lines.append(f"| {head} | {row['map']} | {_pm(row['auc'], row['auc_std'])} | {row['hit']:.3f} | "
-                         f"{_pm(row['dice@0.5'], row['dice@0.5_std'])} |")  # fmt: skip
+            auc, dice = (format_mean_std(row[k], row[f"{k}_std"]) for k in ("auc", "dice@0.5"))
+            lines.append(f"| {head} | {row['map']} | {auc} | {row['hit']:.3f} | {dice} |")
     lines += ["", "Targets (learned results beside a baseline that learns nothing)"]
     for name, model, value, met in targets(result, baseline):
         lines.append(f"  {name:50s} {model:24s} {value:.3f}  {'met' if met else 'NOT met'}")

@@ -12,10 +12,10 @@ key that shaped existing outputs (``tiling.patch_size``, ``extract.encoder``,
 ``train.epochs``...) is refused before any work, naming the keys and the outputs:
 skipping them as complete would mix two settings in one run. ``overwrite`` removes those
 outputs first, so a killed ``--overwrite`` run also resumes safely. Keys that change how
-the work is done but not what it writes (:data:`NEUTRAL_KEYS`: workers, devices, batch
-sizes, threads, stages, heads) may change freely. A folder without ``run_config.json``
-(made by single commands or the staged scripts) is checked against the tiling settings
-its bags record.
+the work is done but not what it writes (workers, devices, batch sizes, threads, stages,
+heads: the fields declared with ``neutral_field`` in wsi_mil.config) may change freely. A
+folder without ``run_config.json`` (made by single commands or the staged scripts) is
+checked against the tiling settings its bags record.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wsi_mil.config import Config, RunConfig, config_to_json, load_config
+from wsi_mil.config import Config, RunConfig, config_to_json, load_config, neutral_keys
 from wsi_mil.errors import ConfigError, WsiMilError
 from wsi_mil.store.atomic import atomic_output, remove_path
 from wsi_mil.store.runlock import run_lock
@@ -37,17 +37,10 @@ logger = logging.getLogger(__name__)
 
 RUN_CONFIG = "run_config.json"
 STAGE_ORDER = ("tile", "extract", "train", "predict", "heatmap", "evaluate")
-#: Keys that change how a run is done, not what it writes: a rerun may change them.
-#: (``run.masks``: the evaluate stage recomputes its tables on every run.)
-NEUTRAL_KEYS = frozenset({
-    "tiling.extensions", "tiling.qc", "tiling.slide_timeout", "tiling.max_unreadable_fraction",
-    "extract.device", "extract.batch_size", "extract.loader", "extract.num_workers", "extract.threads",
-    "extract.freeze", "extract.direct_tiles", "extract.clam_files",
-    "parallel.workers", "parallel.scheduler",
-    "train.device", "train.memory_gb", "train.read_threads",
-    "heatmap.formats", "heatmap.threads", "heatmap.cam_device",
-    "run.out", "run.masks", "run.models", "run.stages",
-})  # fmt: skip
+#: Keys that change how a run is done, not what it writes: a rerun may change them. Each is
+#: declared on its config field (wsi_mil.config.fields.neutral_field). (``run.masks``: the evaluate
+#: stage recomputes its tables on every run.)
+NEUTRAL_KEYS = neutral_keys()
 #: The first stage whose outputs a key shapes (outputs of later stages are made from those).
 SECTION_STAGE = {"tiling": "tile", "tissue": "tile", "extract": "extract", "train": "train", "heatmap": "heatmap"}
 RUN_KEY_STAGE = {"run.slides": "tile", "run.labels": "train"}

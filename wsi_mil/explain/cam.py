@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from wsi_mil.config import CAM_METHODS, DEFAULT_CAM_METHODS
 from wsi_mil.errors import WsiMilError
 
 logger = logging.getLogger(__name__)
@@ -43,10 +44,6 @@ CAM_CLASSES = {
     "fullgrad": "FullGrad",
 }
 INTEGRATED_GRADIENTS = "integrated_gradients"
-METHODS = (*CAM_CLASSES, INTEGRATED_GRADIENTS)
-#: Cheap enough for the top patches of every slide on a CPU; Score-CAM, Ablation-CAM and
-#: FullGrad cost one forward pass per feature channel (or per layer) and are opt-in.
-DEFAULT_METHODS = ("gradcam", "hirescam", "gradcam++", "layercam", "eigencam", INTEGRATED_GRADIENTS)
 
 
 class CamError(WsiMilError, ValueError):
@@ -216,8 +213,9 @@ def _integrated_gradients(model: PatchContribution, images: torch.Tensor, target
     return attributions.sum(dim=1).detach().cpu().numpy().astype(np.float32)
 
 
-def compute_maps(model: PatchContribution, images: torch.Tensor, *, target: int, methods: Sequence[str] = DEFAULT_METHODS,
-                 input_size: int, batch_size: int = 16, ig_steps: int = 32, context: int = 0) -> dict[str, np.ndarray]:  # fmt: skip
+def compute_maps(model: PatchContribution, images: torch.Tensor, *, target: int,
+                 methods: Sequence[str] = DEFAULT_CAM_METHODS, input_size: int, batch_size: int = 16,
+                 ig_steps: int = 32, context: int = 0) -> dict[str, np.ndarray]:  # fmt: skip
     """Each method's (B, S, S) float32 map of ``images`` for class ``target``.
 
     images: normalized (B, 3, S, S) patches, or with ``context`` > 0 (B, 3, S + 2c, S + 2c):
@@ -228,9 +226,9 @@ def compute_maps(model: PatchContribution, images: torch.Tensor, *, target: int,
     """
     import pytorch_grad_cam
 
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in CAM_METHODS]
     if unknown:
-        raise CamError(f"unknown CAM method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+        raise CamError(f"unknown CAM method(s) {', '.join(unknown)}; choose from {', '.join(CAM_METHODS)}")
     model.eval()
     # The encoder's weights are frozen: gradients reach its feature maps only through the input.
     images = images.detach().contiguous().requires_grad_(True)

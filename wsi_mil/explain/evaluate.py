@@ -35,6 +35,7 @@ from wsi_mil.explain.annotations import find_annotation, load_ground_truth, patc
 from wsi_mil.explain.heatmap import find_jobs
 from wsi_mil.explain.localization import localization_metrics
 from wsi_mil.explain.maps import SlideScores, available_maps, read_scores
+from wsi_mil.stats import format_mean_std, mean_std
 from wsi_mil.store.atomic import atomic_output
 
 logger = logging.getLogger(__name__)
@@ -118,16 +119,13 @@ def evaluate_slide(scores: SlideScores, annotation: Path, *, bag_path: Path | No
 
 
 def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per map: the number of positive slides and mean/std of each metric over them."""
+    """Per map: the number of positive slides and mean/sample std of each metric over them."""
     summary = []
     for name in dict.fromkeys(r["map"] for r in rows):
         positive = [r for r in rows if r["map"] == name and r["n_lesion_patches"]]
         entry: dict[str, Any] = {"map": name, "slides": sum(r["map"] == name for r in rows), "positive_slides": len(positive)}
         for metric in SUMMARY_METRICS:
-            values = np.array([r.get(metric, math.nan) for r in positive], float)
-            values = values[np.isfinite(values)]
-            entry[metric] = float(values.mean()) if len(values) else math.nan
-            entry[f"{metric}_std"] = float(values.std()) if len(values) > 1 else math.nan
+            entry[metric], entry[f"{metric}_std"], _ = mean_std(r.get(metric, math.nan) for r in positive)
         summary.append(entry)
     return summary
 
@@ -144,14 +142,11 @@ def _csv(rows: Sequence[dict[str, Any]]) -> str:
 
 def markdown_table(summary: Sequence[dict[str, Any]]) -> str:
     def cell(entry: dict[str, Any], metric: str) -> str:
-        mean, std = entry[metric], entry[f"{metric}_std"]
-        if math.isnan(mean):
-            return "n/a"
-        return f"{mean:.3f}" if math.isnan(std) else f"{mean:.3f} ± {std:.3f}"
+        return format_mean_std(entry[metric], entry[f"{metric}_std"])
 
     header = ["map", "positive slides", *SUMMARY_METRICS]
     lines = ["## Localization", "",
-             "Mean ± std over annotated positive slides; patch-level ground truth: >= half the patch inside the "
+             "Mean ± sample std over annotated positive slides; patch-level ground truth: >= half the patch inside the "
              "lesion. hit = pointing game; graded = the peak's layer (3 core .. 0 outside); dice/iou of the "
              "min-max scaled map at 0.5; coverage = mean scaled map inside / outside the lesion. Not learned, to read "
              "every map against: stain_hematoxylin (mean hematoxylin optical density per patch), stain_darkness "

@@ -7,8 +7,8 @@ area lies inside the annotated lesion):
 - ``graded``: the saliency seed's score of the peak: 3 lesion core, 2 lesion,
   1 margin, 0 tissue outside the lesion (binary masks score 2 or 0). The seed's -1
   (peak off the tissue) cannot occur: maps only hold tissue patches;
-- ``auc``: ROC-AUC of the map's scores against positive patches (NaN when a slide has
-  only one kind);
+- ``auc``: ROC-AUC of the map's scores against positive patches (:func:`wsi_mil.stats.roc_auc`;
+  NaN when a slide has only one kind);
 - ``dice@t`` / ``iou@t``: the map, min-max scaled over the slide, thresholded at t;
 - ``coverage_in`` / ``coverage_out``: mean scaled map value inside / outside the lesion,
   and ``coverage_ratio`` their quotient.
@@ -20,6 +20,10 @@ import math
 
 import numpy as np
 
+from wsi_mil.stats import roc_auc
+
+__all__ = ["THRESHOLDS", "localization_metrics", "roc_auc", "scaled"]
+
 THRESHOLDS = (0.25, 0.5, 0.75)
 
 
@@ -28,18 +32,6 @@ def scaled(values: np.ndarray) -> np.ndarray:
     values = np.asarray(values, np.float64)
     low, high = float(np.nanmin(values)), float(np.nanmax(values))
     return np.zeros_like(values) if high <= low else (values - low) / (high - low)
-
-
-def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
-    """Mann-Whitney ROC-AUC with ties counted as half; NaN without both kinds."""
-    from scipy.stats import rankdata
-
-    positive = np.asarray(positive, bool)
-    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
-    if n_pos == 0 or n_neg == 0:
-        return math.nan
-    ranks = rankdata(scores)
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def localization_metrics(scores: np.ndarray, fraction: np.ndarray, grade: np.ndarray, *, graded: bool,

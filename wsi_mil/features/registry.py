@@ -9,7 +9,6 @@ and the precision, so the extraction loop never branches on a model name.
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wsi_mil.errors import WsiMilError
+from wsi_mil.registry import Registry
 
 if TYPE_CHECKING:
     import torch
@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 WEIGHT_CHOICES = ("imagenet", "random")
+#: Autocast dtypes an encoder may declare (float32: no autocast).
+PRECISIONS = ("float16", "bfloat16", "float32")
 
 
 class EncoderError(WsiMilError, ValueError):
@@ -52,39 +54,39 @@ class EncoderConfig:
     #: Such an encoder needs ``checkpoint_path`` (or ``weights="random"``, asked for).
     checkpoint_source: str = ""
 
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"encoder {self.name!r}: precision must be one of {PRECISIONS}, got {self.precision!r}")
 
-#: name -> (config, builder(weights, checkpoint_path) -> (module, weights_id))
+
+#: builder(weights, checkpoint_path) -> (module, weights_id)
 Builder = Callable[[str, "Path | None"], "tuple[torch.nn.Module, str]"]
-_REGISTRY: dict[str, tuple[EncoderConfig, Builder]] = {}
+
+
+def _load_entries() -> None:
+    """Import the modules whose decorators fill the registry (cheap until first use)."""
+    import wsi_mil.features.efficientnet_lite
+    import wsi_mil.features.timm_encoders
+    import wsi_mil.features.torchvision_encoders  # noqa: F401
+
+
+#: Every encoder by name; ``timm:<model name>`` is a namespace (wsi_mil.features.timm_encoders).
+ENCODERS: Registry[EncoderConfig, Builder] = Registry("encoder", error=EncoderError, load=_load_entries)
 
 
 def register_encoder(config: EncoderConfig) -> Callable[[Builder], Builder]:
-    def decorate(builder: Builder) -> Builder:
-        if config.name in _REGISTRY:
-            raise ValueError(f"encoder {config.name!r} registered twice")
-        _REGISTRY[config.name] = (config, builder)
-        return builder
-
-    return decorate
+    """Decorator: register a builder under ``config.name``."""
+    return ENCODERS.register(config.name, config)
 
 
 def list_encoders(pattern: str = "*") -> list[str]:
     """Registered encoder names matching a glob ``pattern``; any ``timm:<name>`` works too."""
-    _load_entries()
-    return sorted(name for name in _REGISTRY if fnmatch.fnmatch(name, pattern))
+    return ENCODERS.names(pattern)
 
 
 def encoder_config(name: str) -> EncoderConfig:
-    _load_entries()
-    if name.startswith("timm:"):
-        from wsi_mil.features.timm_encoders import timm_config
-
-        return timm_config(name)
-    if name not in _REGISTRY:
-        raise EncoderError(
-            f"unknown encoder {name!r}; choose one of {', '.join(list_encoders())} or timm:<model name>"
-        )
-    return _REGISTRY[name][0]
+    """The frozen config of ``name`` (a registered name or ``timm:<model name>``)."""
+    return ENCODERS.get(name).config
 
 
 @dataclass
@@ -94,12 +96,16 @@ class Encoder:
     config: EncoderConfig
     model: Any  # torch.nn.Module
     transform: Callable[[Any], Any]  # uint8 (B, H, W, 3) tensor -> float (B, 3, S, S)
-    precision: str
     weights: str  #: "imagenet:<source>", "checkpoint:<sha256>" or "random"
 
     @property
     def name(self) -> str:
         return self.config.name
+
+    @property
+    def precision(self) -> str:
+        """The autocast dtype on CUDA, from the encoder's registered config."""
+        return self.config.precision
 
 
 def make_batch_transform(config: EncoderConfig) -> Callable[[Any], Any]:
@@ -154,23 +160,10 @@ def create_encoder(name: str, *, weights: str = "imagenet", checkpoint_path: str
 
     if weights == "random" and checkpoint_path is None:
         torch.manual_seed(0)  # the same "random" encoder in every process and run
-    if name.startswith("timm:"):
-        from wsi_mil.features.timm_encoders import build_timm
-
-        module, weights_id = build_timm(name, weights, Path(checkpoint_path) if checkpoint_path else None)
-    else:
-        builder = _REGISTRY[name][1]
-        module, weights_id = builder(weights, Path(checkpoint_path) if checkpoint_path else None)
+    module, weights_id = ENCODERS.get(name).build(weights, Path(checkpoint_path) if checkpoint_path else None)
     if weights_id == "random":
         logger.warning("%s: RANDOM weights (asked for); these features carry no pretrained knowledge", name)
     module.eval()
     for parameter in module.parameters():
         parameter.requires_grad_(False)
-    return Encoder(config, module, make_batch_transform(config), config.precision, weights_id)
-
-
-def _load_entries() -> None:
-    """Import the modules whose decorators fill the registry (cheap until first use)."""
-    import wsi_mil.features.efficientnet_lite
-    import wsi_mil.features.timm_encoders
-    import wsi_mil.features.torchvision_encoders  # noqa: F401
+    return Encoder(config, module, make_batch_transform(config), weights_id)

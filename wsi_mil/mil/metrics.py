@@ -16,6 +16,8 @@ import warnings
 
 import numpy as np
 
+from wsi_mil.stats import MeanStd, mean_std, roc_auc
+
 logger = logging.getLogger(__name__)
 
 METRICS = ("accuracy", "balanced_accuracy", "precision", "recall", "f1", "roc_auc")
@@ -46,19 +48,12 @@ def compute_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict[str, float]:
     if len(present) < n_classes:
         result["roc_auc"] = math.nan
     elif n_classes == 2:
-        result["roc_auc"] = skm.roc_auc_score(y_true, probs[:, 1])
+        result["roc_auc"] = roc_auc(probs[:, 1], y_true == 1)
     else:
         result["roc_auc"] = skm.roc_auc_score(y_true, probs, multi_class="ovr", average="macro", labels=labels)
     return {k: float(v) for k, v in result.items()}
 
 
-def summarize(rows: list[dict[str, float]]) -> dict[str, tuple[float, float, int]]:
+def summarize(rows: list[dict[str, float]]) -> dict[str, MeanStd]:
     """Per metric: (mean, sample std (NaN for one fold), number of folds where it is defined)."""
-    summary = {}
-    for name in METRICS:
-        values = np.array([row[name] for row in rows], dtype=np.float64)
-        values = values[np.isfinite(values)]
-        mean = float(values.mean()) if len(values) else math.nan
-        std = float(values.std(ddof=1)) if len(values) > 1 else math.nan
-        summary[name] = (mean, std, len(values))
-    return summary
+    return {name: mean_std(row[name] for row in rows) for name in METRICS}

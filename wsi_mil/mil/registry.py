@@ -2,18 +2,21 @@
 
 Every head maps one bag, features (N, D) and coords (N, 2), or a padded batch of bags,
 features (B, N, D), coords (B, N, 2) and ``mask`` (B, N), to a :class:`MilOutput`, so the
-training loop and ``predict`` never branch on a head's name.
+training loop and ``predict`` never branch on a head's name. The ``options`` are
+:class:`~wsi_mil.config.HeadOptions`, defined once in the config (the ``train`` keys of the
+same names); the registry itself is the generic :class:`wsi_mil.registry.Registry`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from wsi_mil.config import HeadOptions
 from wsi_mil.errors import WsiMilError
+from wsi_mil.registry import Registry
 
 if TYPE_CHECKING:
     import torch
@@ -33,28 +36,6 @@ class MilModelConfig:
     has_contribution: bool = False
     #: Accepts ``transformer=True`` (instance context with attention rollout).
     supports_transformer: bool = False
-
-
-@dataclass(frozen=True)
-class HeadOptions:
-    """Options shared by the heads (the ``train`` config keys of the same names)."""
-
-    #: Standardize input features per channel with statistics set from the training instances.
-    standardize: bool = True
-    hidden_dim: int = 512
-    attention_dim: int = 256
-    dropout: float = 0.25
-    #: Residual squeeze-excitation over the feature channels of the instance embeddings.
-    channel_attention: bool = False
-    #: CLAM's instance clustering loss on the top-k / bottom-k attended instances.
-    instance_loss: bool = False
-    instance_k: int = 8
-    #: ILAM only: a transformer over instances before the attention branch.
-    transformer: bool = False
-    transformer_layers: int = 1
-    transformer_heads: int = 4
-    #: Bags longer than this attend within raster-ordered bands of this many patches.
-    transformer_max_instances: int = 4096
 
 
 @dataclass
@@ -79,17 +60,6 @@ class MilOutput:
 
 
 Builder = Callable[[int, int, HeadOptions], "torch.nn.Module"]
-_REGISTRY: dict[str, tuple[MilModelConfig, Builder]] = {}
-
-
-def register_mil_model(config: MilModelConfig) -> Callable[[Builder], Builder]:
-    def decorate(builder: Builder) -> Builder:
-        if config.name in _REGISTRY:
-            raise ValueError(f"MIL head {config.name!r} registered twice")
-        _REGISTRY[config.name] = (config, builder)
-        return builder
-
-    return decorate
 
 
 def _load_entries() -> None:
@@ -97,16 +67,21 @@ def _load_entries() -> None:
     import wsi_mil.mil.ilam  # noqa: F401
 
 
+#: Every MIL head by name.
+MIL_MODELS: Registry[MilModelConfig, Builder] = Registry("MIL head", error=MilModelError, load=_load_entries)
+
+
+def register_mil_model(config: MilModelConfig) -> Callable[[Builder], Builder]:
+    """Decorator: register a builder ``(in_dim, n_classes, options) -> module`` under ``config.name``."""
+    return MIL_MODELS.register(config.name, config)
+
+
 def list_mil_models(pattern: str = "*") -> list[str]:
-    _load_entries()
-    return sorted(name for name in _REGISTRY if fnmatch.fnmatch(name, pattern))
+    return MIL_MODELS.names(pattern)
 
 
 def mil_model_config(name: str) -> MilModelConfig:
-    _load_entries()
-    if name not in _REGISTRY:
-        raise MilModelError(f"unknown MIL head {name!r}; choose one of {', '.join(list_mil_models())}")
-    return _REGISTRY[name][0]
+    return MIL_MODELS.get(name).config
 
 
 def head_options(**options: Any) -> HeadOptions:
@@ -120,13 +95,14 @@ def head_options(**options: Any) -> HeadOptions:
 
 def create_mil_model(name: str, *, in_dim: int, n_classes: int, **options: Any) -> torch.nn.Module:
     """A freshly initialized head for ``in_dim``-d features and ``n_classes`` >= 2 classes."""
-    config = mil_model_config(name)
+    entry = MIL_MODELS.get(name)
+    config = entry.config
     opts = head_options(**options)
     if n_classes < 2:
         raise MilModelError(f"{name}: needs at least 2 classes, got {n_classes}")
     if opts.transformer and not config.supports_transformer:
-        supported = [n for n in list_mil_models() if _REGISTRY[n][0].supports_transformer]
+        supported = [n for n in list_mil_models() if mil_model_config(n).supports_transformer]
         raise MilModelError(f"{name}: the transformer option is for {', '.join(supported)} only; set transformer: false")
-    model = _REGISTRY[name][1](in_dim, n_classes, opts)
+    model = entry.build(in_dim, n_classes, opts)
     model.mil_config = config  # type: ignore[assignment]  # torch types Module.__setattr__ for tensors and modules only
     return model

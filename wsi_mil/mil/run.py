@@ -34,18 +34,20 @@ from typing import Any
 import numpy as np
 
 from wsi_mil import __version__
-from wsi_mil.config import Config
+from wsi_mil.config import Config, neutral_keys
 from wsi_mil.errors import LabelError
 from wsi_mil.mil.data import BagStore, FeatureSet, MatchReport, find_feature_sets, match_labels, read_labels
 from wsi_mil.mil.metrics import METRICS, compute_metrics, summarize
 from wsi_mil.mil.splits import Splits, fold_count_text, make_splits, read_splits, write_splits
+from wsi_mil.stats import format_mean_std
 from wsi_mil.store.atomic import atomic_output, remove_path
 
 logger = logging.getLogger(__name__)
 
 TRAIN_CONFIG = "train_config.json"
-#: Train keys that change nothing about the result (resume accepts a change of these).
-RESUME_NEUTRAL = ("device", "memory_gb", "read_threads", "name", "repeats")
+#: Train keys a resume accepts a change of: those declared neutral on their config field, the
+#: output folder's name, and the number of repeats (finished folds of earlier repeats stay valid).
+RESUME_NEUTRAL = (*sorted(k.split(".", 1)[1] for k in neutral_keys() if k.startswith("train.")), "name", "repeats")
 
 
 @dataclass
@@ -268,8 +270,7 @@ def write_summary(model_dir: Path, results: list[SetResult], *, config: Config) 
 
 
 def _mean_std_cell(mean: float, std: float, count: int, total: int) -> str:
-    text = "n/a" if count == 0 else f"{mean:.3f}" if count == 1 else f"{mean:.3f} ± {std:.3f}"
-    return text + (f" ({count}/{total})" if 0 < count < total else "")
+    return format_mean_std(mean, std) + (f" ({count}/{total})" if 0 < count < total else "")
 
 
 def _summary_markdown(results: list[SetResult], *, config: Config) -> str:
