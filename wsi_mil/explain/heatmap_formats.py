@@ -171,8 +171,7 @@ def _write_tiff(path: Path, canvases: MapCanvases, *, rgba: bool, cmap: str, sco
     level0 = CanvasGeometry.for_slide(canvases.geometry.dimensions, 1.0)
     levels = [canvases.tiff_level(f) for f in pyramid_factors(level0.shape)]
     if rgba:
-        colour = {"cmap": cmap, "score_range": score_range}
-        levels = [ColouredTiles(level, **colour) if isinstance(level, ScorePainter) else colorize(level, **colour)
-                  for level in levels]  # fmt: skip
+        levels = [ColouredTiles(level, cmap=cmap, score_range=score_range) if isinstance(level, ScorePainter)
+                  else colorize(level, cmap=cmap, score_range=score_range) for level in levels]  # fmt: skip
     write_pyramid_tiff(path, levels, mpp=canvases.geometry.mpp, kind="rgba" if rgba else "float32",
                        description=_description(provenance), threads=canvases.options.threads)  # fmt: skip

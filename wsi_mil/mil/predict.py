@@ -72,7 +72,7 @@ def _geometry(layout: RunLayout, feature_set: FeatureSet, slide_id: str, feature
     if all(k in geometry for k in S.GEOMETRY_ATTRS):
         return geometry
     parts = Path(feature_set.relative).parts  # <encoder>[/<bag set>]
-    candidates = [Path(str(feature_attrs["bag_path"]))] if feature_attrs.get("bag_path") else []
+    candidates: list[Path | None] = [Path(str(feature_attrs["bag_path"]))] if feature_attrs.get("bag_path") else []
     candidates.append(layout.find_bag(slide_id, parts[-1] if len(parts) > 1 else ""))
     for candidate in candidates:
         if candidate is not None and candidate.exists():
