@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         scale = size / planted.PATCH
         yy, xx = np.mgrid[:size, :size]
         ratios, band = [], 0
-        for (ox, oy), cam in zip(planted.PLACES, cams):
+        for (ox, oy), cam in zip(planted.PLACES, cams, strict=False):
             box = (
                 (xx >= ox * scale)
                 & (xx < (ox + planted.OBJECT) * scale)

@@ -123,7 +123,8 @@ def main(argv: list[str] | None = None) -> None:
 
     from wsi_mil.datasets import shared_data_dir
     from wsi_mil.explain.cam import context_margin, target_layer_and_stride
-    from wsi_mil.explain.patch_cams import _read_with_margin, explain_patches
+    from wsi_mil.explain.patch_cams import explain_patches
+    from wsi_mil.explain.patch_pixels import read_with_margin
     from wsi_mil.features.registry import create_encoder
     from wsi_mil.io.open import open_slide
 
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     size, input_size = 256, encoder.config.input_size
     _, stride = target_layer_and_stride(encoder.model, input_size)
     with open_slide(path) as slide, torch.no_grad():
-        plain = np.stack([_read_with_margin(slide, c, 0, size, 0) for c in coords.tolist()])
+        plain = np.stack([read_with_margin(slide, c, 0, size, 0) for c in coords.tolist()])
         log_z = float(torch.logsumexp(head(encoder.model(encoder.transform(torch.from_numpy(plain)))).attention_raw.reshape(-1), 0))
     print(f"encoder {encoder.name} ({encoder.weights[:40]}...), stride {stride}, {len(coords)} CMU-1 patches of "
           f"{size} px, maps {input_size} px; a peak at a random place lands 16-63 px from the edge with "
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
         context = context_margin(stride, input_size, fraction)
         margin = round(context * size / input_size)
         with open_slide(path) as slide:
-            images = np.stack([_read_with_margin(slide, c, 0, size, margin) for c in coords.tolist()])
+            images = np.stack([read_with_margin(slide, c, 0, size, margin) for c in coords.tolist()])
         cpu, wall = time.process_time(), time.perf_counter()
         maps, _, _ = explain_patches(images, encoder=encoder, head=head, log_normalizer=log_z, target=1,
                                      methods=args.methods, margin=margin, context=context)  # fmt: skip

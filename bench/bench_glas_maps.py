@@ -102,7 +102,7 @@ def reference_scores(features: Path, truth: dict[str, np.ndarray], labels: dict[
     )
     out = {name: np.zeros(len(x)) for name in names}
     for train, test in GroupKFold(5).split(x, gland, groups):
-        for name, target in zip(names, (gland, malignant)):
+        for name, target in zip(names, (gland, malignant), strict=False):
             model = make_pipeline(StandardScaler(), LogisticRegression(C=0.01, max_iter=1000)).fit(
                 x[train], target[train]
             )

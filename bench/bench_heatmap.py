@@ -16,7 +16,7 @@ each in a fresh Python process so that its peak RSS is its own:
 - ``blend``: the level-0 RGB overlay blended with the slide (JPEG pyramid TIFF), tile
   by tile, copying the slide's stored JPEG tiles where there is no score.
 
-Each case runs the stage's own per-map writer (``heatmap._write_map``) with default
+Each case runs the stage's own per-map writer (``heatmap_formats.write_map``) with default
 options. Seconds are for the write (scores, bag and slide already opened; imports
 excluded): best, median and worst of ``--repeats``; peak RSS is the process's
 ``ru_maxrss`` (imports included).
@@ -77,20 +77,24 @@ def prepare(slide: Path, work: Path, limit: int | None) -> tuple[Path, Path, int
 def run_case(case: str, scores_path: Path, bag_path: Path, out: Path) -> dict[str, Any]:
     """One case in this process: the write's seconds and this process's peak RSS."""
     from wsi_mil.config import HeatmapConfig
-    from wsi_mil.explain import heatmap
+    from wsi_mil.explain.heatmap_formats import SlideGeometry, write_map
+    from wsi_mil.explain.heatmap_slide import read_bag_info
     from wsi_mil.explain.maps import read_scores
+    from wsi_mil.explain.scaling import slide_ranges
     from wsi_mil.io.open import open_slide
 
     scores = read_scores(scores_path)
     values = scores.arrays["attention_pct"].astype("float64")
-    tissue = heatmap._tissue(bag_path)
+    tissue = read_bag_info(bag_path).tissue
     slide = open_slide(scores.attrs["slide_path"])
-    geometry = heatmap.SlideGeometry(slide.dimensions, slide.mpp, slide.level_downsamples)
+    geometry = SlideGeometry(slide.dimensions, slide.mpp, slide.level_downsamples)
     formats = {"tiff": "tiff", "zarr": "zarr", "blend": "blend_tiff"}[case]
+    options = HeatmapConfig(formats=(formats,))
+    score_range = slide_ranges({"attention_pct": values}, options=options)["attention_pct"]
 
     started = time.perf_counter()  # the stage's own per-map writer, default options
-    heatmap._write_map("attention_pct", values, scores, geometry, slide, tissue, out, HeatmapConfig(formats=(formats,)),
-                       overwrite=True)  # fmt: skip
+    write_map("attention_pct", values, scores, geometry, slide, tissue, out, options, overwrite=True,
+              score_range=score_range, scores_file=scores_path.name)  # fmt: skip
     seconds = time.perf_counter() - started
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     return {"seconds": seconds, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "bytes": size}

@@ -41,7 +41,7 @@ def write_scores_file(path: Path, width: int, height: int) -> int:
 
 def run_one(scores: Path, out: Path, fmt: str) -> None:
     from wsi_mil.config import HeatmapConfig
-    from wsi_mil.explain.heatmap import heatmap_slide
+    from wsi_mil.explain.heatmap_slide import heatmap_slide
 
     started, cpu = time.perf_counter(), time.process_time()
     heatmap_slide(scores, out_dir=out, options=HeatmapConfig(formats=(fmt,), maps=("attention_pct",)))

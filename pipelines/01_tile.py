@@ -17,6 +17,7 @@ from pathlib import Path
 
 from wsi_mil.config import load_config
 from wsi_mil.io.discover import find_slides
+from wsi_mil.run_layout import RunLayout
 from wsi_mil.tiling import tile_slides
 
 
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     sources = find_slides([args.slides], extensions=config.tiling.extensions)
     records = tile_slides(sources, args.run_dir, config=config)
     failed = [r for r in records if r["status"] == "failed"]
-    logging.info("%d records, %d failed; see %s", len(records), len(failed), args.run_dir / "manifest.csv")
+    logging.info("%d records, %d failed; see %s", len(records), len(failed), RunLayout(args.run_dir).manifest)
     return 1 if failed else 0
 
 

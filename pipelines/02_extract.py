@@ -16,6 +16,7 @@ from pathlib import Path
 
 from wsi_mil.config import load_config
 from wsi_mil.features.extract import extract_run
+from wsi_mil.run_layout import RunLayout
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     config = load_config(args.config, overrides={"extract": overrides})
     records = extract_run(args.run_dir, config=config)
     failed = [r for r in records if r["status"] == "failed"]
-    logging.info("%d slides, %d failed; see %s", len(records), len(failed), args.run_dir / "manifest.csv")
+    logging.info("%d slides, %d failed; see %s", len(records), len(failed), RunLayout(args.run_dir).manifest)
     return 1 if failed else 0
 
 

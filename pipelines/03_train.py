@@ -18,6 +18,7 @@ from pathlib import Path
 from wsi_mil.config import load_config
 from wsi_mil.mil.predict import predict_run
 from wsi_mil.mil.run import model_dir_for, train_run
+from wsi_mil.run_layout import RunLayout
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.info("%s", (model_dir / "summary.md").read_text())
     records = predict_run(args.run_dir, model_dir, device=config.train.device)
     failed = [r for r in records if r["status"] == "failed"]
-    logging.info("%d slides scored, %d failed; see %s", len(records), len(failed), args.run_dir / "scores")
+    scores = RunLayout(args.run_dir).scores_dir(model_dir.name)
+    logging.info("%d slides scored, %d failed; see %s", len(records), len(failed), scores)
     return 1 if failed else 0
 
 

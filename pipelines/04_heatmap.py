@@ -17,6 +17,7 @@ from pathlib import Path
 
 from wsi_mil.config import load_config
 from wsi_mil.explain.heatmap import heatmap_run
+from wsi_mil.run_layout import RunLayout
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     config = load_config(args.config)
     records = heatmap_run(args.run_dir, config=config, model=args.model)
     failed = [r for r in records if r["status"] == "failed"]
-    logging.info("%d slides, %d failed; see %s", len(records), len(failed), args.run_dir / "manifest.csv")
+    logging.info("%d slides, %d failed; see %s", len(records), len(failed), RunLayout(args.run_dir).manifest)
     return 1 if failed else 0
 
 

@@ -17,8 +17,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("pytorch_grad_cam")
 
-from wsi_mil.features.registry import create_encoder
-from wsi_mil.mil.registry import create_mil_model
+from wsi_mil.features.registry import create_encoder  # noqa: E402
+from wsi_mil.mil.registry import create_mil_model  # noqa: E402
 
 PATCH = 256
 OBJECT = 56
@@ -53,7 +53,7 @@ def _object_head(encoder, field: np.ndarray, thing: np.ndarray) -> torch.nn.Modu
     corners = [(int(rng.integers(80, 620)), int(rng.integers(80, 490))) for _ in range(16)]
     places = [(int(rng.integers(0, PATCH - OBJECT)), int(rng.integers(0, PATCH - OBJECT))) for _ in range(16)]
     images = np.stack(
-        [_patch(field, thing, c, 0, p if i % 2 else None) for i, (c, p) in enumerate(zip(corners, places))]
+        [_patch(field, thing, c, 0, p if i % 2 else None) for i, (c, p) in enumerate(zip(corners, places, strict=False))]
     )
     labels = torch.tensor([i % 2 for i in range(16)])
     with torch.no_grad():
@@ -99,7 +99,7 @@ def misses(cams: np.ndarray, stride: int) -> list[tuple[tuple[int, int], str]]:
     scale = size / PATCH
     yy, xx = np.mgrid[:size, :size]
     out = []
-    for (ox, oy), cam in zip(PLACES, cams):
+    for (ox, oy), cam in zip(PLACES, cams, strict=False):
         box = (xx >= ox * scale) & (xx < (ox + OBJECT) * scale) & (yy >= oy * scale) & (yy < (oy + OBJECT) * scale)
         near = (xx >= ox * scale - stride) & (xx < (ox + OBJECT) * scale + stride)
         near &= (yy >= oy * scale - stride) & (yy < (oy + OBJECT) * scale + stride)

@@ -83,7 +83,7 @@ def test_another_checkpoint_is_refused_in_a_note(cnn_run: tuple[Path, Path], tmp
 
 
 def test_checkpoint_encoder_gets_its_checkpoint_and_context(cnn_run: tuple[Path, Path]) -> None:
-    from wsi_mil.explain.patch_cams import read_cams
+    from wsi_mil.explain.cams_file import read_cams
 
     run, checkpoint = cnn_run
     assert _heatmap(run, "--set", f"extract.checkpoint_path={checkpoint}", "--overwrite") == 0
@@ -96,7 +96,7 @@ def test_checkpoint_encoder_gets_its_checkpoint_and_context(cnn_run: tuple[Path,
 
 
 def test_transformer_gets_integrated_gradients_only_with_a_note(tmp_path: Path) -> None:
-    from wsi_mil.explain.patch_cams import read_cams
+    from wsi_mil.explain.cams_file import read_cams
 
     run, checkpoint = _run(tmp_path, "test_vit")
     assert _heatmap(run, "--set", f"extract.checkpoint_path={checkpoint}") == 0

@@ -13,7 +13,8 @@ import pytest
 from tests.conftest import REFERENCE_COORDS
 from wsi_mil.config import HeatmapConfig, load_config
 from wsi_mil.explain.export_tiff import pyramid_factors
-from wsi_mil.explain.heatmap import heatmap_run, heatmap_slide
+from wsi_mil.explain.heatmap import heatmap_run
+from wsi_mil.explain.heatmap_slide import heatmap_slide
 from wsi_mil.explain.scaling import range_of
 from wsi_mil.explain.stitch import colormap_lut
 from wsi_mil.io.discover import find_slides

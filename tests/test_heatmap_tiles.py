@@ -11,7 +11,7 @@ from wsi_mil.config import HeatmapConfig
 from wsi_mil.explain.blend import StoredJpegTiles, TileBlender, write_blend_tiff
 from wsi_mil.explain.export_overview import blend
 from wsi_mil.explain.export_tiff import write_pyramid_tiff
-from wsi_mil.explain.heatmap import TIFF_CHUNK
+from wsi_mil.explain.heatmap_formats import TIFF_CHUNK
 from wsi_mil.explain.stitch import (
     CanvasGeometry,
     ColouredTiles,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from wsi_mil.explain.localization import roc_auc
-from wsi_mil.explain.manifold import grid_neighbours, manifold_ranking
+from wsi_mil.mil.manifold import grid_neighbours, manifold_ranking
 
 
 def _grid(n: int) -> np.ndarray:

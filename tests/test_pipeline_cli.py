@@ -43,7 +43,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_heatmaps_and_cams_for_every_slide(run: Path) -> None:
     import tiffslide
 
-    from wsi_mil.explain.patch_cams import read_cams
+    from wsi_mil.explain.cams_file import read_cams
 
     for index in range(4):
         out = run / "heatmaps" / "ilam" / f"case{index}"

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from wsi_mil.run_layout import LOCK_NAME
 from wsi_mil.store.atomic import atomic_output, clean_partials
-from wsi_mil.store.runlock import LOCK_NAME, RunLockedError, run_lock
+from wsi_mil.store.runlock import RunLockedError, run_lock
 
 WSI_MIL = [sys.executable, "-m", "wsi_mil.cli"]
 

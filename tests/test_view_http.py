@@ -160,7 +160,7 @@ def test_patch_click_values_gallery_and_patch_image(viewer: tuple[str, Path]) ->
 
 def test_patch_with_cams_shows_them(viewer: tuple[str, Path]) -> None:
     url, run = viewer
-    from wsi_mil.explain.patch_cams import read_cams
+    from wsi_mil.explain.cams_file import read_cams
 
     cams = read_cams(run / "heatmaps" / "abmil" / "lesion" / "cams.h5")
     x, y = (int(v) for v in cams.coords[0])

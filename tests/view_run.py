@@ -53,7 +53,7 @@ def _maps(coords: np.ndarray, *, lesion: bool, seed: int) -> dict[str, np.ndarra
 
 def _write_cams(path: Path, coords: np.ndarray) -> None:
     """CAMs of the two lesion patches first in the scores file: a bright left half, as the CAM stage writes them."""
-    from wsi_mil.explain.patch_cams import PatchCams, write_cams
+    from wsi_mil.explain.cams_file import PatchCams, write_cams
 
     rows = np.flatnonzero(in_lesion(coords))[:2]
     images = np.full((len(rows), 64, 64, 3), 200, dtype=np.uint8)

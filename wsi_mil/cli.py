@@ -198,7 +198,9 @@ def _summarize(records: list[dict[str, Any]], run_dir: Path, stage: str = "tilin
     for record in records:
         counts[record["status"]] = counts.get(record["status"], 0) + 1
     summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "nothing to do"
-    logger.warning("%s: %s; manifest: %s", stage, summary, run_dir / "manifest.csv")
+    from wsi_mil.run_layout import RunLayout
+
+    logger.warning("%s: %s; manifest: %s", stage, summary, RunLayout(run_dir).manifest)
     return 1 if counts.get("failed") else 0
 
 
@@ -252,12 +254,12 @@ def _run_heatmap(args: argparse.Namespace) -> int:
 
 
 def _run_evaluate_maps(args: argparse.Namespace) -> int:
-    from wsi_mil.explain.evaluate import evaluate_maps
+    from wsi_mil.explain.evaluate import EXPLANATIONS_MD, evaluate_maps
 
     _, out = evaluate_maps(args.run_dir, masks=args.masks, model=args.model, positive_fraction=args.positive_fraction,
                            faithfulness=args.faithfulness, baseline=args.baseline)  # fmt: skip
     if not args.quiet:
-        print((out / "explanations.md").read_text())
+        print((out / EXPLANATIONS_MD).read_text())
         print(f"tables: {out}")
     return 0
 
@@ -344,13 +346,14 @@ def _run_encoders(args: argparse.Namespace) -> int:
 
 def _run_pipeline(args: argparse.Namespace) -> int:
     from wsi_mil.pipeline import load_run_config, run_pipeline
+    from wsi_mil.run_layout import RunLayout
 
     parallel = {k: getattr(args, k) for k in ("workers", "scheduler") if getattr(args, k) is not None}
     config = load_run_config(args.config, overrides={"parallel": parallel}, sets=args.set)
     result = run_pipeline(config, where=str(args.config), overwrite=args.overwrite, debug=args.debug,
                           progress=not args.quiet)  # fmt: skip
     stages = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in result.seconds.items())
-    logger.warning("run done (%s); %d failed; manifest: %s", stages, result.failed, result.run_dir / "manifest.csv")
+    logger.warning("run done (%s); %d failed; manifest: %s", stages, result.failed, RunLayout(result.run_dir).manifest)
     return 1 if result.failed else 0
 
 

@@ -27,6 +27,7 @@ import numpy as np
 from wsi_mil.config import Config, config_from_dict
 from wsi_mil.demo_cohort import Cohort, CohortSpec, build_cohort
 from wsi_mil.pipeline import PipelineResult, run_pipeline
+from wsi_mil.run_layout import RunLayout
 from wsi_mil.stats import format_mean_std
 
 logger = logging.getLogger(__name__)
@@ -107,7 +108,9 @@ def slide_metrics(model_dir: Path) -> dict[str, float]:
 
 
 def localization(run_dir: Path, model: str) -> list[dict[str, Any]]:
-    with (run_dir / "explanations" / model / "explanations.csv").open(newline="") as handle:
+    from wsi_mil.explain.evaluate import EXPLANATIONS_CSV
+
+    with (RunLayout(run_dir).explanations_dir(model) / EXPLANATIONS_CSV).open(newline="") as handle:
         return [{k: (v if k == "map" else float(v) if v else math.nan) for k, v in row.items()}
                 for row in csv.DictReader(handle)]  # fmt: skip
 
@@ -118,10 +121,10 @@ def stain_baseline(run_dir: Path, labels: dict[str, str]) -> dict[str, float]:
     from wsi_mil.explain.stain_baseline import SLIDE_STATISTICS, slide_stain_statistics, stain_baseline_scores
     from wsi_mil.io.open import open_slide
     from wsi_mil.stats import roc_auc
-    from wsi_mil.store.bags import find_bags, read_bag
+    from wsi_mil.store.bags import read_bag
 
     rows = []
-    for _, path in find_bags(run_dir):
+    for _, path in RunLayout(run_dir).find_bags():
         bag = read_bag(path)
         slide_id = str(bag.attrs.get("slide_id") or path.stem)
         with open_slide(str(bag.attrs["slide_path"]), mpp=bag.attrs.get("slide_mpp")) as slide:
@@ -152,7 +155,7 @@ def targets(result: DemoResult, baseline: dict[str, float] | None = None) -> lis
     learned: list[tuple[float, str]] = []
     stain_map = math.nan
     for model in result.pipeline.models:
-        value = slide_metrics(run_dir / "models" / model)["pooled_auc"]
+        value = slide_metrics(RunLayout(run_dir).model_dir(model))["pooled_auc"]
         checks.append((f"slide ROC-AUC >= {TARGETS['slide_auc']:g}", model, value, bool(value >= TARGETS["slide_auc"])))
         for row in localization(run_dir, model):
             if row["map"].startswith("stain_"):
@@ -173,6 +176,7 @@ def targets(result: DemoResult, baseline: dict[str, float] | None = None) -> lis
 
 def format_report(result: DemoResult) -> str:
     run_dir, cohort = result.pipeline.run_dir, result.cohort
+    layout = RunLayout(run_dir)
     models = result.pipeline.models
     labels = _labels(cohort)
     baseline = stain_baseline(run_dir, labels)
@@ -185,7 +189,7 @@ def format_report(result: DemoResult) -> str:
              "all out-of-fold predictions)", "",
              "| head | ROC-AUC | pooled ROC-AUC | balanced accuracy | F1 |", "|---|---:|---:|---:|---:|"]  # fmt: skip
     for model in models:
-        m = slide_metrics(run_dir / "models" / model)
+        m = slide_metrics(layout.model_dir(model))
         roc, balanced, f1 = (format_mean_std(m[k], m[f"{k}_std"]) for k in ("roc_auc", "balanced_accuracy", "f1"))
         lines.append(f"| {model} | {roc} | {m['pooled_auc']:.3f} | {balanced} | {f1} |")
     stats = ", ".join(f"{name} {value:.3f}" for name, value in baseline.items())
@@ -205,14 +209,14 @@ def format_report(result: DemoResult) -> str:
     for name, model, value, met in targets(result, baseline):
         lines.append(f"  {name:50s} {model:24s} {value:.3f}  {'met' if met else 'NOT met'}")
     example = next((s for s in sorted(labels) if labels[s] == "tumor"), sorted(labels)[0])
-    lines += ["", f"Heatmaps: {run_dir / 'heatmaps'}/<head>/<slide_id>/, e.g. {example}:"]
+    lines += ["", f"Heatmaps: {layout.heatmaps_root}/<head>/<slide_id>/, e.g. {example}:"]
     for model in models:
-        folder = run_dir / "heatmaps" / model / example
+        folder = layout.heatmap_dir(model, example)
         lines += [f"  {model}: OME-Zarr {folder / (ATTENTION_MAP + '.ome.zarr')}",
                   f"  {' ' * len(model)}  TIFF     {folder / (ATTENTION_MAP + '.tiff')}",
                   f"  {' ' * len(model)}  PNG      {folder / (ATTENTION_MAP + '_overlay.png')}",
                   f"  {' ' * len(model)}  GeoJSON  {folder / 'patches.geojson'}"]  # fmt: skip
     lines += [f"Ground truth: {cohort.masks} (PNG), {cohort.annotations} (GeoJSON)",
-              f"Tables: {run_dir / 'models'}/<head>/summary.md, {run_dir / 'explanations'}/<head>/explanations.md",
-              f"Manifest: {run_dir / 'manifest.csv'}; config: {run_dir / 'run_config.json'}"]  # fmt: skip
+              f"Tables: {layout.models_root}/<head>/summary.md, {layout.explanations_root}/<head>/explanations.md",
+              f"Manifest: {layout.manifest}; config: {layout.run_config}"]  # fmt: skip
     return "\n".join(lines)

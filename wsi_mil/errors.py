@@ -48,6 +48,10 @@ class UnsafeSlideIdError(WsiMilError, ValueError):
     """A slide id could not be a plain file name inside the run folder (separators, ``..``, control characters)."""
 
 
+class SlideMismatchError(WsiMilError, ValueError):
+    """The slide on disk is not the one the bag was made from."""
+
+
 class SlideTooLargeError(WsiMilError, ValueError):
     """A slide's header claims more pixels than its file could hold, or more than a bounded read allows."""
 

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from wsi_mil.errors import WsiMilError
+from wsi_mil.run_layout import RunLayout
 from wsi_mil.store.atomic import atomic_output
 
-MANIFEST_NAME = "manifest.csv"
 #: Leading columns, in order; stage-specific columns follow in first-seen order.
 BASE_COLUMNS = (
     "stage", "slide_id", "bag_set", "path", "reader", "mpp", "mpp_source", "level",
@@ -27,7 +27,7 @@ KEY = ("stage", "slide_id", "bag_set")
 
 class Manifest:
     def __init__(self, run_dir: str | Path) -> None:
-        self.path = Path(run_dir) / MANIFEST_NAME
+        self.path = RunLayout(run_dir).manifest
         self.rows: dict[tuple[str, ...], dict[str, Any]] = {}
         self.columns: list[str] = list(BASE_COLUMNS)
         if self.path.exists():

@@ -30,12 +30,12 @@ from typing import Any
 
 from wsi_mil.config import Config, RunConfig, config_to_json, load_config, neutral_keys
 from wsi_mil.errors import ConfigError, WsiMilError
+from wsi_mil.run_layout import RUN_CONFIG, RunLayout
 from wsi_mil.store.atomic import atomic_output, remove_path
 from wsi_mil.store.runlock import run_lock
 
 logger = logging.getLogger(__name__)
 
-RUN_CONFIG = "run_config.json"
 STAGE_ORDER = ("tile", "extract", "train", "predict", "heatmap", "evaluate")
 #: Keys that change how a run is done, not what it writes: a rerun may change them. Each is
 #: declared on its config field (wsi_mil.config.fields.neutral_field). (``run.masks``: the evaluate
@@ -81,9 +81,7 @@ def heads(config: Config) -> list[str]:
 
 def _features_dir(run_dir: Path, config: Config) -> Path:
     """The feature files of this config's encoder: the only ones its heads train on."""
-    from wsi_mil.features.extract import encoder_dir_name
-
-    return run_dir / "features" / encoder_dir_name(config.extract.encoder)
+    return RunLayout(run_dir).features_dir(config.extract.encoder)
 
 
 def check_run_config(config: Config, *, where: str = "config") -> None:
@@ -185,14 +183,14 @@ def changed_keys(saved: dict[str, Any], config: Config) -> dict[str, tuple[Any, 
 
 def stage_outputs(run_dir: Path, config: Config, stage: str) -> list[Path]:
     """What a change of a key of ``stage`` makes stale: that stage's outputs and everything made from them."""
-    names = heads(config)
-    per_head = {"train": "models", "predict": "scores", "heatmap": "heatmaps", "evaluate": "explanations"}
+    layout = RunLayout(run_dir)
     if stage == "tile":
-        return [run_dir / name for name in ("bags", "qc", "features", *per_head.values())]
+        return [layout.bags_root, layout.qc_root, layout.features_root, *layout.per_head_roots()]
     if stage == "extract":
-        return [_features_dir(run_dir, config), *(run_dir / name for name in per_head.values())]
+        return [_features_dir(run_dir, config), *layout.per_head_roots()]
     later = STAGE_ORDER[STAGE_ORDER.index(stage):]
-    return [run_dir / per_head[s] / name for s in later if s in per_head for name in names]
+    outputs = {name: layout.head_outputs(name) for name in heads(config)}
+    return [per_stage[s] for s in later for per_stage in outputs.values() if s in per_stage]
 
 
 def _has_files(path: Path) -> bool:
@@ -206,7 +204,7 @@ def stale_outputs(config: Config, *, where: str = "config", overwrite: bool = Fa
     with ``overwrite``, returns them for removal. Nothing to compare (a new run folder): [].
     """
     run_dir = Path(str(config.run.out))
-    path = run_dir / RUN_CONFIG
+    path = RunLayout(run_dir).run_config
     if path.exists():
         try:
             saved = json.loads(path.read_text())
@@ -251,9 +249,9 @@ def stale_outputs(config: Config, *, where: str = "config", overwrite: bool = Fa
 
 def _bag_settings(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
     """(a bag, the config it was tiled with) from RUN_DIR/bags/[<set>/]; None without one that records it."""
-    from wsi_mil.store.bags import find_bags, read_bag
+    from wsi_mil.store.bags import read_bag
 
-    bags = find_bags(run_dir)
+    bags = RunLayout(run_dir).find_bags()
     if not bags:
         return None
     _, bag = bags[0]
@@ -297,7 +295,7 @@ def _run_locked(config: Config, sources: list[Any], *, where: str, overwrite: bo
         for path in stale:
             remove_path(path)
     run_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_output(run_dir / RUN_CONFIG) as tmp:
+    with atomic_output(RunLayout(run_dir).run_config) as tmp:
         tmp.write_text(config_to_json(config))
     result = PipelineResult(run_dir, heads(config))
     stages = set(run.stages)
@@ -341,7 +339,7 @@ def _find_sources(config: Config, where: str) -> list[Any]:
 def _run_head(config: Config, name: str, run_dir: Path, result: PipelineResult, timed: Any, *, overwrite: bool,
               debug: bool, progress: bool) -> None:  # fmt: skip
     run, stages = config.run, set(config.run.stages)
-    model_dir = run_dir / "models" / name
+    model_dir = RunLayout(run_dir).model_dir(name)
     if "train" in stages:
         from wsi_mil.mil.run import train_run
 

@@ -45,7 +45,7 @@ def cam_localization(coords: np.ndarray, maps: np.ndarray, patch_size_level0: fl
 
 def cam_rows(cams_path: Path, truth: GroundTruth | None) -> list[dict[str, Any]]:
     """One row per method of one slide's cams.h5."""
-    from wsi_mil.explain.patch_cams import read_cams
+    from wsi_mil.explain.cams_file import read_cams
 
     cams = read_cams(cams_path)
     size = float(cams.attrs["patch_size_level0"])

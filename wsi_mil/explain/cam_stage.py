@@ -9,31 +9,35 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from wsi_mil.config import HeatmapConfig
-from wsi_mil.explain.heatmap import TIFF_CHUNK, HeatmapJob, _slide_geometry
-from wsi_mil.explain.maps import read_scores, safe_name
+from wsi_mil.explain.heatmap_formats import TIFF_CHUNK
+from wsi_mil.explain.heatmap_slide import read_bag_info, slide_geometry
+from wsi_mil.explain.maps import SlideScores, safe_name
 from wsi_mil.explain.stitch import CanvasGeometry
+
+if TYPE_CHECKING:  # the heatmap stage calls this module: no import at run time
+    from wsi_mil.explain.heatmap import HeatmapJob
 
 logger = logging.getLogger(__name__)
 
 
-def cam_outputs(job: HeatmapJob, *, options: HeatmapConfig, reader: str = "auto", overwrite: bool = False,
+def cam_outputs(job: HeatmapJob, scores: SlideScores, *, options: HeatmapConfig, reader: str = "auto", overwrite: bool = False,
                 checkpoint_path: str | None = None) -> dict[str, Any]:  # fmt: skip
-    """CAMs of the slide's top patches: cams.h5, the gallery and a stitched canvas per method.
+    """CAMs of the slide's top patches (``scores``: the job's scores file, read): cams.h5, the
+    gallery and a stitched canvas per method.
 
     Returns record fields; ``cam_note`` says what was skipped and why (heads, features or
     bag missing, methods the encoder cannot run, errors), and never raises for a slide.
     ``checkpoint_path``: the encoder's local weights (``extract.checkpoint_path``), for
     features made with a checkpoint (``uni``, ``timm:<name>`` with own weights).
     """
-    from wsi_mil.explain.patch_cams import CAMS_NAME, SKIPPED_ATTR, cam_slide, locate_cam_inputs, read_cams
+    from wsi_mil.explain.cams_file import CAMS_NAME, SKIPPED_ATTR, read_cams
+    from wsi_mil.explain.patch_cams import cam_slide, locate_cam_inputs
 
-    scores = read_scores(job.scores_path)
     cams_path = job.out_dir / CAMS_NAME
     try:
         if cams_path.exists() and not overwrite:
@@ -48,7 +52,7 @@ def cam_outputs(job: HeatmapJob, *, options: HeatmapConfig, reader: str = "auto"
             cams = cam_slide(scores, inputs, job.out_dir, methods=options.cam_methods, top_k=options.cam_top_k,
                              ig_steps=options.cam_ig_steps, reader=reader, device=options.cam_device,
                              checkpoint_path=checkpoint_path, context=options.cam_context)  # fmt: skip
-        written = _write_cam_canvases(job, cams, scores.patch_size_level0, options, overwrite)
+        written = _write_cam_canvases(job, scores, cams, options, overwrite)
     except Exception as error:  # noqa: BLE001 -- a CAM never fails the slide: its maps are written already
         logger.warning("%s: no CAMs: %s: %s", job.slide_id, type(error).__name__, error)
         return {"cams": "skipped", "cam_note": f"no CAMs: {type(error).__name__}: {error}"}
@@ -57,16 +61,16 @@ def cam_outputs(job: HeatmapJob, *, options: HeatmapConfig, reader: str = "auto"
     return {"cams": " ".join(cams.maps), "cam_patches": len(cams.coords), "cam_files_written": written, "cam_note": note}
 
 
-def _write_cam_canvases(job: HeatmapJob, cams: Any, patch_size_level0: float, options: HeatmapConfig,
+def _write_cam_canvases(job: HeatmapJob, scores: SlideScores, cams: Any, options: HeatmapConfig,
                         overwrite: bool) -> int:  # fmt: skip
     """One OME-Zarr and one float32 TIFF canvas per method (as ``options.formats`` asks)."""
+    from wsi_mil.explain.cam_gallery import cam_range
     from wsi_mil.explain.export_tiff import pyramid_factors, write_pyramid_tiff
     from wsi_mil.explain.export_zarr import write_ome_zarr
-    from wsi_mil.explain.patch_cams import cam_range
     from wsi_mil.explain.stitch_cams import stitch_patch_maps
 
-    scores = read_scores(job.scores_path)
-    geometry = _slide_geometry(scores, None, _bag_attrs(job.bag_path))
+    geometry = slide_geometry(scores, None, read_bag_info(job.bag_path).attrs)
+    patch_size_level0 = scores.patch_size_level0
     level0 = CanvasGeometry.for_slide(geometry.dimensions, 1.0)
     written = 0
     for method, maps in cams.maps.items():
@@ -91,11 +95,3 @@ def _write_cam_canvases(job: HeatmapJob, cams: Any, patch_size_level0: float, op
                                threads=options.threads)  # fmt: skip
             written += 1
     return written
-
-
-def _bag_attrs(bag_path: Path | None) -> dict[str, Any]:
-    if bag_path is None or not bag_path.exists():
-        return {}
-    from wsi_mil.store.bags import read_bag
-
-    return read_bag(bag_path).attrs

@@ -35,10 +35,15 @@ from wsi_mil.explain.annotations import find_annotation, load_ground_truth, patc
 from wsi_mil.explain.heatmap import find_jobs
 from wsi_mil.explain.localization import localization_metrics
 from wsi_mil.explain.maps import SlideScores, available_maps, read_scores
+from wsi_mil.run_layout import RunLayout
 from wsi_mil.stats import format_mean_std, mean_std
 from wsi_mil.store.atomic import atomic_output
 
 logger = logging.getLogger(__name__)
+
+#: The summary tables in ``RUN_DIR/explanations/<model>/``
+EXPLANATIONS_CSV = "explanations.csv"
+EXPLANATIONS_MD = "explanations.md"
 
 #: Columns of the summary table, in order (``_std`` columns follow the means they qualify).
 SUMMARY_METRICS = ("hit", "graded", "auc", "dice@0.5", "iou@0.5", "coverage_in", "coverage_out", "coverage_ratio")
@@ -220,7 +225,7 @@ def _faithfulness(jobs: Sequence[Any], fractions: Sequence[float]) -> list[dict[
 def _cams(jobs: Sequence[Any], masks: Path | None) -> list[dict[str, Any]]:
     """CAM metrics of every slide whose heatmap folder holds cams.h5 (wsi-mil heatmap)."""
     from wsi_mil.explain.cam_metrics import cam_rows
-    from wsi_mil.explain.patch_cams import CAMS_NAME
+    from wsi_mil.explain.cams_file import CAMS_NAME
 
     rows: list[dict[str, Any]] = []
     for job in jobs:
@@ -252,7 +257,7 @@ def evaluate_maps(run_dir: str | Path, *, masks: str | Path | None = None, model
         raise WsiMilError("nothing to evaluate: give a masks folder, or keep the faithfulness curves on")
     run_dir = Path(run_dir)
     model, jobs = find_jobs(run_dir, model=model)
-    out = run_dir / "explanations" / model
+    out = RunLayout(run_dir).explanations_dir(model)
     outputs: list[tuple[str, str]] = []
     markdown = [f"# Explanation metrics: {model}", ""]
     summary: list[dict[str, Any]] = []
@@ -265,7 +270,7 @@ def evaluate_maps(run_dir: str | Path, *, masks: str | Path | None = None, model
         warnings = map_warnings(evaluated, summary)
         for warning in warnings:
             logger.warning("%s: %s", model, warning)
-        outputs += [("explanations_per_slide.csv", _csv(rows)), ("explanations.csv", _csv(summary))]
+        outputs += [("explanations_per_slide.csv", _csv(rows)), (EXPLANATIONS_CSV, _csv(summary))]
         markdown += [warnings_markdown(warnings), markdown_table(summary)]
         failed = [f"- {row['slide_id']}: {row['error']}" for row in rows if row.get("error")]
         if failed:
@@ -281,7 +286,7 @@ def evaluate_maps(run_dir: str | Path, *, masks: str | Path | None = None, model
         if curves:
             outputs += [("faithfulness_per_slide.csv", _csv(curves)), ("faithfulness.csv", _csv(summarize_faithfulness(curves)))]
             markdown.append(faithfulness_markdown(summarize_faithfulness(curves)))
-    outputs.append(("explanations.md", "\n".join(markdown)))
+    outputs.append((EXPLANATIONS_MD, "\n".join(markdown)))
     for name, text in outputs:
         with atomic_output(out / name) as tmp:
             tmp.write_text(text)

@@ -10,7 +10,6 @@ Columns: ``p_full``, ``p_removed``, ``p_kept``, ``drop`` = p_full - p_removed,
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,21 +33,26 @@ class HeadInputs:
 
 def locate_heads(scores: Any, *, run_dir: Path, model: str, subset: Path) -> HeadInputs | str:
     """The folds named in the scores file and the slide's feature file, or why they cannot be found."""
-    from wsi_mil.mil.run import TRAIN_CONFIG
+    from wsi_mil.errors import WsiMilError
+    from wsi_mil.mil.run import read_train_record
+    from wsi_mil.run_layout import STORE_SUFFIXES, RunLayout
 
-    model_dir = run_dir / "models" / model
-    if not (model_dir / TRAIN_CONFIG).exists():
-        return f"no {model_dir / TRAIN_CONFIG} (the trained heads are needed)"
+    layout = RunLayout(run_dir)
+    model_dir = layout.model_dir(model)
+    try:
+        record = read_train_record(model_dir)
+    except WsiMilError as error:
+        return f"{error} (the trained heads are needed)"
     key = "" if subset == Path(".") else subset.as_posix()
-    entries = [e for e in json.loads((model_dir / TRAIN_CONFIG).read_text())["sets"] if e["key"] == key]
+    entries = [e for e in record["sets"] if e["key"] == key]
     if not entries:
-        return f"{model_dir}: no feature set {key!r} in {TRAIN_CONFIG}"
-    roots = [Path(entries[0]["root"]), run_dir / "features" / entries[0]["relative"]]
-    feature_path = next((r / f"{scores.slide_id}{s}" for r in roots for s in (".h5", ".zarr")
+        return f"{model_dir}: no feature set {key!r} in its training record"
+    roots = [Path(entries[0]["root"]), layout.feature_set_dir(entries[0]["relative"])]
+    feature_path = next((r / f"{scores.slide_id}{s}" for r in roots for s in STORE_SUFFIXES
                          if (r / f"{scores.slide_id}{s}").exists()), None)  # fmt: skip
     if feature_path is None:
         return f"no feature file for {scores.slide_id} under {roots[0]}"
-    set_dir = model_dir / key if key else model_dir
+    set_dir = layout.model_dir(model, key)
     folds = [int(f) for f in scores.root_attrs.get("folds") or []]
     fold_dirs = tuple(set_dir / f"fold_{k}" for k in folds)
     if not fold_dirs or not all((d / "config.json").exists() for d in fold_dirs):

@@ -60,7 +60,7 @@ def gallery_name(map_name: str) -> str:
 def write_map_galleries(scores: SlideScores, maps: dict[str, np.ndarray], *, bag_path: Path, out_dir: Path, k: int,
                         reader: str = "auto", overwrite: bool = False) -> int:  # fmt: skip
     """A gallery per map (skipping complete ones); patch pixels are read once for all maps."""
-    from wsi_mil.explain.patch_cams import read_patch_pixels
+    from wsi_mil.explain.patch_pixels import read_patch_pixels
 
     todo = {name: values for name, values in maps.items() if overwrite or not (out_dir / gallery_name(name)).exists()}
     if not todo or k <= 0:

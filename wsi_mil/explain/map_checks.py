@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from wsi_mil.explain.localization import scaled
-from wsi_mil.explain.manifold import SEED_FRACTION
 from wsi_mil.explain.stain_baseline import STAIN_MAPS
+from wsi_mil.mil.manifold import SEED_FRACTION
 
 MANIFOLD = "manifold"
 SEEDS = "manifold_seeds"

@@ -13,17 +13,18 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from wsi_mil.config import Config, ExtractConfig
-from wsi_mil.errors import ConfigError, WsiMilError
+from wsi_mil.errors import ConfigError, SlideMismatchError, WsiMilError
+from wsi_mil.features.jobs import ExtractionJob
 from wsi_mil.io.slide_ids import check_slide_id
 from wsi_mil.manifest import failure_record
-from wsi_mil.store.bags import find_bags, read_bag
+from wsi_mil.run_layout import RunLayout
+from wsi_mil.store.bags import read_bag
 from wsi_mil.store.features import features_problem, write_features
 
 logger = logging.getLogger(__name__)
@@ -31,36 +32,15 @@ logger = logging.getLogger(__name__)
 STAGE = "extract"
 
 
-class SlideMismatchError(WsiMilError, ValueError):
-    """The slide on disk is not the one the bag was made from."""
-
-
-@dataclass(frozen=True)
-class ExtractionJob:
-    """One bag to turn into one feature file."""
-
-    slide_id: str
-    bag_set: str
-    bag_path: Path
-    out_path: Path
-    #: A CLAM or TRIDENT coords file (interop.py); its slide, None when --slides lacks it.
-    foreign: bool = False
-    slide_path: Path | None = None
-
-
-def encoder_dir_name(encoder: str) -> str:
-    return encoder.replace(":", "-").replace("/", "-")
-
-
 def find_jobs(run_dir: str | Path, config: ExtractConfig) -> list[ExtractionJob]:
     """Every bag under ``RUN_DIR/bags`` (and its per-resolution sets), with its output path."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "bags").is_dir():
+    layout = RunLayout(run_dir)
+    if not layout.bags_root.is_dir():
         raise WsiMilError(f"{run_dir}: no bags/ folder; run `wsi-mil tile ... --out {run_dir}` first")
-    out_root = run_dir / "features" / encoder_dir_name(config.encoder)
     return [ExtractionJob(check_slide_id(bag.stem, where=bag), set_name or "-", bag,
-                          out_root / set_name / f"{bag.stem}.{config.feature_format}")
-            for set_name, bag in find_bags(run_dir)]  # fmt: skip
+                          layout.features_dir(config.encoder, set_name) / f"{bag.stem}.{config.feature_format}",
+                          clam_dir=layout.clam_dir(config.encoder, set_name))
+            for set_name, bag in layout.find_bags()]  # fmt: skip
 
 
 # Encoders are built and frozen once per process (a Dask worker extracts many slides).
@@ -168,7 +148,7 @@ def extract_bag(job: ExtractionJob, *, config: Config, progress: bool = False) -
     """Extract one bag; raises on slide-level errors (the caller records them)."""
     import torch
 
-    from wsi_mil.features.freeze import resolve_device
+    from wsi_mil.device import resolve_device
     from wsi_mil.features.loaders import make_loader, resolve_loader, ring_size
     from wsi_mil.features.reading import PatchDataset, make_source
 
@@ -239,15 +219,12 @@ def extract_bag(job: ExtractionJob, *, config: Config, progress: bool = False) -
 
 def _write_clam(job: ExtractionJob, config: Config, *, only_missing: bool = False) -> None:
     """CLAM's h5_files/ and pt_files/ for this job's feature file, with ``extract.clam_files``."""
-    if not config.extract.clam_files:
+    if not config.extract.clam_files or job.clam_dir is None:
         return
-    from wsi_mil.features.interop import clam_files_missing, clam_folder, write_clam_files
+    from wsi_mil.features.interop import clam_files_missing, write_clam_files
 
-    # RUN_DIR/features/<encoder>[/<set>]/<id>.h5 -> RUN_DIR/clam/<encoder>[/<set>]/
-    run_dir = job.out_path.parents[3 if job.bag_set not in ("", "-") else 2]
-    folder = clam_folder(run_dir, encoder_dir_name(config.extract.encoder), job.bag_set)
-    if not only_missing or clam_files_missing(job.out_path, folder):
-        write_clam_files(job.out_path, folder)
+    if not only_missing or clam_files_missing(job.out_path, job.clam_dir):
+        write_clam_files(job.out_path, job.clam_dir)
 
 
 def _run_loader(loader: Any, encoder: Any, device: Any, options: ExtractConfig, features: np.ndarray,
@@ -316,7 +293,7 @@ def extract_run(run_dir: str | Path, *, config: Config, overwrite: bool = False,
 
         if coords is None or slides is None:
             raise ConfigError("--coords and --slides go together: the coords files, and the slides they were made from")
-        jobs = find_coords_jobs(run_dir, coords, slides, encoder_dir=encoder_dir_name(config.extract.encoder),
+        jobs = find_coords_jobs(run_dir, coords, slides, encoder=config.extract.encoder,
                                 feature_format=config.extract.feature_format, extensions=config.tiling.extensions)  # fmt: skip
     jobs = list(jobs) if jobs is not None else find_jobs(run_dir, config.extract)
     with run_lock(run_dir, "extract"):  # one writer per run folder
@@ -325,7 +302,7 @@ def extract_run(run_dir: str | Path, *, config: Config, overwrite: bool = False,
 
 def _extract_locked(run_dir: str | Path, jobs: list[ExtractionJob], *, config: Config, overwrite: bool, debug: bool,
                     progress: bool) -> list[dict[str, Any]]:  # fmt: skip
-    from wsi_mil.features.freeze import resolve_device
+    from wsi_mil.device import resolve_device
     from wsi_mil.manifest import RunRecorder
     from wsi_mil.parallel import map_slides
 

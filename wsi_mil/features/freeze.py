@@ -22,20 +22,6 @@ logger = logging.getLogger(__name__)
 FREEZE_MODES = ("auto", "eager", "jit", "compile")
 
 
-def resolve_device(name: str = "auto") -> Any:
-    """``auto`` -> cuda when available, else cpu; ``cpu``, ``cuda``, ``cuda:N`` as given."""
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        from wsi_mil.errors import ConfigError
-
-        raise ConfigError(f"device {name!r} asked for, but torch sees no CUDA GPU; use --device cpu or auto")
-    return device
-
-
 def autocast_context(device: Any, precision: str) -> contextlib.AbstractContextManager:
     import torch
 

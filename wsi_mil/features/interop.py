@@ -24,14 +24,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from wsi_mil.errors import ConfigError, WsiMilError
+from wsi_mil.errors import ConfigError, SlideMismatchError, WsiMilError
 from wsi_mil.store.atomic import atomic_output
 
 logger = logging.getLogger(__name__)
 
 #: TRIDENT names its coords files ``<slide name>_patches.h5``.
 TRIDENT_SUFFIX = "_patches"
-CLAM_DIR = "clam"
 
 
 def coords_slide_id(path: Path) -> str:
@@ -53,15 +52,17 @@ def find_coords_files(folder: str | Path) -> list[Path]:
     return files
 
 
-def find_coords_jobs(run_dir: str | Path, coords: str | Path, slides: str | Path, *, encoder_dir: str,
+def find_coords_jobs(run_dir: str | Path, coords: str | Path, slides: str | Path, *, encoder: str,
                      feature_format: str, extensions: Any) -> list[Any]:  # fmt: skip
     """One extraction job per coords file, its slide found by id in ``slides`` (a folder, file or CSV)."""
-    from wsi_mil.features.extract import ExtractionJob
+    from wsi_mil.features.jobs import ExtractionJob
     from wsi_mil.io.discover import find_slides
     from wsi_mil.io.slide_ids import check_slide_id
 
     by_id = {source.slide_id: source.path for source in find_slides([slides], extensions=extensions)}
-    out_root = Path(run_dir) / "features" / encoder_dir
+    from wsi_mil.run_layout import RunLayout
+
+    layout = RunLayout(run_dir)
     jobs: list[ExtractionJob] = []
     ids: dict[str, Path] = {}
     for path in find_coords_files(coords):
@@ -69,8 +70,8 @@ def find_coords_jobs(run_dir: str | Path, coords: str | Path, slides: str | Path
         if slide_id in ids:
             raise ConfigError(f"{path} and {ids[slide_id]} are coords files of one slide id {slide_id!r}")
         ids[slide_id] = path
-        jobs.append(ExtractionJob(slide_id, "-", path, out_root / f"{slide_id}.{feature_format}",
-                                  slide_path=by_id.get(slide_id), foreign=True))  # fmt: skip
+        jobs.append(ExtractionJob(slide_id, "-", path, layout.features_dir(encoder) / f"{slide_id}.{feature_format}",
+                                  slide_path=by_id.get(slide_id), foreign=True, clam_dir=layout.clam_dir(encoder)))  # fmt: skip
     unmatched = [job.slide_id for job in jobs if job.slide_path is None]
     if len(unmatched) == len(jobs):
         raise ConfigError(f"{slides}: no slide matches a coords file of {coords} (ids such as "
@@ -80,7 +81,6 @@ def find_coords_jobs(run_dir: str | Path, coords: str | Path, slides: str | Path
 
 def open_foreign(bag: Any, slide_path: Path | None, *, slide_id: str, reader: str, mpp: float | None) -> tuple[Any, Any]:
     """(the bag with our reading attributes, the open slide) for a CLAM or TRIDENT coords file."""
-    from wsi_mil.features.extract import SlideMismatchError
     from wsi_mil.io.open import open_slide
 
     if slide_path is None:
@@ -115,12 +115,6 @@ def open_foreign(bag: Any, slide_path: Path | None, *, slide_id: str, reader: st
     attrs.update({"patch_level": level, "patch_size": read, "patch_size_level0": size0, "slide_path": str(slide_path),
                   "slide_id": slide_id, "slide_mpp": slide.mpp, "level_dim": list(slide.dimensions)})  # fmt: skip
     return dataclasses.replace(bag, attrs=attrs), slide
-
-
-def clam_folder(run_dir: str | Path, encoder_dir: str, bag_set: str) -> Path:
-    """``RUN_DIR/clam/<encoder>[/<set>]``: CLAM's ``data_dir`` for these features."""
-    folder = Path(run_dir) / CLAM_DIR / encoder_dir
-    return folder / bag_set if bag_set not in ("", "-") else folder
 
 
 def write_clam_files(feature_path: Path, folder: Path) -> None:

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from wsi_mil.errors import FeatureFormatError, LabelError
+from wsi_mil.run_layout import RunLayout
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ def _root_names(roots: list[Path]) -> list[tuple[str, ...]]:
 
 def find_feature_sets(paths: Sequence[str | Path], *, run_dir: str | Path | None = None) -> list[FeatureSet]:
     """Every feature set under ``paths`` (default: ``RUN_DIR/features``), with unique short keys."""
-    run_features = Path(run_dir) / "features" if run_dir is not None else None
+    run_features = RunLayout(run_dir).features_root if run_dir is not None else None
     roots = [Path(p) for p in paths] or ([run_features] if run_features else [])
     found = []
     for root, prefix in zip(roots, _root_names(roots), strict=True):

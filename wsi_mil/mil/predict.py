@@ -14,7 +14,6 @@ Which fold's model scores a slide (``fold_policy`` attribute of each score file)
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -24,10 +23,11 @@ from typing import Any
 import numpy as np
 
 from wsi_mil.errors import FeatureFormatError, WsiMilError
-from wsi_mil.explain.manifold import grid_step, manifold_ranking
 from wsi_mil.mil.data import FeatureSet, check_finite, find_feature_sets, read_bag_features
-from wsi_mil.mil.run import TRAIN_CONFIG
+from wsi_mil.mil.manifold import grid_step, manifold_ranking
+from wsi_mil.mil.run import read_train_record
 from wsi_mil.mil.splits import Splits, read_splits
+from wsi_mil.run_layout import RunLayout
 from wsi_mil.store import scores as S
 
 logger = logging.getLogger(__name__)
@@ -63,19 +63,19 @@ def score_bag(models: Sequence[Any], features: np.ndarray, coords: np.ndarray, d
     return np.mean(probs, axis=0).astype(np.float32), mean
 
 
-def _geometry(run_dir: Path, feature_set: FeatureSet, slide_id: str, feature_attrs: dict[str, Any]) -> dict[str, Any]:
-    """Geometry attributes for ``coords``: the feature file's, completed from the bag when it is found."""
+def _geometry(layout: RunLayout, feature_set: FeatureSet, slide_id: str, feature_attrs: dict[str, Any]) -> dict[str, Any]:
+    """Geometry attributes for ``coords``: the feature file's, completed from the bag when it is found
+    (the one the features were made from, else the run's bag of the same set)."""
     from wsi_mil.store.bags import read_bag
 
     geometry = {k: feature_attrs.get(k) for k in S.GEOMETRY_ATTRS if feature_attrs.get(k) is not None}
     if all(k in geometry for k in S.GEOMETRY_ATTRS):
         return geometry
-    candidates = [Path(str(feature_attrs["bag_path"]))] if feature_attrs.get("bag_path") else []
-    parts = Path(feature_set.relative).parts
-    for sub in ([parts[-1]] if len(parts) > 1 else []) + [""]:
-        candidates += [run_dir / "bags" / sub / f"{slide_id}{suffix}" for suffix in (".h5", ".zarr")]
+    parts = Path(feature_set.relative).parts  # <encoder>[/<bag set>]
+    candidates: list[Path | None] = [Path(str(feature_attrs["bag_path"]))] if feature_attrs.get("bag_path") else []
+    candidates.append(layout.find_bag(slide_id, parts[-1] if len(parts) > 1 else ""))
     for candidate in candidates:
-        if candidate.exists():
+        if candidate is not None and candidate.exists():
             try:
                 bag_attrs = read_bag(candidate).attrs
             except (WsiMilError, OSError):
@@ -119,14 +119,15 @@ class SetScorer:
         return sorted(self.models), "mean", {}
 
 
-def _locate(run_dir: Path, entry: dict[str, Any], features: Sequence[Path]) -> FeatureSet:
+def _locate(layout: RunLayout, entry: dict[str, Any], features: Sequence[Path]) -> FeatureSet:
+    run_dir = layout.root
     if features:
         found = find_feature_sets(features, run_dir=run_dir)
         matching = [s for s in found if s.key == entry["key"]] or (found if len(found) == 1 else [])
         if not matching:
             raise FeatureFormatError(f"--features: no feature set named {entry['key']!r} among {[s.key for s in found]}")
         return matching[0]
-    folder = run_dir / "features" / entry["relative"] if entry["relative"] else None
+    folder = layout.feature_set_dir(entry["relative"]) if entry["relative"] else None
     if folder is None or not folder.is_dir():
         raise FeatureFormatError(
             f"{run_dir}: no features/{entry['relative'] or '<set>'}/ for feature set {entry['key'] or '-'}; "
@@ -140,23 +141,21 @@ def predict_run(run_dir: str | Path, model_dir: str | Path, *, features: Sequenc
                 all_folds: bool = False, slide_ids: Sequence[str] | None = None,
                 overwrite: bool = False) -> list[dict[str, Any]]:  # fmt: skip
     """Score every slide with features in ``run_dir`` (or ``features``); one manifest record per slide."""
-    from wsi_mil.features.freeze import resolve_device
+    from wsi_mil.device import resolve_device
     from wsi_mil.manifest import Manifest
 
-    run_dir, model_dir = Path(run_dir), Path(model_dir)
-    if not (model_dir / TRAIN_CONFIG).exists():
-        raise WsiMilError(f"{model_dir}: no {TRAIN_CONFIG}; point --model-dir at RUN_DIR/models/<name> of a wsi-mil train run")
-    record = json.loads((model_dir / TRAIN_CONFIG).read_text())
+    layout, model_dir = RunLayout(run_dir), Path(model_dir)
+    record = read_train_record(model_dir)
     torch_device = resolve_device(device)
-    manifest = Manifest(run_dir)
+    manifest = Manifest(layout.root)
     records = []
     for entry in record["sets"]:
-        feature_set = _locate(run_dir, entry, [Path(p) for p in features])
+        feature_set = _locate(layout, entry, [Path(p) for p in features])
         scorer = SetScorer(model_dir / entry["key"] if entry["key"] else model_dir, torch_device, all_folds=all_folds)
-        out_dir = run_dir / "scores" / model_dir.name / entry["key"] if entry["key"] else run_dir / "scores" / model_dir.name
+        out_dir = layout.scores_dir(model_dir.name, entry["key"])
         wanted = sorted(feature_set.files) if slide_ids is None else [s for s in slide_ids if s in feature_set.files]
         for slide_id in wanted:
-            out = _score_slide(run_dir, feature_set, slide_id, scorer, out_dir, torch_device, overwrite)
+            out = _score_slide(layout, feature_set, slide_id, scorer, out_dir, torch_device, overwrite)
             # keyed like the heatmap rows: the model, and the feature set when it has several
             label = f"{model_dir.name}/{entry['key']}" if entry["key"] else model_dir.name
             out.update({"stage": STAGE, "slide_id": slide_id, "bag_set": label})
@@ -168,7 +167,7 @@ def predict_run(run_dir: str | Path, model_dir: str | Path, *, features: Sequenc
     return records
 
 
-def _score_slide(run_dir: Path, feature_set: FeatureSet, slide_id: str, scorer: SetScorer, out_dir: Path, device: Any,
+def _score_slide(layout: RunLayout, feature_set: FeatureSet, slide_id: str, scorer: SetScorer, out_dir: Path, device: Any,
                  overwrite: bool) -> dict[str, Any]:  # fmt: skip
     path = feature_set.files[slide_id]
     out_path = out_dir / f"{slide_id}.h5"
@@ -184,7 +183,7 @@ def _score_slide(run_dir: Path, feature_set: FeatureSet, slide_id: str, scorer: 
         check_finite(features, path)
         folds, policy, extra = scorer.choose(slide_id)
         probs, maps = score_bag([scorer.models[k] for k in folds], features, coords, device)
-        geometry = _geometry(run_dir, feature_set, slide_id, attrs)
+        geometry = _geometry(layout, feature_set, slide_id, attrs)
         step = grid_step(coords, fallback=float(geometry.get("patch_size_level0") or 1.0))
         maps[S.MANIFOLD] = manifold_ranking(coords, maps[S.ATTENTION_RAW], step=step, features=features)
         root = {"probs": probs, "pred": int(probs.argmax()), "classes": scorer.classes, "model": scorer.model_name,

@@ -35,16 +35,16 @@ import numpy as np
 
 from wsi_mil import __version__
 from wsi_mil.config import Config, neutral_keys
-from wsi_mil.errors import LabelError
+from wsi_mil.errors import LabelError, WsiMilError
 from wsi_mil.mil.data import BagStore, FeatureSet, MatchReport, find_feature_sets, match_labels, read_labels
 from wsi_mil.mil.metrics import METRICS, compute_metrics, summarize
 from wsi_mil.mil.splits import Splits, fold_count_text, make_splits, read_splits, write_splits
+from wsi_mil.run_layout import TRAIN_CONFIG, RunLayout
 from wsi_mil.stats import format_mean_std
 from wsi_mil.store.atomic import atomic_output, remove_path
 
 logger = logging.getLogger(__name__)
 
-TRAIN_CONFIG = "train_config.json"
 #: Train keys a resume accepts a change of: those declared neutral on their config field, the
 #: output folder's name, and the number of repeats (finished folds of earlier repeats stay valid).
 RESUME_NEUTRAL = (*sorted(k.split(".", 1)[1] for k in neutral_keys() if k.startswith("train.")), "name", "repeats")
@@ -70,7 +70,25 @@ class SetResult:
 
 
 def model_dir_for(run_dir: str | Path, config: Config) -> Path:
-    return Path(run_dir) / "models" / (config.train.name or config.train.model)
+    return RunLayout(run_dir).model_dir(config.train.name or config.train.model)
+
+
+def read_train_record(model_dir: str | Path) -> dict[str, Any]:
+    """The ``train_config.json`` of a head trained by :func:`train_run`: its config, classes and
+    feature sets (``sets``: ``key``, ``root``, ``relative`` to ``RUN_DIR/features``).
+
+    Raises :class:`WsiMilError` when ``model_dir`` holds none or it cannot be read.
+    """
+    path = Path(model_dir) / TRAIN_CONFIG
+    if not path.exists():
+        raise WsiMilError(f"{model_dir}: no {TRAIN_CONFIG}; point --model-dir at RUN_DIR/models/<name> of a wsi-mil train run")
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise WsiMilError(f"{path}: unreadable ({error}); train the head again (wsi-mil train --overwrite)") from error
+    if not isinstance(record, dict) or not isinstance(record.get("sets"), list):
+        raise WsiMilError(f"{path}: not a wsi-mil training record (no feature sets); train the head again")
+    return record
 
 
 def _finite(value: Any) -> Any:
@@ -98,7 +116,7 @@ def train_run(run_dir: str | Path, labels_csv: str | Path, *, config: Config, fe
     """Cross-validate ``config.train.model`` on every feature set; returns per-set fold metrics."""
     import hashlib
 
-    from wsi_mil.features.freeze import resolve_device
+    from wsi_mil.device import resolve_device
     from wsi_mil.mil.registry import head_options, mil_model_config
     from wsi_mil.mil.train import head_options_from
 

@@ -11,8 +11,6 @@ compressed. CLAM and TRIDENT coords files are read as bags.
 from __future__ import annotations
 
 import abc
-import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ import numpy as np
 
 from wsi_mil.errors import BagFormatError
 from wsi_mil.store.atomic import atomic_output
+from wsi_mil.store.attrs import clean_attrs, h5_attr
 from wsi_mil.store.complete import EVERY_CHUNK, mark_complete, output_problem
 
 BAG_FORMAT_VERSION = "1.1"  #: 1.1: root attribute complete_rows (store/complete.py)
@@ -31,25 +30,10 @@ PIXELS = "imgs"
 TISSUE_FRACTION = "tissue_fraction"
 TISSUE_MASK = "tissue_mask"
 
-#: Attributes that are floats and may be unknown (stored as NaN in HDF5, null in Zarr).
-_OPTIONAL_FLOATS = ("target_mpp", "slide_mpp")
-
-
 def bag_path(bag_dir: str | Path, slide_id: str, fmt: str) -> Path:
     if fmt not in BAG_FORMATS:
         raise ValueError(f"unknown bag format {fmt!r}; choose one of {BAG_FORMATS}")
     return Path(bag_dir) / f"{slide_id}.{fmt}"
-
-
-def find_bags(run_dir: str | Path) -> list[tuple[str, Path]]:
-    """Every bag of a run: ``(bag set, path)`` from ``RUN_DIR/bags/`` (set ``""``) and its
-    per-resolution sub-folders ``RUN_DIR/bags/<set>/``, in a stable order; [] without bags/."""
-    root = Path(run_dir) / "bags"
-    if not root.is_dir():
-        return []
-    folders = [(root, "")] + [(d, d.name) for d in sorted(root.iterdir()) if d.is_dir() and d.suffix != ".zarr"]
-    return [(set_name, bag) for folder, set_name in folders for bag in sorted(folder.iterdir())
-            if not bag.name.startswith(".") and bag.suffix.lstrip(".") in BAG_FORMATS]  # fmt: skip
 
 
 def bag_problem(path: str | Path) -> str | None:
@@ -127,16 +111,6 @@ class BagWriter(abc.ABC):
     def write_pixels(self, start: int, batch: np.ndarray) -> None: ...
 
 
-def _h5_attr(value: Any) -> Any:
-    if value is None:
-        return math.nan
-    if isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) for v in value):
-        return np.asarray(value)
-    if isinstance(value, (dict, list, tuple)):
-        return json.dumps(value)
-    return value
-
-
 class H5BagWriter(BagWriter):
     def _open(self, tmp: Path) -> None:
         import h5py
@@ -153,13 +127,13 @@ class H5BagWriter(BagWriter):
         dataset = self._file.create_dataset(COORDS, data=np.asarray(coords, dtype=np.int64).reshape(-1, 2))
         self._rows = len(dataset)
         for key, value in attrs.items():
-            dataset.attrs[key] = _h5_attr(value)
+            dataset.attrs[key] = h5_attr(value)
 
     def write_array(self, name: str, data: np.ndarray, attrs: dict[str, Any] | None = None) -> None:
         options = {"compression": "gzip", "compression_opts": 4} if data.size > 1024 else {}
         dataset = self._file.create_dataset(name, data=data, **options)
         for key, value in (attrs or {}).items():
-            dataset.attrs[key] = _h5_attr(value)
+            dataset.attrs[key] = h5_attr(value)
 
     def create_pixels(self, count: int, size: int) -> None:
         self._file.create_dataset(
@@ -219,26 +193,6 @@ def open_bag_writer(path: str | Path) -> BagWriter:
     raise ValueError(f"{path}: bag files end in .h5 or .zarr")
 
 
-def _clean_attrs(raw: dict[str, Any]) -> dict[str, Any]:
-    attrs: dict[str, Any] = {}
-    for key, value in raw.items():
-        if isinstance(value, bytes):
-            value = value.decode()
-        if isinstance(value, np.generic):
-            value = value.item()
-        if isinstance(value, np.ndarray):
-            value = value.tolist()
-        if key in _OPTIONAL_FLOATS and isinstance(value, float) and math.isnan(value):
-            value = None
-        attrs[key] = value
-    if "patch_size_level0" not in attrs and "patch_size" in attrs:
-        # CLAM files: the read size times the level downsample, when it was recorded.
-        downsample = attrs.get("downsample")
-        if isinstance(downsample, (list, tuple)) and downsample:
-            attrs["patch_size_level0"] = int(round(float(attrs["patch_size"]) * float(downsample[0])))
-    return attrs
-
-
 def read_bag(path: str | Path) -> Bag:
     """Read a bag written by wsi-mil, CLAM (``create_patches_fp.py``) or TRIDENT."""
     path = Path(path)
@@ -255,12 +209,12 @@ def read_bag(path: str | Path) -> Bag:
                 raise BagFormatError(f"{path}: no '{COORDS}' array; not a patch bag")
             coords_array = found[COORDS]
             coords = np.asarray(coords_array[...])
-            attrs = _clean_attrs(dict(coords_array.attrs))
+            attrs = clean_attrs(dict(coords_array.attrs))
             fraction = np.asarray(found[TISSUE_FRACTION][...]) if TISSUE_FRACTION in names else None
             mask, mask_attrs = None, {}
             if TISSUE_MASK in names:
                 mask = np.asarray(found[TISSUE_MASK][...]).astype(bool)
-                mask_attrs = _clean_attrs(dict(found[TISSUE_MASK].attrs))
+                mask_attrs = clean_attrs(dict(found[TISSUE_MASK].attrs))
             has_pixels = PIXELS in names
         else:
             import h5py
@@ -269,12 +223,12 @@ def read_bag(path: str | Path) -> Bag:
                 if COORDS not in f:
                     raise BagFormatError(f"{path}: no '{COORDS}' dataset; not a patch bag")
                 coords = f[COORDS][...]
-                attrs = _clean_attrs(dict(f[COORDS].attrs))
+                attrs = clean_attrs(dict(f[COORDS].attrs))
                 fraction = f[TISSUE_FRACTION][...] if TISSUE_FRACTION in f else None
                 mask, mask_attrs = None, {}
                 if TISSUE_MASK in f:
                     mask = f[TISSUE_MASK][...].astype(bool)
-                    mask_attrs = _clean_attrs(dict(f[TISSUE_MASK].attrs))
+                    mask_attrs = clean_attrs(dict(f[TISSUE_MASK].attrs))
                 has_pixels = PIXELS in f
     except BagFormatError:
         raise

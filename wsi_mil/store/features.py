@@ -16,7 +16,7 @@ import numpy as np
 
 from wsi_mil.errors import BagFormatError
 from wsi_mil.store.atomic import atomic_output
-from wsi_mil.store.bags import _clean_attrs, _h5_attr
+from wsi_mil.store.attrs import clean_attrs, h5_attr
 from wsi_mil.store.complete import EVERY_CHUNK, mark_complete, output_problem
 
 FEATURE_FORMAT_VERSION = "1.1"  #: 1.1: root attribute complete_rows (store/complete.py)
@@ -47,7 +47,7 @@ def write_features(path: str | Path, features: np.ndarray, coords: np.ndarray, a
             with h5py.File(tmp, "w") as f:
                 dataset = f.create_dataset(FEATURES, data=features, chunks=(max(1, min(len(features), 1024)), features.shape[1]) if len(features) else None)
                 for key, value in attrs.items():
-                    dataset.attrs[key] = _h5_attr(value)
+                    dataset.attrs[key] = h5_attr(value)
                 f.create_dataset("coords", data=coords)
                 f.create_dataset(FAILED_COORDS, data=failed)
                 mark_complete(f, len(features))
@@ -78,11 +78,11 @@ def read_feature_attrs(path: str | Path) -> dict[str, Any]:
     if path.suffix == ".zarr":
         import zarr
 
-        return _clean_attrs(dict(zarr.open_group(str(path), mode="r")[FEATURES].attrs))
+        return clean_attrs(dict(zarr.open_group(str(path), mode="r")[FEATURES].attrs))
     import h5py
 
     with h5py.File(path, "r") as f:
-        return _clean_attrs(dict(f[FEATURES].attrs)) if FEATURES in f else {}
+        return clean_attrs(dict(f[FEATURES].attrs)) if FEATURES in f else {}
 
 
 def read_features(path: str | Path) -> FeatureFile:
@@ -96,7 +96,7 @@ def read_features(path: str | Path) -> FeatureFile:
             raise BagFormatError(f"{path}: no '{FEATURES}' array")
         failed = np.asarray(found[FAILED_COORDS][...]) if FAILED_COORDS in found else None
         return FeatureFile(path, np.asarray(found[FEATURES][...]), np.asarray(found["coords"][...]),
-                           _clean_attrs(dict(found[FEATURES].attrs)), failed)  # fmt: skip
+                           clean_attrs(dict(found[FEATURES].attrs)), failed)  # fmt: skip
     import h5py
 
     with h5py.File(path, "r") as f:
@@ -104,4 +104,4 @@ def read_features(path: str | Path) -> FeatureFile:
             raise BagFormatError(f"{path}: no '{FEATURES}' dataset")
         failed = f[FAILED_COORDS][...] if FAILED_COORDS in f else None
         coords = f["coords"][...] if "coords" in f else np.zeros((len(f[FEATURES]), 2), np.int64)
-        return FeatureFile(path, f[FEATURES][...], coords, _clean_attrs(dict(f[FEATURES].attrs)), failed)
+        return FeatureFile(path, f[FEATURES][...], coords, clean_attrs(dict(f[FEATURES].attrs)), failed)

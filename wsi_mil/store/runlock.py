@@ -24,10 +24,9 @@ from pathlib import Path
 from typing import IO
 
 from wsi_mil.errors import WsiMilError
+from wsi_mil.run_layout import RunLayout
 
 logger = logging.getLogger(__name__)
-
-LOCK_NAME = ".wsi-mil.lock"
 
 #: lock file (resolved) -> (open handle, depth) of the locks this process holds
 _HELD: dict[Path, tuple[IO[str], int]] = {}
@@ -56,7 +55,7 @@ def run_lock(run_dir: str | Path, command: str = "") -> Iterator[Path]:
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    path = (run_dir / LOCK_NAME).resolve()
+    path = RunLayout(run_dir).lock.resolve()
     if path in _HELD:
         handle, depth = _HELD[path]
         _HELD[path] = (handle, depth + 1)

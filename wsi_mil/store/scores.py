@@ -12,7 +12,7 @@
 - ``contribution`` (N, C) float32, ILAM only: m_i^c = a_i s_i^c;
 - ``relevance`` (N,) float32, ILAM with its transformer only: attention rollout r_i;
 - ``manifold`` (N,) float32 in [0, 1]: manifold ranking over the patch grid seeded with the
-  most attended patches (wsi_mil.explain.manifold), optional.
+  most attended patches (wsi_mil.mil.manifold), optional.
 
 Root attributes (:data:`ROOT_ATTRS`): ``probs`` (C,), ``pred``, ``classes`` (JSON list),
 ``model``, ``folds`` (JSON list of fold indices used), ``fold_policy``, ``slide_id``,
@@ -30,7 +30,7 @@ import numpy as np
 
 from wsi_mil.errors import BagFormatError
 from wsi_mil.store.atomic import atomic_output
-from wsi_mil.store.bags import _clean_attrs, _h5_attr
+from wsi_mil.store.attrs import clean_attrs, h5_attr
 
 SCORES_FORMAT_VERSION = "1.0"
 
@@ -83,7 +83,7 @@ def write_scores(path: str | Path, coords: np.ndarray, maps: dict[str, np.ndarra
             dataset = f.create_dataset(COORDS, data=coords)
             for key, value in (coords_attrs or {}).items():
                 if value is not None:
-                    dataset.attrs[key] = _h5_attr(value)
+                    dataset.attrs[key] = h5_attr(value)
             for name in SCORE_DATASETS:
                 if name in maps:
                     data = np.asarray(maps[name], dtype=np.float32)
@@ -91,7 +91,7 @@ def write_scores(path: str | Path, coords: np.ndarray, maps: dict[str, np.ndarra
                         raise ValueError(f"{name}: {len(data)} rows for {len(coords)} coords")
                     f.create_dataset(name, data=data)
             for key, value in root.items():
-                f.attrs[key] = np.asarray(value, np.float32) if key == "probs" else _h5_attr(value)
+                f.attrs[key] = np.asarray(value, np.float32) if key == "probs" else h5_attr(value)
     return path
 
 
@@ -103,9 +103,9 @@ def read_scores(path: str | Path) -> ScoreFile:
         if COORDS not in f or ATTENTION_RAW not in f:
             raise BagFormatError(f"{path}: not a score file (no '{COORDS}' or '{ATTENTION_RAW}')")
         coords = f[COORDS][...]
-        coords_attrs = _clean_attrs(dict(f[COORDS].attrs))
+        coords_attrs = clean_attrs(dict(f[COORDS].attrs))
         maps = {name: f[name][...] for name in SCORE_DATASETS if name in f}
-        attrs = _clean_attrs(dict(f.attrs))
+        attrs = clean_attrs(dict(f.attrs))
     attrs["classes"] = json.loads(attrs["classes"])
     attrs["folds"] = json.loads(attrs.get("folds", "[]"))
     attrs["probs"] = np.asarray(attrs["probs"], np.float32)

@@ -29,6 +29,7 @@ from wsi_mil.io.discover import SlideSource, check_unique_ids
 from wsi_mil.io.library_warnings import capture_library_warnings, summarize_warnings
 from wsi_mil.io.open import open_slide
 from wsi_mil.manifest import RunRecorder, failure_record
+from wsi_mil.run_layout import RunLayout
 from wsi_mil.store.atomic import atomic_output
 from wsi_mil.store.bags import BAG_FORMAT_VERSION, TISSUE_FRACTION, TISSUE_MASK, bag_path, bag_problem, open_bag_writer
 from wsi_mil.store.runlock import run_lock
@@ -55,7 +56,7 @@ class BagSet:
 
 
 def bag_sets(run_dir: str | Path, tiling: TilingConfig) -> list[BagSet]:
-    run_dir = Path(run_dir)
+    layout = RunLayout(run_dir)
     if tiling.level is not None:
         targets: list[tuple[str, float | None]] = [(f"level{tiling.level}", None)]
     elif tiling.magnification:
@@ -68,8 +69,8 @@ def bag_sets(run_dir: str | Path, tiling: TilingConfig) -> list[BagSet]:
             name=name,
             target_mpp=mpp,
             level=tiling.level,
-            bag_dir=run_dir / "bags" if single else run_dir / "bags" / name,
-            qc_dir=run_dir / "qc" if single else run_dir / "qc" / name,
+            bag_dir=layout.bag_dir("" if single else name),
+            qc_dir=layout.qc_dir("" if single else name),
         )
         for name, mpp in targets
     ]
@@ -277,7 +278,7 @@ def _tile_locked(sources: Sequence[SlideSource], run_dir: Path, *, config: Confi
                  progress: bool) -> list[dict[str, Any]]:  # fmt: skip
     from wsi_mil.parallel import map_slides
 
-    with atomic_output(run_dir / "tiling_config.json") as tmp:
+    with atomic_output(RunLayout(run_dir).tiling_config) as tmp:
         tmp.write_text(json.dumps(config_to_dict(config), indent=2, sort_keys=True))
     recorder = RunRecorder(run_dir, logger=logger)
 

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 
 from wsi_mil.errors import WsiMilError
+from wsi_mil.explain.cams_file import CAMS_NAME
+from wsi_mil.run_layout import RunLayout
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +94,8 @@ def _summary(path: Path) -> tuple[HeadSummary, dict[str, Any]]:
 
 def _labels(run_dir: Path) -> dict[str, str]:
     labels: dict[str, str] = {}
-    for path in sorted((run_dir / "models").rglob("splits.csv")) if (run_dir / "models").is_dir() else []:
+    models = RunLayout(run_dir).models_root
+    for path in sorted(models.rglob("splits.csv")) if models.is_dir() else []:
         with path.open(newline="") as handle:
             for row in csv.DictReader(handle):
                 if row.get("slide_id") and row.get("label") is not None:
@@ -101,10 +104,8 @@ def _labels(run_dir: Path) -> dict[str, str]:
 
 
 def _manifest(run_dir: Path) -> dict[str, list[dict[str, str]]]:
-    from wsi_mil.manifest import MANIFEST_NAME
-
     rows: dict[str, list[dict[str, str]]] = {}
-    path = run_dir / MANIFEST_NAME
+    path = RunLayout(run_dir).manifest
     if path.exists():
         with path.open(newline="") as handle:
             for row in csv.DictReader(handle):
@@ -115,7 +116,7 @@ def _manifest(run_dir: Path) -> dict[str, list[dict[str, str]]]:
 def _masks_folder(run_dir: Path, masks: Path | None) -> Path | None:
     if masks is not None:
         return masks
-    config = run_dir / "run_config.json"
+    config = RunLayout(run_dir).run_config
     if config.exists():
         try:
             value = json.loads(config.read_text()).get("run", {}).get("masks")
@@ -132,17 +133,15 @@ class RunCatalog:
         self.run_dir = Path(run_dir).resolve()
         if not self.run_dir.is_dir():
             raise RunNotViewableError(f"{run_dir}: no such folder; give the run directory of wsi-mil run/predict")
-        root = self.run_dir / "scores"
-        score_files = sorted(p for p in root.rglob("*.h5") if not p.name.startswith(".")) if root.is_dir() else []
+        self.layout = RunLayout(self.run_dir)
+        score_files = list(self.layout.find_scores())
         if not score_files:
             raise RunNotViewableError(f"{self.run_dir}: no scores/<model>/<slide_id>.h5; run `wsi-mil predict` "
                                       "(or `wsi-mil run`) first")  # fmt: skip
         self.slides: dict[str, SlideEntry] = {}
         self.geometry: dict[tuple[str, str], dict[str, Any]] = {}
         self.cams: dict[tuple[str, str], Path] = {}
-        for path in score_files:
-            relative = path.relative_to(root)
-            model, subset = relative.parts[0], Path(*relative.parts[1:-1]) if len(relative.parts) > 2 else Path(".")
+        for model, subset, path in score_files:
             head = head_name(model, subset)
             try:
                 summary, geometry = _summary(path)
@@ -154,7 +153,7 @@ class RunCatalog:
             self.geometry[(path.stem, head)] = geometry
             if entry.slide_path is None and geometry.get("slide_path"):
                 entry.slide_path = Path(str(geometry["slide_path"]))
-            cams = self.run_dir / "heatmaps" / model / subset / path.stem / "cams.h5"
+            cams = self.layout.heatmap_dir(model, path.stem, subset) / CAMS_NAME
             if cams.exists():
                 self.cams[(path.stem, head)] = cams
         self._bags(self.run_dir)
@@ -176,9 +175,7 @@ class RunCatalog:
         self._lock = threading.Lock()
 
     def _bags(self, run_dir: Path) -> None:
-        from wsi_mil.store.bags import find_bags
-
-        for _, bag in find_bags(run_dir):
+        for _, bag in RunLayout(run_dir).find_bags():
             entry = self.slides.get(bag.stem)
             if entry is not None and entry.bag_path is None:
                 entry.bag_path = bag

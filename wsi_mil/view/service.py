@@ -104,7 +104,7 @@ class ViewerService:
 
     def files(self, slide_id: str) -> list[str]:
         """The run's outputs for this slide (heatmaps, galleries), relative to the run directory."""
-        root = self.catalog.run_dir / "heatmaps"
+        root = self.catalog.layout.heatmaps_root
         found = [p for p in root.glob(f"**/{slide_id}/*") if p.is_file() and not p.name.startswith(".")] if root.is_dir() else []
         return sorted(p.relative_to(self.catalog.run_dir).as_posix() for p in found)
 
@@ -230,7 +230,7 @@ class ViewerService:
         return out
 
     def _cams(self, slide_id: str, head: str) -> Any:
-        from wsi_mil.explain.patch_cams import read_cams
+        from wsi_mil.explain.cams_file import read_cams
 
         return self.objects.get(("cams", slide_id, head), lambda: read_cams(self.catalog.cams[(slide_id, head)]))
 
@@ -246,7 +246,7 @@ class ViewerService:
         where = np.flatnonzero(np.asarray(cams.rows) == row)
         if method not in cams.maps or not len(where):
             raise KeyError(f"{method} CAM of row {row}")
-        from wsi_mil.explain.patch_cams import cam_range
+        from wsi_mil.explain.cam_gallery import cam_range
 
         i = int(where[0])
         low, high = cam_range(cams.maps[method])
