@@ -16,7 +16,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "wsi_mil"
 #: Lowest first. A module may import its own layer and the layers before it.
 LAYERS = (
     # shared ground: errors, config, the run folder's layout, readers, stores, manifest, Dask
-    ("errors", "config", "run_layout", "device", "io", "store", "manifest", "parallel", "geojson", "synthetic",
+    ("errors", "registry", "stats", "config", "run_layout", "device", "io", "store", "manifest", "parallel", "geojson",
+     "synthetic",
      "datasets", ""),
     ("tiling",),
     ("features",),
