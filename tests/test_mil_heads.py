@@ -36,11 +36,13 @@ def test_every_head_meets_the_output_contract(name: str, options: dict) -> None:
 
 
 def test_gated_abmil_is_clams_attn_net_gated() -> None:
-    model = create_mil_model("abmil", in_dim=1024, n_classes=2)
+    model = create_mil_model("abmil", in_dim=1024, n_classes=2, hidden_dim=512, attention_dim=256)  # CLAM's sizes
     assert model.projection[0].weight.shape == (512, 1024) and model.projection[2].p == 0.25
     assert model.attention.attention_a[0].weight.shape == (256, 512)
     assert isinstance(model.attention.attention_b[1], torch.nn.Sigmoid)
     assert model.classifier.weight.shape == (2, 512)
+    default = create_mil_model("abmil", in_dim=1024, n_classes=2)  # measured default: half the width
+    assert default.projection[0].weight.shape == (256, 1024) and default.attention.attention_a[0].weight.shape == (128, 256)
     plain = create_mil_model("abmil_plain", in_dim=1024, n_classes=2)
     assert not hasattr(plain.attention, "attention_b")
 

@@ -1,7 +1,7 @@
 """Attention-based MIL (Ilse et al. 2018) as CLAM builds it: ``abmil`` (gated) and ``abmil_plain`` (tanh).
 
 input standardization with the fold's training statistics (:mod:`wsi_mil.mil.standardize`);
-projection D -> 512 (ReLU, dropout 0.25); attention scores with hidden 256; softmax
+projection D -> hidden_dim (256; ReLU, dropout 0.25); attention scores with hidden attention_dim (128); softmax
 over the bag; z = sum_i a_i h_i; a linear classifier. ``instance_logits`` are that
 classifier applied to each instance embedding h_i. Because the classifier is linear
 and the weights sum to 1, sum_i a_i instance_logits_i equals the bag logits exactly

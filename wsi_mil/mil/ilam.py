@@ -2,7 +2,7 @@
 
 - the input standardized per channel with the fold's training statistics (a buffer of
   the head, :mod:`wsi_mil.mil.standardize`);
-- shared projection phi_i = phi(h_i), D -> 512 (ReLU, dropout), optionally re-weighted
+- shared projection phi_i = phi(h_i), D -> hidden_dim (256; ReLU, dropout), optionally re-weighted
   by residual channel attention;
 - latent branch: instance logits s_i = W_s phi_i (N, C), what each patch says;
 - attention branch: gated attention a_i = softmax_i(score(c_i)), where c_i = phi_i, or,
