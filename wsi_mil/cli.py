@@ -254,12 +254,12 @@ def _run_heatmap(args: argparse.Namespace) -> int:
 def _run_evaluate_maps(args: argparse.Namespace) -> int:
     from wsi_mil.explain.evaluate import evaluate_maps
 
-    _, out = evaluate_maps(args.run_dir, masks=args.masks, model=args.model, positive_fraction=args.positive_fraction,
+    result = evaluate_maps(args.run_dir, masks=args.masks, model=args.model, positive_fraction=args.positive_fraction,
                            faithfulness=args.faithfulness, baseline=args.baseline)  # fmt: skip
     if not args.quiet:
-        print((out / "explanations.md").read_text())
-        print(f"tables: {out}")
-    return 0
+        print((result.out / "explanations.md").read_text())
+        print(f"tables: {result.out}")
+    return _summarize(result.records, args.run_dir, "evaluate-maps")
 
 
 def _add_training_commands(commands: Any) -> None:
