@@ -26,7 +26,7 @@ from wsi_mil.geojson import write_tissue_geojson
 from wsi_mil.io.base import BaseReader
 from wsi_mil.io.bounded import describe_unreadable
 from wsi_mil.io.discover import SlideSource, check_unique_ids
-from wsi_mil.io.library_warnings import capture_library_warnings, summarize_warnings
+from wsi_mil.io.library_warnings import attach_warnings, capture_library_warnings
 from wsi_mil.io.open import open_slide
 from wsi_mil.manifest import RunRecorder, failure_record
 from wsi_mil.store.atomic import atomic_output
@@ -202,11 +202,7 @@ def tile_slide(
         return records
     with capture_library_warnings() as captured:
         done = _tile_sets(source, todo, config, started, debug)
-    if captured:  # attached to the slide's rows instead of printed raw
-        summary = summarize_warnings(captured)
-        logger.warning("%s: library warnings: %s", source.slide_id, summary)
-        done = [{**record, "warnings": summary} for record in done]
-    return records + done
+    return records + attach_warnings(done, captured, slide_id=source.slide_id)  # not printed raw
 
 
 def _tile_sets(
