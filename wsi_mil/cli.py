@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     heatmap.add_argument("--alpha", type=options.fraction, help="opacity of the colour map over the slide")
     heatmap.add_argument("--scale", choices=("slide", "cohort", "fixed"),
                          help="colour range: each slide's own, the run's cohort, or fixed (--range)")
-    heatmap.add_argument("--range", type=float, nargs=2, metavar=("LOW", "HIGH"), help="colour range of --scale fixed")
+    heatmap.add_argument("--range", type=options.finite_float, nargs=2, metavar=("LOW", "HIGH"), help="colour range of --scale fixed")
     _add_common(heatmap)
     heatmap.set_defaults(handler=_run_heatmap)
 
