@@ -42,6 +42,10 @@ logger = logging.getLogger(__name__)
 
 STAGE = "tile"
 PIXEL_BATCH = 64
+#: What tiling imports as it runs: loaded once by the time limit's forkserver, not in every child.
+CHILD_PRELOAD = ("openslide", "tiffslide", "h5py", "zarr", "shapely", "scipy.ndimage", "skimage.color",
+                 "skimage.filters", "skimage.filters.rank", "skimage.measure", "skimage.morphology",
+                 "skimage.segmentation", "skimage.util")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -214,8 +218,8 @@ def _tile_slide_in_child(source: SlideSource, run_dir: str | Path, *, seconds: f
 
     started = time.perf_counter()
     try:
-        return run_with_time_limit(tile_slide, source, seconds=seconds, run_dir=run_dir, config=config,
-                                   overwrite=overwrite, debug=debug)  # fmt: skip
+        return run_with_time_limit(tile_slide, source, seconds=seconds, preload=CHILD_PRELOAD, run_dir=run_dir,
+                                   config=config, overwrite=overwrite, debug=debug)  # fmt: skip
     except (SlideTimeoutError, ChildDiedError) as error:
         return [_failure(source, s, error, started, False) for s in bag_sets(run_dir, config.tiling)]
 
