@@ -43,7 +43,8 @@ def main() -> None:
                                   regions=(Region(1024, 512, 1536, 1024),), downsamples=(1, 4, 16))  # fmt: skip
         for label, extra in (("no limit", []), ("--slide-timeout 600", ["--slide-timeout", "600"])):
             out = Path(folder) / label.replace(" ", "_")
-            wall, cpu = _timed(lambda: wsi_mil(["tile", str(slides), "--out", str(out), "--workers", "0", "--quiet", *extra]))
+            argv = ["tile", str(slides), "--out", str(out), "--workers", "0", "--quiet", *extra]
+            wall, cpu = _timed(lambda argv=argv: wsi_mil(argv))
             print(f"tile {args.slides} slides, {label}: {wall:.2f} s wall, {cpu:.2f} s cpu in this process")
     # the forkserver runs already, with the tiling modules loaded: what a child costs beyond the job
     wall, cpu = _timed(lambda: [run_with_time_limit(_noop, i, seconds=60) for i in range(args.calls)])

@@ -35,7 +35,7 @@ def test_a_slide_stuck_in_a_c_call_is_stopped_and_the_batch_goes_on(tmp_path: Pa
     command = [sys.executable, "-m", "wsi_mil", "tile", str(slides), "--out", str(run), "--slide-timeout", "8",
                "--workers", workers, "--quiet"]  # fmt: skip
     started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240, check=False, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 1, done.stderr
     assert "Traceback" not in done.stderr, done.stderr
     rows = _manifest(run)

@@ -73,11 +73,11 @@ def run_with_time_limit(function: Callable[..., Any], item: Any, *, seconds: flo
 def _child(send: Any, function: Callable[..., Any], item: Any, kwargs: dict[str, Any]) -> None:
     try:
         result: tuple[str, Any] = ("ok", function(item, **kwargs))
-    except Exception as error:  # re-raised in the parent
+    except Exception as error:  # noqa: BLE001 -- re-raised in the parent
         result = ("error", error)
     try:
         send.send(result)
-    except Exception as error:  # a result or an exception that does not pickle
+    except Exception as error:  # noqa: BLE001 -- a result or an exception that does not pickle
         send.send(("error", WsiMilError(f"{getattr(item, 'path', item)}: {type(error).__name__}: {error}")))
     send.close()
 

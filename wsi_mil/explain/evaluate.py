@@ -75,7 +75,7 @@ class _Outcomes:
         with capture_library_warnings() as captured:
             try:
                 yield errors
-            except Exception as error:  # one bad slide costs its rows, not the tables
+            except Exception as error:  # noqa: BLE001 -- one bad slide costs its rows, not the tables
                 errors.append(_slide_error(job.slide_id, path or job.scores_path, error))
         self.warnings.setdefault(job.slide_id, []).extend(captured)
 
