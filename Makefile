@@ -6,12 +6,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test lint install clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,lint]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -21,6 +21,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The lint gate: formatting, the rule set in pyproject.toml [tool.ruff.lint], and types.
+lint: $(STAMP)
+	$(BIN)/ruff format --check wsi_mil tests bench
+	$(BIN)/ruff check wsi_mil tests bench
+	$(BIN)/mypy wsi_mil
 
 clean:
 	rm -rf $(VENV) wsi-mil-demo .pytest_cache

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_extract import frozen_models  # noqa: E402
+from bench_extract import frozen_models
 
 
 def main(argv: list[str] | None = None) -> int:

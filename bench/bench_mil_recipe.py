@@ -206,8 +206,14 @@ def run_head(head: str, folder: Path, overrides: list[str], run_dir: Path) -> Pa
     return run_dir / "models" / head
 
 
+def repeat_dirs(model_dir: Path) -> list[Path]:
+    """The head's folder of each repeat of cross-validation: repeat 0 is the folder itself."""
+    return [model_dir, *sorted(model_dir.glob("repeat_*"), key=lambda p: int(p.name.split("_")[1]))]
+
+
 def fold_results(model_dir: Path) -> list[dict[str, float]]:
-    return [json.loads(p.read_text())["test"] for p in sorted(model_dir.glob("fold_*/metrics.json"))]
+    """Test metrics of every fold of every repeat."""
+    return [json.loads(p.read_text())["test"] for d in repeat_dirs(model_dir) for p in sorted(d.glob("fold_*/metrics.json"))]
 
 
 def instance_maps(model_dir: Path, bags: dict[str, np.ndarray], splits: list[dict[str, str]]) -> dict[str, dict[str, np.ndarray]]:
@@ -244,6 +250,11 @@ def instance_auroc(scores: dict[str, np.ndarray], witnesses: dict[str, np.ndarra
     return float(roc_auc_score(np.concatenate(truth), np.concatenate(values))) if truth else float("nan")
 
 
+def repeat_instance_auroc(per_repeat: list[dict[str, np.ndarray]], witnesses: dict[str, np.ndarray] | None) -> float:
+    """Instance AUROC pooled over the folds of each repeat, then averaged over repeats."""
+    return float(np.mean([instance_auroc(scores, witnesses) for scores in per_repeat]))
+
+
 def mean_std(values: list[float]) -> str:
     v = np.array([x for x in values if x is not None and np.isfinite(x)], float)
     return f"{v.mean():.3f} ± {v.std(ddof=1):.3f}" if len(v) > 1 else "n/a"
@@ -261,40 +272,43 @@ def bench_set(name: str, heads: list[str], overrides: list[str]) -> list[str]:
     witnesses = dict(np.load(folder / "witnesses.npz")) if (folder / "witnesses.npz").exists() else None
     run_dir = CACHE / "runs" / name
     lines = []
-    splits_path = None
+    splits_paths: list[Path] = []
     for head in [h for h in heads if h != "reference"]:
         wall, cpu = time.perf_counter(), cpu_seconds()
         model_dir = run_head(head, folder, overrides, run_dir)
         wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
-        splits_path = model_dir / "splits.csv"
+        splits_paths = [d / "splits.csv" for d in repeat_dirs(model_dir)]
         folds = fold_results(model_dir)
-        maps = instance_maps(model_dir, bags, read_rows(splits_path))
-        rules = [json.loads(p.read_text())["selection"]["rule"] for p in sorted(model_dir.glob("fold_*/metrics.json"))]
-        inst = f"attention {instance_auroc(maps['attention'], witnesses):.3f}"
+        maps = [instance_maps(d, bags, read_rows(d / "splits.csv")) for d in repeat_dirs(model_dir)]
+        rules = [json.loads(p.read_text())["selection"]["rule"]
+                 for d in repeat_dirs(model_dir) for p in sorted(d.glob("fold_*/metrics.json"))]  # fmt: skip
+        inst = f"attention {repeat_instance_auroc([m['attention'] for m in maps], witnesses):.3f}"
         if head == "ilam":
-            inst += f", latent {instance_auroc(maps['latent'], witnesses):.3f}"
+            inst += f", latent {repeat_instance_auroc([m['latent'] for m in maps], witnesses):.3f}"
         lines.append(f"| {name} | {head} | {mean_std([f['accuracy'] for f in folds])} | "
                      f"{mean_std([f['roc_auc'] for f in folds])} | {inst} | {wall:.0f} / {cpu:.0f} | "
                      f"{rules.count('fixed')} fixed, {rules.count('early_stopping')} early stop |")
         print(lines[-1], flush=True)
     if "reference" in heads:
-        if splits_path is None:
-            splits_path = run_head("abmil", folder, overrides, run_dir) / "splits.csv"
-        rows = read_rows(splits_path)
-        n_folds = max(int(r["test_fold"]) for r in rows) + 1
+        if not splits_paths:
+            splits_paths = [d / "splits.csv" for d in repeat_dirs(run_head("abmil", folder, overrides, run_dir))]
         torch.set_num_threads(1)
         wall, cpu = time.perf_counter(), cpu_seconds()
-        folds, attention = [], {}
-        for fold in range(n_folds):
-            train = [r["slide_id"] for r in rows if r[f"fold_{fold}"] in ("train", "val")]
-            test = [r["slide_id"] for r in rows if r[f"fold_{fold}"] == "test"]
-            probs, att = reference_fold(bags, labels, train, test, seed=fold)
-            attention.update(att)
-            metrics = compute_metrics(np.array([labels[s] for s in test]), np.stack([1 - probs, probs], 1))
-            folds.append(metrics)
+        folds, attentions = [], []
+        for splits_path in splits_paths:  # the same folds as our heads, repeat by repeat
+            rows = read_rows(splits_path)
+            attention: dict[str, np.ndarray] = {}
+            for fold in range(max(int(r["test_fold"]) for r in rows) + 1):
+                train = [r["slide_id"] for r in rows if r[f"fold_{fold}"] in ("train", "val")]
+                test = [r["slide_id"] for r in rows if r[f"fold_{fold}"] == "test"]
+                probs, att = reference_fold(bags, labels, train, test, seed=fold)
+                attention.update(att)
+                folds.append(compute_metrics(np.array([labels[s] for s in test]), np.stack([1 - probs, probs], 1)))
+            attentions.append(attention)
         wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
         lines.append(f"| {name} | reference | {mean_std([f['accuracy'] for f in folds])} | "
-                     f"{mean_std([f['roc_auc'] for f in folds])} | attention {instance_auroc(attention, witnesses):.3f} | "
+                     f"{mean_std([f['roc_auc'] for f in folds])} | "
+                     f"attention {repeat_instance_auroc(attentions, witnesses):.3f} | "
                      f"{wall:.0f} / {cpu:.0f} | 50 epochs, no carve-out |")
         print(lines[-1], flush=True)
     return lines
@@ -305,7 +319,11 @@ def main() -> None:
     parser.add_argument("--sets", nargs="+", default=list(SETS))
     parser.add_argument("--heads", nargs="+", default=["abmil", "ilam", "abmil_plain", "reference"])
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="train.key=value for our heads")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="rounds of cross-validation (new fold seeds); the reference trains on the same folds")
     args = parser.parse_args()
+    if args.repeats > 1:
+        args.overrides.append(f"train.repeats={args.repeats}")
     import logging
 
     logging.basicConfig(level=logging.WARNING)

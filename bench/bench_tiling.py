@@ -73,7 +73,7 @@ class SlideSpec:
         """Hash of the parameters and of the generator's source: a change regenerates the file."""
         import wsi_mil.synthetic
 
-        digest = hashlib.sha1(repr(self).encode())
+        digest = hashlib.sha1(repr(self).encode(), usedforsecurity=False)
         digest.update(Path(wsi_mil.synthetic.__file__).read_bytes())
         return digest.hexdigest()[:10]
 
@@ -232,7 +232,7 @@ def table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
 
     def line(cells: Sequence[str]) -> str:  # first column left-aligned, numbers right-aligned
-        return "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+        return "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
 
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
@@ -288,10 +288,8 @@ class CpuMeter:
         me = psutil.Process()
         own = sum(me.cpu_times()[:4])  # user, system, reaped children's user and system
         for child in me.children(recursive=True):
-            try:
+            with contextlib.suppress(psutil.Error):  # the child ended meanwhile
                 own += sum(child.cpu_times()[:2])
-            except psutil.Error:
-                pass
         return busy, own
 
     def other_seconds(self) -> float:
@@ -367,7 +365,7 @@ def single_slide_stages(path: Path, out_dir: Path, config: Any) -> dict[str, Any
         "tissue_fraction": float(mask.mean()),
         "thumbnail_shape": list(thumb.rgb.shape[:2]),
         "thumbnail_level": thumb.level,
-        "coords_sha1": hashlib.sha1(coords.astype("<i8").tobytes()).hexdigest(),
+        "coords_sha1": hashlib.sha1(coords.astype("<i8").tobytes(), usedforsecurity=False).hexdigest(),
     }
 
 
@@ -409,7 +407,7 @@ def bench_single(args: argparse.Namespace, cache: Path) -> dict[str, Any]:
         end_to_end, end_to_end_first, _ = repeat(call, args.repeats, guard)
         assert records[0]["status"] == "done", records
         bag = read_bag(run_dir / "bags" / "big.h5")
-        same = hashlib.sha1(bag.coords.astype("<i8").tobytes()).hexdigest() == runs[-1]["coords_sha1"]
+        same = hashlib.sha1(bag.coords.astype("<i8").tobytes(), usedforsecurity=False).hexdigest() == runs[-1]["coords_sha1"]
 
         cold = [guard.run(call, setup=lambda: drop_from_page_cache(path))[0] for _ in range(args.repeats)]
     finally:
@@ -597,7 +595,7 @@ def bench_folder(args: argparse.Namespace, cache: Path) -> dict[str, Any]:
     }
 
     # Reference: the same slides one after another in this process (workers=0, no Dask), one core.
-    previous, cpu = (None, None) if args.no_pin else pin_to_one_core()
+    previous, _ = (None, None) if args.no_pin else pin_to_one_core()
     try:
         serial, _, _ = repeat(lambda: run(ParallelConfig(workers=0), "serial"), args.folder_repeats, guard)
     finally:

@@ -110,7 +110,7 @@ def sources(data: Path) -> list[tuple[str, str, np.ndarray, float, bool, str]]:
         for seed in range(3):
             items.append((f"Kather {folder.name}", kind, _quilt(sorted(folder.glob("*.tif")), seed=seed), KATHER_MPP, True, "default"))
     for path in sorted((data / "tiles").glob("*.png")):
-        if "pen" in path.name or "ihc" in path.name and "almost" not in path.name or path.stem == "almost-white-2":
+        if "pen" in path.name or ("ihc" in path.name and "almost" not in path.name) or path.stem == "almost-white-2":
             continue  # pen: tests/test_tissue*.py; IHC; almost-white-2 holds pale tissue in a corner
         if min(Image.open(path).size) < 100:
             continue  # 50-px liver crops: smaller than the smallest tissue fragment at 2 um/px
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
         rows[(group, kind)].append(measure(image, mpp, glass, tissue_configs[config], thumbnail=thumbnail))
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     print(f"tissue settings: defaults{''.join(f', {k}={v}' for k, v in overrides.items())} (BreakHis: configs/breakhis.yaml)")
-    print(f"| group | kind | images | tissue kept (area) | tissue patches kept | glass dropped (around) | glass dropped (image) |")
+    print("| group | kind | images | tissue kept (area) | tissue patches kept | glass dropped (around) | glass dropped (image) |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for (group, kind), results in sorted(rows.items(), key=lambda r: (r[0][1] != "tissue", r[0][0])):
         around = np.mean([r["glass_dropped"] for r in results])

@@ -49,7 +49,7 @@ class MemoryBags:
                                       torch.from_numpy(grid.astype(np.int64))) for i in range(n_bags)}  # fmt: skip
         self.labels = {s: int(i % 2) for i, s in enumerate(self.bags)}
         self.slide_ids = list(self.bags)
-        self.sizes = {s: n_instances for s in self.bags}
+        self.sizes = dict.fromkeys(self.bags, n_instances)
 
     def get(self, slide_id: str) -> tuple:
         return self.bags[slide_id]
@@ -74,7 +74,7 @@ def bench_model(bags: MemoryBags, model: str, epochs: int, transformer: bool, ov
     import torch
 
     from wsi_mil.config import TrainConfig
-    from wsi_mil.mil.train import FoldTrainer, torch_threads, training_precision, training_threads
+    from wsi_mil.mil.train import torch_threads, training_precision, training_threads
 
     config = replace(TrainConfig(model=model, epochs=1, min_epochs=0, device="cpu", transformer=transformer), **overrides)
     with torch_threads(training_threads(config, bags)):

@@ -12,7 +12,7 @@ import pytest
 
 from wsi_mil.cli import main
 from wsi_mil.config import Config, TilingConfig
-from wsi_mil.errors import SlideReadError, SlideTooLargeError
+from wsi_mil.errors import SlideTooLargeError
 from wsi_mil.io.bounded import read_level_reduced
 from wsi_mil.io.discover import SlideSource
 from wsi_mil.io.open import open_slide
@@ -168,10 +168,10 @@ def test_captured_warnings_keep_slide_messages_and_pass_on_code_warnings() -> No
 
     from wsi_mil.io.library_warnings import capture_library_warnings, summarize_warnings
 
-    with pytest.warns(DeprecationWarning, match="old api"):
+    with pytest.warns(DeprecationWarning, match="old api"):  # noqa: PT031 -- the warning is raised inside the capture
         with capture_library_warnings() as captured:
             logging.getLogger("tifffile").warning("odd page %d", 3)
             logging.getLogger("tifffile").warning("odd page %d", 3)
-            warnings.warn("Image size exceeds limit", UserWarning)
-            warnings.warn("old api", DeprecationWarning)
+            warnings.warn("Image size exceeds limit", UserWarning, stacklevel=1)
+            warnings.warn("old api", DeprecationWarning, stacklevel=1)
     assert summarize_warnings(captured) == "tifffile: odd page 3 (x2); UserWarning: Image size exceeds limit"

@@ -105,7 +105,7 @@ def test_stitched_maps_land_on_their_patches() -> None:
     assert np.isfinite(left).all() and np.isfinite(right).all()
     assert np.isnan(canvas[:64]).all() and np.isnan(canvas[:, :128]).all() and np.isnan(canvas[:, 256:]).all()
     assert left[:, 0].max() < 0.1 and left[:, -1].min() > 0.9  # the ramp runs left to right within the patch
-    assert 10 <= right.min() and right.max() <= 11
+    assert right.min() >= 10 and right.max() <= 11
 
 
 def test_heatmap_config_lists_every_cam_method() -> None:

@@ -14,10 +14,18 @@ import pytest
 torch = pytest.importorskip("torch")
 timm = pytest.importorskip("timm")
 
-from wsi_mil.features import create_encoder, encoder_config  # noqa: E402
-from wsi_mil.features import timm_encoders  # noqa: E402
+from wsi_mil.features import (  # noqa: E402
+    create_encoder,
+    encoder_config,
+    timm_encoders,
+)
 from wsi_mil.features.registry import (  # noqa: E402
-    IMAGENET_MEAN, IMAGENET_STD, EncoderError, WeightsUnavailableError, check_weights, make_batch_transform,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    EncoderError,
+    WeightsUnavailableError,
+    check_weights,
+    make_batch_transform,
 )
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -30,7 +38,7 @@ def batch() -> torch.Tensor:
     return torch.randint(0, 256, (2, 224, 224, 3), dtype=torch.uint8, generator=generator)
 
 
-@pytest.fixture()
+@pytest.fixture
 def tiny_uni(monkeypatch: pytest.MonkeyPatch) -> None:
     """``uni`` built by its own builder and kwargs (LayerScale), on a ViT-Ti."""
     monkeypatch.setattr(timm_encoders, "UNI_TIMM_ARCH", TINY)

@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -236,7 +237,7 @@ def test_cluster_config_sends_tasks_to_the_scheduler(tmp_path: Path, make_slide)
     from wsi_mil.tiling.tile import tile_slides
 
     class Finished(SchedulerPlugin):
-        keys: list[str] = []
+        keys: ClassVar[list[str]] = []  # shared: the scheduler holds the plugin instance
 
         def transition(self, key: str, start: str, finish: str, *args: object, **kwargs: object) -> None:
             if finish == "memory":

@@ -106,7 +106,7 @@ def test_tiles_region_and_stored_pixels_give_the_same_features(tmp_path: Path, r
     np.testing.assert_allclose(stored.features, tiles.features, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("loader, workers", [("threads", 2), ("processes", 1), ("processes", 0)])
+@pytest.mark.parametrize(("loader", "workers"), [("threads", 2), ("processes", 1), ("processes", 0)])
 def test_loaders_give_the_same_batches_in_order(reference_slide: Path, tmp_path: Path, loader: str, workers: int) -> None:
     from wsi_mil.features.loaders import make_loader, ring_size
     from wsi_mil.features.reading import PatchDataset
@@ -129,7 +129,7 @@ def test_loaders_give_the_same_batches_in_order(reference_slide: Path, tmp_path:
         assert not source._handles  # every reading thread's handle was closed with its thread
 
 
-@pytest.mark.parametrize("direct_tiles, loader", [(True, "threads"), (False, "threads"), (True, "processes"),
+@pytest.mark.parametrize(("direct_tiles", "loader"), [(True, "threads"), (False, "threads"), (True, "processes"),
                                                   (False, "processes")])  # fmt: skip
 def test_a_corrupt_tile_costs_one_patch_not_the_slide(tmp_path: Path, direct_tiles: bool, loader: str) -> None:
     slide = write_synthetic_slide(tmp_path / "damaged.svs", width=4096, height=3072, mpp=0.5,

@@ -15,7 +15,7 @@ from wsi_mil.config import HeatmapConfig, load_config
 from wsi_mil.explain.export_tiff import pyramid_factors
 from wsi_mil.explain.heatmap import heatmap_run, heatmap_slide
 from wsi_mil.explain.scaling import range_of
-from wsi_mil.explain.stitch import ScoreRange, colormap_lut
+from wsi_mil.explain.stitch import colormap_lut
 from wsi_mil.io.discover import find_slides
 from wsi_mil.store.scores import write_scores
 from wsi_mil.tiling.tile import tile_slide

@@ -19,7 +19,6 @@ from tests.conftest import REFERENCE_COORDS
 from wsi_mil.config import HeatmapConfig, load_config
 from wsi_mil.errors import ConfigError
 from wsi_mil.explain.heatmap import heatmap_run
-from wsi_mil.explain.stitch import colormap_lut
 from wsi_mil.store.scores import write_scores
 
 MODEL = "ilam"

@@ -59,7 +59,7 @@ def _rows(run: Path) -> dict[str, dict[str, str]]:
 
 def _by_coords(path: Path) -> dict[tuple[int, int], np.ndarray]:
     loaded = read_features(path)
-    return {tuple(map(int, c)): f for c, f in zip(loaded.coords, loaded.features)}
+    return {tuple(map(int, c)): f for c, f in zip(loaded.coords, loaded.features, strict=True)}
 
 
 @pytest.fixture(scope="module")

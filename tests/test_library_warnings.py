@@ -17,8 +17,8 @@ import pytest
 
 pytest.importorskip("torch")
 
-from wsi_mil.cli import main  # noqa: E402
-from wsi_mil.synthetic import tissue_texture  # noqa: E402
+from wsi_mil.cli import main
+from wsi_mil.synthetic import tissue_texture
 
 QUIET = ["--quiet", "--workers", "0"]
 RAW = "coercing invalid ASCII"

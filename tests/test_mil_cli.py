@@ -81,7 +81,7 @@ def test_predict_writes_the_scores_contract(trained: Path) -> None:
     model_dir = trained / "models" / "il"
     assert main(["predict", str(trained), "--model-dir", str(model_dir), "--device", "cpu", "--quiet"]) == 0
     splits = {r["slide_id"]: int(r["test_fold"]) for r in csv.DictReader((model_dir / "0.5mpp" / "splits.csv").open())}
-    for slide_id, fold in list(splits.items())[:3] + [("bag_0014", None)]:
+    for slide_id, fold in [*list(splits.items())[:3], ("bag_0014", None)]:
         scores = S.read_scores(trained / "scores" / "il" / "0.5mpp" / f"{slide_id}.h5")
         features = read_features(trained / "features" / "toy" / "0.5mpp" / f"{slide_id}.h5")
         n = len(features.features)

@@ -31,7 +31,7 @@ def _run(tmp_path: Path, n: int = 8, dim: int = 6) -> tuple[Path, Path, list]:
 
 
 def test_empty_bags_and_unmatched_ids_are_reported_not_dropped_silently(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    run, labels, bags = _run(tmp_path, n=10)
+    run, labels, _ = _run(tmp_path, n=10)
     write_features(run / "features" / "enc" / "bag_0000.h5", np.zeros((0, 6), np.float32), np.zeros((0, 2)), {})
     write_features(run / "features" / "enc" / "stray.h5", np.ones((3, 6), np.float32), np.zeros((3, 2)), {})
     labels.write_text(labels.read_text() + "ghost_1,1\nghost_2,0\n")

@@ -64,7 +64,7 @@ def test_a_constant_channel_is_centred_not_divided_by_zero(tmp_path: Path) -> No
     assert np.isfinite(probs).all() and np.isfinite(loss)
 
 
-@pytest.mark.parametrize("model, options", [
+@pytest.mark.parametrize(("model", "options"), [
     ("abmil", {}),
     ("abmil_plain", {"channel_attention": True}),
     ("ilam", {"channel_attention": True}),
@@ -195,3 +195,45 @@ def test_repeats_report_folds_repeats_and_pooled_auc(tmp_path: Path) -> None:
     assert [r["fold"] for r in rows] == ["0", "1"] * 3 + ["mean", "std", "repeat_mean", "repeat_std"] + ["pooled"] * 3
     summary = (model_dir / "summary.md").read_text()
     assert "3 repeats of 2 folds" in summary and "pooled OOF ROC-AUC" in summary and "Over repeats" in summary
+
+
+def test_training_on_prepared_bags_equals_standardizing_every_step(tmp_path: Path) -> None:
+    """bfloat16 training from bags standardized once per fold gives the weights of
+    standardizing inside the head at every step, bit for bit."""
+    bags = make_planted_bags(10, n_instances=(4, 12), dim=6, seed=5)
+    for bag in bags:
+        bag.features[:] = bag.features * 300 + 120  # raw scales: standardization matters
+    store = bag_store(tmp_path, bags)
+    labels = {b.slide_id: b.label for b in bags}
+    config = replace(SMALL, precision="bfloat16", batch_bags=4)
+    states = []
+    for prepared in (True, False):
+        torch.manual_seed(0)
+        trainer = FoldTrainer(store, labels, 2, config=config, device=torch.device("cpu"), fold=0)
+        if not prepared:
+            trainer._training_source = lambda train: (store, False)  # type: ignore[method-assign]
+        else:
+            assert trainer._training_source(list(labels))[1], "an in-memory bfloat16 fold should prepare its bags"
+        trainer.fit(list(labels), [])
+        states.append(trainer.model.state_dict())
+    for key in states[0]:
+        assert torch.equal(states[0][key], states[1][key]), key
+
+
+def test_cpu_dropout_drops_p_scales_the_rest_and_repeats_with_the_seed() -> None:
+    from wsi_mil.mil.dropout import Dropout
+
+    layer = Dropout(0.25).train()
+    x = torch.ones(400, 500)
+    torch.manual_seed(3)
+    first = layer(x)
+    torch.manual_seed(3)
+    assert torch.equal(first, layer(x))
+    assert abs(float((first == 0).float().mean()) - 0.25) < 0.005
+    assert first.unique().tolist() == [0.0, pytest.approx(4 / 3)]
+    assert abs(float(first.mean()) - 1.0) < 0.01
+    assert torch.equal(layer.eval()(x), x)
+    x = torch.randn(30, 7, requires_grad=True)
+    out = layer.train()(x)
+    out.sum().backward()
+    assert torch.equal(x.grad == 0, out == 0)  # the gradient flows through kept elements only

@@ -14,8 +14,8 @@ import pytest
 
 pytest.importorskip("torch")
 
-from wsi_mil.cli import main  # noqa: E402
-from wsi_mil.synthetic import Region, write_synthetic_slide  # noqa: E402
+from wsi_mil.cli import main
+from wsi_mil.synthetic import Region, write_synthetic_slide
 
 LESION = [[1024, 1024], [1536, 1024], [1536, 1536], [1024, 1536], [1024, 1024]]
 

@@ -23,7 +23,6 @@ import inspect
 import re
 import shlex
 import textwrap
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -113,18 +112,18 @@ def parse_or_fail(argv: list[str], where: str) -> Any:
 # ---------------------------------------------------------------------- dry run
 
 
-@pytest.fixture()
+@pytest.fixture
 def dry_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, Any]:
     """Replace every stage function the CLI calls with a recorder that checks names and returns
     nothing to do; ``calls`` maps the stage to the config (or arguments) it was called with."""
-    from wsi_mil.explain import heatmap as heatmap_module
+    from wsi_mil import demo, pipeline
     from wsi_mil.explain import evaluate, maps
+    from wsi_mil.explain import heatmap as heatmap_module
     from wsi_mil.features import extract
     from wsi_mil.io import discover
     from wsi_mil.io.discover import SlideSource
     from wsi_mil.mil import predict, run
     from wsi_mil.mil.registry import mil_model_config
-    from wsi_mil import demo, pipeline
     from wsi_mil.tiling import tile
 
     calls: dict[str, Any] = {}
@@ -219,7 +218,7 @@ def test_the_dry_run_rejects_what_the_readme_must_not_say(argv: list[str], dry_r
         code = main(argv)
     except SystemExit as error:  # argparse
         code = error.code
-    except Exception:  # a stage check (unknown encoder) raising in the recorder
+    except Exception:  # noqa: BLE001 -- a stage check (unknown encoder) raising in the recorder
         code = -1
     assert code != 0
 
@@ -336,8 +335,8 @@ def _run_block() -> Block:
     return marked[0]
 
 
-@pytest.fixture()
-def small_cohort(tmp_path: Path) -> Iterator[Path]:
+@pytest.fixture
+def small_cohort(tmp_path: Path) -> Path:
     """slides/ (4 synthetic pyramidal slides, 2 per class), labels.csv and masks/ (GeoJSON)."""
     import json
 
@@ -356,7 +355,7 @@ def small_cohort(tmp_path: Path) -> Iterator[Path]:
         (tmp_path / "masks" / f"{slide_id}.geojson").write_text(json.dumps({"type": "FeatureCollection",
                                                                             "features": [feature]}))  # fmt: skip
     (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")
-    yield tmp_path
+    return tmp_path
 
 
 @pytest.mark.usefixtures("one_torch_thread")

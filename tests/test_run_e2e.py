@@ -32,8 +32,8 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("timm")
 
-from wsi_mil.cli import main  # noqa: E402
-from wsi_mil.demo_cohort import Cohort, CohortSpec, build_cohort  # noqa: E402
+from wsi_mil.cli import main
+from wsi_mil.demo_cohort import Cohort, CohortSpec, build_cohort
 
 REPO = Path(__file__).resolve().parents[1]
 #: Six slides of 1536 x 1024 px at 0.5 um/px (three with a planted lesion): 128-px patches

@@ -97,7 +97,7 @@ def test_every_static_file_ships_as_package_data() -> None:
 
 
 @pytest.mark.restricted_data
-def test_a_tiff_only_tiffslide_reads_is_served_through_it(shared_data) -> None:  # noqa: ANN001
+def test_a_tiff_only_tiffslide_reads_is_served_through_it(shared_data) -> None:
     """Real data: a flat strip TIFF that OpenSlide rejects (kidney-ihc-strip.tif, 1493 x 901)."""
     import io
 

@@ -181,7 +181,10 @@ def render_slide(spec: CohortSpec, bank: TissueBank, index: int, *, positive: bo
     glass = np.asarray(GLASS, np.float32)
     for top in range(0, spec.height, band):
         bottom = min(spec.height, top + band)
-        up = lambda layer: _upsample(layer, top, bottom, spec.width)  # noqa: E731
+
+        def up(layer: np.ndarray, top: int = top, bottom: int = bottom) -> np.ndarray:
+            return _upsample(layer, top, bottom, spec.width)
+
         tissue = sum(up(weight) * quilt.render(top, bottom, (weight > 1e-3) & (layers["tissue"] > 0))
                      for weight, quilt in zip(layers["normal"], quilts, strict=True))  # fmt: skip
         for kind, layer in layers["lookalikes"].items():

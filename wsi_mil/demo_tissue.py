@@ -154,7 +154,7 @@ class Quilt:
         size, stride, cell = self.size, self.stride, MASK_DOWNSAMPLE
         need = binary_dilation(need, iterations=2)  # bilinear weights reach a cell beyond the layer
         acc = np.zeros((bottom - top + 2 * size, self.width + 2 * size, 3), np.float32)
-        total = np.zeros(acc.shape[:2] + (1,), np.float32)
+        total = np.zeros((*acc.shape[:2], 1), np.float32)
         first = max(0, -((self.y0 + size - top) // stride))  # ceil: tiles ending above top are skipped
         last = min(len(self.choice) - 1, (bottom - self.y0) // stride)
         for row in range(first, last + 1):

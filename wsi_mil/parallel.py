@@ -141,7 +141,7 @@ def map_slides(
             for item in items:
                 try:
                     on_result(item, function(item, **kwargs))
-                except Exception as error:
+                except Exception as error:  # noqa: BLE001 -- a crashed item is recorded, the batch goes on
                     on_crash(item, error)
                 bar.update()
             return
@@ -156,7 +156,7 @@ def map_slides(
                 item = futures[future]
                 try:
                     on_result(item, future.result())
-                except Exception as error:
+                except Exception as error:  # noqa: BLE001 -- a crashed item is recorded, the batch goes on
                     on_crash(item, error)
                 bar.update()
     finally:

@@ -76,7 +76,7 @@ def load_run_config(path: str | Path, *, overrides: dict[str, dict[str, Any]] | 
 
 def resolve_paths(config: Config, *, base: Path) -> Config:
     run = config.run
-    absolute = {key: str((base / value).resolve()) for key in ("slides", "out", "labels", "masks")
+    absolute: dict[str, Any] = {key: str((base / value).resolve()) for key in ("slides", "out", "labels", "masks")
                 if (value := getattr(run, key)) is not None}  # fmt: skip
     return dataclasses.replace(config, run=dataclasses.replace(run, **absolute))
 
@@ -218,7 +218,7 @@ def stale_outputs(config: Config, *, where: str = "config", overwrite: bool = Fa
         try:
             saved = json.loads(path.read_text())
             if not isinstance(saved, dict):
-                raise ValueError("not a mapping of config sections")
+                raise ValueError("not a mapping of config sections")  # noqa: TRY004 -- handled with the JSON errors below
             changed = changed_keys(saved, config)
         except (OSError, ValueError) as error:  # JSONDecodeError is a ValueError
             changed = {RUN_CONFIG: (f"unreadable ({error}), so every setting counts as changed", None)}
@@ -246,10 +246,10 @@ def stale_outputs(config: Config, *, where: str = "config", overwrite: bool = Fa
     if overwrite:
         return stale
     lines = "\n".join(f"  {key}: {changes[key]}" for key in conflicting)
-    outputs = ", ".join(p.relative_to(run_dir).as_posix() + "/" * p.is_dir() for p in stale)
+    listed = ", ".join(p.relative_to(run_dir).as_posix() + "/" * p.is_dir() for p in stale)
     raise ConfigError(
         f"{where}: {run_dir} holds outputs made with other settings than these ({path}):\n{lines}\n"
-        f"Outputs made with the old settings: {outputs}. Nothing was done: skipping them as complete would mix "
+        f"Outputs made with the old settings: {listed}. Nothing was done: skipping them as complete would mix "
         "two settings in one run. To redo them with these settings, delete them (a rerun redoes only what is "
         "missing) or rerun with --overwrite (removes them, then redoes every stage); or write to a new run folder "
         "(run.out; for wsi-mil demo, another --out)."

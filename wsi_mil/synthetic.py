@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -109,7 +110,7 @@ def write_image_slide(
     description = (f"Aperio Image Library v12.0.0 \r\n{width}x{height} ({tile}x{tile}) JPEG/RGB Q={quality}"
                    f"|AppMag = {round(10.0 / mpp):g}|MPP = {mpp:.4f}")  # fmt: skip
     pil = Image.fromarray(image)
-    jpeg = {"photometric": "rgb", "compression": "jpeg", "compressionargs": {"level": quality}, "metadata": None,
+    jpeg: dict[str, Any] = {"photometric": "rgb", "compression": "jpeg", "compressionargs": {"level": quality}, "metadata": None,
             "subfiletype": 0}  # fmt: skip
     with tifffile.TiffWriter(path, bigtiff=width * height * 3 > 2**31) as writer:
         for index, downsample in enumerate(downsamples):

@@ -87,7 +87,7 @@ def blended_canvas(
     """
     lut = colormap_lut(cmap)
 
-    def block_rgb(scores: np.ndarray, block_info: dict | None = None) -> np.ndarray:
+    def block_rgb(scores: np.ndarray, block_info: dict) -> np.ndarray:
         (r0, r1), (c0, c1) = block_info[0]["array-location"]
         rgb = read_slide_block(slides.get(), slice(r0, r1), slice(c0, c1), downsample)
         return blend(rgb, scores, lut=lut, score_range=score_range, alpha=alpha)
@@ -123,11 +123,12 @@ class StoredJpegTiles:
         with tif:
             for page in tif.pages:
                 if (
-                    page.shape[:2] == tuple(shape) and page.is_tiled and (page.tilelength, page.tilewidth) == (tile, tile)
+                    isinstance(page, tifffile.TiffPage) and page.shape[:2] == tuple(shape) and page.is_tiled and (page.tilelength, page.tilewidth) == (tile, tile)
                     and page.compression == _JPEG and page.photometric in (_RGB, _YCBCR) and page.planarconfig == 1
                     and page.samplesperpixel == 3 and page.bitspersample == 8
                 ):  # fmt: skip
-                    layout = (JpegLayout("YCBCR", tuple(page.subsampling or (2, 2))) if page.photometric == _YCBCR
+                    sub_h, sub_v = page.subsampling or (2, 2)
+                    layout = (JpegLayout("YCBCR", (sub_h, sub_v)) if page.photometric == _YCBCR
                               else JpegLayout("RGB", (1, 1)))  # fmt: skip
                     return cls(path, np.asarray(page.dataoffsets), np.asarray(page.databytecounts),
                                page.jpegtables, -(-shape[1] // tile), layout)  # fmt: skip
@@ -241,13 +242,13 @@ def write_blend_tiff(path: Path, slide: Any, scores: Any, *, options: HeatmapCon
     slides = open_per_thread(slide.path, reader=slide.backend, mpp=slide.mpp)
     stored = []
     try:
-        levels = []
+        levels: list[Any] = []
         for downsample in slide.level_downsamples:
             downsample = float(round(downsample))
             level_scores = scores(downsample)
             if levels and max(level_scores.shape) < 256:
                 break
-            blend_options = {"downsample": downsample, "cmap": cmap or options.cmap, "score_range": score_range,
+            blend_options: dict[str, Any] = {"downsample": downsample, "cmap": cmap or options.cmap, "score_range": score_range,
                              "alpha": options.alpha}  # fmt: skip
             if isinstance(level_scores, ScorePainter):
                 stored.append(stored_tiles_for(slide, level_scores.shape, downsample))

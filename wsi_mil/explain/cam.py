@@ -175,11 +175,14 @@ def unscaled(cam_class: type, *, crop_cells: int = 0, size: int | None = None) -
     def resize(cams: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         import cv2
 
-        return np.stack([cv2.resize(np.float32(c), size) for c in cams]).astype(np.float32)
+        return np.stack([cv2.resize(np.asarray(c, np.float32), size) for c in cams]).astype(np.float32)
 
-    class Unscaled(cam_class):  # type: ignore[misc, valid-type]
+    # pytorch-grad-cam ships no types: its CAM classes are Any to the type checker.
+    base: Any = cam_class
+
+    class Unscaled(base):
         def compute_cam_per_layer(self, input_tensor: torch.Tensor, targets: list, eigen_smooth: bool) -> list:
-            if type(self).__mro__[1].compute_cam_per_layer is not BaseCAM.compute_cam_per_layer:
+            if base.compute_cam_per_layer is not BaseCAM.compute_cam_per_layer:
                 return super().compute_cam_per_layer(input_tensor, targets, eigen_smooth)  # FullGrad: its own
             cut = (..., slice(crop_cells, -crop_cells or None), slice(crop_cells, -crop_cells or None))
             activations = [a.cpu().data.numpy()[cut] for a in self.activations_and_grads.activations]
@@ -240,7 +243,7 @@ def compute_maps(model: PatchContribution, images: torch.Tensor, *, target: int,
     cells = context // stride
 
     def pooling() -> Any:  # entered after pytorch-grad-cam's hooks: they keep the unmasked activations
-        return pooled_over_patch(layer, cells) if context else nullcontext()
+        return pooled_over_patch(layer, cells) if context and layer is not None else nullcontext()
 
     with torch.enable_grad():
         for method in cam_methods:

@@ -28,13 +28,13 @@ def cam_localization(coords: np.ndarray, maps: np.ndarray, patch_size_level0: fl
 
     values, labels = [], []
     height, width = truth.lesion.shape
-    for (x, y), cam in zip(np.asarray(coords, np.float64), maps):
+    for (x, y), cam in zip(np.asarray(coords, np.float64), maps, strict=True):
         x0, y0 = int(x // truth.downsample), int(y // truth.downsample)
         x1 = min(width, int(math.ceil((x + patch_size_level0) / truth.downsample)))
         y1 = min(height, int(math.ceil((y + patch_size_level0) / truth.downsample)))
         if x1 <= x0 or y1 <= y0:
             continue
-        resized = cv2.resize(np.float32(cam), (x1 - x0, y1 - y0), interpolation=cv2.INTER_AREA)
+        resized = cv2.resize(np.asarray(cam, np.float32), (x1 - x0, y1 - y0), interpolation=cv2.INTER_AREA)
         values.append(resized.reshape(-1))
         labels.append(truth.lesion[y0:y1, x0:x1].reshape(-1))
     if not values:

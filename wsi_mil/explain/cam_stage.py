@@ -38,6 +38,8 @@ def cam_outputs(job: HeatmapJob, *, options: HeatmapConfig, reader: str = "auto"
     try:
         if cams_path.exists() and not overwrite:
             cams = read_cams(cams_path)
+        elif job.run_dir is None:  # the heads and features are found through the run folder
+            return {"cams": "skipped", "cam_note": "no CAMs: the scores are not inside a run folder"}
         else:
             inputs = locate_cam_inputs(scores, run_dir=job.run_dir, model=job.model, subset=job.subset, bag_path=job.bag_path)
             if isinstance(inputs, str):
@@ -47,7 +49,7 @@ def cam_outputs(job: HeatmapJob, *, options: HeatmapConfig, reader: str = "auto"
                              ig_steps=options.cam_ig_steps, reader=reader, device=options.cam_device,
                              checkpoint_path=checkpoint_path, context=options.cam_context)  # fmt: skip
         written = _write_cam_canvases(job, cams, scores.patch_size_level0, options, overwrite)
-    except Exception as error:  # a CAM never fails the slide: its maps are written already
+    except Exception as error:  # noqa: BLE001 -- a CAM never fails the slide: its maps are written already
         logger.warning("%s: no CAMs: %s: %s", job.slide_id, type(error).__name__, error)
         return {"cams": "skipped", "cam_note": f"no CAMs: {type(error).__name__}: {error}"}
     skipped = json.loads(cams.attrs.get(SKIPPED_ATTR) or "{}")

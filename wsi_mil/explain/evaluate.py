@@ -102,7 +102,8 @@ def _slide_dimensions(scores: SlideScores, bag_path: Path | None) -> tuple[int, 
         from wsi_mil.io.open import open_slide
 
         with open_slide(str(slide_path), mpp=scores.attrs.get("slide_mpp")) as slide:
-            return tuple(slide.dimensions)
+            width, height = slide.dimensions
+            return int(width), int(height)
     raise WsiMilError(f"{scores.path}: the slide size is unknown (no bag, slide not found at {slide_path}); "
                       "keep RUN_DIR/bags or the slide where it was tiled")  # fmt: skip
 
@@ -138,8 +139,9 @@ def evaluate_slide(scores: SlideScores, annotation: Path, *, bag_path: Path | No
     fraction, grade = patch_truth(scores.coords, scores.patch_size_level0, truth)
     positives = int((fraction >= positive_fraction).sum())
     maps: dict[str, np.ndarray | None] = dict(available_maps(scores))
-    if baseline and MANIFOLD in maps and "attention_raw" in maps:
-        maps[SEEDS] = manifold_seeds(maps["attention_raw"])
+    attention = maps.get("attention_raw")
+    if baseline and MANIFOLD in maps and attention is not None:
+        maps[SEEDS] = manifold_seeds(attention)
     slide_path = _slide_file(scores) if baseline else None
     if slide_path is not None:  # computed only where they are scored
         maps.update(_stain_maps(scores, slide_path) if positives else dict.fromkeys(STAIN_MAPS))
@@ -151,8 +153,9 @@ def evaluate_slide(scores: SlideScores, annotation: Path, *, bag_path: Path | No
                                "n_lesion_patches": positives}  # fmt: skip
         if values is not None:
             row["constant"] = is_constant(values)
-            if name == MANIFOLD and SEEDS in maps:
-                row["spread"] = seed_spread(values, maps[SEEDS])
+            seeds = maps.get(SEEDS)
+            if name == MANIFOLD and seeds is not None:
+                row["spread"] = seed_spread(values, seeds)
             if positives:
                 row.update(localization_metrics(values, fraction, grade, graded=truth.graded,
                                                 positive_fraction=positive_fraction))  # fmt: skip

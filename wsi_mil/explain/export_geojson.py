@@ -27,8 +27,8 @@ PATCH_CLASS = ("Patch", (160, 160, 160))
 
 def class_colour(index: int) -> tuple[int, int, int]:
     """A fixed colour per class index (matplotlib's tab10), so QuPath shows each class alike on every slide."""
-    lut = colormap_lut("tab10")
-    return tuple(int(c) for c in lut[int(round((index % 10 + 0.5) * 25.6))])
+    red, green, blue = colormap_lut("tab10")[int(round((index % 10 + 0.5) * 25.6))]
+    return int(red), int(green), int(blue)
 
 
 def patch_classes(instance_logits: np.ndarray | None, classes: Sequence[str], n: int) -> list[tuple[str, tuple]]:
@@ -89,7 +89,8 @@ def region_features(
     colour = tuple(int(c) for c in colormap_lut(cmap)[-1])
     threshold = score_range.vmin + above * (score_range.vmax - score_range.vmin)
     merged = union_of_squares(coords[hot], patch_size_level0)
-    tree = shapely.STRtree(shapely.points(coords[hot] + patch_size_level0 / 2))
+    # shapely-stubs type points() of an array as Point | array; of an (N, 2) array it is an array of N points
+    tree = shapely.STRtree(shapely.points(coords[hot] + patch_size_level0 / 2))  # type: ignore[arg-type]
     features = []
     for index, polygon in enumerate(polygons(merged)):
         inside = tree.query(polygon, predicate="contains")

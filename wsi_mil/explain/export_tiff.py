@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol, runtime_checkable
+from typing import Any, BinaryIO, Protocol, overload, runtime_checkable
 from xml.sax.saxutils import escape, quoteattr
 
 import numpy as np
@@ -115,6 +115,11 @@ def _row_blocks(compute_row: Callable[[int], np.ndarray], n_rows: int) -> Iterat
             yield block
 
 
+@overload
+def iter_tiles(array: Any, *, tile: int = ..., threads: int | None = ..., encode: None = ...) -> Iterator[np.ndarray]: ...
+@overload
+def iter_tiles(array: Any, *, tile: int = ..., threads: int | None = ..., encode: Callable[[np.ndarray], bytes]
+               ) -> Iterator[bytes]: ...  # fmt: skip
 def iter_tiles(array: Any, *, tile: int = TILE, threads: int | None = None,
                encode: Callable[[np.ndarray], bytes] | None = None) -> Iterator[np.ndarray | bytes]:  # fmt: skip
     """Tiles of a lazy (H, W[, S]) Dask array in TIFF order, computing one row of tiles at a time.
@@ -131,6 +136,7 @@ def iter_tiles(array: Any, *, tile: int = TILE, threads: int | None = None,
     pool = ThreadPoolExecutor(max_workers=threads or None, thread_name_prefix="tiff-encode") if encode else None
 
     def encoded(piece: np.ndarray) -> bytes:
+        assert encode is not None  # the pool that calls this exists only with an encoder
         piece = _padded(piece, tile)
         kind = "nan" if piece.dtype.kind == "f" and np.isnan(piece).all() else "zero" if not piece.any() else ""
         if kind:
@@ -209,27 +215,36 @@ def _level_codec(kind: str, level: Any, tile: int) -> tuple[dict[str, Any], Call
 
     if kind in ("float32", "rgba"):
         def encode(piece: np.ndarray) -> bytes:
-            return imagecodecs.zlib_encode(piece, level=DEFLATE_LEVEL)
+            return _deflate(piece, DEFLATE_LEVEL)
 
+        options: dict[str, Any]
         if kind == "float32":
             options = {"photometric": "minisblack", "compression": "zlib"}
             no_data = np.full((tile, tile), np.nan, dtype=np.float32)
         else:
             options = {"photometric": "rgb", "extrasamples": ["unassalpha"], "compression": "zlib"}
             no_data = np.zeros((tile, tile, 4), dtype=np.uint8)
-        return options, encode, imagecodecs.zlib_encode(no_data, level=EMPTY_DEFLATE_LEVEL)
+        return options, encode, _deflate(no_data, EMPTY_DEFLATE_LEVEL)
     if kind == "rgb_jpeg":
         layout = getattr(level, "jpeg_layout", None) or JpegLayout()
-        arguments = {"level": JPEG_QUALITY, "subsampling": layout.subsampling, "colorspace": "RGB",
+        arguments: dict[str, Any] = {"level": JPEG_QUALITY, "subsampling": layout.subsampling, "colorspace": "RGB",
                      "outcolorspace": layout.photometric}  # fmt: skip
 
         def encode_jpeg(piece: np.ndarray) -> bytes:
-            return imagecodecs.jpeg_encode(piece, **arguments)
+            return imagecodecs.jpeg_encode(piece, **arguments)  # type: ignore[return-value]  # bytes without `out`
 
         options = {"photometric": "rgb", "compression": "jpeg", "subsampling": layout.subsampling,
                    "compressionargs": {"level": JPEG_QUALITY, "outcolorspace": layout.photometric}}  # fmt: skip
         return options, encode_jpeg, None
     raise ValueError(f"unknown TIFF kind {kind!r}; use float32, rgba or rgb_jpeg")
+
+
+def _deflate(data: np.ndarray, level: int) -> bytes:
+    import imagecodecs
+
+    # imagecodecs' stubs take only bytes-like data and return bytes | bytearray; the codec
+    # reads any buffer (an array, without a copy) and returns bytes when no ``out`` is given.
+    return imagecodecs.zlib_encode(data, level)  # type: ignore[arg-type, return-value]
 
 
 def ome_xml(*, name: str, shape: tuple[int, ...], dtype: np.dtype, mpp: float | None,
@@ -261,7 +276,7 @@ class _TileSpool:
     """A reduced level's encoded tiles, kept on disk between its SubIFD copy and its top-level copy."""
 
     def __init__(self, folder: Path) -> None:
-        self._file: BinaryIO = tempfile.TemporaryFile(dir=folder, prefix=".tiles-")
+        self._file: BinaryIO = tempfile.TemporaryFile(dir=folder, prefix=".tiles-")  # noqa: SIM115 -- closed by close()
         self._sizes: list[int] = []
 
     def record(self, tiles: Iterator[bytes]) -> Iterator[bytes]:
@@ -300,13 +315,13 @@ def write_pyramid_tiff(
 
     if kind not in ("float32", "rgba", "rgb_jpeg"):
         raise ValueError(f"unknown TIFF kind {kind!r}; use float32, rgba or rgb_jpeg")
-    dtype = np.float32 if kind == "float32" else np.uint8
+    dtype = np.dtype(np.float32 if kind == "float32" else np.uint8)
     width0 = levels[0].shape[1]
     path = Path(path)
     name = path.name.split(".")[0]
 
     def tiles_of(level: Any) -> Iterator[bytes]:
-        options, encode, empty = _level_codec(kind, level, tile)
+        _, encode, empty = _level_codec(kind, level, tile)
         if isinstance(level, TileSource):
             return iter_source_tiles(level, tile=tile, encode=encode, empty=empty, threads=threads)
         return iter_tiles(level, tile=tile, threads=threads, encode=encode)

@@ -90,7 +90,8 @@ def write_ome_zarr(
                     chunk_key_encoding={"name": "v2", "separator": "/"},
                 )
             )
-        da.store(list(levels), targets, lock=False, scheduler="threads", num_workers=threads)
+        # dask types `targets` as numpy array-likes; it only needs numpy-style __setitem__ (a zarr.Array)
+        da.store(list(levels), targets, lock=False, scheduler="threads", num_workers=threads)  # type: ignore[arg-type]
         low, high = window
         group.attrs.update(
             {

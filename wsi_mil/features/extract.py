@@ -282,7 +282,7 @@ def extract_job(job: ExtractionJob, *, config: Config, overwrite: bool = False, 
         if problem is None:
             try:
                 _write_clam(job, config, only_missing=True)
-            except Exception as error:
+            except Exception as error:  # noqa: BLE001 -- recorded as this slide's failure; the batch goes on
                 return failure_record(record, error, path=job.out_path, started=time.perf_counter())
             return {**record, "status": "skipped", "note": "complete feature file exists"}
         redo = f"redone: the previous feature file was {problem}"

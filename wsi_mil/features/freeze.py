@@ -71,7 +71,7 @@ def optimize_for_inference(model: Any, example: Any, *, device: Any, mode: str =
             output = frozen(example)
         if not torch.allclose(output, reference, rtol=1e-3, atol=1e-3):
             raise RuntimeError(f"frozen output differs by {float((output - reference).abs().max()):.3g}")
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 -- any tracing failure falls back to the eager model
         logger.warning("TorchScript freezing failed (%s: %s); running eager", type(error).__name__, error)
         return model
     return frozen

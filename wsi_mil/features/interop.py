@@ -62,7 +62,8 @@ def find_coords_jobs(run_dir: str | Path, coords: str | Path, slides: str | Path
 
     by_id = {source.slide_id: source.path for source in find_slides([slides], extensions=extensions)}
     out_root = Path(run_dir) / "features" / encoder_dir
-    jobs, ids = [], {}
+    jobs: list[ExtractionJob] = []
+    ids: dict[str, Path] = {}
     for path in find_coords_files(coords):
         slide_id = check_slide_id(coords_slide_id(path), where=path)
         if slide_id in ids:

@@ -78,9 +78,9 @@ class ThreadedLoader:
                     break
             while pending:
                 batch = pending.popleft().result()
-                indices = next(batches, None)
-                if indices is not None:
-                    pending.append(pool.submit(self.dataset.__getitems__, indices))
+                following = next(batches, None)
+                if following is not None:
+                    pending.append(pool.submit(self.dataset.__getitems__, following))
                 yield batch
         finally:
             for future in pending:
@@ -96,7 +96,7 @@ def make_loader(dataset: PatchDataset, *, kind: str, batch_size: int, workers: i
     from torch.utils.data import DataLoader
 
     return DataLoader(
-        dataset,
+        dataset,  # type: ignore[arg-type]  # torch types it as a Dataset subclass; any map-style dataset works
         batch_size=batch_size,
         num_workers=workers,
         pin_memory=pin_memory,

@@ -212,7 +212,7 @@ class PatchDataset:
     def _read(self, index: int) -> tuple[np.ndarray | None, bool]:
         try:
             return self.source.read(index), True
-        except Exception as error:  # a corrupt tile must not stop the slide
+        except Exception as error:  # noqa: BLE001 -- a corrupt tile must not stop the slide
             x, y = self.source.coords[index]
             logger.warning("patch %d at (%d, %d) unreadable: %s: %s", index, x, y, type(error).__name__, error)
             return None, False
@@ -225,7 +225,7 @@ class PatchDataset:
         import torch
 
         arrays = [self._read(int(i)) for i in indices]
-        shape = (len(indices), *next((a.shape for a, ok in arrays if ok), (self.blank_size, self.blank_size, 3)))
+        shape = (len(indices), *next((a.shape for a, _ in arrays if a is not None), (self.blank_size, self.blank_size, 3)))
         images = self._buffer(shape)
         target = images.numpy()
         for row, (array, ok) in enumerate(arrays):

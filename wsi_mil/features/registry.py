@@ -171,6 +171,6 @@ def create_encoder(name: str, *, weights: str = "imagenet", checkpoint_path: str
 
 def _load_entries() -> None:
     """Import the modules whose decorators fill the registry (cheap until first use)."""
+    import wsi_mil.features.efficientnet_lite
+    import wsi_mil.features.timm_encoders
     import wsi_mil.features.torchvision_encoders  # noqa: F401
-    import wsi_mil.features.efficientnet_lite  # noqa: F401
-    import wsi_mil.features.timm_encoders  # noqa: F401

@@ -27,7 +27,7 @@ class TileGrid:
         self._tif = tifffile.TiffFile(self.path)
         levels = self._tif.series[0].levels
         page = levels[level].pages[0] if level < len(levels) else None
-        if page is None or not page.is_tiled:
+        if not isinstance(page, tifffile.TiffPage) or not page.is_tiled:  # a TiffFrame has no tile tags
             self.close()
             raise ValueError(f"{self.path}: level {level} is not a tiled TIFF level")
         height, width = page.shape[:2]
@@ -85,7 +85,7 @@ def try_tile_grid(path: str | Path, level: int, level_dimensions: tuple[int, int
     """A :class:`TileGrid` when the patches line up with the stored tiles, else None."""
     try:
         grid = TileGrid(path, level, level_dimensions)
-    except Exception as error:  # not a TIFF, not tiled, another layout: use read_region
+    except Exception as error:  # noqa: BLE001 -- not a TIFF, not tiled, another layout: use read_region
         logger.debug("direct tile path unavailable for %s: %s", path, error)
         return None
     if not grid.aligned(level_coordinates(coords, downsample), size):

@@ -25,6 +25,11 @@ def _arch(name: str) -> str:
     return name.split(":", 1)[1]
 
 
+def _rgb(values: Any) -> tuple[float, float, float]:
+    red, green, blue = values  # timm's mean/std: one value per RGB channel
+    return float(red), float(green), float(blue)
+
+
 def timm_config(name: str) -> EncoderConfig:
     import timm
 
@@ -40,10 +45,10 @@ def timm_config(name: str) -> EncoderConfig:
     is_transformer = "vit" in arch or "deit" in arch or "swin" in arch or "eva" in arch
     return EncoderConfig(
         name,
-        int(model.num_features),
+        int(model.num_features),  # type: ignore[arg-type]  # torch types unknown Module attributes as Tensor | Module
         input_size=int(size),
-        mean=tuple(cfg.mean) if cfg else (0.485, 0.456, 0.406),
-        std=tuple(cfg.std) if cfg else (0.229, 0.224, 0.225),
+        mean=_rgb(cfg.mean) if cfg else (0.485, 0.456, 0.406),
+        std=_rgb(cfg.std) if cfg else (0.229, 0.224, 0.225),
         precision="bfloat16" if is_transformer else "float16",
         description=f"timm {arch}",
     )

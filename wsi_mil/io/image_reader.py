@@ -47,9 +47,9 @@ def _read_with_pillow(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
             properties.update(
                 {"tiff.ResolutionUnit": "inch", "tiff.XResolution": dpi[0], "tiff.YResolution": dpi[1]}
             )
-        if image.mode not in ("RGB", "RGBA", "L", "LA"):
-            image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
-        return np.asarray(image), properties
+        if image.mode in ("RGB", "RGBA", "L", "LA"):
+            return np.asarray(image), properties
+        return np.asarray(image.convert("RGBA" if "A" in image.getbands() else "RGB")), properties
 
 
 def _read_with_tifffile(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
@@ -63,7 +63,7 @@ def _read_with_tifffile(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
         if "XResolution" in tags and "ResolutionUnit" in tags:
             unit = tags["ResolutionUnit"].value
             x_num, x_den = tags["XResolution"].value
-            y_num, y_den = tags.get("YResolution", tags["XResolution"]).value
+            y_num, y_den = tags["YResolution" if "YResolution" in tags else "XResolution"].value
             properties.update(
                 {
                     "tiff.ResolutionUnit": getattr(unit, "name", str(unit)).lower(),

@@ -36,7 +36,7 @@ class _Collect(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             self.sink.append(f"{record.name}: {record.getMessage()}")
-        except Exception:  # a malformed log call must not fail the slide
+        except Exception:  # noqa: BLE001 -- a malformed log call must not fail the slide
             self.handleError(record)
 
 

@@ -111,7 +111,7 @@ def open_slide(path: str | Path, *, reader: str = "auto", mpp: float | None = No
             slide = READERS[name](entry, mpp_override=mpp)
         except SlideTooLargeError:
             raise  # the header itself is implausible: no other reader will do better
-        except Exception as error:  # each library has its own exception types
+        except Exception as error:  # noqa: BLE001 -- each library has its own exception types
             open_failures.append(f"{name}: {_short(error)}")
             continue
         try:
@@ -121,7 +121,7 @@ def open_slide(path: str | Path, *, reader: str = "auto", mpp: float | None = No
             raise
         try:
             _probe(slide)
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 -- each library has its own exception types; the next backend is tried
             slide.close()
             cause = error.__cause__ or error
             read_failures.append(f"{name}: {_short(cause)}")

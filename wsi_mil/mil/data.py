@@ -50,7 +50,7 @@ class FeatureSet:
 
 
 def _feature_files(folder: Path) -> dict[str, Path]:
-    files = {}
+    files: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
         if not path.name.startswith(".") and path.suffix in FEATURE_SUFFIXES and (path.is_file() or path.suffix == ".zarr"):
             files.setdefault(path.stem, path)
@@ -95,7 +95,7 @@ def find_feature_sets(paths: Sequence[str | Path], *, run_dir: str | Path | None
     run_features = Path(run_dir) / "features" if run_dir is not None else None
     roots = [Path(p) for p in paths] or ([run_features] if run_features else [])
     found = []
-    for root, prefix in zip(roots, _root_names(roots)):
+    for root, prefix in zip(roots, _root_names(roots), strict=True):
         if not root.is_dir():
             raise FeatureFormatError(f"{root}: no such folder of feature files; run `wsi-mil extract` first or pass --features")
         found += _collect(root, prefix)
@@ -127,7 +127,7 @@ def feature_shape(path: Path) -> tuple[int, int]:
         elif path.suffix == ".zarr":
             import zarr
 
-            shape = zarr.open_group(str(path), mode="r")["features"].shape
+            shape = zarr.open_array(str(path), path="features", mode="r").shape
         else:
             shape = tuple(_load_pt(path, mmap=True).shape)
     except FeatureFormatError:
@@ -267,7 +267,10 @@ def read_labels(path: str | Path) -> LabelTable:
     columns, rows = _read_rows(path)
     if "slide_id" not in columns or "label" not in columns:
         raise LabelError(f"{path}: needs the columns slide_id,label[,patient_id][,split]; found {columns}")
-    labels, patients, splits, lines = {}, {}, {}, {}
+    labels: dict[str, str] = {}
+    patients: dict[str, str] = {}
+    splits: dict[str, str] = {}
+    lines: dict[str, list[int]] = {}
     for number, row in enumerate(rows, start=2):
         slide_id, label = row["slide_id"], row["label"]
         if not slide_id:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from wsi_mil.mil.dropout import Dropout
 from wsi_mil.mil.instance_loss import InstanceClusterer
 from wsi_mil.mil.layers import ChannelAttention, GatedAttention, InstanceContext, as_batch, masked_softmax, pool
 from wsi_mil.mil.registry import HeadOptions, MilModelConfig, MilOutput, register_mil_model
@@ -36,7 +37,7 @@ class ILAM(nn.Module):
         super().__init__()
         hidden = options.hidden_dim
         self.standardize = InputStandardizer(in_dim) if options.standardize else None
-        self.projection = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(options.dropout))
+        self.projection = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), Dropout(options.dropout))
         self.channel_attention = ChannelAttention(hidden) if options.channel_attention else None
         self.context = None
         if options.transformer:

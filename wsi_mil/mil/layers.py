@@ -14,14 +14,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wsi_mil.mil.dropout import Dropout
+
 
 class GatedAttention(nn.Module):
     """CLAM's ``Attn_Net_Gated``: w^T (tanh(V h) * sigmoid(U h)); returns pre-softmax scores (N,)."""
 
     def __init__(self, dim: int, hidden: int = 256, dropout: float = 0.25) -> None:
         super().__init__()
-        self.attention_a = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Dropout(dropout))
-        self.attention_b = nn.Sequential(nn.Linear(dim, hidden), nn.Sigmoid(), nn.Dropout(dropout))
+        self.attention_a = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), Dropout(dropout))
+        self.attention_b = nn.Sequential(nn.Linear(dim, hidden), nn.Sigmoid(), Dropout(dropout))
         self.attention_c = nn.Linear(hidden, 1)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
@@ -33,7 +35,7 @@ class PlainAttention(nn.Module):
 
     def __init__(self, dim: int, hidden: int = 256, dropout: float = 0.25) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Dropout(dropout), nn.Linear(hidden, 1))
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), Dropout(dropout), nn.Linear(hidden, 1))
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.net(h).squeeze(-1)
@@ -129,7 +131,7 @@ class ContextLayer(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * dim, dim))
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), Dropout(dropout), nn.Linear(2 * dim, dim))
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor, *, keep_attention: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -197,7 +199,7 @@ class InstanceContext(nn.Module):
         rollouts = []
         for index in blocks:
             x = h[index]
-            joint = None
+            joint: torch.Tensor | None = None
             for layer in self.layers:
                 x, weights = layer(x, keep_attention=rollout)
                 if rollout:
@@ -205,6 +207,6 @@ class InstanceContext(nn.Module):
                     step = step / step.sum(dim=-1, keepdim=True)
                     joint = step if joint is None else step @ joint
             out[index] = x.to(out.dtype)
-            if rollout:
+            if rollout and joint is not None:
                 rollouts.append((index, joint))
         return out, rollouts

@@ -29,7 +29,7 @@ def compute_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict[str, float]:
     probs = np.asarray(probs, dtype=np.float64)
     n_classes = probs.shape[1]
     if len(y_true) == 0:
-        return {name: math.nan for name in METRICS}
+        return dict.fromkeys(METRICS, math.nan)
     y_pred = probs.argmax(axis=1)
     labels = list(range(n_classes))
     average = "binary" if n_classes == 2 else "macro"

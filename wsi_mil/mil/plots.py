@@ -9,7 +9,7 @@ import numpy as np
 from wsi_mil.store.atomic import atomic_output
 
 
-def _figure():  # noqa: ANN202
+def _figure():
     import matplotlib
 
     matplotlib.use("Agg", force=False)

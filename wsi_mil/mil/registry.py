@@ -73,8 +73,9 @@ class MilOutput:
 
     def first(self) -> MilOutput:
         """The batch's only bag, without the batch dimension."""
-        return MilOutput(**{f.name: None if (v := getattr(self, f.name)) is None else v[0]
-                            for f in dataclasses.fields(self)})  # fmt: skip
+        fields: dict[str, Any] = {f.name: None if (v := getattr(self, f.name)) is None else v[0]
+                                  for f in dataclasses.fields(self)}  # fmt: skip
+        return MilOutput(**fields)
 
 
 Builder = Callable[[int, int, HeadOptions], "torch.nn.Module"]
@@ -92,7 +93,7 @@ def register_mil_model(config: MilModelConfig) -> Callable[[Builder], Builder]:
 
 
 def _load_entries() -> None:
-    import wsi_mil.mil.abmil  # noqa: F401
+    import wsi_mil.mil.abmil
     import wsi_mil.mil.ilam  # noqa: F401
 
 
@@ -127,5 +128,5 @@ def create_mil_model(name: str, *, in_dim: int, n_classes: int, **options: Any) 
         supported = [n for n in list_mil_models() if _REGISTRY[n][0].supports_transformer]
         raise MilModelError(f"{name}: the transformer option is for {', '.join(supported)} only; set transformer: false")
     model = _REGISTRY[name][1](in_dim, n_classes, opts)
-    model.mil_config = config
+    model.mil_config = config  # type: ignore[assignment]  # torch types Module.__setattr__ for tensors and modules only
     return model

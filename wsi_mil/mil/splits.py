@@ -109,7 +109,7 @@ def make_splits(labels: dict[str, str], patients: dict[str, str], *, folds: int 
             raise LabelError(f"{where}: the split column has no 'test' rows; mark held-out slides as test")
         if "val" not in roles.values():
             train = [s for s in slide_ids if roles[s] == "train"]
-            roles.update({s: "val" for s in _carve_validation(train, labels, patients, val_fraction, rng)})
+            roles.update(dict.fromkeys(_carve_validation(train, labels, patients, val_fraction, rng), "val"))
         return Splits(slide_ids, [labels[s] for s in slide_ids], [patients[s] for s in slide_ids], [roles], "csv")
     _check_folds(labels, patients, folds, where)
     from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold

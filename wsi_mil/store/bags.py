@@ -84,7 +84,7 @@ class Bag:
                 return f[PIXELS][selection]
         import zarr
 
-        return np.asarray(zarr.open_group(str(self.path), mode="r")[PIXELS][selection])
+        return np.asarray(zarr.open_array(str(self.path), path=PIXELS, mode="r")[selection])
 
 
 class BagWriter(abc.ABC):
@@ -203,10 +203,11 @@ class ZarrBagWriter(BagWriter):
         array.attrs.update(attrs or {})
 
     def create_pixels(self, count: int, size: int) -> None:
-        self._group.create_array(PIXELS, shape=(count, size, size, 3), dtype=np.uint8, chunks=(1, size, size, 3))
+        shape = (count, size, size, 3)
+        self._pixels = self._group.create_array(PIXELS, shape=shape, dtype=np.uint8, chunks=(1, size, size, 3))
 
     def write_pixels(self, start: int, batch: np.ndarray) -> None:
-        self._group[PIXELS][start : start + len(batch)] = batch
+        self._pixels[start : start + len(batch)] = batch
 
 
 def open_bag_writer(path: str | Path) -> BagWriter:
@@ -248,17 +249,18 @@ def read_bag(path: str | Path) -> Bag:
             import zarr
 
             group = zarr.open_group(str(path), mode="r")
-            names = set(group.array_keys())
+            found = dict(group.arrays())  # name -> zarr.Array (array_keys() opens the same arrays)
+            names = set(found)
             if COORDS not in names:
                 raise BagFormatError(f"{path}: no '{COORDS}' array; not a patch bag")
-            coords_array = group[COORDS]
+            coords_array = found[COORDS]
             coords = np.asarray(coords_array[...])
             attrs = _clean_attrs(dict(coords_array.attrs))
-            fraction = np.asarray(group[TISSUE_FRACTION][...]) if TISSUE_FRACTION in names else None
+            fraction = np.asarray(found[TISSUE_FRACTION][...]) if TISSUE_FRACTION in names else None
             mask, mask_attrs = None, {}
             if TISSUE_MASK in names:
-                mask = np.asarray(group[TISSUE_MASK][...]).astype(bool)
-                mask_attrs = _clean_attrs(dict(group[TISSUE_MASK].attrs))
+                mask = np.asarray(found[TISSUE_MASK][...]).astype(bool)
+                mask_attrs = _clean_attrs(dict(found[TISSUE_MASK].attrs))
             has_pixels = PIXELS in names
         else:
             import h5py

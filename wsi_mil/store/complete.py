@@ -11,13 +11,16 @@ the marker existed (format 1.0) have none; they are checked for readability only
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from zarr.core.array_spec import ArrayConfigParams
 
 #: Root attribute (HDF5 file attrs, Zarr group attributes) holding the row count, written last.
 COMPLETE_ATTR = "complete_rows"
 #: Zarr array config of marked files: chunks equal to the fill value are written too, so the
 #: chunks on disk can be counted (zarr leaves them out by default, and reads them as zeros).
-EVERY_CHUNK = {"write_empty_chunks": True}
+EVERY_CHUNK: ArrayConfigParams = {"write_empty_chunks": True}
 
 
 def mark_complete(root: Any, rows: int) -> None:
@@ -38,7 +41,7 @@ def output_problem(path: str | Path, arrays: tuple[str, ...]) -> str | None:
         if path.suffix == ".zarr":
             return _zarr_problem(path, arrays)
         return _h5_problem(path, arrays)
-    except Exception as error:  # any library error here means the file cannot be used
+    except Exception as error:  # noqa: BLE001 -- any library error here means the file cannot be used
         return f"unreadable ({type(error).__name__}: {error})"
 
 
@@ -72,14 +75,14 @@ def _zarr_problem(path: Path, arrays: tuple[str, ...]) -> str | None:
     import zarr
 
     group = zarr.open_group(str(path), mode="r")
-    names = set(group.array_keys())
-    if arrays[0] not in names:
+    found = dict(group.arrays())  # name -> zarr.Array (array_keys() opens the same arrays)
+    if arrays[0] not in found:
         return f"incomplete (no '{arrays[0]}' array)"
     marker = group.attrs.get(COMPLETE_ATTR)
     lengths = {}
     for name in arrays:
-        if name in names:
-            array = group[name]
+        if name in found:
+            array = found[name]
             lengths[name] = int(array.shape[0])
             # a missing chunk file reads back as zeros, so count the chunks on disk (of marked
             # files: their arrays store every chunk, and bag pixels are one chunk per patch)

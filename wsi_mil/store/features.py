@@ -91,11 +91,12 @@ def read_features(path: str | Path) -> FeatureFile:
         import zarr
 
         group = zarr.open_group(str(path), mode="r")
-        if FEATURES not in set(group.array_keys()):
+        found = dict(group.arrays())  # name -> zarr.Array
+        if FEATURES not in found:
             raise BagFormatError(f"{path}: no '{FEATURES}' array")
-        failed = np.asarray(group[FAILED_COORDS][...]) if FAILED_COORDS in set(group.array_keys()) else None
-        return FeatureFile(path, np.asarray(group[FEATURES][...]), np.asarray(group["coords"][...]),
-                           _clean_attrs(dict(group[FEATURES].attrs)), failed)  # fmt: skip
+        failed = np.asarray(found[FAILED_COORDS][...]) if FAILED_COORDS in found else None
+        return FeatureFile(path, np.asarray(found[FEATURES][...]), np.asarray(found["coords"][...]),
+                           _clean_attrs(dict(found[FEATURES].attrs)), failed)  # fmt: skip
     import h5py
 
     with h5py.File(path, "r") as f:

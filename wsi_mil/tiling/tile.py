@@ -230,7 +230,7 @@ def _tile_sets(
     records: list[dict[str, Any]] = []
     try:
         slide = open_slide(source.path, reader=config.tiling.reader, mpp=source.mpp or config.tiling.mpp)
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 -- recorded as this slide's failure; the batch goes on
         return [_failure(source, s, error, started, debug) for s in todo]
     with slide:
         slide.set_time_limit(config.tiling.slide_timeout, elapsed=time.perf_counter() - started)
@@ -238,7 +238,7 @@ def _tile_sets(
             for bag_set in [s for s in todo if s.target_mpp is not None]:
                 try:
                     plan_grid(slide, patch_size=config.tiling.patch_size, target_mpp=bag_set.target_mpp)
-                except Exception as error:
+                except Exception as error:  # noqa: BLE001 -- recorded as this set's failure
                     records.append(_failure(source, bag_set, error, started, debug))
                     todo.remove(bag_set)
             if not todo:
@@ -249,13 +249,13 @@ def _tile_sets(
                 max_unreadable=config.tiling.max_unreadable_fraction,
             )  # fmt: skip
             mask = detect_tissue(thumb.rgb, mpp=thumb.mpp or ASSUMED_MPP * thumb.downsample, config=config.tissue)
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 -- recorded as this slide's failure; the batch goes on
             return records + [_failure(source, s, error, started, debug) for s in todo]
         for bag_set in todo:
             try:
                 slide.check_deadline()
                 records.append(_write_set(source, slide, thumb, mask, bag_set, config, started))
-            except Exception as error:
+            except Exception as error:  # noqa: BLE001 -- recorded as this set's failure
                 records.append(_failure(source, bag_set, error, started, debug))
     return records
 
@@ -264,7 +264,7 @@ def _failure(
     source: SlideSource, bag_set: BagSet, error: BaseException, started: float, debug: bool
 ) -> dict[str, Any]:
     if debug:
-        logger.exception("%s [%s] failed", source.slide_id, bag_set.name)
+        logger.error("%s [%s] failed", source.slide_id, bag_set.name, exc_info=error)
     return failure_record(_record(source, bag_set), error, path=source.path, started=started)
 
 

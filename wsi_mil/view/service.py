@@ -77,7 +77,8 @@ class ViewerService:
         head = next(iter(entry.heads))
         geometry = self.catalog.geometry[(slide_id, head)]
         if geometry.get("level_dim") is not None:
-            return Grid(tuple(int(v) for v in geometry["level_dim"]))
+            width, height = geometry["level_dim"]
+            return Grid((int(width), int(height)))
         scores = self.catalog.scores(slide_id, head)
         size = scores.patch_size_level0
         return Grid((int(scores.coords[:, 0].max() + size), int(scores.coords[:, 1].max() + size)))
@@ -182,15 +183,15 @@ class ViewerService:
         return self.tiles.get(key, render)
 
     def annotation_tile(self, slide_id: str, level: int, col: int, row: int) -> bytes:
-        entry = self.catalog.slide(slide_id)
-        if entry.annotation is None:
+        annotation = self.catalog.slide(slide_id).annotation
+        if annotation is None:
             raise KeyError(f"{slide_id}: no annotation")
         grid = self.grid(slide_id)
 
         def load() -> Any:
             from wsi_mil.explain.annotations import load_ground_truth
 
-            return load_ground_truth(entry.annotation, grid.dimensions)
+            return load_ground_truth(annotation, grid.dimensions)
 
         truth = self.objects.get(("truth", slide_id), load)
         return self.tiles.get(("annotation", slide_id, level, col, row),

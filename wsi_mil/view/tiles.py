@@ -18,12 +18,15 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
 from wsi_mil.explain.stitch import CanvasGeometry, ScorePainter, ScoreRange, TissueMask, colorize_block
+
+if TYPE_CHECKING:
+    import openslide
 
 TILE = 256
 #: Rendered tiles kept (encoded bytes): ~40 MB of JPEG/PNG at the default.
@@ -36,7 +39,8 @@ class LRU:
     """A small thread-safe LRU of computed values."""
 
     def __init__(self, size: int) -> None:
-        self.size, self.items, self.lock = size, OrderedDict(), threading.Lock()
+        self.size, self.lock = size, threading.Lock()
+        self.items: OrderedDict[Any, Any] = OrderedDict()
 
     def get(self, key: Any, make: Callable[[], Any]) -> Any:
         with self.lock:
@@ -98,14 +102,16 @@ class SlideTiles:
         from wsi_mil.io.open import open_slide
 
         self.reader = open_slide(path, mpp=mpp)
-        self.grid = Grid(tuple(int(v) for v in self.reader.dimensions))
+        width, height = self.reader.dimensions
+        self.grid = Grid((int(width), int(height)))
+        self._openslide: openslide.OpenSlide | None = None
         if self.reader.backend == "openslide":  # OpenSlide's own handle: RGBA already, reads in parallel
             import openslide
 
             self._openslide = openslide.OpenSlide(str(self.reader.path))
             source: Any = self._openslide
         else:
-            self._openslide, source = None, _RGBA(self.reader)
+            source = _RGBA(self.reader)
         self.deepzoom = DeepZoomGenerator(source, tile_size=TILE, overlap=0, limit_bounds=False)
 
     def jpeg(self, level: int, col: int, row: int) -> bytes:
