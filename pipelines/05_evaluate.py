@@ -27,10 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    _, out = evaluate_maps(args.run_dir, masks=args.masks, model=args.model)
-    logging.info("%s", (out / "explanations.md").read_text())
-    logging.info("tables: %s", out)
-    return 0
+    result = evaluate_maps(args.run_dir, masks=args.masks, model=args.model)
+    logging.info("%s", (result.out / "explanations.md").read_text())
+    logging.info("tables: %s", result.out)
+    return 1 if any(record["status"] == "failed" for record in result.records) else 0
 
 
 if __name__ == "__main__":

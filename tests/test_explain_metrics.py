@@ -119,7 +119,7 @@ def test_evaluate_maps_writes_one_row_per_map(tmp_path: Path) -> None:
     masks.mkdir()
     (tmp_path / "pos.geojson").rename(masks / "pos.geojson")
     _geojson(masks / "neg.geojson", [])
-    summary, out = evaluate_maps(tmp_path / "run", masks=masks, faithfulness=False)
+    summary, out, _ = evaluate_maps(tmp_path / "run", masks=masks, faithfulness=False)
     by_map = {row["map"]: row for row in summary}
     assert set(by_map) == {"attention_raw", "attention", "attention_pct", "logit_tumor"}
     assert by_map["attention_raw"]["positive_slides"] == 1 and by_map["attention_raw"]["slides"] == 2

@@ -134,3 +134,18 @@ def test_abmil_scores_have_no_contribution_and_csv_split_column(tmp_path: Path) 
     scores = S.read_scores(tmp_path / "scores" / "abmil" / "bag_0000.h5")
     assert S.CONTRIBUTION not in scores.maps and S.RELEVANCE not in scores.maps
     assert scores.attrs["fold_policy"] == "single_model" and scores.attrs["in_training"] == 1
+
+
+def test_a_truncated_score_file_is_redone_not_skipped(trained: Path) -> None:
+    argv = ["predict", str(trained), "--model-dir", str(trained / "models" / "il"), "--device", "cpu", "--quiet"]
+    assert main(argv) == 0
+    path = trained / "scores" / "il" / "0.5mpp" / "bag_0003.h5"
+    assert S.scores_problem(path) is None
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    assert S.scores_problem(path) is not None
+    assert main(argv) == 0
+    with (trained / "manifest.csv").open(newline="") as handle:
+        [row] = [r for r in csv.DictReader(handle) if r["stage"] == "predict" and r["slide_id"] == "bag_0003"
+                 and r["bag_set"] == "il/0.5mpp"]  # fmt: skip
+    assert row["status"] == "done" and row["note"].startswith("redone: the previous score file was"), row
+    assert S.scores_problem(path) is None and len(S.read_scores(path).coords) == int(row["n_patches"])

@@ -4,7 +4,9 @@ encoder has random weights and the labels are arbitrary, so no accuracy is claim
 
 from __future__ import annotations
 
+import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -95,10 +97,32 @@ def test_one_bad_annotation_costs_its_slide_not_the_table(run: Path, tmp_path: P
         (masks / f"case{index}.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": features}))
     (masks / "case3.geojson").write_text('{"type": "FeatureCollection", "features": [')  # cut short
     capsys.readouterr()
-    assert main(["evaluate-maps", str(run), "--masks", str(masks), "--no-faithfulness"]) == 0
+    assert main(["evaluate-maps", str(run), "--masks", str(masks), "--no-faithfulness"]) == 1  # like tile, extract
     out = run / "explanations" / "ilam"
     assert "| attention_pct | 3/3 |" in (out / "explanations.md").read_text()
     rows = (out / "explanations_per_slide.csv").read_text().splitlines()
     bad = [line for line in rows if line.startswith("case3,")]
     assert len(bad) == 1 and "case3.geojson" in bad[0], rows
-    assert "case3: not evaluated" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "case3: not evaluated" in err and "evaluate-maps: 3 done, 1 failed" in err
+    with (run / "manifest.csv").open(newline="") as handle:
+        status = {r["slide_id"]: r for r in csv.DictReader(handle) if r["stage"] == "evaluate-maps"}
+    assert {k: r["status"] for k, r in status.items()} == {"case0": "done", "case1": "done", "case2": "done",
+                                                            "case3": "failed"}  # fmt: skip
+    assert "case3.geojson" in status["case3"]["error"]
+
+
+def test_a_slide_whose_curves_fail_costs_its_row_not_the_command(run: Path, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    scores = copy / "scores" / "ilam" / "case2.h5"
+    scores.write_bytes(scores.read_bytes()[:4096])  # truncated: the faithfulness curves cannot read it
+    capsys.readouterr()
+    assert main(["evaluate-maps", str(copy), "--quiet"]) == 1  # before: the first bad slide stopped the command
+    assert "case2: not evaluated" in capsys.readouterr().err
+    with (copy / "manifest.csv").open(newline="") as handle:
+        status = {r["slide_id"]: r["status"] for r in csv.DictReader(handle) if r["stage"] == "evaluate-maps"}
+    assert status == {"case0": "done", "case1": "done", "case2": "failed", "case3": "done"}
+    curves = (copy / "explanations" / "ilam" / "faithfulness_per_slide.csv").read_text()
+    assert "case3," in curves and "case2," not in curves

@@ -138,10 +138,10 @@ def dry_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, Any]:
             known = name in maps.VECTOR_MAPS or name.split("_")[0] in ("logit", "contribution")
             assert known, f"unknown map {name!r}"
 
-    def evaluate_maps(run_dir: Any, **kwargs: Any) -> tuple[None, Path]:
+    def evaluate_maps(run_dir: Any, **kwargs: Any) -> evaluate.MapsEvaluation:
         (tmp_path / "explanations.md").write_text("table\n")
         calls["evaluate-maps"] = kwargs
-        return None, tmp_path
+        return evaluate.MapsEvaluation([], tmp_path, [])
 
     def run_pipeline(config: Any, **_: Any) -> Any:
         encoder_config(config.extract.encoder)

@@ -222,10 +222,10 @@ def test_every_artefact_of_the_run(reference: Reference) -> None:
     by_stage: dict[str, dict[str, dict[str, str]]] = {}
     for row in rows:
         by_stage.setdefault(row["stage"], {})[row["slide_id"]] = row
-    assert set(by_stage) == {"tile", "extract", "predict", "heatmap"}
+    assert set(by_stage) == {"tile", "extract", "predict", "heatmap", "evaluate-maps"}
     for stage in ("tile", "extract"):
         assert {s: int(r["n_patches"]) for s, r in by_stage[stage].items()} == patches
-    for stage in ("predict", "heatmap"):  # one row per slide and head: the second head does not overwrite the first
+    for stage in ("predict", "heatmap", "evaluate-maps"):  # one row per slide and head: the second head does not overwrite the first
         assert {(row["slide_id"], row["bag_set"]) for row in rows if row["stage"] == stage} == {
             (slide_id, head) for slide_id in ids for head in HEADS}  # fmt: skip
 

@@ -94,7 +94,7 @@ def test_evaluate_maps_scores_the_stain_baseline_and_warns(tmp_path: Path, lymph
             "relevance": np.ones(len(coords)), "instance_logits": np.stack([lesion * 1.0, lesion * -1.0], 1)}  # fmt: skip
     masks = _write_run(tmp_path, lympho_stroma_slide, coords, maps)
     with caplog.at_level(logging.WARNING, logger="wsi_mil.explain.evaluate"):
-        summary, out = evaluate_maps(tmp_path / "run", masks=masks, faithfulness=False)
+        summary, out, _ = evaluate_maps(tmp_path / "run", masks=masks, faithfulness=False)
     by_map = {row["map"]: row for row in summary}
     assert {"stain_hematoxylin", "stain_darkness", "manifold_seeds"} <= set(by_map)
     assert by_map["stain_hematoxylin"]["positive_slides"] == 1 and by_map["stain_hematoxylin"]["slides"] == 2
@@ -109,5 +109,5 @@ def test_evaluate_maps_scores_the_stain_baseline_and_warns(tmp_path: Path, lymph
     assert "attention_raw" not in warnings
     assert "| stain_hematoxylin | 1/2 |" in text
     assert "does not beat the stain baseline" in caplog.text and "little more than its seeds" in caplog.text
-    summary, out = evaluate_maps(tmp_path / "run", masks=masks, faithfulness=False, baseline=False)
+    summary, out, _ = evaluate_maps(tmp_path / "run", masks=masks, faithfulness=False, baseline=False)
     assert not {"stain_hematoxylin", "manifold_seeds"} & {row["map"] for row in summary}

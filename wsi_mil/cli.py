@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     heatmap.add_argument("--alpha", type=options.fraction, help="opacity of the colour map over the slide")
     heatmap.add_argument("--scale", choices=("slide", "cohort", "fixed"),
                          help="colour range: each slide's own, the run's cohort, or fixed (--range)")
-    heatmap.add_argument("--range", type=float, nargs=2, metavar=("LOW", "HIGH"), help="colour range of --scale fixed")
+    heatmap.add_argument("--range", type=options.finite_float, nargs=2, metavar=("LOW", "HIGH"), help="colour range of --scale fixed")
     _add_common(heatmap)
     heatmap.set_defaults(handler=_run_heatmap)
 
@@ -256,12 +256,12 @@ def _run_heatmap(args: argparse.Namespace) -> int:
 def _run_evaluate_maps(args: argparse.Namespace) -> int:
     from wsi_mil.explain.evaluate import EXPLANATIONS_MD, evaluate_maps
 
-    _, out = evaluate_maps(args.run_dir, masks=args.masks, model=args.model, positive_fraction=args.positive_fraction,
+    result = evaluate_maps(args.run_dir, masks=args.masks, model=args.model, positive_fraction=args.positive_fraction,
                            faithfulness=args.faithfulness, baseline=args.baseline)  # fmt: skip
     if not args.quiet:
-        print((out / EXPLANATIONS_MD).read_text())
-        print(f"tables: {out}")
-    return 0
+        print((result.out / EXPLANATIONS_MD).read_text())
+        print(f"tables: {result.out}")
+    return _summarize(result.records, args.run_dir, "evaluate-maps")
 
 
 def _add_training_commands(commands: Any) -> None:

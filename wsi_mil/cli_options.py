@@ -43,6 +43,8 @@ non_negative_float = _number(float, low=0.0, what="a number >= 0")
 fraction = _number(float, low=0.0, high=1.0, what="a number in [0, 1]")
 #: Fractions in [0, 1) (overlap).
 open_fraction = _number(float, low=0.0, high=1.0, high_open=True, what="a number in [0, 1)")
+#: Any finite number (a colour range's ends).
+finite_float = _number(float, what="a finite number")
 #: Any integer (a random seed).
 any_int = _number(int, what="an integer")
 #: Patch sides in pixels (the tiling config's minimum).

@@ -360,4 +360,5 @@ def _run_head(config: Config, name: str, run_dir: Path, result: PipelineResult, 
     if "evaluate" in stages and run.masks is not None:
         from wsi_mil.explain.evaluate import evaluate_maps
 
-        timed(f"evaluate:{name}", lambda: evaluate_maps(run_dir, masks=str(run.masks), model=name))
+        result.records[f"evaluate:{name}"] = timed(f"evaluate:{name}", lambda: evaluate_maps(
+            run_dir, masks=str(run.masks), model=name).records)  # fmt: skip

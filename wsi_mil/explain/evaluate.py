@@ -16,17 +16,22 @@ trained heads in ``RUN_DIR/models``): bag-level removal / keep-only curves
 - ``cams_per_slide.csv`` and ``cams.csv``: the CAM methods' confidence metrics and, with
   annotations, pixel-level localization inside the explained patches (cam_metrics.py);
 - ``explanations.md``: both summary tables, maps side by side.
+
+One bad slide costs its rows, not the tables: each evaluated slide gets a manifest row
+(stage ``evaluate-maps``: ``done`` or ``failed`` with the error, and the slide libraries'
+warnings), and the command exits 1 when any slide failed, like the other stages.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -35,6 +40,8 @@ from wsi_mil.explain.annotations import find_annotation, load_ground_truth, patc
 from wsi_mil.explain.heatmap import find_jobs
 from wsi_mil.explain.localization import localization_metrics
 from wsi_mil.explain.maps import SlideScores, available_maps, read_scores
+from wsi_mil.io.library_warnings import attach_warnings, capture_library_warnings
+from wsi_mil.manifest import Manifest
 from wsi_mil.run_layout import RunLayout
 from wsi_mil.stats import format_mean_std, mean_std
 from wsi_mil.store.atomic import atomic_output
@@ -47,6 +54,45 @@ EXPLANATIONS_MD = "explanations.md"
 
 #: Columns of the summary table, in order (``_std`` columns follow the means they qualify).
 SUMMARY_METRICS = ("hit", "graded", "auc", "dice@0.5", "iou@0.5", "coverage_in", "coverage_out", "coverage_ratio")
+STAGE = "evaluate-maps"
+
+
+class MapsEvaluation(NamedTuple):
+    """What :func:`evaluate_maps` made: the localization summary, the tables' folder, one manifest record per slide."""
+
+    summary: list[dict[str, Any]]
+    out: Path
+    records: list[dict[str, Any]]
+
+
+class _Outcomes:
+    """Each slide's errors and library warnings over the tables, for its manifest row."""
+
+    def __init__(self) -> None:
+        self.errors: dict[str, list[str]] = {}
+        self.warnings: dict[str, list[str]] = {}
+        self.jobs: dict[str, Any] = {}
+
+    @contextlib.contextmanager
+    def slide(self, job: Any, path: Path | None = None) -> Iterator[list[str]]:
+        """Work on one slide: its library warnings are kept, an error is logged and kept (yields its error list)."""
+        self.jobs.setdefault(job.slide_id, job)
+        errors = self.errors.setdefault(job.slide_id, [])
+        with capture_library_warnings() as captured:
+            try:
+                yield errors
+            except Exception as error:  # noqa: BLE001 -- one bad slide costs its rows, not the tables
+                errors.append(_slide_error(job.slide_id, path or job.scores_path, error))
+        self.warnings.setdefault(job.slide_id, []).extend(captured)
+
+    def records(self) -> list[dict[str, Any]]:
+        records = []
+        for slide_id, job in self.jobs.items():
+            errors = self.errors.get(slide_id) or []
+            record = {"stage": STAGE, "slide_id": slide_id, "bag_set": job.label, "path": str(job.scores_path),
+                      "status": "failed" if errors else "done", "error": "; ".join(errors)}  # fmt: skip
+            records += attach_warnings([record], self.warnings.get(slide_id, []), slide_id=slide_id)
+        return records
 
 
 def _slide_dimensions(scores: SlideScores, bag_path: Path | None) -> tuple[int, int]:
@@ -163,8 +209,8 @@ def markdown_table(summary: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _localization(jobs: Sequence[Any], masks: Path, positive_fraction: float,
-                  baseline: bool) -> list[dict[str, Any]]:  # fmt: skip
+def _localization(jobs: Sequence[Any], masks: Path, positive_fraction: float, baseline: bool,
+                  outcomes: _Outcomes) -> list[dict[str, Any]]:  # fmt: skip
     if not masks.is_dir():
         raise WsiMilError(f"{masks}: no such masks folder; give the folder holding <slide_id>.png|.geojson|.xml")
     rows: list[dict[str, Any]] = []
@@ -174,11 +220,11 @@ def _localization(jobs: Sequence[Any], masks: Path, positive_fraction: float,
         if annotation is None:
             missing.append(job.slide_id)
             continue
-        try:  # one bad annotation or scores file costs its slide, not the table
+        with outcomes.slide(job, annotation) as errors:  # a bad annotation or scores file costs its slide's rows
             rows.extend(evaluate_slide(read_scores(job.scores_path), annotation, bag_path=job.bag_path,
                                        positive_fraction=positive_fraction, baseline=baseline))  # fmt: skip
-        except Exception as error:  # noqa: BLE001 -- one slide's error is its row, the table goes on
-            rows.append({"slide_id": job.slide_id, "map": "", "error": _slide_error(job.slide_id, annotation, error)})
+        if errors:
+            rows.append({"slide_id": job.slide_id, "map": "", "error": errors[-1]})
     if missing:
         logger.warning("%d scored slides have no annotation in %s (not evaluated), e.g. %s",
                        len(missing), masks, ", ".join(missing[:5]))  # fmt: skip
@@ -197,32 +243,36 @@ def _slide_error(slide_id: str, path: Path, error: BaseException) -> str:
     return message
 
 
-def _faithfulness(jobs: Sequence[Any], fractions: Sequence[float]) -> list[dict[str, Any]]:
+def _faithfulness(jobs: Sequence[Any], fractions: Sequence[float], outcomes: _Outcomes) -> list[dict[str, Any]]:
     """Curves of every slide for its predicted class (the heads must be in RUN_DIR/models); class
     maps are those of the predicted class (``logit_pred``, ``contribution_pred``)."""
-    from wsi_mil.explain.faithfulness import faithfulness_curves, load_heads, locate_heads
-    from wsi_mil.mil.data import read_bag_features
-
     rows: list[dict[str, Any]] = []
     for job in jobs:
-        scores = read_scores(job.scores_path)
-        target = int(scores.root_attrs.get("pred", scores.target_class()))
-        inputs = locate_heads(scores, run_dir=job.run_dir, model=job.model, subset=job.subset)
-        if isinstance(inputs, str):
-            logger.warning("%s: no faithfulness curves: %s", job.slide_id, inputs)
-            continue
-        features, coords, _ = read_bag_features(inputs.feature_path)
-        if not np.array_equal(np.asarray(coords), scores.coords):
-            logger.warning("%s: feature file and scores differ in patches; re-run wsi-mil predict", job.slide_id)
-            continue
-        maps = available_maps(scores, target=target, label="pred")
-        curves = faithfulness_curves(load_heads(inputs.fold_dirs, "cpu"), features, coords, maps, target=target,
-                                     fractions=fractions)  # fmt: skip
-        rows.extend({"slide_id": job.slide_id, **row} for row in curves)
+        with outcomes.slide(job):
+            rows.extend({"slide_id": job.slide_id, **row} for row in _slide_curves(job, fractions))
     return rows
 
 
-def _cams(jobs: Sequence[Any], masks: Path | None) -> list[dict[str, Any]]:
+def _slide_curves(job: Any, fractions: Sequence[float]) -> list[dict[str, Any]]:
+    from wsi_mil.explain.faithfulness import faithfulness_curves, load_heads, locate_heads
+    from wsi_mil.mil.data import read_bag_features
+
+    scores = read_scores(job.scores_path)
+    target = int(scores.root_attrs.get("pred", scores.target_class()))
+    inputs = locate_heads(scores, run_dir=job.run_dir, model=job.model, subset=job.subset)
+    if isinstance(inputs, str):
+        logger.warning("%s: no faithfulness curves: %s", job.slide_id, inputs)
+        return []
+    features, coords, _ = read_bag_features(inputs.feature_path)
+    if not np.array_equal(np.asarray(coords), scores.coords):
+        logger.warning("%s: feature file and scores differ in patches; re-run wsi-mil predict", job.slide_id)
+        return []
+    maps = available_maps(scores, target=target, label="pred")
+    return faithfulness_curves(load_heads(inputs.fold_dirs, "cpu"), features, coords, maps, target=target,
+                               fractions=fractions)  # fmt: skip
+
+
+def _cams(jobs: Sequence[Any], masks: Path | None, outcomes: _Outcomes) -> list[dict[str, Any]]:
     """CAM metrics of every slide whose heatmap folder holds cams.h5 (wsi-mil heatmap)."""
     from wsi_mil.explain.cam_metrics import cam_rows
     from wsi_mil.explain.cams_file import CAMS_NAME
@@ -234,23 +284,22 @@ def _cams(jobs: Sequence[Any], masks: Path | None) -> list[dict[str, Any]]:
             continue
         annotation = find_annotation(masks, job.slide_id) if masks is not None else None
         truth = None
-        try:
+        with outcomes.slide(job, annotation or path):
             if annotation is not None:
                 truth = load_ground_truth(annotation, _slide_dimensions(read_scores(job.scores_path), job.bag_path))
             rows.extend(cam_rows(path, truth))
-        except Exception as error:  # noqa: BLE001 -- one slide's error is logged, the others are still scored
-            _slide_error(job.slide_id, annotation or path, error)
     return rows
 
 
 def evaluate_maps(run_dir: str | Path, *, masks: str | Path | None = None, model: str | None = None,
                   positive_fraction: float = 0.5, faithfulness: bool = True,
                   fractions: Sequence[float] | None = None,
-                  baseline: bool = True) -> tuple[list[dict[str, Any]], Path]:  # fmt: skip
+                  baseline: bool = True) -> MapsEvaluation:  # fmt: skip
     """Localization of every map on annotated slides (when ``masks`` is given; with ``baseline``,
     beside the non-learned stain maps and manifold seeds, with warnings for maps that are
     degenerate or do not beat the stain baseline) and bag-level faithfulness curves (when
-    ``faithfulness``); writes the tables; returns (localization summary rows, output folder)."""
+    ``faithfulness``); writes the tables and a manifest row per slide; returns (localization summary
+    rows, output folder, the slides' manifest records: ``failed`` where a slide could not be evaluated)."""
     from wsi_mil.explain.faithfulness import FRACTIONS, faithfulness_markdown, summarize_faithfulness
 
     if masks is None and not faithfulness:
@@ -261,10 +310,11 @@ def evaluate_maps(run_dir: str | Path, *, masks: str | Path | None = None, model
     outputs: list[tuple[str, str]] = []
     markdown = [f"# Explanation metrics: {model}", ""]
     summary: list[dict[str, Any]] = []
+    outcomes = _Outcomes()
     if masks is not None:
         from wsi_mil.explain.map_checks import map_warnings, warnings_markdown
 
-        rows = _localization(jobs, Path(masks), positive_fraction, baseline)
+        rows = _localization(jobs, Path(masks), positive_fraction, baseline, outcomes)
         evaluated = [row for row in rows if not row.get("error")]
         summary = summarize(evaluated)
         warnings = map_warnings(evaluated, summary)
@@ -275,14 +325,14 @@ def evaluate_maps(run_dir: str | Path, *, masks: str | Path | None = None, model
         failed = [f"- {row['slide_id']}: {row['error']}" for row in rows if row.get("error")]
         if failed:
             markdown += ["Slides not evaluated (see explanations_per_slide.csv):", *failed, ""]
-    cams = _cams(jobs, Path(masks) if masks is not None else None)
+    cams = _cams(jobs, Path(masks) if masks is not None else None, outcomes)
     if cams:
         from wsi_mil.explain.cam_metrics import cam_markdown, summarize_cams
 
         outputs += [("cams_per_slide.csv", _csv(cams)), ("cams.csv", _csv(summarize_cams(cams)))]
         markdown.append(cam_markdown(summarize_cams(cams)))
     if faithfulness:
-        curves = _faithfulness(jobs, fractions or FRACTIONS)
+        curves = _faithfulness(jobs, fractions or FRACTIONS, outcomes)
         if curves:
             outputs += [("faithfulness_per_slide.csv", _csv(curves)), ("faithfulness.csv", _csv(summarize_faithfulness(curves)))]
             markdown.append(faithfulness_markdown(summarize_faithfulness(curves)))
@@ -290,4 +340,7 @@ def evaluate_maps(run_dir: str | Path, *, masks: str | Path | None = None, model
     for name, text in outputs:
         with atomic_output(out / name) as tmp:
             tmp.write_text(text)
-    return summary, out
+    manifest = Manifest(run_dir)  # the failures were logged as they happened
+    records = manifest.update(outcomes.records())
+    manifest.save()
+    return MapsEvaluation(summary, out, records)

@@ -31,6 +31,7 @@ from wsi_mil.errors import WsiMilError
 from wsi_mil.explain.heatmap_slide import heatmap_slide
 from wsi_mil.explain.maps import read_scores, select_maps
 from wsi_mil.explain.stitch import ScoreRange
+from wsi_mil.io.library_warnings import attach_warnings, capture_library_warnings
 from wsi_mil.io.slide_ids import check_slide_id
 from wsi_mil.manifest import failure_record
 from wsi_mil.run_layout import HEATMAP_CONFIG, RunLayout
@@ -89,6 +90,15 @@ def heatmap_job(job: HeatmapJob, *, options: HeatmapConfig, reader: str = "auto"
     """
     record: dict[str, Any] = {"stage": STAGE, "slide_id": job.slide_id, "bag_set": job.label, "path": str(job.scores_path)}
     started = time.perf_counter()
+    with capture_library_warnings() as captured:  # attached to the slide's row, not printed raw
+        done = _heatmap_outputs(job, record, started, options=options, reader=reader, overwrite=overwrite, debug=debug,
+                                cohort=cohort, checkpoint_path=checkpoint_path)  # fmt: skip
+    return attach_warnings([done], captured, slide_id=job.slide_id)[0]
+
+
+def _heatmap_outputs(job: HeatmapJob, record: dict[str, Any], started: float, *, options: HeatmapConfig, reader: str,
+                     overwrite: bool, debug: bool, cohort: Mapping[str, Mapping[str, ScoreRange]] | None,
+                     checkpoint_path: str | None) -> dict[str, Any]:  # fmt: skip
     try:
         scores = read_scores(job.scores_path)  # once: the maps, galleries and CAMs share it
         result = heatmap_slide(scores, out_dir=job.out_dir, slide_path=job.slide_path, bag_path=job.bag_path,

@@ -21,6 +21,7 @@ import numpy as np
 from wsi_mil.config import Config, ExtractConfig
 from wsi_mil.errors import ConfigError, SlideMismatchError, WsiMilError
 from wsi_mil.features.jobs import ExtractionJob
+from wsi_mil.io.library_warnings import attach_warnings, capture_library_warnings
 from wsi_mil.io.slide_ids import check_slide_id
 from wsi_mil.manifest import failure_record
 from wsi_mil.run_layout import RunLayout
@@ -264,13 +265,15 @@ def extract_job(job: ExtractionJob, *, config: Config, overwrite: bool = False, 
         redo = f"redone: the previous feature file was {problem}"
         logger.warning("%s: %s", job.out_path, redo)
     started = time.perf_counter()
-    try:
-        result = extract_bag(job, config=config, progress=show_patches)
-    except Exception as error:
-        if debug:
-            logger.exception("%s: extraction failed", job.slide_id)
-        return failure_record(record, error, path=job.bag_path, started=started)
-    return {**record, **result, "status": "done", "error": "", "note": redo}
+    with capture_library_warnings() as captured:  # attached to the slide's row, not printed raw
+        try:
+            result = {**record, **extract_bag(job, config=config, progress=show_patches), "status": "done",
+                      "error": "", "note": redo}  # fmt: skip
+        except Exception as error:
+            if debug:
+                logger.exception("%s: extraction failed", job.slide_id)
+            result = failure_record(record, error, path=job.bag_path, started=started)
+    return attach_warnings([result], captured, slide_id=job.slide_id)[0]
 
 
 def extract_run(run_dir: str | Path, *, config: Config, overwrite: bool = False, debug: bool = False,

@@ -15,7 +15,8 @@ import contextlib
 import logging
 import warnings
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 #: Loggers of the libraries that read slides.
 LIBRARY_LOGGERS = ("tifffile", "tiffslide", "PIL", "imagecodecs", "openslide", "pydicom")
@@ -23,6 +24,8 @@ LIBRARY_LOGGERS = ("tifffile", "tiffslide", "PIL", "imagecodecs", "openslide", "
 DEVELOPER_WARNINGS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning, ImportWarning, ResourceWarning)
 #: Distinct messages kept per slide, and characters per message.
 KEEP, WIDTH = 5, 200
+
+logger = logging.getLogger(__name__)
 
 
 class _Collect(logging.Handler):
@@ -70,3 +73,13 @@ def summarize_warnings(messages: list[str]) -> str:
     parts = [f"{text} (x{n})" if n > 1 else text for text, n in counts.items()]
     more = f"; and {len(parts) - KEEP} other(s)" if len(parts) > KEEP else ""
     return "; ".join(parts[:KEEP]) + more
+
+
+def attach_warnings(records: Sequence[dict[str, Any]], captured: list[str], *, slide_id: str) -> list[dict[str, Any]]:
+    """``records`` with the slide's captured warnings in their ``warnings`` column, logged once
+    naming the slide; unchanged when nothing was captured."""
+    if not captured:
+        return list(records)
+    summary = summarize_warnings(captured)
+    logger.warning("%s: library warnings: %s", slide_id, summary)
+    return [{**record, "warnings": summary} for record in records]

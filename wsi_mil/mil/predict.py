@@ -171,8 +171,13 @@ def _score_slide(layout: RunLayout, feature_set: FeatureSet, slide_id: str, scor
                  overwrite: bool) -> dict[str, Any]:  # fmt: skip
     path = feature_set.files[slide_id]
     out_path = out_dir / f"{slide_id}.h5"
+    redo = ""
     if out_path.exists() and not overwrite:
-        return {"path": str(out_path), "status": "skipped", "note": "complete score file exists"}
+        problem = S.scores_problem(out_path)
+        if problem is None:
+            return {"path": str(out_path), "status": "skipped", "note": "complete score file exists"}
+        redo = f"redone: the previous score file was {problem}"
+        logger.warning("%s: %s", out_path, redo)
     started = time.perf_counter()
     try:
         features, coords, attrs = read_bag_features(path, feature_set.coords_files.get(slide_id))
@@ -191,6 +196,6 @@ def _score_slide(layout: RunLayout, feature_set: FeatureSet, slide_id: str, scor
         S.write_scores(out_path, coords, maps, attrs=root, coords_attrs=geometry)
     except WsiMilError as error:
         return {"path": str(path), "status": "failed", "error": str(error)}
-    return {"path": str(out_path), "status": "done", "error": "", "n_patches": len(features),
+    return {"path": str(out_path), "status": "done", "error": "", "note": redo, "n_patches": len(features),
             "pred": scorer.classes[int(probs.argmax())], "prob": float(probs.max()), "fold_policy": policy,
             "seconds": round(time.perf_counter() - started, 3)}  # fmt: skip

@@ -1,6 +1,8 @@
 """Write to a temporary name beside the target and rename on success.
 
-A file or folder that exists under its final name is therefore complete. Partial
+A file or folder under its final name was complete when it got that name. That it is
+still complete (not truncated or half-copied since) is what the completeness markers
+check (:mod:`wsi_mil.store.complete`: bags, feature and score files). Partial
 outputs of a killed run keep a ``.partial-<pid>`` name and are removed on the next run;
 a partial whose process is still alive on this machine belongs to another writer and
 is left alone (a second process never deletes the first one's work).

@@ -16,7 +16,7 @@
 
 Root attributes (:data:`ROOT_ATTRS`): ``probs`` (C,), ``pred``, ``classes`` (JSON list),
 ``model``, ``folds`` (JSON list of fold indices used), ``fold_policy``, ``slide_id``,
-``format_version``.
+``format_version``, and ``complete_rows`` (N, written last: :mod:`wsi_mil.store.complete`).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import numpy as np
 from wsi_mil.errors import BagFormatError
 from wsi_mil.store.atomic import atomic_output
 from wsi_mil.store.attrs import clean_attrs, h5_attr
+from wsi_mil.store.complete import mark_complete, output_problem
 
 SCORES_FORMAT_VERSION = "1.0"
 
@@ -92,7 +93,13 @@ def write_scores(path: str | Path, coords: np.ndarray, maps: dict[str, np.ndarra
                     f.create_dataset(name, data=data)
             for key, value in root.items():
                 f.attrs[key] = np.asarray(value, np.float32) if key == "probs" else h5_attr(value)
+            mark_complete(f, len(coords))
     return path
+
+
+def scores_problem(path: str | Path) -> str | None:
+    """Why the score file at ``path`` cannot be skipped as complete (missing, unreadable, truncated), or None."""
+    return output_problem(path, (COORDS, *REQUIRED_DATASETS))
 
 
 def read_scores(path: str | Path) -> ScoreFile:

@@ -9,10 +9,11 @@ the tissue contours as QuPath annotations (:mod:`wsi_mil.geojson`).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,12 +22,12 @@ import numpy as np
 from PIL import Image
 
 from wsi_mil.config import Config, TilingConfig, config_to_dict, config_to_json
-from wsi_mil.errors import WsiMilError
+from wsi_mil.errors import SlideTimeoutError, WsiMilError
 from wsi_mil.geojson import write_tissue_geojson
 from wsi_mil.io.base import BaseReader
 from wsi_mil.io.bounded import describe_unreadable
 from wsi_mil.io.discover import SlideSource, check_unique_ids
-from wsi_mil.io.library_warnings import capture_library_warnings, summarize_warnings
+from wsi_mil.io.library_warnings import attach_warnings, capture_library_warnings
 from wsi_mil.io.open import open_slide
 from wsi_mil.manifest import RunRecorder, failure_record
 from wsi_mil.run_layout import RunLayout
@@ -42,6 +43,10 @@ logger = logging.getLogger(__name__)
 
 STAGE = "tile"
 PIXEL_BATCH = 64
+#: What tiling imports as it runs: loaded once by the time limit's forkserver, not in every child.
+CHILD_PRELOAD = ("openslide", "tiffslide", "h5py", "zarr", "shapely", "scipy.ndimage", "skimage.color",
+                 "skimage.filters", "skimage.filters.rank", "skimage.measure", "skimage.morphology",
+                 "skimage.segmentation", "skimage.util")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -203,11 +208,21 @@ def tile_slide(
         return records
     with capture_library_warnings() as captured:
         done = _tile_sets(source, todo, config, started, debug)
-    if captured:  # attached to the slide's rows instead of printed raw
-        summary = summarize_warnings(captured)
-        logger.warning("%s: library warnings: %s", source.slide_id, summary)
-        done = [{**record, "warnings": summary} for record in done]
-    return records + done
+    return records + attach_warnings(done, captured, slide_id=source.slide_id)  # not printed raw
+
+
+def _tile_slide_in_child(source: SlideSource, run_dir: str | Path, *, seconds: float, config: Config,
+                         overwrite: bool = False, debug: bool = False) -> list[dict[str, Any]]:  # fmt: skip
+    """:func:`tile_slide` in a child process stopped after ``seconds``: a slide stuck inside a C call
+    (which the reader's own time check cannot reach) fails and the batch goes on."""
+    from wsi_mil.time_limit import ChildDiedError, run_with_time_limit
+
+    started = time.perf_counter()
+    try:
+        return run_with_time_limit(tile_slide, source, seconds=seconds, preload=CHILD_PRELOAD, run_dir=run_dir,
+                                   config=config, overwrite=overwrite, debug=debug)  # fmt: skip
+    except (SlideTimeoutError, ChildDiedError) as error:
+        return [_failure(source, s, error, started, False) for s in bag_sets(run_dir, config.tiling)]
 
 
 def _tile_sets(
@@ -289,8 +304,12 @@ def _tile_locked(sources: Sequence[SlideSource], run_dir: Path, *, config: Confi
         )
         recorder.add([_failure(source, s, WsiMilError(message), time.perf_counter(), False) for s in bag_sets(run_dir, config.tiling)])
 
+    job: Callable[..., list[dict[str, Any]]] = tile_slide
+    limit = config.tiling.slide_timeout
+    if limit is not None:  # hard limit: each slide in a child process, stopped even inside a C call
+        job = functools.partial(_tile_slide_in_child, seconds=limit)
     map_slides(
-        tile_slide,
+        job,
         list(sources),
         on_result=lambda _, records: recorder.add(records),
         on_crash=on_crash,
@@ -298,6 +317,7 @@ def _tile_locked(sources: Sequence[SlideSource], run_dir: Path, *, config: Confi
         scheduler=config.parallel.scheduler,
         desc="tiling",
         progress=progress,
+        daemon=limit is None,  # a daemonic Dask worker may not start the child process
         run_dir=run_dir,
         config=config,
         overwrite=overwrite,
