@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "wsi_mil"
 #: Lowest first. A module may import its own layer and the layers before it.
 LAYERS = (
     # shared ground: errors, config, the run folder's layout, readers, stores, manifest, Dask
-    ("errors", "registry", "stats", "config", "run_layout", "device", "io", "store", "manifest", "parallel", "geojson",
+    ("errors", "registry", "stats", "config", "run_layout", "device", "io", "store", "manifest", "parallel", "time_limit", "geojson",
      "synthetic",
      "datasets", ""),
     ("tiling",),
