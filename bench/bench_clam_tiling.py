@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from clam_common import Clock, ONE_THREAD, ROOT, add_clam_to_path, emit, load_note, median, require_clam, run_worker  # noqa: E402
+from clam_common import ONE_THREAD, ROOT, Clock, add_clam_to_path, emit, load_note, median, require_clam, run_worker
 
 SIZES = ((20000, 15000), (40000, 30000), (80000, 60000))
 TARGET_RATIO = 3.0
@@ -125,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
                 out = Path(tmp) / side
                 out.mkdir()
                 common = ["--worker", side, "--slide", str(slide), "--out", str(out), "--repeats", str(args.repeats)]
-                result[side] = run_worker(interpreter, Path(__file__), common, pythonpath=str(ROOT) if side == "ours" else "")
+                result[side] = run_worker(
+                    interpreter, Path(__file__), common, pythonpath=str(ROOT) if side == "ours" else ""
+                )
         ours, clam = summarize(result["ours"]), summarize(result["clam"])
         ratio = clam["cpu_s"] / max(ours["cpu_s"], 1e-9)
         rows.append((size, ours, clam, ratio, result))
@@ -140,8 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     print("\n| slide | wsi-mil CPU s (wall) | CLAM CPU s (wall) | CLAM / wsi-mil CPU | patches wsi-mil / CLAM |")
     print("|---|---:|---:|---:|---:|")
     for size, ours, clam, ratio, result in rows:
-        print(f"| {size} | {ours['cpu_s']:.3f} ({ours['wall_s']:.3f}) | {clam['cpu_s']:.3f} ({clam['wall_s']:.3f}) | "
-              f"{ratio:.2f}x | {result['ours']['patches']} / {result['clam']['patches']} |")
+        print(
+            f"| {size} | {ours['cpu_s']:.3f} ({ours['wall_s']:.3f}) | {clam['cpu_s']:.3f} ({clam['wall_s']:.3f}) | "
+            f"{ratio:.2f}x | {result['ours']['patches']} / {result['clam']['patches']} |"
+        )
     return 0
 
 

@@ -96,7 +96,7 @@ class Clock:
 def run_worker(python: str, script: Path, args: Sequence[str], *, pythonpath: str = "") -> dict[str, Any]:
     """Run ``script --worker ...`` with ``python`` and return the JSON of its last output line."""
     env = {**os.environ, **ONE_THREAD, "PYTHONPATH": pythonpath}
-    done = subprocess.run([python, str(script), *args], capture_output=True, text=True, env=env)
+    done = subprocess.run([python, str(script), *args], check=False, capture_output=True, text=True, env=env)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode or not lines:
         raise SystemExit(f"worker failed ({done.returncode}): {python} {script.name} {' '.join(args)}\n"

@@ -20,128 +20,22 @@ given in micrometres and mean the same thing on every slide. Steps:
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 
 from wsi_mil.config import TissueConfig
+from wsi_mil.tiling.colours import Colours, HsvArray
+from wsi_mil.tiling.mask_ops import (
+    closing_disk,
+    fill_small_holes,
+    label_components,
+    median_uint8,
+    otsu_uint8,
+    remove_small_objects,
+)
 
 
 def _odd(n: int) -> int:
     return max(1, n | 1)
-
-
-@functools.cache
-def _saturation_tables() -> tuple[np.ndarray, np.ndarray]:
-    """HSV saturation by (max, min) channel value, (256, 256): float64 and uint8 (x 255, truncated).
-
-    The arithmetic of ``skimage.color.rgb2hsv`` on uint8 input: channels scaled by
-    1/255 in float64, ``(max - min) / max``, 0 where max == min. Saturation depends on a
-    pixel's largest and smallest channel only, so one gather from this table replaces
-    the whole conversion (tests/test_tissue.py checks every (max, min) pair).
-    """
-    scaled = np.arange(256, dtype=np.float64) * (1.0 / 255)
-    high, low = scaled[:, None], scaled[None, :]
-    delta = high - low
-    with np.errstate(divide="ignore", invalid="ignore"):
-        saturation = np.where(delta > 0.0, delta / high, 0.0)
-    return saturation, (np.clip(saturation, 0, 1) * 255).astype(np.uint8)
-
-
-class Colours:
-    """HSV channels of an (H, W, 3) uint8 RGB image, each computed when first needed.
-
-    Values are those of ``skimage.color.rgb2hsv`` (hue in degrees, -180..180, red at 0),
-    bit for bit; saturation and value come from the max and min channel without a float
-    conversion of the image, hue is computed only where it is asked for.
-    """
-
-    def __init__(self, rgb: np.ndarray) -> None:
-        self.planes = [np.ascontiguousarray(rgb[..., c]) for c in range(3)]  # numpy reduces planes quickly
-        self.high = np.maximum(np.maximum(self.planes[0], self.planes[1]), self.planes[2])
-        self.low = np.minimum(np.minimum(self.planes[0], self.planes[1]), self.planes[2])
-        self.shape = self.high.shape
-
-    @functools.cached_property
-    def _pair(self) -> np.ndarray:
-        return (self.high.astype(np.intp) << 8) | self.low
-
-    @functools.cached_property
-    def saturation(self) -> np.ndarray:
-        return _saturation_tables()[0].ravel()[self._pair]
-
-    @functools.cached_property
-    def saturation8(self) -> np.ndarray:
-        """(H, W) uint8: saturation x 255, truncated."""
-        return _saturation_tables()[1].ravel()[self._pair]
-
-    @functools.cached_property
-    def value(self) -> np.ndarray:
-        return self.high * (1.0 / 255)
-
-    def value_above(self, threshold: float) -> np.ndarray:
-        """``value > threshold`` without a float image: the max channel against an integer bound."""
-        return self.high >= int(np.count_nonzero(np.arange(256) * (1.0 / 255) <= threshold))
-
-    def value_below(self, threshold: float) -> np.ndarray:
-        return self.high < int(np.count_nonzero(np.arange(256) * (1.0 / 255) < threshold))
-
-    def median_value(self) -> float:
-        """``np.median`` of the value channel, from a histogram of the max channel."""
-        counts = np.cumsum(np.bincount(self.high.ravel(), minlength=256))
-        n = int(counts[-1])
-        middle = [int(np.searchsorted(counts, k, side="right")) for k in {(n - 1) // 2, n // 2}]
-        return float(np.mean([m * (1.0 / 255) for m in middle]))
-
-    @functools.cached_property
-    def hue(self) -> np.ndarray:
-        return self.hue_where(np.ones(self.shape, dtype=bool)).reshape(self.shape)
-
-    def hue_where(self, where: np.ndarray) -> np.ndarray:
-        """Hue in degrees (-180..180) of the pixels where ``where`` is True, as a 1-D array."""
-        r, g, b = (plane[where] * (1.0 / 255) for plane in self.planes)
-        high, low = self.high[where] * (1.0 / 255), self.low[where] * (1.0 / 255)
-        delta = high - low
-        with np.errstate(divide="ignore", invalid="ignore"):  # grey pixels: set to 0 below, as rgb2hsv does
-            # rgb2hsv assigns red-, green- then blue-is-max in turn: a later one wins a tie
-            sector = np.where(b == high, 4.0 + (r - g) / delta, np.where(g == high, 2.0 + (b - r) / delta, (g - b) / delta))
-            hue = (sector / 6.0) % 1.0
-        hue[delta == 0.0] = 0.0
-        hue *= 360.0
-        return np.where(hue > 180.0, hue - 360.0, hue)
-
-
-class _HsvArray:
-    """The :class:`Colours` interface over an (H, W, 3) float HSV array (``rgb2hsv``'s output)."""
-
-    def __init__(self, hsv: np.ndarray) -> None:
-        self.hue, self.saturation, self.value = _hue_degrees(hsv), hsv[..., 1], hsv[..., 2]
-        self.shape = self.value.shape
-
-    def value_above(self, threshold: float) -> np.ndarray:
-        return self.value > threshold
-
-    def value_below(self, threshold: float) -> np.ndarray:
-        return self.value < threshold
-
-    def hue_where(self, where: np.ndarray) -> np.ndarray:
-        return self.hue[where]
-
-
-def _median(image: np.ndarray, size: int) -> np.ndarray:
-    """Median over a ``size`` x ``size`` window (odd), edges repeated; uint8 in and out.
-
-    Same output as ``skimage.filters.median(image, footprint=np.ones((size, size)))``
-    (scipy's 'nearest' mode); OpenCV's constant-time uint8 median, edges replicated.
-    """
-    import cv2
-
-    return cv2.medianBlur(np.ascontiguousarray(image), size)
-
-
-def _hue_degrees(hsv: np.ndarray) -> np.ndarray:
-    hue = hsv[..., 0] * 360.0
-    return np.where(hue > 180.0, hue - 360.0, hue)  # -180..180, red around 0
 
 
 # Why colour tells ink from H&E: hematoxylin and eosin both absorb green most (Ruifrok's
@@ -164,11 +58,11 @@ _MIN_CORE_FRACTION = 0.25
 _FAMILIES = ("cool", "black", "red")
 
 
-def _channels(hsv: np.ndarray | Colours) -> Colours | _HsvArray:
-    return _HsvArray(hsv) if isinstance(hsv, np.ndarray) else hsv
+def _channels(hsv: np.ndarray | Colours) -> Colours | HsvArray:
+    return HsvArray(hsv) if isinstance(hsv, np.ndarray) else hsv
 
 
-def _ink_cores(colours: Colours | _HsvArray, *, black_value: float) -> dict[str, np.ndarray]:
+def _ink_cores(colours: Colours | HsvArray, *, black_value: float) -> dict[str, np.ndarray]:
     """Colours no H&E stain takes, per ink family. Saturated violet-blue just past -120
     (red and green equally dark, blue much lighter) is ink too: blue ink over tissue.
     Black ink is dark grey but not near black (``black_value``): out-of-slide areas and
@@ -253,11 +147,8 @@ def detect_pen(hsv: np.ndarray | Colours, *, mpp: float, config: TissueConfig) -
     tissue (tumour, lymphocytes) that looks like ink over tissue is never a stroke by
     itself. Added: faint pixels of the stroke's ink hue within ``pen_halo_um`` of it (its
     blur), and a ``pen_margin_um`` margin. ``hsv``: (H, W, 3) float HSV in 0-1, or
-    :class:`Colours`.
+    :class:`~wsi_mil.tiling.colours.Colours`.
     """
-    from scipy import ndimage
-    from skimage import morphology
-
     min_stroke = int(config.min_pen_um2 / (mpp * mpp))
     min_core = int(min_stroke * _MIN_CORE_FRACTION)
     colours = _channels(hsv)
@@ -265,6 +156,9 @@ def detect_pen(hsv: np.ndarray | Colours, *, mpp: float, config: TissueConfig) -
     ink = np.zeros(colours.shape, dtype=bool)
     if all(np.count_nonzero(cores[family]) <= min_core for family in _FAMILIES):
         return ink  # no stroke can start (see _strokes): the usual case, without the full hue
+    from scipy import ndimage
+    from skimage import morphology
+
     hue, sat, val = colours.hue, colours.saturation, colours.value
     bodies, halos = _ink_over_tissue(hue, sat, val), _ink_halo(hue, sat)
     for family in _FAMILIES:
@@ -286,53 +180,6 @@ def is_dark_background(hsv: np.ndarray | Colours) -> bool:
     return hsv.median_value() < 0.3
 
 
-def _components(mask: np.ndarray, connectivity: int) -> np.ndarray:
-    """(H, W) int32 labels of the connected True areas of ``mask`` (4- or 8-connected), 0 elsewhere."""
-    import cv2
-
-    return cv2.connectedComponents(np.ascontiguousarray(mask).view(np.uint8), connectivity=connectivity)[1]
-
-
-def _remove_small_objects(mask: np.ndarray, max_size: int) -> np.ndarray:
-    """``skimage.morphology.remove_small_objects(mask, max_size=max_size)``: 4-connected areas
-    of at most ``max_size`` px removed (OpenCV's labelling, several times faster)."""
-    labels = _components(mask, 4)
-    too_small = np.bincount(labels.ravel()) <= max_size
-    too_small[0] = False
-    return mask & ~too_small[labels]
-
-
-def _closing(mask: np.ndarray, radius: int) -> np.ndarray:
-    """``skimage.morphology.closing(mask, disk(radius, decomposition="sequence"))``: the same
-    footprint sequence and 'reflect' edges, with OpenCV's dilation and erosion. Larger disks
-    decompose into T-shaped steps: skimage's erosion takes them mirrored, its dilation not,
-    and every step reflects the edge again."""
-    import cv2
-    from skimage import morphology
-
-    steps = morphology.disk(radius, decomposition="sequence")
-    image = np.ascontiguousarray(mask).view(np.uint8)
-    for operation, mirror in ((cv2.dilate, False), (cv2.erode, True)):
-        for footprint, count in steps:
-            kernel = np.ascontiguousarray(footprint[::-1, ::-1] if mirror else footprint, dtype=np.uint8)
-            for _ in range(int(count)):
-                image = operation(image, kernel, borderType=cv2.BORDER_REFLECT)
-    return image.view(bool)
-
-
-def _fill_small_holes(mask: np.ndarray, max_pixels: int) -> np.ndarray:
-    """Fill background components of at most ``max_pixels`` that do not touch the border."""
-    labels = _components(~mask, 4)
-    if labels.max() == 0:
-        return mask
-    sizes = np.bincount(labels.ravel())
-    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    fill = sizes <= max_pixels
-    fill[0] = False
-    fill[border] = False
-    return mask | fill[labels]
-
-
 def _with_faint(mask: np.ndarray, faint: np.ndarray) -> np.ndarray:
     """``mask`` plus the connected areas of ``faint`` that touch it (hysteresis thresholding).
 
@@ -340,7 +187,7 @@ def _with_faint(mask: np.ndarray, faint: np.ndarray) -> np.ndarray:
     set by dense tissue; above ``faint_saturation`` and joined to it, they are tissue.
     ``faint`` has only a 3-px median (the 5-px one erases fat's membranes); glass stays
     below its level."""
-    labels = _components(faint | mask, 8)
+    labels = label_components(faint | mask, 8)
     count = int(labels.max())
     if count == 0:
         return mask
@@ -355,8 +202,6 @@ def detect_tissue(rgb: np.ndarray, *, mpp: float, config: TissueConfig | None = 
 
     rgb: (H, W, 3) uint8 at ``mpp`` um/px. Returns (H, W) bool.
     """
-    from skimage import color, filters
-
     config = config or TissueConfig()
     methods = TissueConfig.CHOICES["method"]
     if config.method not in methods:
@@ -372,6 +217,8 @@ def detect_tissue(rgb: np.ndarray, *, mpp: float, config: TissueConfig | None = 
     if method == "hsv_otsu":
         raw8, (low, high) = colours.saturation8, config.saturation_range
     elif method == "gray_otsu":
+        from skimage import color
+
         score, (low, high) = 1.0 - color.rgb2gray(rgb), config.darkness_range
     else:
         score, (low, high) = colours.value, config.brightness_range
@@ -383,17 +230,17 @@ def detect_tissue(rgb: np.ndarray, *, mpp: float, config: TissueConfig | None = 
         score = ndimage.uniform_filter(score.astype(np.float32), size=size)
     if score is not None:
         raw8 = (np.clip(score, 0, 1) * 255).astype(np.uint8)
-    score8 = _median(raw8, _odd(config.median_size)) if method != "fluorescence" else raw8
+    score8 = median_uint8(raw8, _odd(config.median_size)) if method != "fluorescence" else raw8
 
     background_like = score8 < 255 * low  # Otsu on glass-only pixels would split noise
-    threshold = filters.threshold_otsu(score8) / 255 if np.ptp(score8) > 0 else high
+    threshold = otsu_uint8(score8) / 255 if np.ptp(score8) > 0 else high
     threshold = float(np.clip(threshold, low, high))
     mask = score8 > 255 * threshold
     faint = None
     if not background_like.any():  # tissue everywhere: any stain counts
         mask = score8 > 255 * low
     elif method == "hsv_otsu" and config.faint_saturation > 0:
-        faint = _median(raw8, 3) > 255 * config.faint_saturation  # a 3-px median: noise off, membranes kept
+        faint = median_uint8(raw8, 3) > 255 * config.faint_saturation  # a 3-px median: noise off, membranes kept
     if method != "fluorescence":
         mask &= colours.value_above(config.black_value)
 
@@ -410,7 +257,7 @@ def detect_tissue(rgb: np.ndarray, *, mpp: float, config: TissueConfig | None = 
 
     radius = int(round(config.closing_radius_um / mpp))
     if radius > 0:
-        mask = _closing(mask, radius)
-    mask = _remove_small_objects(mask, int(config.min_object_um2 / pixel_area))
-    mask = _fill_small_holes(mask, int(config.max_hole_um2 / pixel_area))
+        mask = closing_disk(mask, radius)
+    mask = remove_small_objects(mask, int(config.min_object_um2 / pixel_area))
+    mask = fill_small_holes(mask, int(config.max_hole_um2 / pixel_area))
     return mask
