@@ -31,6 +31,7 @@ from wsi_mil.tiling.mask_ops import (
     median_uint8,
     otsu_uint8,
     remove_small_objects,
+    set_labels,
 )
 
 
@@ -187,14 +188,10 @@ def _with_faint(mask: np.ndarray, faint: np.ndarray) -> np.ndarray:
     set by dense tissue; above ``faint_saturation`` and joined to it, they are tissue.
     ``faint`` has only a 3-px median (the 5-px one erases fat's membranes); glass stays
     below its level."""
-    labels = label_components(faint | mask, 8)
-    count = int(labels.max())
-    if count == 0:
-        return mask
-    keep = np.zeros(count + 1, dtype=bool)
+    labels, stats = label_components(faint | mask, 8)
+    keep = np.zeros(len(stats), dtype=bool)
     keep[labels[mask]] = True
-    keep[0] = False
-    return keep[labels]
+    return set_labels(faint | mask, labels, stats, np.flatnonzero(~keep[1:]) + 1, False)
 
 
 def detect_tissue(rgb: np.ndarray, *, mpp: float, config: TissueConfig | None = None) -> np.ndarray:
