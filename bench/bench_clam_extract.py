@@ -22,7 +22,6 @@ the time is the same), batch 256, one torch thread, and write an HDF5 feature fi
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import os
@@ -32,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from clam_common import ROOT, Clock, add_clam_to_path, emit, load_note, require_clam, run_worker
+from clam_common import ROOT, Clock, add_clam_to_path, bench_parser, emit, load_note, require_clam, run_worker
 
 N_PATCHES, BATCH = 256, 256
 TARGET_RATE = 0.95
@@ -128,12 +127,7 @@ def worker_clam(coords: Path, slide: Path, out: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clam-python", help="interpreter with CLAM's dependencies (or $WSI_MIL_CLAM_PYTHON)")
-    parser.add_argument("--worker", choices=("ours", "clam"), help=argparse.SUPPRESS)
-    parser.add_argument("--coords", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--slide", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    parser = bench_parser(__doc__, "--coords", "--slide")
     args = parser.parse_args(argv)
     if args.worker:
         work = {"ours": worker_ours, "clam": worker_clam}[args.worker]

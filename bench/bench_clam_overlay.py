@@ -27,7 +27,6 @@ Peak memory: the process's peak RSS (``ru_maxrss``) for both; for ours also trac
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 import tempfile
@@ -38,7 +37,17 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from clam_common import ROOT, Clock, add_clam_to_path, emit, load_note, peak_rss_mb, require_clam, run_worker
+from clam_common import (
+    ROOT,
+    Clock,
+    add_clam_to_path,
+    bench_parser,
+    emit,
+    load_note,
+    peak_rss_mb,
+    require_clam,
+    run_worker,
+)
 
 TARGET_SPEEDUP, TARGET_MB = 30.0, 1024.0
 SLIDES = {"20000x15000": 852, "40000x30000": None}  # patches used (None: all)
@@ -157,13 +166,8 @@ def compare(ours: Path, clam: Path, coords: np.ndarray, patch: int) -> dict[str,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clam-python", help="interpreter with CLAM's dependencies (or $WSI_MIL_CLAM_PYTHON)")
+    parser = bench_parser(__doc__, "--scores", "--other")
     parser.add_argument("--skip-flat", action="store_true", help="skip ours on the 40000x30000 slide")
-    parser.add_argument("--worker", choices=("ours", "clam"), help=argparse.SUPPRESS)
-    parser.add_argument("--scores", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--other", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker == "ours":
         emit(worker_ours(args.scores, args.other, args.out))

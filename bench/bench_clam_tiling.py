@@ -23,7 +23,6 @@ of the process and its reaped children (CLAM's Pool workers). The headline is th
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import io
@@ -33,7 +32,18 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from clam_common import ONE_THREAD, ROOT, Clock, add_clam_to_path, emit, load_note, median, require_clam, run_worker
+from clam_common import (
+    ONE_THREAD,
+    ROOT,
+    Clock,
+    add_clam_to_path,
+    bench_parser,
+    emit,
+    load_note,
+    median,
+    require_clam,
+    run_worker,
+)
 
 SIZES = ((20000, 15000), (40000, 30000), (80000, 60000))
 TARGET_RATIO = 3.0
@@ -99,13 +109,9 @@ def summarize(result: dict[str, Any]) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clam-python", help="interpreter with CLAM's dependencies (or $WSI_MIL_CLAM_PYTHON)")
+    parser = bench_parser(__doc__, "--slide")
     parser.add_argument("--sizes", nargs="+", default=[f"{w}x{h}" for w, h in SIZES], help="WIDTHxHEIGHT ...")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per side and size, after 1 warm-up")
-    parser.add_argument("--worker", choices=("ours", "clam"), help=argparse.SUPPRESS)
-    parser.add_argument("--slide", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         work = {"ours": worker_ours, "clam": worker_clam}[args.worker]

@@ -16,6 +16,7 @@ Making a CLAM interpreter here (see ``../shared/anchors/README.md``)::
 
 from __future__ import annotations
 
+import argparse
 import json
 import multiprocessing
 import os
@@ -118,3 +119,13 @@ def median(values: Sequence[float]) -> float:
     ordered = sorted(values)
     middle = len(ordered) // 2
     return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def bench_parser(doc: str, *worker_options: str) -> argparse.ArgumentParser:
+    """The options every side-by-side benchmark takes, and the hidden ones of its worker processes."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--clam-python", help="interpreter with CLAM's dependencies (or $WSI_MIL_CLAM_PYTHON)")
+    parser.add_argument("--worker", choices=("ours", "clam"), help=argparse.SUPPRESS)
+    for option in ("--out", *worker_options):
+        parser.add_argument(option, type=Path, help=argparse.SUPPRESS)
+    return parser
