@@ -82,7 +82,7 @@ def closing_disk(mask: np.ndarray, radius: int) -> np.ndarray:
     from skimage import morphology
 
     steps = morphology.disk(radius, decomposition="sequence")
-    image = np.ascontiguousarray(mask).view(np.uint8)
+    image: np.ndarray = np.ascontiguousarray(mask).view(np.uint8)
     for operation, mirror in ((cv2.dilate, False), (cv2.erode, True)):
         for footprint, count in steps:
             kernel = np.ascontiguousarray(footprint[::-1, ::-1] if mirror else footprint, dtype=np.uint8)

@@ -219,7 +219,7 @@ def detect_tissue(rgb: np.ndarray, *, mpp: float, config: TissueConfig | None = 
         score, (low, high) = 1.0 - color.rgb2gray(rgb), config.darkness_range
     else:
         score, (low, high) = colours.value, config.brightness_range
-    if method == "fluorescence":
+    if method == "fluorescence" and score is not None:
         # Nuclei are sparse bright dots on black: a local mean, not a median, sees them as tissue.
         from scipy import ndimage
 
