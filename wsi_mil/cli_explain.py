@@ -1,0 +1,89 @@
+"""The ``heatmap`` and ``evaluate-maps`` sub-commands: per-patch scores to maps and their evaluation."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+from wsi_mil import cli_options as options
+from wsi_mil.cli_common import add_common, summarize
+
+logger = logging.getLogger("wsi_mil")
+
+
+def add_heatmap(commands: Any) -> None:
+    heatmap = commands.add_parser(
+        "heatmap",
+        help="stitch per-patch scores into slide heatmaps",
+        description="Turn RUN_DIR/scores/<model>/*.h5 (from wsi-mil predict) into OME-Zarr, pyramidal TIFF, "
+        "PNG and GeoJSON heatmaps under RUN_DIR/heatmaps/<model>/<slide_id>/.",
+    )
+    heatmap.add_argument("run_dir", type=Path, help="run directory holding scores/ (from wsi-mil predict)")
+    heatmap.add_argument("--model", help="which scores/<model>/ folder (needed when there are several)")
+    heatmap.add_argument("--maps", nargs="+", help="attention_pct attention_raw attention relevance logit contribution")
+    heatmap.add_argument("--formats", nargs="+", help="zarr tiff rgba_tiff png geojson blend_tiff")
+    heatmap.add_argument("--level", type=options.non_negative_int,
+                         help="finest OME-Zarr scale: this slide pyramid level")  # fmt: skip
+    heatmap.add_argument("--mpp", type=options.positive_float,
+                         help="finest OME-Zarr scale in um/px (instead of --level)")  # fmt: skip
+    heatmap.add_argument("--smooth-sigma", type=options.non_negative_float,
+                         help="Gaussian sigma in pixels of the finest scale (0: none)")  # fmt: skip
+    heatmap.add_argument("--cmap", help="matplotlib colormap of the colour-mapped outputs")
+    heatmap.add_argument("--alpha", type=options.fraction, help="opacity of the colour map over the slide")
+    heatmap.add_argument("--scale", choices=("slide", "cohort", "fixed"),
+                         help="colour range: each slide's own, the run's cohort, or fixed (--range)")
+    heatmap.add_argument("--range", type=float, nargs=2, metavar=("LOW", "HIGH"), help="colour range of --scale fixed")
+    add_common(heatmap)
+    heatmap.set_defaults(handler=_run_heatmap)
+
+
+def add_evaluate_maps(commands: Any) -> None:
+    evaluate = commands.add_parser(
+        "evaluate-maps",
+        help="score every heatmap map against annotations (localization table)",
+        description="Compare each per-patch map of RUN_DIR/scores/<model>/ with ground-truth annotations "
+        "(<slide_id>.png mask aligned to the slide, .geojson in level-0 pixels, or ASAP .xml), and measure "
+        "bag-level faithfulness (confidence when a map's top patches are removed or kept alone); writes "
+        "RUN_DIR/explanations/<model>/explanations.md and CSV tables.",
+    )
+    evaluate.add_argument("run_dir", type=Path, help="run directory holding scores/ (from wsi-mil predict)")
+    evaluate.add_argument("--masks", type=Path, help="folder of <slide_id>.png|.geojson|.xml annotations (localization)")
+    evaluate.add_argument("--no-faithfulness", dest="faithfulness", action="store_false",
+                          help="skip the bag-level removal / keep-only curves (they re-run the heads)")  # fmt: skip
+    evaluate.add_argument("--no-stain-baseline", dest="baseline", action="store_false",
+                          help="skip the non-learned stain maps scored beside the learned ones (they read the slides)")
+    evaluate.add_argument("--model", help="which scores/<model>/ folder (needed when there are several)")
+    evaluate.add_argument("--positive-fraction", type=options.fraction, default=0.5,
+                          help="a patch is lesion when at least this fraction of it is annotated")  # fmt: skip
+    evaluate.add_argument("--quiet", action="store_true")
+    evaluate.add_argument("--debug", action="store_true")
+    evaluate.set_defaults(handler=_run_evaluate_maps)
+
+
+def _run_heatmap(args: argparse.Namespace) -> int:
+    from wsi_mil.config import load_config
+    from wsi_mil.explain.heatmap import heatmap_run
+
+    heatmap = {
+        key: getattr(args, key)
+        for key in ("maps", "formats", "level", "mpp", "smooth_sigma", "cmap", "alpha", "scale", "range")
+        if getattr(args, key) is not None
+    }
+    parallel = {k: getattr(args, k) for k in ("workers", "scheduler") if getattr(args, k) is not None}
+    config = load_config(args.config, overrides={"heatmap": heatmap, "parallel": parallel}, sets=args.set)
+    records = heatmap_run(args.run_dir, config=config, model=args.model, overwrite=args.overwrite, debug=args.debug,
+                          progress=not args.quiet)  # fmt: skip
+    return summarize(records, args.run_dir, "heatmaps")
+
+
+def _run_evaluate_maps(args: argparse.Namespace) -> int:
+    from wsi_mil.explain.evaluate import evaluate_maps
+
+    _, out = evaluate_maps(args.run_dir, masks=args.masks, model=args.model, positive_fraction=args.positive_fraction,
+                           faithfulness=args.faithfulness, baseline=args.baseline)  # fmt: skip
+    if not args.quiet:
+        print((out / "explanations.md").read_text())
+        print(f"tables: {out}")
+    return 0

@@ -1,0 +1,119 @@
+"""The ``tile`` and ``extract`` sub-commands: slides to patch bags to feature files."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+from wsi_mil import cli_options as options
+from wsi_mil.cli_common import add_common, summarize
+from wsi_mil.errors import WsiMilError
+
+logger = logging.getLogger("wsi_mil")
+
+
+def add_tile(commands: Any) -> None:
+    tile = commands.add_parser(
+        "tile",
+        help="detect tissue and write patch bags",
+        description="Tile slides into patch bags (HDF5 or Zarr) with a QC image per slide.",
+    )
+    tile.add_argument("paths", nargs="+", help="slide files, folders (recursive) or a CSV with a 'path' column")
+    tile.add_argument("--out", required=True, type=Path, help="run directory")
+    tile.add_argument("--target-mpp", type=options.positive_float, nargs="+",
+                      help="target um/px; several give one bag set each")  # fmt: skip
+    tile.add_argument("--magnification", type=options.positive_float, nargs="+",
+                      help="target magnification(s), e.g. 20 (= 0.5 um/px)")  # fmt: skip
+    tile.add_argument("--level", type=options.non_negative_int,
+                      help="tile at this pyramid level in pixels (no MPP needed)")  # fmt: skip
+    tile.add_argument("--patch-size", type=options.patch_size, help="patch side in pixels at the target resolution")
+    tile.add_argument("--overlap", type=options.open_fraction, help="fraction of a patch shared with its neighbour")
+    tile.add_argument("--tissue-threshold", type=options.fraction, help="minimum tissue fraction of a kept patch")
+    tile.add_argument("--format", dest="bag_format", choices=("h5", "zarr"), help="bag format")
+    tile.add_argument("--save-pixels", action="store_true", default=None, help="store patch pixels in the bag")
+    tile.add_argument("--reader", choices=("auto", "openslide", "tiffslide", "image"), help="slide reader")
+    tile.add_argument("--mpp", type=options.positive_float,
+                      help="level-0 um/px of every slide, replacing what the files say (a CSV mpp column wins)")
+    tile.add_argument("--extensions", nargs="+", help="file suffixes to pick up in folders")
+    tile.add_argument("--slide-timeout", type=options.positive_float, metavar="SECONDS",
+                      help="a slide taking longer fails and the batch goes on (tiling.slide_timeout)")  # fmt: skip
+    add_common(tile)
+    tile.set_defaults(handler=_run_tile)
+
+
+def add_extract(commands: Any) -> None:
+    extract = commands.add_parser(
+        "extract",
+        help="turn every bag of a run into a feature file",
+        description="Extract features of every bag under RUN_DIR/bags into RUN_DIR/features/<encoder>/.",
+    )
+    extract.add_argument("run_dir", type=Path, help="run directory holding bags/ (from wsi-mil tile)")
+    extract.add_argument("--encoder", help="encoder name (wsi-mil encoders) or timm:<model>")
+    extract.add_argument("--weights", choices=("imagenet", "random"), help="pretrained weights (random: tests only)")
+    extract.add_argument("--checkpoint-path", help="local weights file (.pth/.bin/.safetensors), e.g. UNI")
+    extract.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    extract.add_argument("--batch-size", type=options.positive_int)
+    extract.add_argument("--loader", choices=("auto", "threads", "processes"),
+                         help="read patches with threads (CPU default) or DataLoader processes (CUDA default)")  # fmt: skip
+    extract.add_argument("--num-workers", type=options.non_negative_int, help="reading threads or DataLoader processes")
+    extract.add_argument("--format", dest="feature_format", choices=("h5", "zarr"))
+    extract.add_argument("--dtype", choices=("float32", "float16"))
+    extract.add_argument("--coords", type=Path, help="extract CLAM (create_patches_fp) or TRIDENT (*_patches.h5) "
+                         "coords files from this folder instead of RUN_DIR/bags; needs --slides")  # fmt: skip
+    extract.add_argument("--slides", help="with --coords: the slides (folder, file or CSV), matched by id")
+    extract.add_argument("--clam-files", dest="clam_files", action="store_true", default=None,
+                         help="also write RUN_DIR/clam/<encoder>/h5_files + pt_files (CLAM main.py's layout)")  # fmt: skip
+    add_common(extract)
+    extract.set_defaults(handler=_run_extract)
+
+
+def _tiling_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    tiling = {
+        key: getattr(args, key)
+        for key in (
+            "target_mpp", "magnification", "level", "patch_size", "overlap", "tissue_threshold",
+            "bag_format", "save_pixels", "reader", "mpp", "extensions", "slide_timeout",
+        )  # fmt: skip
+        if getattr(args, key) is not None
+    }
+    if args.level is not None:
+        tiling.setdefault("target_mpp", [])
+    if args.magnification is not None:
+        tiling.setdefault("target_mpp", [])
+    parallel = {k: getattr(args, k) for k in ("workers", "scheduler") if getattr(args, k) is not None}
+    return {"tiling": tiling, "parallel": parallel}
+
+
+def _run_tile(args: argparse.Namespace) -> int:
+    from wsi_mil.config import load_config
+    from wsi_mil.io.discover import find_slides
+    from wsi_mil.tiling.tile import tile_slides
+
+    config = load_config(args.config, overrides=_tiling_overrides(args), sets=args.set)
+    sources = find_slides(args.paths, extensions=config.tiling.extensions)
+    if not sources:
+        raise WsiMilError(f"no slides found in {', '.join(args.paths)} (extensions: {' '.join(config.tiling.extensions)})")
+    logger.info("tiling %d slide(s) into %s", len(sources), args.out)
+    records = tile_slides(
+        sources, args.out, config=config, overwrite=args.overwrite, debug=args.debug, progress=not args.quiet
+    )
+    return summarize(records, args.out)
+
+
+def _run_extract(args: argparse.Namespace) -> int:
+    from wsi_mil.config import load_config
+    from wsi_mil.features.extract import extract_run
+
+    extract = {
+        key: getattr(args, key)
+        for key in ("encoder", "weights", "checkpoint_path", "device", "batch_size", "loader", "num_workers",
+                    "feature_format", "dtype", "clam_files")
+        if getattr(args, key) is not None
+    }
+    parallel = {k: getattr(args, k) for k in ("workers", "scheduler") if getattr(args, k) is not None}
+    config = load_config(args.config, overrides={"extract": extract, "parallel": parallel}, sets=args.set)
+    records = extract_run(args.run_dir, config=config, overwrite=args.overwrite, debug=args.debug, progress=not args.quiet,
+                          coords=args.coords, slides=args.slides)  # fmt: skip
+    return summarize(records, args.run_dir, "extraction")
