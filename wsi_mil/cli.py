@@ -9,25 +9,42 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from wsi_mil import __version__, cli_explain, cli_prepare, cli_run, cli_train
+from wsi_mil.cli_common import HelpFormatter
 from wsi_mil.errors import WsiMilError
 
 logger = logging.getLogger("wsi_mil")
 
 
+DESCRIPTION = (
+    "Whole-slide images to slide predictions and heatmaps: tile slides into patch bags, extract features with a "
+    "frozen encoder, cross-validate gated-attention MIL (ABMIL) and ILAM heads, and stitch their per-patch maps "
+    "into heatmaps for QuPath, napari and OpenSlide viewers."
+)
+EPILOG = (
+    "Run the stages in the order listed, or all of them from one config file with 'wsi-mil run CONFIG'. "
+    "'wsi-mil demo' runs everything on a small built-in cohort. 'wsi-mil COMMAND --help' shows a command's options "
+    "with their defaults."
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="wsi-mil", description=__doc__)
+    parser = argparse.ArgumentParser(prog="wsi-mil", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=HelpFormatter)  # fmt: skip
     parser.add_argument("--version", action="version", version=f"wsi-mil {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # pipeline order: each stage reads what the one before it wrote
     cli_prepare.add_tile(commands)
     cli_prepare.add_extract(commands)
-    cli_explain.add_heatmap(commands)
-    cli_explain.add_evaluate_maps(commands)
     cli_train.add_train(commands)
     cli_train.add_predict(commands)
-    cli_run.add_encoders(commands)
+    cli_explain.add_heatmap(commands)
+    cli_explain.add_evaluate_maps(commands)
     cli_run.add_run(commands)
-    cli_run.add_demo(commands)
     cli_run.add_view(commands)
+    cli_run.add_demo(commands)
+    cli_run.add_encoders(commands)
+    for command in commands.choices.values():
+        command.formatter_class = HelpFormatter
     return parser
 
 

@@ -12,22 +12,70 @@ from wsi_mil import cli_options as options
 logger = logging.getLogger("wsi_mil")
 
 
-def add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, help="YAML config (see configs/default.yaml)")
-    parser.add_argument(
-        "--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config key"
-    )
-    parser.add_argument("--workers", type=options.non_negative_int,
-                        help="local Dask worker processes (default: one per core; 0: no Dask)")  # fmt: skip
-    parser.add_argument("--scheduler", help="address of an existing Dask scheduler, e.g. tcp://host:8786")
+#: What --config and --set say, in every command that takes them.
+CONFIG_HELP = "YAML config, e.g. configs/default.yaml (default: the built-in settings shown here)"
+SET_HELP = "override a config key; repeatable, e.g. --set tissue.method=gray_otsu"
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, plus ``(default: X)`` after an option that has a default its help does not state."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (
+            "default" in text
+            or not action.option_strings
+            or action.default in (None, False, True, [], argparse.SUPPRESS)
+            or action.required
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def configured(text: str, key: str, *, none: str = "") -> str:
+    """``text`` with the default of config key ``section.name``, as the config module defines it.
+
+    ``none`` says what an unset (null) value means; a key that defaults to null needs it.
+    """
+    from wsi_mil.config import Config
+
+    section, name = key.split(".")
+    value = getattr(getattr(Config(), section), name)
+    if value is None:
+        if not none:
+            raise ValueError(f"{key} defaults to null: say what that means (none=...)")
+        shown = none
+    elif isinstance(value, bool):
+        shown = "on" if value else "off"
+    elif isinstance(value, (tuple, list)):
+        shown = " ".join(str(v) for v in value) or none or "none"
+    else:
+        shown = str(value)
+    return f"{text} (default: {shown}; config {key})"
+
+
+def add_common(parser: argparse.ArgumentParser, *, workers: str = "one per core") -> None:
+    """--config, --set, the Dask options (``workers``: what an unset --workers means) and the run flags."""
+    parser.add_argument("--config", type=Path, help=CONFIG_HELP)
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help=SET_HELP)
+    add_dask_options(parser, workers=workers)
     parser.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
     parser.add_argument("--debug", action="store_true", help="log tracebacks of failures")
     parser.add_argument("--quiet", action="store_true", help="no progress bar, warnings and errors only")
 
 
+def add_dask_options(parser: argparse.ArgumentParser, *, workers: str = "one per core") -> None:
+    parser.add_argument("--workers", type=options.non_negative_int, help=configured(
+        "local Dask worker processes; 0: every slide in this process, without Dask", "parallel.workers",
+        none=workers))  # fmt: skip
+    parser.add_argument("--scheduler", help=configured(
+        "address of an existing Dask scheduler, e.g. tcp://host:8786", "parallel.scheduler",
+        none="a local cluster of --workers processes"))  # fmt: skip
+
+
 def add_stage_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, help="YAML config (see configs/default.yaml)")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config key")
+    parser.add_argument("--config", type=Path, help=CONFIG_HELP)
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help=SET_HELP)
     parser.add_argument("--overwrite", action="store_true", help="retrain finished folds instead of resuming")
     parser.add_argument("--debug", action="store_true", help="log tracebacks of failures")
     parser.add_argument("--quiet", action="store_true", help="warnings and errors only")
@@ -40,3 +88,8 @@ def summarize(records: list[dict[str, Any]], run_dir: Path, stage: str = "tiling
     summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "nothing to do"
     logger.warning("%s: %s; manifest: %s", stage, summary, run_dir / "manifest.csv")
     return 1 if counts.get("failed") else 0
+
+
+def add_quiet_debug(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quiet", action="store_true", help="warnings and errors only")
+    parser.add_argument("--debug", action="store_true", help="log tracebacks of failures")

@@ -8,9 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from wsi_mil import cli_options as options
-from wsi_mil.cli_common import add_common, summarize
+from wsi_mil.cli_common import add_common, add_quiet_debug, configured, summarize
 
 logger = logging.getLogger("wsi_mil")
+
+MODEL_HELP = "which scores/<model>/ folder (default: the only one; needed when there are several)"
 
 
 def add_heatmap(commands: Any) -> None:
@@ -21,20 +23,25 @@ def add_heatmap(commands: Any) -> None:
         "PNG and GeoJSON heatmaps under RUN_DIR/heatmaps/<model>/<slide_id>/.",
     )
     heatmap.add_argument("run_dir", type=Path, help="run directory holding scores/ (from wsi-mil predict)")
-    heatmap.add_argument("--model", help="which scores/<model>/ folder (needed when there are several)")
-    heatmap.add_argument("--maps", nargs="+", help="attention_pct attention_raw attention relevance logit contribution")
-    heatmap.add_argument("--formats", nargs="+", help="zarr tiff rgba_tiff png geojson blend_tiff")
-    heatmap.add_argument("--level", type=options.non_negative_int,
-                         help="finest OME-Zarr scale: this slide pyramid level")  # fmt: skip
-    heatmap.add_argument("--mpp", type=options.positive_float,
-                         help="finest OME-Zarr scale in um/px (instead of --level)")  # fmt: skip
-    heatmap.add_argument("--smooth-sigma", type=options.non_negative_float,
-                         help="Gaussian sigma in pixels of the finest scale (0: none)")  # fmt: skip
-    heatmap.add_argument("--cmap", help="matplotlib colormap of the colour-mapped outputs")
-    heatmap.add_argument("--alpha", type=options.fraction, help="opacity of the colour map over the slide")
-    heatmap.add_argument("--scale", choices=("slide", "cohort", "fixed"),
-                         help="colour range: each slide's own, the run's cohort, or fixed (--range)")
-    heatmap.add_argument("--range", type=float, nargs=2, metavar=("LOW", "HIGH"), help="colour range of --scale fixed")
+    heatmap.add_argument("--model", help=MODEL_HELP)
+    heatmap.add_argument("--maps", nargs="+", help=configured(
+        "maps to draw: attention_pct attention_raw attention relevance logit contribution", "heatmap.maps",
+        none="every map the scores have"))  # fmt: skip
+    heatmap.add_argument("--formats", nargs="+", help=configured(
+        "outputs per map: zarr tiff rgba_tiff png geojson gallery blend_tiff", "heatmap.formats"))  # fmt: skip
+    heatmap.add_argument("--level", type=options.non_negative_int, help=configured(
+        "finest OME-Zarr scale: this slide pyramid level", "heatmap.level", none="level 0"))  # fmt: skip
+    heatmap.add_argument("--mpp", type=options.positive_float, help=configured(
+        "finest OME-Zarr scale in um/px (instead of --level)", "heatmap.mpp", none="use --level"))  # fmt: skip
+    heatmap.add_argument("--smooth-sigma", type=options.non_negative_float, help=configured(
+        "Gaussian sigma in pixels of the finest scale (0: none)", "heatmap.smooth_sigma"))  # fmt: skip
+    heatmap.add_argument("--cmap", help=configured("matplotlib colormap of the colour-mapped outputs", "heatmap.cmap"))
+    heatmap.add_argument("--alpha", type=options.fraction,
+                         help=configured("opacity of the colour map over the slide", "heatmap.alpha"))  # fmt: skip
+    heatmap.add_argument("--scale", choices=("slide", "cohort", "fixed"), help=configured(
+        "colour range: each slide's own, the run's cohort, or fixed (--range)", "heatmap.scale"))  # fmt: skip
+    heatmap.add_argument("--range", type=float, nargs=2, metavar=("LOW", "HIGH"), help=configured(
+        "colour range of --scale fixed", "heatmap.range", none="none"))  # fmt: skip
     add_common(heatmap)
     heatmap.set_defaults(handler=_run_heatmap)
 
@@ -49,16 +56,16 @@ def add_evaluate_maps(commands: Any) -> None:
         "RUN_DIR/explanations/<model>/explanations.md and CSV tables.",
     )
     evaluate.add_argument("run_dir", type=Path, help="run directory holding scores/ (from wsi-mil predict)")
-    evaluate.add_argument("--masks", type=Path, help="folder of <slide_id>.png|.geojson|.xml annotations (localization)")
+    evaluate.add_argument("--masks", type=Path, help="folder of <slide_id>.png|.geojson|.xml annotations "
+                          "(default: none, so no localization table)")  # fmt: skip
     evaluate.add_argument("--no-faithfulness", dest="faithfulness", action="store_false",
                           help="skip the bag-level removal / keep-only curves (they re-run the heads)")  # fmt: skip
     evaluate.add_argument("--no-stain-baseline", dest="baseline", action="store_false",
                           help="skip the non-learned stain maps scored beside the learned ones (they read the slides)")
-    evaluate.add_argument("--model", help="which scores/<model>/ folder (needed when there are several)")
+    evaluate.add_argument("--model", help=MODEL_HELP)
     evaluate.add_argument("--positive-fraction", type=options.fraction, default=0.5,
                           help="a patch is lesion when at least this fraction of it is annotated")  # fmt: skip
-    evaluate.add_argument("--quiet", action="store_true")
-    evaluate.add_argument("--debug", action="store_true")
+    add_quiet_debug(evaluate)
     evaluate.set_defaults(handler=_run_evaluate_maps)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from wsi_mil import cli_options as options
-from wsi_mil.cli_common import add_common, summarize
+from wsi_mil.cli_common import add_common, configured, summarize
 from wsi_mil.errors import WsiMilError
 
 logger = logging.getLogger("wsi_mil")
@@ -18,27 +18,37 @@ def add_tile(commands: Any) -> None:
     tile = commands.add_parser(
         "tile",
         help="detect tissue and write patch bags",
-        description="Tile slides into patch bags (HDF5 or Zarr) with a QC image per slide.",
+        description="Find the tissue of each slide and cut it into a grid of patches at the target resolution: "
+        "one patch bag (coordinates, optionally pixels; HDF5 or Zarr) per slide and resolution under OUT/bags/, a QC "
+        "image per slide under OUT/qc/, one row per slide in OUT/manifest.csv. Rerunning skips finished slides.",
     )
     tile.add_argument("paths", nargs="+", help="slide files, folders (recursive) or a CSV with a 'path' column")
-    tile.add_argument("--out", required=True, type=Path, help="run directory")
+    tile.add_argument("--out", required=True, type=Path, help="run directory (created when missing)")
     tile.add_argument("--target-mpp", type=options.positive_float, nargs="+",
-                      help="target um/px; several give one bag set each")  # fmt: skip
-    tile.add_argument("--magnification", type=options.positive_float, nargs="+",
-                      help="target magnification(s), e.g. 20 (= 0.5 um/px)")  # fmt: skip
-    tile.add_argument("--level", type=options.non_negative_int,
-                      help="tile at this pyramid level in pixels (no MPP needed)")  # fmt: skip
-    tile.add_argument("--patch-size", type=options.patch_size, help="patch side in pixels at the target resolution")
-    tile.add_argument("--overlap", type=options.open_fraction, help="fraction of a patch shared with its neighbour")
-    tile.add_argument("--tissue-threshold", type=options.fraction, help="minimum tissue fraction of a kept patch")
-    tile.add_argument("--format", dest="bag_format", choices=("h5", "zarr"), help="bag format")
-    tile.add_argument("--save-pixels", action="store_true", default=None, help="store patch pixels in the bag")
-    tile.add_argument("--reader", choices=("auto", "openslide", "tiffslide", "image"), help="slide reader")
-    tile.add_argument("--mpp", type=options.positive_float,
-                      help="level-0 um/px of every slide, replacing what the files say (a CSV mpp column wins)")
-    tile.add_argument("--extensions", nargs="+", help="file suffixes to pick up in folders")
-    tile.add_argument("--slide-timeout", type=options.positive_float, metavar="SECONDS",
-                      help="a slide taking longer fails and the batch goes on (tiling.slide_timeout)")  # fmt: skip
+                      help=configured("target um/px; several give one bag set each", "tiling.target_mpp"))  # fmt: skip
+    tile.add_argument("--magnification", type=options.positive_float, nargs="+", help=configured(
+        "target magnification(s) instead of --target-mpp, e.g. 20 (= 0.5 um/px)", "tiling.magnification"))  # fmt: skip
+    tile.add_argument("--level", type=options.non_negative_int, help=configured(
+        "tile at this pyramid level in pixels (no MPP needed)", "tiling.level", none="use --target-mpp"))  # fmt: skip
+    tile.add_argument("--patch-size", type=options.patch_size,
+                      help=configured("patch side in pixels at the target resolution", "tiling.patch_size"))  # fmt: skip
+    tile.add_argument("--overlap", type=options.open_fraction,
+                      help=configured("fraction of a patch shared with its neighbour", "tiling.overlap"))  # fmt: skip
+    tile.add_argument("--tissue-threshold", type=options.fraction,
+                      help=configured("minimum tissue fraction of a kept patch", "tiling.tissue_threshold"))  # fmt: skip
+    tile.add_argument("--format", dest="bag_format", choices=("h5", "zarr"),
+                      help=configured("bag format", "tiling.bag_format"))  # fmt: skip
+    tile.add_argument("--save-pixels", action="store_true", default=None,
+                      help=configured("store patch pixels in the bag", "tiling.save_pixels"))  # fmt: skip
+    tile.add_argument("--reader", choices=("auto", "openslide", "tiffslide", "image"),
+                      help=configured("slide reader; auto: the first that opens the file", "tiling.reader"))  # fmt: skip
+    tile.add_argument("--mpp", type=options.positive_float, help=configured(
+        "level-0 um/px of every slide, replacing what the files say (a CSV mpp column wins)", "tiling.mpp",
+        none="what each file says"))  # fmt: skip
+    tile.add_argument("--extensions", nargs="+",
+                      help=configured("file suffixes to pick up in folders", "tiling.extensions"))  # fmt: skip
+    tile.add_argument("--slide-timeout", type=options.positive_float, metavar="SECONDS", help=configured(
+        "a slide taking longer fails and the batch goes on", "tiling.slide_timeout", none="no limit"))  # fmt: skip
     add_common(tile)
     tile.set_defaults(handler=_run_tile)
 
@@ -47,25 +57,37 @@ def add_extract(commands: Any) -> None:
     extract = commands.add_parser(
         "extract",
         help="turn every bag of a run into a feature file",
-        description="Extract features of every bag under RUN_DIR/bags into RUN_DIR/features/<encoder>/.",
+        description="Run a frozen encoder over the patches of every bag under RUN_DIR/bags: one feature file "
+        "(features + coords, CLAM's layout) per slide under RUN_DIR/features/<encoder>/. Rerunning skips finished "
+        "slides.",
     )
     extract.add_argument("run_dir", type=Path, help="run directory holding bags/ (from wsi-mil tile)")
-    extract.add_argument("--encoder", help="encoder name (wsi-mil encoders) or timm:<model>")
-    extract.add_argument("--weights", choices=("imagenet", "random"), help="pretrained weights (random: tests only)")
-    extract.add_argument("--checkpoint-path", help="local weights file (.pth/.bin/.safetensors), e.g. UNI")
-    extract.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    extract.add_argument("--batch-size", type=options.positive_int)
-    extract.add_argument("--loader", choices=("auto", "threads", "processes"),
-                         help="read patches with threads (CPU default) or DataLoader processes (CUDA default)")  # fmt: skip
-    extract.add_argument("--num-workers", type=options.non_negative_int, help="reading threads or DataLoader processes")
-    extract.add_argument("--format", dest="feature_format", choices=("h5", "zarr"))
-    extract.add_argument("--dtype", choices=("float32", "float16"))
+    extract.add_argument("--encoder", help=configured(
+        "encoder name (see wsi-mil encoders) or timm:<model>", "extract.encoder"))  # fmt: skip
+    extract.add_argument("--weights", choices=("imagenet", "random"),
+                         help=configured("pretrained weights (random: tests only)", "extract.weights"))  # fmt: skip
+    extract.add_argument("--checkpoint-path", help=configured(
+        "local weights file (.pth/.bin/.safetensors), e.g. UNI", "extract.checkpoint_path",
+        none="the --weights of the encoder"))  # fmt: skip
+    extract.add_argument("--device", help=configured("auto (CUDA when available), cpu, cuda or cuda:N", "extract.device"))
+    extract.add_argument("--batch-size", type=options.positive_int,
+                         help=configured("patches per batch", "extract.batch_size", none="32 on CPU, 256 on CUDA"))  # fmt: skip
+    extract.add_argument("--loader", choices=("auto", "threads", "processes"), help=configured(
+        "read patches with threads or DataLoader processes; auto: threads on CPU, processes on CUDA",
+        "extract.loader"))  # fmt: skip
+    extract.add_argument("--num-workers", type=options.non_negative_int, help=configured(
+        "reading threads or DataLoader processes", "extract.num_workers", none="1 on CPU, min(8, cores) on CUDA"))  # fmt: skip
+    extract.add_argument("--format", dest="feature_format", choices=("h5", "zarr"),
+                         help=configured("feature file format", "extract.feature_format"))  # fmt: skip
+    extract.add_argument("--dtype", choices=("float32", "float16"),
+                         help=configured("stored feature dtype", "extract.dtype"))  # fmt: skip
     extract.add_argument("--coords", type=Path, help="extract CLAM (create_patches_fp) or TRIDENT (*_patches.h5) "
-                         "coords files from this folder instead of RUN_DIR/bags; needs --slides")  # fmt: skip
-    extract.add_argument("--slides", help="with --coords: the slides (folder, file or CSV), matched by id")
-    extract.add_argument("--clam-files", dest="clam_files", action="store_true", default=None,
-                         help="also write RUN_DIR/clam/<encoder>/h5_files + pt_files (CLAM main.py's layout)")  # fmt: skip
-    add_common(extract)
+                         "coords files from this folder instead of RUN_DIR/bags; needs --slides (default: RUN_DIR/bags)")  # fmt: skip
+    extract.add_argument("--slides", help="the slides (folder, file or CSV) of --coords, matched by id "
+                         "(default: none; needed with --coords)")  # fmt: skip
+    extract.add_argument("--clam-files", dest="clam_files", action="store_true", default=None, help=configured(
+        "also write RUN_DIR/clam/<encoder>/h5_files + pt_files (CLAM main.py's layout)", "extract.clam_files"))  # fmt: skip
+    add_common(extract, workers="one per GPU with --device auto on CUDA, else 1")
     extract.set_defaults(handler=_run_extract)
 
 

@@ -8,15 +8,16 @@ from pathlib import Path
 from typing import Any
 
 from wsi_mil import cli_options as options
+from wsi_mil.cli_common import SET_HELP, add_dask_options, add_quiet_debug
 from wsi_mil.errors import WsiMilError
 
 logger = logging.getLogger("wsi_mil")
 
 
 def add_encoders(commands: Any) -> None:
-    encoders = commands.add_parser("encoders", help="list the registered encoders")
-    encoders.add_argument("--quiet", action="store_true")
-    encoders.add_argument("--debug", action="store_true")
+    encoders = commands.add_parser("encoders", help="list the registered encoders",
+                                   description="List the encoders wsi-mil extract --encoder accepts.")  # fmt: skip
+    add_quiet_debug(encoders)
     encoders.set_defaults(handler=_run_encoders)
 
 
@@ -24,16 +25,14 @@ def add_run(commands: Any) -> None:
     run = commands.add_parser(
         "run",
         help="run every stage from one config file",
-        description="tile -> extract -> train (each head of run.models) -> predict -> heatmap -> evaluate-maps, "
+        description="Run every stage from one config file: tile -> extract -> train (each head of run.models) -> predict -> heatmap -> evaluate-maps, "
         "as the config's run section says; finished outputs are skipped, so rerunning resumes. A rerun whose "
         "settings differ from RUN_DIR/run_config.json in a key that shaped existing outputs is refused before any "
         "work (the message names the keys and outputs).",
     )
     run.add_argument("config", type=Path, help="YAML config with a run section (see configs/demo.yaml)")
-    run.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config key")
-    run.add_argument("--workers", type=options.non_negative_int,
-                     help="local Dask worker processes (default: one per core; 0: no Dask)")  # fmt: skip
-    run.add_argument("--scheduler", help="address of an existing Dask scheduler, e.g. tcp://host:8786")
+    run.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help=SET_HELP)
+    add_dask_options(run, workers="one per core; extraction: one per GPU on CUDA, else 1")
     run.add_argument("--overwrite", action="store_true",
                      help="redo outputs that already exist; outputs made with settings other than "
                      "RUN_DIR/run_config.json's are removed first (without it, such a rerun is refused)")  # fmt: skip
@@ -43,11 +42,16 @@ def add_run(commands: Any) -> None:
 
 
 def add_demo(commands: Any) -> None:
-    demo = commands.add_parser("demo", help="build the demo cohort and run the whole pipeline on it (CPU, a few minutes)")
+    demo = commands.add_parser(
+        "demo",
+        help="build the demo cohort and run the whole pipeline on it (CPU, a few minutes)",
+        description="Build a cohort of small slides of real H&E tissue with planted lesions, run every stage on it "
+        "and print the slide-level and localization results.",
+    )
     demo.add_argument("--out", type=Path, help="demo folder: cohort/ and run/ (default: ./wsi-mil-demo)")
-    demo.add_argument("--workers", type=options.non_negative_int, help="local Dask worker processes")
-    demo.add_argument("--quiet", action="store_true")
-    demo.add_argument("--debug", action="store_true")
+    demo.add_argument("--workers", type=options.non_negative_int,
+                      help="local Dask worker processes; 0: no Dask (default: one per core)")  # fmt: skip
+    add_quiet_debug(demo)
     demo.set_defaults(handler=_run_demo)
 
 
@@ -56,10 +60,9 @@ def add_view(commands: Any) -> None:
                                description="Serve a local web viewer of RUN_DIR (read-only) until Ctrl-C.")
     view.add_argument("run_dir", type=Path, help="run directory holding scores/ (from wsi-mil predict or run)")
     view.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
-    view.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    view.add_argument("--port", type=int, default=8000, help="port")
     view.add_argument("--masks", type=Path, help="annotations folder (default: run.masks of the run's config)")
-    view.add_argument("--quiet", action="store_true")
-    view.add_argument("--debug", action="store_true")
+    add_quiet_debug(view)
     view.set_defaults(handler=_run_view)
 
 

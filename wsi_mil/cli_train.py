@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from wsi_mil import cli_options as options
-from wsi_mil.cli_common import add_stage_options, summarize
+from wsi_mil.cli_common import add_stage_options, configured, summarize
 
 logger = logging.getLogger("wsi_mil")
 
@@ -22,16 +22,19 @@ def add_train(commands: Any) -> None:
     )
     train.add_argument("run_dir", type=Path, help="run directory (features/ from wsi-mil extract; models/ is written here)")
     train.add_argument("--labels", required=True, type=Path, help="CSV: slide_id,label[,patient_id][,split]")
-    train.add_argument("--model", help="MIL head: abmil, abmil_plain or ilam")
-    train.add_argument("--name", help="output folder under RUN_DIR/models/ (default: the model name)")
+    train.add_argument("--model", help=configured("MIL head: abmil, abmil_plain or ilam", "train.model"))
+    train.add_argument("--name", help=configured("output folder under RUN_DIR/models/", "train.name", none="the model name"))
     train.add_argument("--features", type=Path, nargs="+", default=[],
-                       help="feature folders instead of RUN_DIR/features (also CLAM h5_files/pt_files folders)")  # fmt: skip
-    train.add_argument("--folds", type=options.fold_count, help="k of stratified k-fold cross-validation")
+                       help="feature folders instead of RUN_DIR/features (also CLAM h5_files/pt_files folders) "
+                       "(default: RUN_DIR/features/<encoder>)")  # fmt: skip
+    train.add_argument("--folds", type=options.fold_count,
+                       help=configured("k of stratified k-fold cross-validation", "train.folds"))  # fmt: skip
     train.add_argument("--repeats", type=options.positive_int,
-                       help="rounds of k-fold cross-validation, each with its own fold seed")  # fmt: skip
-    train.add_argument("--epochs", type=options.positive_int)
-    train.add_argument("--seed", type=options.any_int)
-    train.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+                       help=configured("rounds of k-fold cross-validation, each with its own fold seed", "train.repeats"))  # fmt: skip
+    train.add_argument("--epochs", type=options.positive_int,
+                       help=configured("training epochs (the maximum under early stopping)", "train.epochs"))  # fmt: skip
+    train.add_argument("--seed", type=options.any_int, help=configured("seed of folds, weights and sampling", "train.seed"))
+    train.add_argument("--device", help=configured("auto (CUDA when available), cpu, cuda or cuda:N", "train.device"))
     add_stage_options(train)
     train.set_defaults(handler=_run_train)
 
@@ -46,10 +49,11 @@ def add_predict(commands: Any) -> None:
     )
     predict.add_argument("run_dir", type=Path, help="run directory with features/ (scores/ is written here)")
     predict.add_argument("--model-dir", required=True, type=Path, help="RUN_DIR/models/<name> of a wsi-mil train run")
-    predict.add_argument("--features", type=Path, nargs="+", default=[], help="feature folders instead of RUN_DIR/features")
-    predict.add_argument("--slides", nargs="+", help="only these slide ids")
+    predict.add_argument("--features", type=Path, nargs="+", default=[], help="feature folders instead of RUN_DIR/features "
+                         "(default: RUN_DIR/features/<the set the model was trained on>)")  # fmt: skip
+    predict.add_argument("--slides", nargs="+", help="only these slide ids (default: every slide with features)")
     predict.add_argument("--all-folds", action="store_true", help="average every fold, also for slides of the CV")
-    predict.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    predict.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     predict.add_argument("--overwrite", action="store_true", help="redo score files that already exist")
     predict.add_argument("--debug", action="store_true", help="log tracebacks of failures")
     predict.add_argument("--quiet", action="store_true", help="warnings and errors only")
