@@ -204,7 +204,7 @@ def format_report(result: DemoResult) -> str:
             head = "baseline" if _is_baseline(row["map"]) else model
             lines.append(f"| {head} | {row['map']} | {_pm(row['auc'], row['auc_std'])} | {row['hit']:.3f} | "
                          f"{_pm(row['dice@0.5'], row['dice@0.5_std'])} |")  # fmt: skip
-    lines += ["", "Targets (learned results beside a baseline that learns nothing)"]
+    lines += ["", "Expected results (learned results beside a baseline that learns nothing)"]
     for name, model, value, met in targets(result, baseline):
         lines.append(f"  {name:50s} {model:24s} {value:.3f}  {'met' if met else 'NOT met'}")
     example = next((s for s in sorted(labels) if labels[s] == "tumor"), sorted(labels)[0])
