@@ -42,8 +42,14 @@ def test_serial_mode_logs_a_line_per_tenth_with_patches_and_failures(caplog, mon
     monkeypatch.setattr(progress, "on_a_terminal", lambda: False)
     crashed: list[int] = []
     with caplog.at_level(logging.INFO, logger="wsi_mil"):
-        map_slides(_explode, list(range(20)), on_result=lambda *_: None, on_crash=lambda i, e: crashed.append(i),
-                   workers=0, desc="extracting")  # fmt: skip
+        map_slides(
+            _explode,
+            list(range(20)),
+            on_result=lambda *_: None,
+            on_crash=lambda i, e: crashed.append(i),
+            workers=0,
+            desc="extracting",
+        )
     lines = _progress_lines(caplog)
     assert crashed == [7]
     assert lines[0] == "extracting: 20 slide(s) to do"
@@ -58,8 +64,9 @@ def test_a_long_slide_is_not_silent(caplog, monkeypatch) -> None:
     monkeypatch.setattr(progress, "on_a_terminal", lambda: False)
     monkeypatch.setattr(progress, "LOG_INTERVAL_S", 0.2)
     with caplog.at_level(logging.INFO, logger="wsi_mil"):
-        map_slides(_record, [0], on_result=lambda *_: None, on_crash=lambda *_: None, workers=0, desc="tiling",
-                   pause=1.5)  # fmt: skip
+        map_slides(
+            _record, [0], on_result=lambda *_: None, on_crash=lambda *_: None, workers=0, desc="tiling", pause=1.5
+        )
     waiting = [line for line in _progress_lines(caplog) if line.startswith("tiling: 0/1 slides (0%), 0 patches")]
     assert len(waiting) >= 3, _progress_lines(caplog)
 
@@ -96,8 +103,14 @@ def three_slides(tmp_path: Path, reference_slide: Path) -> Path:
 
 
 def _start(command: list[str]) -> subprocess.Popen:
-    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    return subprocess.Popen(
+        command,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
 
 
 def test_two_dask_stages_at_once_log_progress_and_no_dask_chatter(three_slides: Path, tmp_path: Path) -> None:
@@ -112,8 +125,14 @@ def test_two_dask_stages_at_once_log_progress_and_no_dask_chatter(three_slides: 
         text = out + err
         assert process.returncode == 0, text
         assert "8787" not in text and "already in use" not in text, text
-        for chatter in ("distributed.scheduler - INFO", "Scheduler at", "Register worker", "Start Nanny",
-                        "Receive client connection", "jupyter-server-proxy"):  # fmt: skip
+        for chatter in (
+            "distributed.scheduler - INFO",
+            "Scheduler at",
+            "Register worker",
+            "Start Nanny",
+            "Receive client connection",
+            "jupyter-server-proxy",
+        ):
             assert chatter not in text, f"{name}: {chatter!r} in\n{text}"
         assert "tiling: 3/3 slides (100%), 72 patches, 0 failed" in err, text  # 3 slides x 24 patches
     assert len(list((cli_run / "bags").glob("*.h5"))) == 3 and len(list((script_run / "bags").glob("*.h5"))) == 3

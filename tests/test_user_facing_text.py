@@ -18,12 +18,17 @@ VENDORED = ("wsi_mil/view/static/openseadragon/",)
 def _string_literals(path: Path) -> list[tuple[int, str]]:
     """Every string constant of a Python file, docstrings included (argparse shows them as help)."""
     tree = ast.parse(path.read_text(), filename=str(path))
-    return [(node.lineno, node.value) for node in ast.walk(tree)
-            if isinstance(node, ast.Constant) and isinstance(node.value, str)]  # fmt: skip
+    return [
+        (node.lineno, node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str)
+    ]
 
 
 def _python_files() -> list[Path]:
-    return sorted([*(ROOT / "wsi_mil").rglob("*.py"), *(ROOT / "bench").glob("*.py"), *(ROOT / "pipelines").glob("*.py")])
+    return sorted(
+        [*(ROOT / "wsi_mil").rglob("*.py"), *(ROOT / "bench").glob("*.py"), *(ROOT / "pipelines").glob("*.py")]
+    )
 
 
 def _shipped_text_files() -> list[Path]:
@@ -34,16 +39,22 @@ def _shipped_text_files() -> list[Path]:
 
 
 def test_no_issue_numbers_in_string_literals() -> None:
-    found = [f"{path.relative_to(ROOT)}:{line}: {match.group(0)!r}"
-             for path in _python_files() for line, text in _string_literals(path)
-             for match in ISSUE_NUMBER.finditer(text)]  # fmt: skip
+    found = [
+        f"{path.relative_to(ROOT)}:{line}: {match.group(0)!r}"
+        for path in _python_files()
+        for line, text in _string_literals(path)
+        for match in ISSUE_NUMBER.finditer(text)
+    ]
     assert found == [], "\n".join(found)
 
 
 def test_no_notes_to_self_in_the_package_strings() -> None:
-    found = [f"{path.relative_to(ROOT)}:{line}: {text[:80]!r}"
-             for path in sorted((ROOT / "wsi_mil").rglob("*.py")) for line, text in _string_literals(path)
-             if NOTE_TO_SELF.search(text)]  # fmt: skip
+    found = [
+        f"{path.relative_to(ROOT)}:{line}: {text[:80]!r}"
+        for path in sorted((ROOT / "wsi_mil").rglob("*.py"))
+        for line, text in _string_literals(path)
+        if NOTE_TO_SELF.search(text)
+    ]
     assert found == [], "\n".join(found)
 
 

@@ -28,8 +28,9 @@ EPILOG = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="wsi-mil", description=DESCRIPTION, epilog=EPILOG,
-                                     formatter_class=HelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="wsi-mil", description=DESCRIPTION, epilog=EPILOG, formatter_class=HelpFormatter
+    )
     parser.add_argument("--version", action="version", version=f"wsi-mil {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # pipeline order: each stage reads what the one before it wrote

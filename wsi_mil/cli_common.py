@@ -65,12 +65,28 @@ def add_common(parser: argparse.ArgumentParser, *, workers: str = "one per core"
 
 
 def add_dask_options(parser: argparse.ArgumentParser, *, workers: str = "one per core") -> None:
-    parser.add_argument("--workers", type=options.non_negative_int, help=configured(
-        "local Dask worker processes; 0: every slide in this process, without Dask", "parallel.workers",
-        none=workers))  # fmt: skip
-    parser.add_argument("--scheduler", help=configured(
-        "address of an existing Dask scheduler, e.g. tcp://host:8786", "parallel.scheduler",
-        none="a local cluster of --workers processes"))  # fmt: skip
+    parser.add_argument(
+        "--workers",
+        type=options.non_negative_int,
+        help=configured(
+            "local Dask worker processes; 0: every slide in this process, without Dask",
+            "parallel.workers",
+            none=workers,
+        ),
+    )
+    parser.add_argument(
+        "--scheduler",
+        help=configured(
+            "address of an existing Dask scheduler, e.g. tcp://host:8786",
+            "parallel.scheduler",
+            none="a local cluster of --workers processes",
+        ),
+    )
+
+
+def parallel_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``parallel`` config section's keys given as --workers / --scheduler."""
+    return {k: getattr(args, k) for k in ("workers", "scheduler") if getattr(args, k) is not None}
 
 
 def add_stage_options(parser: argparse.ArgumentParser) -> None:

@@ -8,15 +8,18 @@ from pathlib import Path
 from typing import Any
 
 from wsi_mil import cli_options as options
-from wsi_mil.cli_common import SET_HELP, add_dask_options, add_quiet_debug
+from wsi_mil.cli_common import SET_HELP, add_dask_options, add_quiet_debug, parallel_overrides
 from wsi_mil.errors import WsiMilError
 
 logger = logging.getLogger("wsi_mil")
 
 
 def add_encoders(commands: Any) -> None:
-    encoders = commands.add_parser("encoders", help="list the registered encoders",
-                                   description="List the encoders wsi-mil extract --encoder accepts.")  # fmt: skip
+    encoders = commands.add_parser(
+        "encoders",
+        help="list the registered encoders",
+        description="List the encoders wsi-mil extract --encoder accepts.",
+    )
     add_quiet_debug(encoders)
     encoders.set_defaults(handler=_run_encoders)
 
@@ -33,9 +36,12 @@ def add_run(commands: Any) -> None:
     run.add_argument("config", type=Path, help="YAML config with a run section (see configs/demo.yaml)")
     run.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help=SET_HELP)
     add_dask_options(run, workers="one per core; extraction: one per GPU on CUDA, else 1")
-    run.add_argument("--overwrite", action="store_true",
-                     help="redo outputs that already exist; outputs made with settings other than "
-                     "RUN_DIR/run_config.json's are removed first (without it, such a rerun is refused)")  # fmt: skip
+    run.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="redo outputs that already exist; outputs made with settings other than "
+        "RUN_DIR/run_config.json's are removed first (without it, such a rerun is refused)",
+    )
     run.add_argument("--debug", action="store_true", help="log tracebacks of failures")
     run.add_argument("--quiet", action="store_true", help="no progress bar, warnings and errors only")
     run.set_defaults(handler=_run_pipeline)
@@ -49,15 +55,21 @@ def add_demo(commands: Any) -> None:
         "and print the slide-level and localization results.",
     )
     demo.add_argument("--out", type=Path, help="demo folder: cohort/ and run/ (default: ./wsi-mil-demo)")
-    demo.add_argument("--workers", type=options.non_negative_int,
-                      help="local Dask worker processes; 0: no Dask (default: one per core)")  # fmt: skip
+    demo.add_argument(
+        "--workers",
+        type=options.non_negative_int,
+        help="local Dask worker processes; 0: no Dask (default: one per core)",
+    )
     add_quiet_debug(demo)
     demo.set_defaults(handler=_run_demo)
 
 
 def add_view(commands: Any) -> None:
-    view = commands.add_parser("view", help="browse a run's slides, maps and top patches in a local web viewer",
-                               description="Serve a local web viewer of RUN_DIR (read-only) until Ctrl-C.")
+    view = commands.add_parser(
+        "view",
+        help="browse a run's slides, maps and top patches in a local web viewer",
+        description="Serve a local web viewer of RUN_DIR (read-only) until Ctrl-C.",
+    )
     view.add_argument("run_dir", type=Path, help="run directory holding scores/ (from wsi-mil predict or run)")
     view.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     view.add_argument("--port", type=int, default=8000, help="port")
@@ -72,18 +84,21 @@ def _run_encoders(args: argparse.Namespace) -> int:
     for name in list_encoders():
         config = encoder_config(name)
         print(f"{name:20s} {config.embed_dim:5d}-d  {config.input_size}px  {config.description}")
-    print(f"{'timm:<name>':20s}   any timm model as timm builds it by default, e.g. timm:vit_base_patch16_224; "
-          "checkpoints of other architectures (UNI: use uni) need a registered entry")
+    print(
+        f"{'timm:<name>':20s}   any timm model as timm builds it by default, e.g. timm:vit_base_patch16_224; "
+        "checkpoints of other architectures (UNI: use uni) need a registered entry"
+    )
     return 0
 
 
 def _run_pipeline(args: argparse.Namespace) -> int:
     from wsi_mil.pipeline import load_run_config, run_pipeline
 
-    parallel = {k: getattr(args, k) for k in ("workers", "scheduler") if getattr(args, k) is not None}
+    parallel = parallel_overrides(args)
     config = load_run_config(args.config, overrides={"parallel": parallel}, sets=args.set)
-    result = run_pipeline(config, where=str(args.config), overwrite=args.overwrite, debug=args.debug,
-                          progress=not args.quiet)  # fmt: skip
+    result = run_pipeline(
+        config, where=str(args.config), overwrite=args.overwrite, debug=args.debug, progress=not args.quiet
+    )
     stages = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in result.seconds.items())
     logger.warning("run done (%s); %d failed; manifest: %s", stages, result.failed, result.run_dir / "manifest.csv")
     return 1 if result.failed else 0

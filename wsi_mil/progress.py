@@ -50,8 +50,15 @@ class SlideProgress:
     crashed); ``close()`` at the end. ``enabled=False`` (``--quiet``) shows nothing.
     """
 
-    def __init__(self, total: int, *, desc: str, enabled: bool = True, interval: float | None = None,
-                 terminal: bool | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        total: int,
+        *,
+        desc: str,
+        enabled: bool = True,
+        interval: float | None = None,
+        terminal: bool | None = None,
+    ) -> None:
         self.total, self.desc = total, desc
         self.done = self.failed = self.patches = 0
         self.started = self._last_line = time.monotonic()
@@ -95,8 +102,10 @@ class SlideProgress:
 
     def line(self) -> str:
         elapsed = time.monotonic() - self.started
-        text = f"{self.desc}: {self.done}/{self.total} slides ({100 * self.done // max(self.total, 1)}%), " \
-               f"{self.patches:,} patches, {self.failed} failed, {_duration(elapsed)} elapsed"  # fmt: skip
+        text = (
+            f"{self.desc}: {self.done}/{self.total} slides ({100 * self.done // max(self.total, 1)}%), "
+            f"{self.patches:,} patches, {self.failed} failed, {_duration(elapsed)} elapsed"
+        )
         if 0 < self.done < self.total:
             text += f", about {_duration(elapsed / self.done * (self.total - self.done))} left"
         return text
