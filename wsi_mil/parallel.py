@@ -176,8 +176,13 @@ def map_slides(
         shown.close()
 
 
-def _finish(item: Any, result: Callable[[], Any], on_result: Callable[[Any, Any], None],
-            on_crash: Callable[[Any, BaseException], None], shown: SlideProgress) -> None:  # fmt: skip
+def _finish(
+    item: Any,
+    result: Callable[[], Any],
+    on_result: Callable[[Any, Any], None],
+    on_crash: Callable[[Any, BaseException], None],
+    shown: SlideProgress,
+) -> None:
     """Hands one item's result (or its crash) on and counts it."""
     try:
         value = result()
