@@ -1,4 +1,4 @@
-"""CAM border ring (issue 12 item 4): prints the ring statistic before and after context.
+"""CAM border ring: prints the ring statistic before and after context.
 
 Run from the repository root (about a minute on one core)::
 

@@ -1,4 +1,4 @@
-"""Heatmap benchmark (issue 5): prints timings and peak memory, it is not a test.
+"""Heatmap benchmark: prints timings and peak memory, it is not a test.
 
 Run from the repository root::
 
@@ -20,7 +20,7 @@ Each case runs the stage's own per-map writer (``heatmap_formats.write_map``) wi
 options. Seconds are for the write (scores, bag and slide already opened; imports
 excluded): best, median and worst of ``--repeats``; peak RSS is the process's
 ``ru_maxrss`` (imports included).
-Reference (from the issue, measured on this machine, not by this script): CLAM's
+Reference (measured on this machine, not by this script): CLAM's
 ``visHeatmap(vis_level=0)`` on a 20000x15000 slide with 852 patches, 78 s, 5.6 GB.
 """
 

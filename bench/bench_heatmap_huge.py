@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_heatmap_huge.py
 
-Issue 5 asks that a level-0 canvas of this size be possible on a 24 GB machine. The
+The goal: a level-0 canvas of this size must be possible on a 24 GB machine. The
 scores file describes the slide (``level_dim``, MPP) and a 60,000 x 50,000 px tissue
 area of 256-px patches with random scores; no slide file is needed for the score
 pyramids (the slide is only read for the PNG thumbnail and the blended overlay, which

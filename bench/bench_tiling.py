@@ -1,4 +1,4 @@
-"""Tiling benchmark (issue 2): prints timings, it is not a test.
+"""Tiling benchmark: prints timings, it is not a test.
 
 Run from the repository root::
 
@@ -48,7 +48,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CACHE = ROOT / "bench" / ".cache"
 
-#: Reference from the issue: CLAM's segmentation + patching of a 40000x30000
+#: Reference: CLAM's segmentation + patching of a 40000x30000
 #: synthetic slide on this machine (seconds). Not measured by this script.
 CLAM_REFERENCE = {"segmentation": 0.66, "patching": 0.58, "total": 1.24}
 TARGET_SINGLE_S = 1.0
@@ -716,7 +716,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         command = shlex.join([sys.executable, __file__, *argv])
     info = machine()
-    print("wsi_mil tiling benchmark (issue 2)")
+    print("wsi_mil tiling benchmark")
     print(f"command: {command}   (cwd {os.getcwd()})")
     print(f"machine: {info['cores']} cores, {info['cpu']}, {info['ram_gib']} GiB RAM; Python {info['python']}")
     print(f"cache: {args.cache_dir}")

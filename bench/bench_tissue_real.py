@@ -1,4 +1,4 @@
-"""Tissue detection on real H&E (issue 12 item 7): per tissue type, the share of tissue kept
+"""Tissue detection on real H&E: per tissue type, the share of tissue kept
 and of glass dropped. Prints a table; it is not a test.
 
 Run from the repository root (about a minute)::

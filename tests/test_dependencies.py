@@ -16,14 +16,15 @@ PACKAGE = Path(__file__).resolve().parents[1] / "wsi_mil"
 #: Lowest first. A module may import its own layer and the layers before it.
 LAYERS = (
     # shared ground: errors, config, the run folder's layout, readers, stores, manifest, Dask
-    ("errors", "registry", "stats", "config", "run_layout", "device", "io", "store", "manifest", "parallel", "time_limit", "geojson",
+    ("errors", "registry", "stats", "config", "run_layout", "device", "io", "store", "manifest", "parallel", "time_limit", "progress", "geojson",
      "synthetic",
      "datasets", ""),
     ("tiling",),
     ("features",),
     ("mil",),
     ("explain",),
-    ("pipeline", "demo", "demo_cohort", "demo_tissue", "view", "cli", "cli_options", "__main__"),
+    ("pipeline", "demo", "demo_cohort", "demo_tissue", "view", "cli", "cli_options", "cli_common", "cli_prepare",
+     "cli_train", "cli_explain", "cli_run", "__main__"),
 )  # fmt: skip
 
 

@@ -205,7 +205,7 @@ def format_report(result: DemoResult) -> str:
             head = "baseline" if _is_baseline(row["map"]) else model
             auc, dice = (format_mean_std(row[k], row[f"{k}_std"]) for k in ("auc", "dice@0.5"))
             lines.append(f"| {head} | {row['map']} | {auc} | {row['hit']:.3f} | {dice} |")
-    lines += ["", "Targets (learned results beside a baseline that learns nothing)"]
+    lines += ["", "Expected results (learned results beside a baseline that learns nothing)"]
     for name, model, value, met in targets(result, baseline):
         lines.append(f"  {name:50s} {model:24s} {value:.3f}  {'met' if met else 'NOT met'}")
     example = next((s for s in sorted(labels) if labels[s] == "tumor"), sorted(labels)[0])

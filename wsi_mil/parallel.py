@@ -10,13 +10,14 @@ dask-jobqueue cluster's address).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from wsi_mil.errors import ConfigError, WsiMilError
+from wsi_mil.progress import SlideProgress
 
 logger = logging.getLogger(__name__)
 
@@ -47,26 +48,53 @@ def dask_client(
     if workers is not None and workers < 0:
         raise ConfigError(f"workers = {workers}: must be >= 0 (0 runs every task in this process, without Dask)")
     if scheduler:
-        with Client(scheduler) as client:
+        with _quiet_dask_logs(), Client(scheduler) as client:
             _wait_for_a_worker(client, scheduler)
             yield client
         return
     n_workers = workers or default_workers()
     environment = _without_malloc_trim() if keep_freed_memory else contextlib.nullcontext()
-    with environment, dask.config.set({"distributed.worker.daemon": daemon}):
-        cluster = LocalCluster(
-            n_workers=n_workers,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            silence_logs=logging.ERROR,
-        )
+    with _quiet_dask_logs():
+        with environment, dask.config.set({"distributed.worker.daemon": daemon}):
+            cluster = LocalCluster(
+                n_workers=n_workers,
+                threads_per_worker=1,
+                processes=True,
+                # No dashboard. The scheduler still serves its health routes over HTTP, on
+                # port 8787 unless told otherwise, so every second cluster (two stages, two
+                # users) warned that the port was taken: any free port of this machine instead.
+                dashboard_address="127.0.0.1:0",
+                scheduler_kwargs={"dashboard": False},
+                silence_logs=logging.ERROR,
+            )
+        try:
+            with Client(cluster) as client:
+                _wait_for_a_worker(client, "the local cluster")
+                yield client
+        finally:
+            cluster.close()
+
+
+#: Loggers of Dask and the libraries under it; at INFO they log every worker and client event.
+DASK_LOGGERS = ("distributed", "bokeh", "tornado")
+
+
+@contextlib.contextmanager
+def _quiet_dask_logs(level: int = logging.WARNING) -> Iterator[None]:
+    """Dask's own loggers at ``level`` or above in this block; ours (wsi_mil.*) keep theirs.
+
+    A script that configures the root logger at INFO (the pipelines/ scripts) would
+    otherwise print the scheduler's and nannies' start, register and close events.
+    """
+    saved = {name: logging.getLogger(name).level for name in DASK_LOGGERS}
+    for name in DASK_LOGGERS:
+        if logging.getLogger(name).getEffectiveLevel() < level:
+            logging.getLogger(name).setLevel(level)
     try:
-        with Client(cluster) as client:
-            _wait_for_a_worker(client, "the local cluster")
-            yield client
+        yield
     finally:
-        cluster.close()
+        for name, previous in saved.items():
+            logging.getLogger(name).setLevel(previous)
 
 
 def _wait_for_a_worker(client: Any, where: str) -> None:
@@ -109,12 +137,6 @@ def _without_malloc_trim() -> Iterator[None]:
 
 
 
-def _progress(total: int, desc: str, enabled: bool) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="slide", disable=not (enabled and sys.stderr.isatty()))
-
-
 def map_slides(
     function: Callable[..., Any],
     items: Sequence[Any],
@@ -135,15 +157,11 @@ def map_slides(
     that still raises (a worker killed by a crashing library) goes to ``on_crash``.
     ``workers=0`` runs everything in this process, without Dask (for debugging).
     """
-    bar = _progress(len(items), desc, progress)
+    shown = SlideProgress(len(items), desc=desc, enabled=progress)
     try:
         if workers == 0 and not scheduler:
             for item in items:
-                try:
-                    on_result(item, function(item, **kwargs))
-                except Exception as error:  # noqa: BLE001 -- a crashed item is recorded, the batch goes on
-                    on_crash(item, error)
-                bar.update()
+                _finish(item, functools.partial(function, item, **kwargs), on_result, on_crash, shown)
             return
         from distributed import as_completed
 
@@ -152,12 +170,25 @@ def map_slides(
                 client.submit(function, item, pure=False, retries=0, resources=resources, **kwargs): item
                 for item in items
             }
-            for future in as_completed(futures):
-                item = futures[future]
-                try:
-                    on_result(item, future.result())
-                except Exception as error:  # noqa: BLE001 -- a crashed item is recorded, the batch goes on
-                    on_crash(item, error)
-                bar.update()
+            for future in as_completed(futures):  # progress from each future as it completes
+                _finish(futures[future], future.result, on_result, on_crash, shown)
     finally:
-        bar.close()
+        shown.close()
+
+
+def _finish(
+    item: Any,
+    result: Callable[[], Any],
+    on_result: Callable[[Any, Any], None],
+    on_crash: Callable[[Any, BaseException], None],
+    shown: SlideProgress,
+) -> None:
+    """Hands one item's result (or its crash) on and counts it."""
+    try:
+        value = result()
+        on_result(item, value)
+    except Exception as error:  # noqa: BLE001 -- a crashed item is recorded, the batch goes on
+        on_crash(item, error)
+        shown.update(None, failed=True)
+    else:
+        shown.update(value)

@@ -308,6 +308,7 @@ def _extract_locked(run_dir: str | Path, jobs: list[ExtractionJob], *, config: C
     from wsi_mil.device import resolve_device
     from wsi_mil.manifest import RunRecorder
     from wsi_mil.parallel import map_slides
+    from wsi_mil.progress import on_a_terminal
 
     device = resolve_device(config.extract.device)
     recorder = RunRecorder(run_dir, logger=logger)
@@ -335,6 +336,6 @@ def _extract_locked(run_dir: str | Path, jobs: list[ExtractionJob], *, config: C
         config=config,
         overwrite=overwrite,
         debug=debug,
-        show_patches=progress and workers == 0,
+        show_patches=progress and workers == 0 and on_a_terminal(),  # a bar redrawn in place: terminals only
     )
     return recorder.records
