@@ -24,8 +24,8 @@ test: $(STAMP)
 
 # The lint gate: formatting, the rule set in pyproject.toml [tool.ruff.lint], and types.
 lint: $(STAMP)
-	$(BIN)/ruff format --check wsi_mil tests bench
-	$(BIN)/ruff check wsi_mil tests bench
+	$(BIN)/ruff format --check wsi_mil tests bench pipelines
+	$(BIN)/ruff check wsi_mil tests bench pipelines
 	$(BIN)/mypy wsi_mil
 
 clean:

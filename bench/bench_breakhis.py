@@ -45,13 +45,28 @@ def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "slides.csv").write_text("path\n" + "".join(f"{source / r['image']}\n" for r in rows))
     labels = OUT / "labels.csv"
-    labels.write_text("slide_id,label,patient_id\n" + "".join(f"{Path(r['image']).stem},{r['label']},{r['patient_id']}\n"
-                                                            for r in rows))  # fmt: skip
+    labels.write_text(
+        "slide_id,label,patient_id\n"
+        + "".join(f"{Path(r['image']).stem},{r['label']},{r['patient_id']}\n" for r in rows)
+    )
     run = OUT / "run"
     config = ROOT / "configs" / "breakhis.yaml"
     wsi_mil = [sys.executable, "-m", "wsi_mil"]
-    subprocess.run([*wsi_mil, "tile", str(OUT / "slides.csv"), "--out", str(run), "--config", str(config),
-                    "--workers", "0", "--quiet"], check=True)  # fmt: skip
+    subprocess.run(
+        [
+            *wsi_mil,
+            "tile",
+            str(OUT / "slides.csv"),
+            "--out",
+            str(run),
+            "--config",
+            str(config),
+            "--workers",
+            "0",
+            "--quiet",
+        ],
+        check=True,
+    )
     subprocess.run([*wsi_mil, "extract", str(run), "--config", str(config), "--workers", "0", "--quiet"], check=True)
     by_magnification: dict[str, list[dict[str, str]]] = defaultdict(list)
     for row in rows:
@@ -72,13 +87,24 @@ def main() -> int:
         folds = min(5, min(len(p) for p in patients.values()))
         n_patients = len({r["patient_id"] for r in members})
         for head in HEADS:
-            settings = load_config(config, sets=[f"train.model={head}", f"train.folds={folds}", "train.repeats=3",
-                                                 f"train.name={head}-{magnification}"])  # fmt: skip
+            settings = load_config(
+                config,
+                sets=[
+                    f"train.model={head}",
+                    f"train.folds={folds}",
+                    "train.repeats=3",
+                    f"train.name={head}-{magnification}",
+                ],
+            )
             (result,) = train_run(OUT / "train", labels, config=settings, features=[folder], overwrite=True)
             summary = summarize(result.folds)
             cells = [str(summary[c]) for c in COLUMNS]  # mean ± sample std (wsi_mil.stats)
-            print(f"| {magnification} | {len(members)} ({n_patients}) | {folds} x 3 | {head} | " + " | ".join(cells) + " |",
-                  flush=True)  # fmt: skip
+            print(
+                f"| {magnification} | {len(members)} ({n_patients}) | {folds} x 3 | {head} | "
+                + " | ".join(cells)
+                + " |",
+                flush=True,
+            )
     return 0
 
 

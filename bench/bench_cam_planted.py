@@ -67,8 +67,11 @@ def main(argv: list[str] | None = None) -> int:
             y, x = np.unravel_index(np.argmax(cam), cam.shape)
             band += 16 <= min(y, x, size - 1 - y, size - 1 - x) <= 63
         on = len(planted.PLACES) - sum("peak" in why for _, why in missed)
-        print(f"| {context} | {on} / {len(planted.PLACES)} | {np.median(ratios):.1f}, {min(ratios):.1f} | {band} / {len(planted.PLACES)} "
-              f"| {resource.getrusage(resource.RUSAGE_SELF).ru_utime - cpu:.0f} / {time.perf_counter() - wall:.0f} |", flush=True)  # fmt: skip
+        print(
+            f"| {context} | {on} / {len(planted.PLACES)} | {np.median(ratios):.1f}, {min(ratios):.1f} | {band} / {len(planted.PLACES)} "
+            f"| {resource.getrusage(resource.RUSAGE_SELF).ru_utime - cpu:.0f} / {time.perf_counter() - wall:.0f} |",
+            flush=True,
+        )
     return 0
 
 

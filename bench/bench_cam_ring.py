@@ -60,10 +60,13 @@ def ring_statistics(maps: np.ndarray) -> dict[str, float]:
     distances = np.array([edge_distance(np.argmax(m), side) for m in maps])
     mean_map = (maps / np.maximum(maps.mean(axis=(1, 2), keepdims=True), 1e-12)).mean(axis=0)
     d = np.minimum.outer(*(np.minimum(np.arange(side), side - 1 - np.arange(side)),) * 2)
-    return {"share_in_band": float(((distances >= BAND[0]) & (distances <= BAND[1])).mean()),
-            "median_peak_distance": float(np.median(distances)),
-            "mean_cam_peak_distance": float(edge_distance(np.argmax(mean_map), side)), "k": k,
-            "profile": [float(mean_map[(d >= a) & (d < b)].mean()) for a, b in ((0, 32), (32, 64), (64, side))]}  # fmt: skip
+    return {
+        "share_in_band": float(((distances >= BAND[0]) & (distances <= BAND[1])).mean()),
+        "median_peak_distance": float(np.median(distances)),
+        "mean_cam_peak_distance": float(edge_distance(np.argmax(mean_map), side)),
+        "k": k,
+        "profile": [float(mean_map[(d >= a) & (d < b)].mean()) for a, b in ((0, 32), (32, 64), (64, side))],
+    }
 
 
 def kather_head(encoder, data: Path, *, steps: int = 300, seed: int = 0):
@@ -139,27 +142,47 @@ def main(argv: list[str] | None = None) -> None:
     _, stride = target_layer_and_stride(encoder.model, input_size)
     with open_slide(path) as slide, torch.no_grad():
         plain = np.stack([read_with_margin(slide, c, 0, size, 0) for c in coords.tolist()])
-        log_z = float(torch.logsumexp(head(encoder.model(encoder.transform(torch.from_numpy(plain)))).attention_raw.reshape(-1), 0))
-    print(f"encoder {encoder.name} ({encoder.weights[:40]}...), stride {stride}, {len(coords)} CMU-1 patches of "
-          f"{size} px, maps {input_size} px; a peak at a random place lands 16-63 px from the edge with "
-          f"p = {uniform_share(input_size):.2f}. Machine shared with other work.")  # fmt: skip
-    print(f"{'context':>8} {'margin px':>9} {'method':>10} {'peaks 16-63 px':>15} {'median dist':>11} "
-          f"{'mean-CAM peak dist':>18} {'profile 0-31/32-63/64+':>22} {'cpu s':>6} {'wall s':>6}")  # fmt: skip
+        log_z = float(
+            torch.logsumexp(
+                head(encoder.model(encoder.transform(torch.from_numpy(plain)))).attention_raw.reshape(-1), 0
+            )
+        )
+    print(
+        f"encoder {encoder.name} ({encoder.weights[:40]}...), stride {stride}, {len(coords)} CMU-1 patches of "
+        f"{size} px, maps {input_size} px; a peak at a random place lands 16-63 px from the edge with "
+        f"p = {uniform_share(input_size):.2f}. Machine shared with other work."
+    )
+    print(
+        f"{'context':>8} {'margin px':>9} {'method':>10} {'peaks 16-63 px':>15} {'median dist':>11} "
+        f"{'mean-CAM peak dist':>18} {'profile 0-31/32-63/64+':>22} {'cpu s':>6} {'wall s':>6}"
+    )
     for fraction in args.contexts:
         context = context_margin(stride, input_size, fraction)
         margin = round(context * size / input_size)
         with open_slide(path) as slide:
             images = np.stack([read_with_margin(slide, c, 0, size, margin) for c in coords.tolist()])
         cpu, wall = time.process_time(), time.perf_counter()
-        maps, _, _ = explain_patches(images, encoder=encoder, head=head, log_normalizer=log_z, target=1,
-                                     methods=args.methods, margin=margin, context=context)  # fmt: skip
+        maps, _, _ = explain_patches(
+            images,
+            encoder=encoder,
+            head=head,
+            log_normalizer=log_z,
+            target=1,
+            methods=args.methods,
+            margin=margin,
+            context=context,
+        )
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
         for method, values in maps.items():
             stats = ring_statistics(values)
-            print(f"{fraction:>8.2f} {margin:>9d} {method:>10} {stats['share_in_band']:>15.2f} {stats['median_peak_distance']:>11.0f} "
-                  f"{stats['mean_cam_peak_distance']:>18.0f} {'/'.join(f'{v:.2f}' for v in stats['profile']):>22} {cpu:>6.1f} {wall:>6.1f}")  # fmt: skip
+            print(
+                f"{fraction:>8.2f} {margin:>9d} {method:>10} {stats['share_in_band']:>15.2f} {stats['median_peak_distance']:>11.0f} "
+                f"{stats['mean_cam_peak_distance']:>18.0f} {'/'.join(f'{v:.2f}' for v in stats['profile']):>22} {cpu:>6.1f} {wall:>6.1f}"
+            )
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    print(f"process CPU {usage.ru_utime + usage.ru_stime:.0f} s, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
+    print(
+        f"process CPU {usage.ru_utime + usage.ru_stime:.0f} s, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}"
+    )
 
 
 if __name__ == "__main__":

@@ -132,11 +132,26 @@ def worker_clam(scores_path: Path, slide_path: Path, out: Path) -> dict[str, Any
     with contextlib.redirect_stdout(io.StringIO()):
         wsi = WholeSlideImage(str(slide_path))
         seg_level = wsi.getOpenSlide().get_best_level_for_downsample(64)
-        wsi.segmentTissue(seg_level=seg_level, sthresh=8, mthresh=7, close=4, use_otsu=False,
-                          filter_params={"a_t": 100, "a_h": 16, "max_n_holes": 8})  # fmt: skip
+        wsi.segmentTissue(
+            seg_level=seg_level,
+            sthresh=8,
+            mthresh=7,
+            close=4,
+            use_otsu=False,
+            filter_params={"a_t": 100, "a_h": 16, "max_n_holes": 8},
+        )
         clock = Clock()
-        image = wsi.visHeatmap(values.astype(np.float64) * 100, coords, vis_level=0, patch_size=(256, 256), alpha=ALPHA,
-                               cmap=CMAP, segment=True, use_holes=True, blur=False)  # fmt: skip
+        image = wsi.visHeatmap(
+            values.astype(np.float64) * 100,
+            coords,
+            vis_level=0,
+            patch_size=(256, 256),
+            alpha=ALPHA,
+            cmap=CMAP,
+            segment=True,
+            use_holes=True,
+            blur=False,
+        )
         timed = clock.lap()
     rss = peak_rss_mb()
     size = image.size
@@ -186,11 +201,18 @@ def main(argv: list[str] | None = None) -> int:
             scores_path, bag_path, n = prepare(size)
             out = Path(tmp) / f"ours-{size}"
             out.mkdir()
-            ours = run_worker(sys.executable, Path(__file__), ["--worker", "ours", "--scores", str(scores_path),
-                              "--other", str(bag_path), "--out", str(out)], pythonpath=str(ROOT))  # fmt: skip
+            ours = run_worker(
+                sys.executable,
+                Path(__file__),
+                ["--worker", "ours", "--scores", str(scores_path), "--other", str(bag_path), "--out", str(out)],
+                pythonpath=str(ROOT),
+            )
             results[size] = {"patches": n, "ours": ours}
-            print(f"  {size} ({n} patches) wsi-mil: CPU {ours['cpu_s']:.2f} s, wall {ours['wall_s']:.2f} s, peak RSS "
-                  f"{ours['rss_mb']:.0f} MB, tracemalloc peak {ours['tracemalloc_mb']:.0f} MB ({load_note()})", flush=True)  # fmt: skip
+            print(
+                f"  {size} ({n} patches) wsi-mil: CPU {ours['cpu_s']:.2f} s, wall {ours['wall_s']:.2f} s, peak RSS "
+                f"{ours['rss_mb']:.0f} MB, tracemalloc peak {ours['tracemalloc_mb']:.0f} MB ({load_note()})",
+                flush=True,
+            )
         scores_path, bag_path, n = prepare("20000x15000")
         with h5py.File(bag_path, "r") as handle:
             slide_path = Path(str(handle["coords"].attrs["slide_path"]))
@@ -198,10 +220,15 @@ def main(argv: list[str] | None = None) -> int:
             coords = handle["coords"][:]
         out = Path(tmp) / "clam"
         out.mkdir()
-        clam = run_worker(python, Path(__file__), ["--worker", "clam", "--scores", str(scores_path), "--other",
-                          str(slide_path), "--out", str(out)])  # fmt: skip
-        print(f"  20000x15000 ({n} patches) CLAM visHeatmap: CPU {clam['cpu_s']:.2f} s, wall {clam['wall_s']:.2f} s, "
-              f"peak RSS {clam['rss_mb']:.0f} MB, image {clam['size'][0]}x{clam['size'][1]} ({load_note()})")  # fmt: skip
+        clam = run_worker(
+            python,
+            Path(__file__),
+            ["--worker", "clam", "--scores", str(scores_path), "--other", str(slide_path), "--out", str(out)],
+        )
+        print(
+            f"  20000x15000 ({n} patches) CLAM visHeatmap: CPU {clam['cpu_s']:.2f} s, wall {clam['wall_s']:.2f} s, "
+            f"peak RSS {clam['rss_mb']:.0f} MB, image {clam['size'][0]}x{clam['size'][1]} ({load_note()})"
+        )
         ours = results["20000x15000"]["ours"]
         agreement = compare(Path(ours["output"]), Path(clam["output"]), coords, 256)
     cpu_ratio, wall_ratio = clam["cpu_s"] / ours["cpu_s"], clam["wall_s"] / ours["wall_s"]

@@ -119,8 +119,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     python = require_clam(args.clam_python, ["wsi_core/WholeSlideImage.py", "create_patches_fp.py"])
-    print(f"tiling CPU per slide, wsi-mil vs CLAM (segmentTissue + process_contours); {load_note()}; "
-          f"worker env {ONE_THREAD}")  # fmt: skip
+    print(
+        f"tiling CPU per slide, wsi-mil vs CLAM (segmentTissue + process_contours); {load_note()}; "
+        f"worker env {ONE_THREAD}"
+    )
     rows = []
     for size in args.sizes:
         width, height = (int(v) for v in size.split("x"))
@@ -140,9 +142,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{size} px at 0.5 um/px ({load_note()})")
         for side, summary in (("wsi-mil", ours), ("CLAM", clam)):
             r = result["ours" if side == "wsi-mil" else "clam"]
-            print(f"  {side:8s} CPU {summary['cpu_s']:.3f} s, wall {summary['wall_s']:.3f} s (medians of {args.repeats});"
-                  f" first slide CPU {r['first']['cpu_s']:.3f} s; imports CPU {r['imports']['cpu_s']:.2f} s;"
-                  f" {r['patches']} patches")  # fmt: skip
+            print(
+                f"  {side:8s} CPU {summary['cpu_s']:.3f} s, wall {summary['wall_s']:.3f} s (medians of {args.repeats});"
+                f" first slide CPU {r['first']['cpu_s']:.3f} s; imports CPU {r['imports']['cpu_s']:.2f} s;"
+                f" {r['patches']} patches"
+            )
         verdict = "MET" if ratio >= TARGET_RATIO else "NOT MET"
         print(f"  CLAM CPU / ours: {ratio:.2f}x (target >= {TARGET_RATIO:g}x: {verdict})")
     print("\n| slide | wsi-mil CPU s (wall) | CLAM CPU s (wall) | CLAM / wsi-mil CPU | patches wsi-mil / CLAM |")

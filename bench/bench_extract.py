@@ -38,8 +38,9 @@ def _slide(width: int, height: int) -> Path:
 
     path = CACHE / f"extract_{width}x{height}.svs"
     if not path.exists():
-        write_synthetic_slide(path, width=width, height=height, mpp=0.5, regions=[Region(0, 0, width, height)],
-                              downsamples=(1, 4, 16))  # fmt: skip
+        write_synthetic_slide(
+            path, width=width, height=height, mpp=0.5, regions=[Region(0, 0, width, height)], downsamples=(1, 4, 16)
+        )
     return path
 
 
@@ -50,7 +51,9 @@ def _tile(slide: Path, run_dir: Path) -> Path:
 
     bag = run_dir / "bags" / f"{slide.stem}.h5"
     if not bag.exists():
-        tile_slides([SlideSource(slide, slide.stem)], run_dir, config=Config(parallel=ParallelConfig(workers=0)), progress=False)
+        tile_slides(
+            [SlideSource(slide, slide.stem)], run_dir, config=Config(parallel=ParallelConfig(workers=0)), progress=False
+        )
     return bag
 
 
@@ -97,8 +100,10 @@ def frozen_models(encoder, batch_size: int) -> tuple[Any, dict[str, Callable[[An
 
     images = torch.randint(0, 256, (batch_size, 256, 256, 3), dtype=torch.uint8)
     x = encoder.transform(images)
-    models = {mode: optimize_for_inference(encoder.model, x, device=torch.device("cpu"), mode=mode)
-              for mode in ("eager", "jit")}  # fmt: skip
+    models = {
+        mode: optimize_for_inference(encoder.model, x, device=torch.device("cpu"), mode=mode)
+        for mode in ("eager", "jit")
+    }
     with torch.inference_mode():
         for model in models.values():
             model(x)
@@ -120,8 +125,10 @@ def end_to_end_rate(bag_path: Path, run_dir: Path, encoder_name: str, batch_size
     from wsi_mil.config import Config, ExtractConfig, ParallelConfig
     from wsi_mil.features.extract import ExtractionJob, extract_bag
 
-    config = Config(extract=ExtractConfig(encoder=encoder_name, device="cpu", batch_size=batch_size),
-                    parallel=ParallelConfig(workers=0))  # fmt: skip
+    config = Config(
+        extract=ExtractConfig(encoder=encoder_name, device="cpu", batch_size=batch_size),
+        parallel=ParallelConfig(workers=0),
+    )
     job = ExtractionJob(bag_path.stem, "-", bag_path, run_dir / "features" / f"{bag_path.stem}.h5")
     extract_bag(job, config=config)  # warm: encoder built and frozen once per process, as in a run
 
@@ -153,10 +160,14 @@ def main(argv: list[str] | None = None) -> int:
     bag = _tile(slide, run_dir)
     cores = len(os.sched_getaffinity(0))
     print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
-    print(f"machine: {platform.processor() or platform.machine()}, {cores} cores, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} compute threads")  # fmt: skip
-    print(f"slide: {slide.name} ({args.size[0]}x{args.size[1]}, JPEG tiles 256 px), encoder {args.encoder}, "
-          f"batch {args.batch_size}\n")  # fmt: skip
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {cores} cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} compute threads"
+    )
+    print(
+        f"slide: {slide.name} ({args.size[0]}x{args.size[1]}, JPEG tiles 256 px), encoder {args.encoder}, "
+        f"batch {args.batch_size}\n"
+    )
 
     # Raw decode and reading alternate over rounds (each takes about a second); medians.
     raws, reads = [], []
@@ -165,11 +176,15 @@ def main(argv: list[str] | None = None) -> int:
         rate, kind = reading_rate(bag, args.batch_size, "threads", 1)
         reads.append(rate)
     raw, read = statistics.median(raws), statistics.median(reads)
-    print(f"(1) raw tile decode, 1 core      {raw:9.1f} patches/s   (median of {args.rounds} rounds, "
-          f"{min(raws):.0f}-{max(raws):.0f})")  # fmt: skip
+    print(
+        f"(1) raw tile decode, 1 core      {raw:9.1f} patches/s   (median of {args.rounds} rounds, "
+        f"{min(raws):.0f}-{max(raws):.0f})"
+    )
     print(f"(2) project reading alone ({kind}), CPU default loader (1 thread)")
-    print(f"                                  {read:9.1f} patches/s   ratio to (1): {read / raw:.2f}  (target >= 0.80)"
-          f"   ({min(reads):.0f}-{max(reads):.0f})")  # fmt: skip
+    print(
+        f"                                  {read:9.1f} patches/s   ratio to (1): {read / raw:.2f}  (target >= 0.80)"
+        f"   ({min(reads):.0f}-{max(reads):.0f})"
+    )
     for loader, workers in (("threads", 2), ("processes", 1)):
         rate, _ = reading_rate(bag, args.batch_size, loader, workers)
         print(f"    {loader}, {workers} worker(s){'':12}{rate:9.1f} patches/s   ratio to (1): {rate / raw:.2f}")
@@ -188,8 +203,10 @@ def main(argv: list[str] | None = None) -> int:
     eager, frozen, e2e = (statistics.median(rates[key]) for key in ("eager", "jit", "e2e"))
     spread = "  ".join(f"{key} {min(v):.1f}-{max(v):.1f}" for key, v in rates.items())
     print(f"(3) backbone only (frozen)        {frozen:9.1f} patches/s   (median of {args.rounds} rounds)")
-    print(f"    end-to-end extraction         {e2e:9.1f} patches/s   ratio: {e2e / frozen:.2f}  (target >= 0.90)"
-          f"   [{record['n_patches']} patches, source {record['patch_source']}]")  # fmt: skip
+    print(
+        f"    end-to-end extraction         {e2e:9.1f} patches/s   ratio: {e2e / frozen:.2f}  (target >= 0.90)"
+        f"   [{record['n_patches']} patches, source {record['patch_source']}]"
+    )
     print(f"(4) eager backbone                {eager:9.1f} patches/s   frozen speed-up: {frozen / eager:.2f}x")
     print(f"    per-round range (patches/s): {spread}")
     return 0

@@ -44,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
                 rates[mode].append(len(x) / (time.perf_counter() - started))
     print(f"{args.encoder}, batch {args.batch_size}, {args.rounds} rounds, {torch.get_num_threads()} threads")
     for mode, values in rates.items():
-        print(f"{mode:6} max {max(values):6.1f}  median {statistics.median(values):6.1f}  min {min(values):6.1f}  patches/s")
+        print(
+            f"{mode:6} max {max(values):6.1f}  median {statistics.median(values):6.1f}  min {min(values):6.1f}  patches/s"
+        )
     print(f"frozen speed-up (medians): {statistics.median(rates['jit']) / statistics.median(rates['eager']):.2f}x")
     return 0
 

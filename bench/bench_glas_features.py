@@ -59,10 +59,33 @@ def main(argv: list[str] | None = None) -> int:
     wsi_mil = [sys.executable, "-m", "wsi_mil"]
     run = out / "run"
     started = time.perf_counter()
-    subprocess.run([*wsi_mil, "tile", str(slides), "--out", str(run), "--level", "0", "--patch-size", str(args.patch_size),
-                    "--tissue-threshold", "0.25", "--reader", "image", "--workers", "0", "--quiet",
-                    "--set", "tissue.remove_pen=false", "--set", "tissue.min_object_um2=1000",
-                    "--set", "tissue.max_hole_um2=4000"], check=True)  # fmt: skip
+    subprocess.run(
+        [
+            *wsi_mil,
+            "tile",
+            str(slides),
+            "--out",
+            str(run),
+            "--level",
+            "0",
+            "--patch-size",
+            str(args.patch_size),
+            "--tissue-threshold",
+            "0.25",
+            "--reader",
+            "image",
+            "--workers",
+            "0",
+            "--quiet",
+            "--set",
+            "tissue.remove_pen=false",
+            "--set",
+            "tissue.min_object_um2=1000",
+            "--set",
+            "tissue.max_hole_um2=4000",
+        ],
+        check=True,
+    )
     tiled = time.perf_counter()
     subprocess.run(
         [*wsi_mil, "extract", str(run), "--workers", "0", "--quiet", "--set", "extract.threads=1"], check=True
@@ -74,8 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     fractions = gland_fractions(rows, glas, run, patch=args.patch_size)
     np.savez(out / "gland_fraction.npz", **fractions)
     n = [len(v) for v in fractions.values()]
-    print(f"glas: {len(n)} bags, {sum(n)} patches ({min(n)}-{max(n)} per image); tile {tiled - started:.0f} s, "
-          f"extract {extracted - tiled:.0f} s wall")  # fmt: skip
+    print(
+        f"glas: {len(n)} bags, {sum(n)} patches ({min(n)}-{max(n)} per image); tile {tiled - started:.0f} s, "
+        f"extract {extracted - tiled:.0f} s wall"
+    )
     return 0
 
 

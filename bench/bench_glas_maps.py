@@ -68,8 +68,9 @@ def learned_maps(scores_path: Path) -> dict[str, np.ndarray]:
     return {k: v for k, v in maps.items() if v is not None}
 
 
-def reference_scores(features: Path, truth: dict[str, np.ndarray], labels: dict[str, str],
-                     patients: dict[str, str]) -> dict[str, dict[str, np.ndarray]]:  # fmt: skip
+def reference_scores(
+    features: Path, truth: dict[str, np.ndarray], labels: dict[str, str], patients: dict[str, str]
+) -> dict[str, dict[str, np.ndarray]]:
     """Per slide, out of fold (5 patient-grouped folds, each slide scored by what was fitted
     on the other patients' patches), maps that are not ``wsi-mil predict`` maps:
 

@@ -65,12 +65,23 @@ def prepare(slide: Path, work: Path, limit: int | None) -> tuple[Path, Path, int
     coords = bag.coords[:limit] if limit else bag.coords
     rng = np.random.default_rng(0)
     raw = rng.normal(size=len(coords))
-    maps = {"attention_raw": raw, "attention": np.exp(raw) / np.exp(raw).sum(),
-            "attention_pct": (np.argsort(np.argsort(raw)) + 0.5) / len(raw), "instance_logits": rng.normal(size=(len(raw), 2))}  # fmt: skip
-    geometry = {k: bag.attrs[k] for k in ("patch_size_level0", "patch_size", "patch_level", "slide_mpp", "target_mpp",
-                                          "slide_path", "slide_id")}  # fmt: skip
-    write_scores(scores_path, coords, maps, coords_attrs=geometry,
-                 attrs={"probs": [0.5, 0.5], "pred": 1, "classes": ["a", "b"], "model": "bench"})  # fmt: skip
+    maps = {
+        "attention_raw": raw,
+        "attention": np.exp(raw) / np.exp(raw).sum(),
+        "attention_pct": (np.argsort(np.argsort(raw)) + 0.5) / len(raw),
+        "instance_logits": rng.normal(size=(len(raw), 2)),
+    }
+    geometry = {
+        k: bag.attrs[k]
+        for k in ("patch_size_level0", "patch_size", "patch_level", "slide_mpp", "target_mpp", "slide_path", "slide_id")
+    }
+    write_scores(
+        scores_path,
+        coords,
+        maps,
+        coords_attrs=geometry,
+        attrs={"probs": [0.5, 0.5], "pred": 1, "classes": ["a", "b"], "model": "bench"},
+    )
     return scores_path, bag_path, len(coords)
 
 
@@ -93,8 +104,19 @@ def run_case(case: str, scores_path: Path, bag_path: Path, out: Path) -> dict[st
     score_range = slide_ranges({"attention_pct": values}, options=options)["attention_pct"]
 
     started = time.perf_counter()  # the stage's own per-map writer, default options
-    write_map("attention_pct", values, scores, geometry, slide, tissue, out, options, overwrite=True,
-              score_range=score_range, scores_file=scores_path.name)  # fmt: skip
+    write_map(
+        "attention_pct",
+        values,
+        scores,
+        geometry,
+        slide,
+        tissue,
+        out,
+        options,
+        overwrite=True,
+        score_range=score_range,
+        scores_file=scores_path.name,
+    )
     seconds = time.perf_counter() - started
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     return {"seconds": seconds, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "bytes": size}
@@ -104,7 +126,18 @@ def in_subprocess(case: str, scores_path: Path, bag_path: Path, out: Path) -> di
     out.mkdir(parents=True, exist_ok=True)
     for old in out.iterdir():
         subprocess.run(["rm", "-rf", str(old)], check=True)
-    command = [sys.executable, __file__, "--case", case, "--scores", str(scores_path), "--bag", str(bag_path), "--out", str(out)]
+    command = [
+        sys.executable,
+        __file__,
+        "--case",
+        case,
+        "--scores",
+        str(scores_path),
+        "--bag",
+        str(bag_path),
+        "--out",
+        str(out),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode:
         raise RuntimeError(f"case {case} failed:\n{result.stderr[-3000:]}")
@@ -140,14 +173,23 @@ def main(argv: list[str] | None = None) -> int:
         for case in args.cases:
             runs = [in_subprocess(case, scores_path, bag_path, work / "out") for _ in range(args.repeats)]
             seconds = sorted(r["seconds"] for r in runs)
-            row[case] = {"best_s": seconds[0], "median_s": seconds[len(runs) // 2], "worst_s": seconds[-1],
-                         "rss_mb": max(r["rss_mb"] for r in runs), "mb_on_disk": runs[-1]["bytes"] / 1e6}  # fmt: skip
-            print(f"{size} ({n} patches) {case:6s} best {seconds[0]:6.2f} s  median {row[case]['median_s']:6.2f} s  "
-                  f"worst {seconds[-1]:6.2f} s  peak RSS {row[case]['rss_mb']:6.0f} MB  on disk {row[case]['mb_on_disk']:7.1f} MB",
-                  flush=True)  # fmt: skip
+            row[case] = {
+                "best_s": seconds[0],
+                "median_s": seconds[len(runs) // 2],
+                "worst_s": seconds[-1],
+                "rss_mb": max(r["rss_mb"] for r in runs),
+                "mb_on_disk": runs[-1]["bytes"] / 1e6,
+            }
+            print(
+                f"{size} ({n} patches) {case:6s} best {seconds[0]:6.2f} s  median {row[case]['median_s']:6.2f} s  "
+                f"worst {seconds[-1]:6.2f} s  peak RSS {row[case]['rss_mb']:6.0f} MB  on disk {row[case]['mb_on_disk']:7.1f} MB",
+                flush=True,
+            )
         results[size] = row
-    print(f"targets: score pyramid < {TARGETS['pyramid_s']:.2f} s, blended overlay < {TARGETS['blend_s']:.2f} s "
-          f"(20000x15000), peak RSS < {TARGETS['rss_gb']} GB (40000x30000); CLAM {CLAM['seconds']} s, {CLAM['rss_gb']} GB")  # fmt: skip
+    print(
+        f"targets: score pyramid < {TARGETS['pyramid_s']:.2f} s, blended overlay < {TARGETS['blend_s']:.2f} s "
+        f"(20000x15000), peak RSS < {TARGETS['rss_gb']} GB (40000x30000); CLAM {CLAM['seconds']} s, {CLAM['rss_gb']} GB"
+    )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0

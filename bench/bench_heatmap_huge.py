@@ -31,11 +31,19 @@ def write_scores_file(path: Path, width: int, height: int) -> int:
     xs, ys = np.meshgrid(np.arange(width // 5, width * 4 // 5, 256), np.arange(height // 8, height * 6 // 8, 256))
     coords = np.stack([xs.ravel(), ys.ravel()], 1).astype(np.int64)
     values = np.random.default_rng(0).random(len(coords)).astype(np.float32)
-    maps = {"attention_raw": values, "attention": values / values.sum(), "attention_pct": values,
-            "instance_logits": np.stack([-values, values], 1)}  # fmt: skip
-    write_scores(path, coords, maps, attrs={"classes": ["normal", "tumor"], "probs": [0.5, 0.5], "pred": 1, "model": "bench",
-                                           "slide_id": "huge"},
-                 coords_attrs={"patch_size_level0": 256, "slide_mpp": 0.25, "level_dim": [width, height], "slide_id": "huge"})  # fmt: skip
+    maps = {
+        "attention_raw": values,
+        "attention": values / values.sum(),
+        "attention_pct": values,
+        "instance_logits": np.stack([-values, values], 1),
+    }
+    write_scores(
+        path,
+        coords,
+        maps,
+        attrs={"classes": ["normal", "tumor"], "probs": [0.5, 0.5], "pred": 1, "model": "bench", "slide_id": "huge"},
+        coords_attrs={"patch_size_level0": 256, "slide_mpp": 0.25, "level_dim": [width, height], "slide_id": "huge"},
+    )
     return len(coords)
 
 
@@ -48,7 +56,10 @@ def run_one(scores: Path, out: Path, fmt: str) -> None:
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 2**20
-    print(f"{fmt:10s} {seconds:7.1f} s wall {cpu:7.1f} s CPU   peak RSS {peak:7.0f} MB   on disk {size:6.0f} MB", flush=True)
+    print(
+        f"{fmt:10s} {seconds:7.1f} s wall {cpu:7.1f} s CPU   peak RSS {peak:7.0f} MB   on disk {size:6.0f} MB",
+        flush=True,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -109,8 +109,12 @@ def build_set(name: str, spec: SetSpec, seed: int = 0) -> Path:
         side = int(np.ceil(np.sqrt(n)))
         coords = np.stack(np.meshgrid(np.arange(side), np.arange(side)), -1).reshape(-1, 2)[:n] * 256
         slide = f"bag_{index:04d}"
-        write_features(tmp / "features" / f"{slide}.h5", x, coords, {"encoder": "synthetic", "embed_dim": spec.dim,
-                                                                     "weights": "random", "slide_id": slide})
+        write_features(
+            tmp / "features" / f"{slide}.h5",
+            x,
+            coords,
+            {"encoder": "synthetic", "embed_dim": spec.dim, "weights": "random", "slide_id": slide},
+        )
         witnesses[slide] = planted
         rows.append(f"{slide},{'positive' if label else 'negative'}")
     np.savez(tmp / "witnesses.npz", **witnesses)
@@ -130,8 +134,11 @@ def load_bags(folder: Path) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     labels_rows = read_rows(folder / "labels.csv")
     classes = sorted({r["label"] for r in labels_rows})
     feature_dir = folder / "features"
-    bags = {r["slide_id"]: np.asarray(read_features(feature_dir / f"{r['slide_id']}.h5").features, np.float32)
-            for r in labels_rows if (feature_dir / f"{r['slide_id']}.h5").exists()}
+    bags = {
+        r["slide_id"]: np.asarray(read_features(feature_dir / f"{r['slide_id']}.h5").features, np.float32)
+        for r in labels_rows
+        if (feature_dir / f"{r['slide_id']}.h5").exists()
+    }
     labels = {r["slide_id"]: classes.index(r["label"]) for r in labels_rows if r["slide_id"] in bags}
     return bags, labels
 
@@ -139,8 +146,9 @@ def load_bags(folder: Path) -> tuple[dict[str, np.ndarray], dict[str, int]]:
 # ------------------------------------------------------------------ the reference (plain torch)
 
 
-def reference_fold(bags: dict[str, np.ndarray], labels: dict[str, int], train: list[str], test: list[str],
-                   seed: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def reference_fold(
+    bags: dict[str, np.ndarray], labels: dict[str, int], train: list[str], test: list[str], seed: int
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The minimal gated ABMIL: P(class 1) for ``test`` and each test bag's attention scores."""
     import torch
     from torch import nn
@@ -213,10 +221,14 @@ def repeat_dirs(model_dir: Path) -> list[Path]:
 
 def fold_results(model_dir: Path) -> list[dict[str, float]]:
     """Test metrics of every fold of every repeat."""
-    return [json.loads(p.read_text())["test"] for d in repeat_dirs(model_dir) for p in sorted(d.glob("fold_*/metrics.json"))]
+    return [
+        json.loads(p.read_text())["test"] for d in repeat_dirs(model_dir) for p in sorted(d.glob("fold_*/metrics.json"))
+    ]
 
 
-def instance_maps(model_dir: Path, bags: dict[str, np.ndarray], splits: list[dict[str, str]]) -> dict[str, dict[str, np.ndarray]]:
+def instance_maps(
+    model_dir: Path, bags: dict[str, np.ndarray], splits: list[dict[str, str]]
+) -> dict[str, dict[str, np.ndarray]]:
     """Per map name: slide -> per-instance scores from the fold model that held the slide out."""
     import torch
 
@@ -282,14 +294,19 @@ def bench_set(name: str, heads: list[str], overrides: list[str]) -> list[str]:
         splits_paths = [d / "splits.csv" for d in repeat_dirs(model_dir)]
         folds = fold_results(model_dir)
         maps = [instance_maps(d, bags, read_rows(d / "splits.csv")) for d in repeat_dirs(model_dir)]
-        rules = [json.loads(p.read_text())["selection"]["rule"]
-                 for d in repeat_dirs(model_dir) for p in sorted(d.glob("fold_*/metrics.json"))]  # fmt: skip
+        rules = [
+            json.loads(p.read_text())["selection"]["rule"]
+            for d in repeat_dirs(model_dir)
+            for p in sorted(d.glob("fold_*/metrics.json"))
+        ]
         inst = f"attention {repeat_instance_auroc([m['attention'] for m in maps], witnesses):.3f}"
         if head == "ilam":
             inst += f", latent {repeat_instance_auroc([m['latent'] for m in maps], witnesses):.3f}"
-        lines.append(f"| {name} | {head} | {mean_std([f['accuracy'] for f in folds])} | "
-                     f"{mean_std([f['roc_auc'] for f in folds])} | {inst} | {wall:.0f} / {cpu:.0f} | "
-                     f"{rules.count('fixed')} fixed, {rules.count('early_stopping')} early stop |")
+        lines.append(
+            f"| {name} | {head} | {mean_std([f['accuracy'] for f in folds])} | "
+            f"{mean_std([f['roc_auc'] for f in folds])} | {inst} | {wall:.0f} / {cpu:.0f} | "
+            f"{rules.count('fixed')} fixed, {rules.count('early_stopping')} early stop |"
+        )
         print(lines[-1], flush=True)
     if "reference" in heads:
         if not splits_paths:
@@ -308,10 +325,12 @@ def bench_set(name: str, heads: list[str], overrides: list[str]) -> list[str]:
                 folds.append(compute_metrics(np.array([labels[s] for s in test]), np.stack([1 - probs, probs], 1)))
             attentions.append(attention)
         wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
-        lines.append(f"| {name} | reference | {mean_std([f['accuracy'] for f in folds])} | "
-                     f"{mean_std([f['roc_auc'] for f in folds])} | "
-                     f"attention {repeat_instance_auroc(attentions, witnesses):.3f} | "
-                     f"{wall:.0f} / {cpu:.0f} | 50 epochs, no carve-out |")
+        lines.append(
+            f"| {name} | reference | {mean_std([f['accuracy'] for f in folds])} | "
+            f"{mean_std([f['roc_auc'] for f in folds])} | "
+            f"attention {repeat_instance_auroc(attentions, witnesses):.3f} | "
+            f"{wall:.0f} / {cpu:.0f} | 50 epochs, no carve-out |"
+        )
         print(lines[-1], flush=True)
     return lines
 
@@ -321,8 +340,12 @@ def main() -> None:
     parser.add_argument("--sets", nargs="+", default=list(SETS))
     parser.add_argument("--heads", nargs="+", default=["abmil", "ilam", "abmil_plain", "reference"])
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="train.key=value for our heads")
-    parser.add_argument("--repeats", type=int, default=1,
-                        help="rounds of cross-validation (new fold seeds); the reference trains on the same folds")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="rounds of cross-validation (new fold seeds); the reference trains on the same folds",
+    )
     args = parser.parse_args()
     if args.repeats > 1:
         args.overrides.append(f"train.repeats={args.repeats}")

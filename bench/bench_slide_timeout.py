@@ -39,8 +39,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         slides = Path(folder) / "slides"
         for index in range(args.slides):
-            write_synthetic_slide(slides / f"s{index}.svs", width=4096, height=3072, mpp=0.5,
-                                  regions=(Region(1024, 512, 1536, 1024),), downsamples=(1, 4, 16))  # fmt: skip
+            write_synthetic_slide(
+                slides / f"s{index}.svs",
+                width=4096,
+                height=3072,
+                mpp=0.5,
+                regions=(Region(1024, 512, 1536, 1024),),
+                downsamples=(1, 4, 16),
+            )
         for label, extra in (("no limit", []), ("--slide-timeout 600", ["--slide-timeout", "600"])):
             out = Path(folder) / label.replace(" ", "_")
             argv = ["tile", str(slides), "--out", str(out), "--workers", "0", "--quiet", *extra]
@@ -49,8 +55,10 @@ def main() -> None:
     # the forkserver runs already, with the tiling modules loaded: what a child costs beyond the job
     wall, cpu = _timed(lambda: [run_with_time_limit(_noop, i, seconds=60) for i in range(args.calls)])
     direct, _ = _timed(lambda: [_noop(i) for i in range(args.calls)])
-    print(f"empty job: {1000 * wall / args.calls:.1f} ms per call in a child (cpu here {1000 * cpu / args.calls:.1f} ms), "
-          f"{1e6 * direct / args.calls:.1f} us directly")  # fmt: skip
+    print(
+        f"empty job: {1000 * wall / args.calls:.1f} ms per call in a child (cpu here {1000 * cpu / args.calls:.1f} ms), "
+        f"{1e6 * direct / args.calls:.1f} us directly"
+    )
 
 
 if __name__ == "__main__":

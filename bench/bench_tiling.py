@@ -191,18 +191,22 @@ class Guard:
                 self.worst_kept = max(self.worst_kept, other)
                 return elapsed, value
             self.discarded += 1
-            print(f"    (run discarded: other processes used {other:.2f} cores meanwhile; "
-                  f"{wait_until_idle(self.wait_idle_s)}; running it again)", flush=True)
+            print(
+                f"    (run discarded: other processes used {other:.2f} cores meanwhile; "
+                f"{wait_until_idle(self.wait_idle_s)}; running it again)",
+                flush=True,
+            )
         raise AssertionError("unreachable")
 
     def summary(self) -> dict[str, Any]:
-        return {"max_other_cores": self.max_cores, "discarded_runs": self.discarded,
-                "worst_other_cores_kept": round(self.worst_kept, 2)}
+        return {
+            "max_other_cores": self.max_cores,
+            "discarded_runs": self.discarded,
+            "worst_other_cores_kept": round(self.worst_kept, 2),
+        }
 
 
-def repeat(
-    function: Callable[[], Any], repeats: int, guard: Guard, warmup: int = 1
-) -> tuple[Timing, float, list[Any]]:
+def repeat(function: Callable[[], Any], repeats: int, guard: Guard, warmup: int = 1) -> tuple[Timing, float, list[Any]]:
     """Run ``function`` ``warmup + repeats`` times; returns the timed runs (warm-up excluded),
     the first run's seconds and every run's return value."""
     timing = Timing()
@@ -232,7 +236,9 @@ def table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
 
     def line(cells: Sequence[str]) -> str:  # first column left-aligned, numbers right-aligned
-        return "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
+        return "  ".join(
+            str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        )
 
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
@@ -407,7 +413,10 @@ def bench_single(args: argparse.Namespace, cache: Path) -> dict[str, Any]:
         end_to_end, end_to_end_first, _ = repeat(call, args.repeats, guard)
         assert records[0]["status"] == "done", records
         bag = read_bag(run_dir / "bags" / "big.h5")
-        same = hashlib.sha1(bag.coords.astype("<i8").tobytes(), usedforsecurity=False).hexdigest() == runs[-1]["coords_sha1"]
+        same = (
+            hashlib.sha1(bag.coords.astype("<i8").tobytes(), usedforsecurity=False).hexdigest()
+            == runs[-1]["coords_sha1"]
+        )
 
         cold = [guard.run(call, setup=lambda: drop_from_page_cache(path))[0] for _ in range(args.repeats)]
     finally:
@@ -437,8 +446,11 @@ def bench_single(args: argparse.Namespace, cache: Path) -> dict[str, Any]:
         "first_pass": {k: round(v, 4) for k, v in first.items() if isinstance(v, float) and k != "tissue_fraction"},
         "stages": {k: {"best": round(t.best, 4), "median": round(t.median, 4)} for k, t in stages.items()},
         "patches_per_s": {"best": round(n / stages["total"].best), "median": round(n / stages["total"].median)},
-        "tile_slide": {"best": round(end_to_end.best, 4), "median": round(end_to_end.median, 4),
-                       "first_in_process": round(end_to_end_first, 4)},
+        "tile_slide": {
+            "best": round(end_to_end.best, 4),
+            "median": round(end_to_end.median, 4),
+            "first_in_process": round(end_to_end_first, 4),
+        },
         "tile_slide_cold_file_cache": {"best": round(min(cold), 4), "median": round(statistics.median(cold), 4)},
     }
     print_single(result)
@@ -456,19 +468,39 @@ def print_single(r: dict[str, Any]) -> None:
         ["open slide (not in total)", ms(s["open"]["best"]), ms(s["open"]["median"]), ""],
         ["  thumbnail read", ms(s["thumbnail"]["best"]), ms(s["thumbnail"]["median"]), ""],
         ["  detect_tissue", ms(s["detect"]["best"]), ms(s["detect"]["median"]), ""],
-        ["tissue detection", ms(s["tissue"]["best"]), ms(s["tissue"]["median"]),
-         f"CLAM seg {ms(clam['segmentation'])} ms"],
+        [
+            "tissue detection",
+            ms(s["tissue"]["best"]),
+            ms(s["tissue"]["median"]),
+            f"CLAM seg {ms(clam['segmentation'])} ms",
+        ],
         ["grid (plan_grid + select_patches)", ms(s["grid"]["best"]), ms(s["grid"]["median"]), ""],
         ["bag write (HDF5)", ms(s["bag"]["best"]), ms(s["bag"]["median"]), ""],
-        ["grid + bag", ms(s["grid"]["best"] + s["bag"]["best"]), ms(s["grid"]["median"] + s["bag"]["median"]),
-         f"CLAM patch {ms(clam['patching'])} ms"],
-        ["TOTAL (detect + grid + bag)", ms(s["total"]["best"]), ms(s["total"]["median"]),
-         f"target < {ms(TARGET_SINGLE_S)} ms; CLAM {ms(clam['total'])} ms"],
+        [
+            "grid + bag",
+            ms(s["grid"]["best"] + s["bag"]["best"]),
+            ms(s["grid"]["median"] + s["bag"]["median"]),
+            f"CLAM patch {ms(clam['patching'])} ms",
+        ],
+        [
+            "TOTAL (detect + grid + bag)",
+            ms(s["total"]["best"]),
+            ms(s["total"]["median"]),
+            f"target < {ms(TARGET_SINGLE_S)} ms; CLAM {ms(clam['total'])} ms",
+        ],
         ["QC render + PNG save (separate)", ms(s["qc"]["best"]), ms(s["qc"]["median"]), ""],
-        ["tile_slide() end to end", ms(r["tile_slide"]["best"]), ms(r["tile_slide"]["median"]),
-         "open+detect+grid+bag+QC"],
-        ["tile_slide(), cold file cache", ms(r["tile_slide_cold_file_cache"]["best"]),
-         ms(r["tile_slide_cold_file_cache"]["median"]), "slide evicted with fadvise"],
+        [
+            "tile_slide() end to end",
+            ms(r["tile_slide"]["best"]),
+            ms(r["tile_slide"]["median"]),
+            "open+detect+grid+bag+QC",
+        ],
+        [
+            "tile_slide(), cold file cache",
+            ms(r["tile_slide_cold_file_cache"]["best"]),
+            ms(r["tile_slide_cold_file_cache"]["median"]),
+            "slide evicted with fadvise",
+        ],
     ]
     print()
     print(table(rows, ["single slide, one core", "best ms", "median ms", "reference"]))
@@ -482,12 +514,16 @@ def print_single(r: dict[str, Any]) -> None:
         f"  first pass in this process (lazy imports, cold caches): total {ms(first['total'])} ms, "
         f"detect {ms(first['detect'])} ms; first tile_slide() call {ms(r['tile_slide']['first_in_process'])} ms"
     )
-    print(f"  best/median of {r['repeats']} after 1 warm-up; coords sha1 {r['coords_sha1'][:12]}, "
-          f"tile_slide bag identical: {r['tile_slide_coords_identical']}")
+    print(
+        f"  best/median of {r['repeats']} after 1 warm-up; coords sha1 {r['coords_sha1'][:12]}, "
+        f"tile_slide bag identical: {r['tile_slide_coords_identical']}"
+    )
     g = r["interference"]
-    print(f"  other processes kept {r['other_processes_cores']:.2f} cores busy on average meanwhile; runs discarded "
-          f"for more than {g['max_other_cores']} cores: {g['discarded_runs']}; "
-          f"worst kept: {g['worst_other_cores_kept']}")
+    print(
+        f"  other processes kept {r['other_processes_cores']:.2f} cores busy on average meanwhile; runs discarded "
+        f"for more than {g['max_other_cores']} cores: {g['discarded_runs']}; "
+        f"worst kept: {g['worst_other_cores_kept']}"
+    )
     verdict = "MET" if r["stages"]["total"]["median"] < TARGET_SINGLE_S else "MISSED"
     print(f"  target total < {TARGET_SINGLE_S} s on one core: {verdict}")
 
@@ -524,13 +560,18 @@ def bench_folder(args: argparse.Namespace, cache: Path) -> dict[str, Any]:
 
     width, height = args.folder_size
     specs = folder_slide_specs(args.n_slides, width, height, args.folder_mpp)
-    print(f"\n[2] folder: {len(specs)} slides of {width}x{height} px at {args.folder_mpp} um/px, varied layouts",
-          flush=True)
+    print(
+        f"\n[2] folder: {len(specs)} slides of {width}x{height} px at {args.folder_mpp} um/px, varied layouts",
+        flush=True,
+    )
     sources = [SlideSource(ensure_slide(spec, cache), spec.name) for spec in specs]
     out = cache / "out" / "folder"
     base = Config()
-    print(f"  {wait_until_idle(args.wait_idle)}; load average {load_average()}; "
-          f"affinity {sorted(os.sched_getaffinity(0))}", flush=True)
+    print(
+        f"  {wait_until_idle(args.wait_idle)}; load average {load_average()}; "
+        f"affinity {sorted(os.sched_getaffinity(0))}",
+        flush=True,
+    )
     meter = CpuMeter()
     guard = Guard(args.max_other_cores, args.wait_idle)
 
@@ -590,7 +631,10 @@ def bench_folder(args: argparse.Namespace, cache: Path) -> dict[str, Any]:
         }
 
     result: dict[str, Any] = {
-        "slides": len(sources), "width": width, "height": height, "mpp": args.folder_mpp,
+        "slides": len(sources),
+        "width": width,
+        "height": height,
+        "mpp": args.folder_mpp,
         "folder_repeats": args.folder_repeats,
     }
 
@@ -604,9 +648,7 @@ def bench_folder(args: argparse.Namespace, cache: Path) -> dict[str, Any]:
     result["in_process"] = {"best": round(serial.best, 3), "median": round(serial.median, 3)}
 
     # (a) as a user runs it: each tile_slides call starts and stops its own LocalCluster.
-    cold = interleaved(
-        {w: functools.partial(run, ParallelConfig(workers=w), f"w{w}") for w in args.workers}, warmup=0
-    )
+    cold = interleaved({w: functools.partial(run, ParallelConfig(workers=w), f"w{w}") for w in args.workers}, warmup=0)
     # (b) the clusters already up.
     warm = on_started_clusters(dask_malloc_trim=False)
     # (c) diagnostic: as (b), with the MALLOC_TRIM_THRESHOLD_=65536 that Dask's nanny sets in
@@ -632,16 +674,30 @@ def bench_folder(args: argparse.Namespace, cache: Path) -> dict[str, Any]:
 
 def print_folder(r: dict[str, Any], workers: Sequence[int]) -> None:
     n = r["slides"]
-    rows = [["in process, no Dask (1 core)", f"{r['in_process']['best']:.2f}", f"{r['in_process']['median']:.2f}",
-             f"{r['in_process']['median'] / n:.3f}", ""]]
+    rows = [
+        [
+            "in process, no Dask (1 core)",
+            f"{r['in_process']['best']:.2f}",
+            f"{r['in_process']['median']:.2f}",
+            f"{r['in_process']['median'] / n:.3f}",
+            "",
+        ]
+    ]
     base = workers[0]
     for w in workers:
         entry = r[f"workers_{w}"]
         for label, key in (("with cluster start-up", "with_startup"), ("cluster already up", "warm")):
             median = entry[key]["median"]
             speedup = r[f"workers_{base}"][key]["median"] / median
-            rows.append([f"workers={w}, {label}", f"{entry[key]['best']:.2f}", f"{median:.2f}", f"{median / n:.3f}",
-                         f"{speedup:.2f}x" if w != base else "1.00x"])
+            rows.append(
+                [
+                    f"workers={w}, {label}",
+                    f"{entry[key]['best']:.2f}",
+                    f"{median:.2f}",
+                    f"{median / n:.3f}",
+                    f"{speedup:.2f}x" if w != base else "1.00x",
+                ]
+            )
     for w in workers:
         entry = r[f"workers_{w}"]
         if "dask_malloc_trim" in entry:
@@ -653,8 +709,10 @@ def print_folder(r: dict[str, Any], workers: Sequence[int]) -> None:
     print(table(rows, [f"tile_slides, {n} slides", "best s", "median s", "s/slide", f"vs workers={base}"]))
     for w in workers:
         entry = r[f"workers_{w}"]
-        print(f"  workers={w}: LocalCluster start-up {entry['cluster_startup']:.2f} s; first run on the started "
-              f"cluster (imports in workers) {entry['first_run_on_started_cluster']:.2f} s")
+        print(
+            f"  workers={w}: LocalCluster start-up {entry['cluster_startup']:.2f} s; first run on the started "
+            f"cluster (imports in workers) {entry['first_run_on_started_cluster']:.2f} s"
+        )
     if 1 in workers and 2 in workers:
         speedup = r["workers_1"]["warm"]["median"] / r["workers_2"]["warm"]["median"]
         r["speedup_2_over_1_warm"] = round(speedup, 3)
@@ -662,15 +720,19 @@ def print_folder(r: dict[str, Any], workers: Sequence[int]) -> None:
             r["workers_1"]["with_startup"]["median"] / r["workers_2"]["with_startup"]["median"], 3
         )
         verdict = "MET" if speedup >= TARGET_SPEEDUP else "MISSED"
-        print(f"  target 2 workers >= {TARGET_SPEEDUP}x one worker (cluster already up, medians): "
-              f"{speedup:.2f}x {verdict}")
+        print(
+            f"  target 2 workers >= {TARGET_SPEEDUP}x one worker (cluster already up, medians): "
+            f"{speedup:.2f}x {verdict}"
+        )
     serial = r["in_process"]["median"]
     for w in workers:
         print(f"  workers={w}, cluster up: {serial / r[f'workers_{w}']['warm']['median']:.2f}x the in-process run")
     g = r["interference"]
-    print(f"  best/median of {r['folder_repeats']}; other processes kept {r['other_processes_cores']:.2f} cores busy "
-          f"on average meanwhile; runs discarded for more than {g['max_other_cores']} cores: {g['discarded_runs']}; "
-          f"worst kept: {g['worst_other_cores_kept']}")
+    print(
+        f"  best/median of {r['folder_repeats']}; other processes kept {r['other_processes_cores']:.2f} cores busy "
+        f"on average meanwhile; runs discarded for more than {g['max_other_cores']} cores: {g['discarded_runs']}; "
+        f"worst kept: {g['worst_other_cores_kept']}"
+    )
 
 
 # --------------------------------------------------------------------------- main
@@ -698,12 +760,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--folder-mpp", type=float, default=0.5, help="folder slide um/px (default 0.5, a 20x scan)")
     parser.add_argument("--folder-repeats", type=int, default=3, help="timed runs per folder measurement")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="Dask worker counts to compare")
-    parser.add_argument("--malloc-diagnostic", action="store_true",
-                        help="also time Dask workers with the MALLOC_TRIM_THRESHOLD_ their nanny sets by default")
-    parser.add_argument("--wait-idle", type=float, default=120.0,
-                        help="before each part, wait up to this many seconds for other processes to go quiet")
-    parser.add_argument("--max-other-cores", type=float, default=0.1,
-                        help="run a timed run again when other processes used more cores meanwhile (up to 3 times)")
+    parser.add_argument(
+        "--malloc-diagnostic",
+        action="store_true",
+        help="also time Dask workers with the MALLOC_TRIM_THRESHOLD_ their nanny sets by default",
+    )
+    parser.add_argument(
+        "--wait-idle",
+        type=float,
+        default=120.0,
+        help="before each part, wait up to this many seconds for other processes to go quiet",
+    )
+    parser.add_argument(
+        "--max-other-cores",
+        type=float,
+        default=0.1,
+        help="run a timed run again when other processes used more cores meanwhile (up to 3 times)",
+    )
     parser.add_argument("--no-pin", action="store_true", help="do not pin the single-core measurements to one CPU")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     return parser.parse_args(argv)

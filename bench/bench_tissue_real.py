@@ -57,8 +57,10 @@ def _quilt(files: list[Path], *, grid: int = 6, seed: int = 0) -> np.ndarray:
     """A grid x grid quilt of 150-px tiles (rotated and flipped at random)."""
     tiles = [_rgb(f)[:150, :150] for f in files]
     rng = np.random.default_rng(seed)
-    rows = [np.concatenate([np.rot90(tiles[rng.integers(len(tiles))], rng.integers(4)) for _ in range(grid)], axis=1)
-            for _ in range(grid)]  # fmt: skip
+    rows = [
+        np.concatenate([np.rot90(tiles[rng.integers(len(tiles))], rng.integers(4)) for _ in range(grid)], axis=1)
+        for _ in range(grid)
+    ]
     return np.concatenate(rows, axis=0)
 
 
@@ -89,8 +91,12 @@ def measure(image: np.ndarray, mpp: float, glass: np.ndarray, config, *, thumbna
     patch = int(round(PATCH_UM / mpp))
     xs, ys = np.arange(left, right - patch + 1, patch), np.arange(top, bottom - patch + 1, patch)
     fractions = tissue_fractions(mask, factor, xs, ys, patch)
-    return {"area_kept": float(mask[inside].mean()), "glass_dropped": float(1 - mask[~inside].mean()),
-            "patches": fractions.size, "patches_kept": float((fractions >= 0.5 - 1e-9).sum())}  # fmt: skip
+    return {
+        "area_kept": float(mask[inside].mean()),
+        "glass_dropped": float(1 - mask[~inside].mean()),
+        "patches": fractions.size,
+        "patches_kept": float((fractions >= 0.5 - 1e-9).sum()),
+    }
 
 
 def sources(data: Path) -> list[tuple[str, str, np.ndarray, float, bool, str]]:
@@ -100,15 +106,34 @@ def sources(data: Path) -> list[tuple[str, str, np.ndarray, float, bool, str]]:
     items = []
     with open(data / "glas" / "labels.csv", newline="") as f:
         for row in csv.DictReader(f):
-            items.append((f"GlaS {row['grade']}", "tissue", _rgb(data / "glas" / row["image"]), GLAS_MPP, True, "default"))
+            items.append(
+                (f"GlaS {row['grade']}", "tissue", _rgb(data / "glas" / row["image"]), GLAS_MPP, True, "default")
+            )
     with open(data / "breakhis" / "labels.csv", newline="") as f:
         for row in csv.DictReader(f):
-            items.append((f"BreakHis {row['magnification']}", "tissue", _rgb(data / "breakhis" / row["image"]), ASSUMED_MPP,
-                          True, "breakhis"))  # fmt: skip
+            items.append(
+                (
+                    f"BreakHis {row['magnification']}",
+                    "tissue",
+                    _rgb(data / "breakhis" / row["image"]),
+                    ASSUMED_MPP,
+                    True,
+                    "breakhis",
+                )
+            )
     for folder in sorted((data / "kather2016-samples").iterdir()):
         kind = "glass" if "EMPTY" in folder.name else "tissue"
         for seed in range(3):
-            items.append((f"Kather {folder.name}", kind, _quilt(sorted(folder.glob("*.tif")), seed=seed), KATHER_MPP, True, "default"))
+            items.append(
+                (
+                    f"Kather {folder.name}",
+                    kind,
+                    _quilt(sorted(folder.glob("*.tif")), seed=seed),
+                    KATHER_MPP,
+                    True,
+                    "default",
+                )
+            )
     for path in sorted((data / "tiles").glob("*.png")):
         if "pen" in path.name or ("ihc" in path.name and "almost" not in path.name) or path.stem == "almost-white-2":
             continue  # pen: tests/test_tissue*.py; IHC; almost-white-2 holds pale tissue in a corner
@@ -125,13 +150,21 @@ def configs(overrides: dict[str, object]) -> dict[str, object]:
 
     default = load_config(None).tissue
     breakhis = load_config(ROOT / "configs" / "breakhis.yaml").tissue
-    return {"default": dataclasses.replace(default, **overrides), "breakhis": dataclasses.replace(breakhis, **overrides)}
+    return {
+        "default": dataclasses.replace(default, **overrides),
+        "breakhis": dataclasses.replace(breakhis, **overrides),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="tissue setting for every row, e.g. saturation_range=0.04,0.15")  # fmt: skip
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="tissue setting for every row, e.g. saturation_range=0.04,0.15",
+    )
     args = parser.parse_args(argv)
     from wsi_mil.datasets import shared_data_dir
 
@@ -141,8 +174,11 @@ def main(argv: list[str] | None = None) -> None:
     overrides: dict[str, object] = {}
     for item in args.set:
         key, value = item.split("=", 1)
-        overrides[key] = tuple(float(v) for v in value.split(",")) if "," in value else (
-            value.lower() == "true" if value.lower() in ("true", "false") else float(value))  # fmt: skip
+        overrides[key] = (
+            tuple(float(v) for v in value.split(","))
+            if "," in value
+            else (value.lower() == "true" if value.lower() in ("true", "false") else float(value))
+        )
     tissue_configs = configs(overrides)
     glass = _quilt(sorted((data / "kather2016-samples" / "08_EMPTY").glob("*.tif")), grid=4, seed=7)
     cpu, wall = time.process_time(), time.perf_counter()
@@ -150,8 +186,12 @@ def main(argv: list[str] | None = None) -> None:
     for group, kind, image, mpp, thumbnail, config in sources(data):
         rows[(group, kind)].append(measure(image, mpp, glass, tissue_configs[config], thumbnail=thumbnail))
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-    print(f"tissue settings: defaults{''.join(f', {k}={v}' for k, v in overrides.items())} (BreakHis: configs/breakhis.yaml)")
-    print("| group | kind | images | tissue kept (area) | tissue patches kept | glass dropped (around) | glass dropped (image) |")
+    print(
+        f"tissue settings: defaults{''.join(f', {k}={v}' for k, v in overrides.items())} (BreakHis: configs/breakhis.yaml)"
+    )
+    print(
+        "| group | kind | images | tissue kept (area) | tissue patches kept | glass dropped (around) | glass dropped (image) |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|")
     for (group, kind), results in sorted(rows.items(), key=lambda r: (r[0][1] != "tissue", r[0][0])):
         around = np.mean([r["glass_dropped"] for r in results])
@@ -163,8 +203,10 @@ def main(argv: list[str] | None = None) -> None:
         else:
             print(f"| {group} | glass | {len(results)} | | | {around:.3f} | {1 - area:.3f} |")
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    print(f"{sum(len(r) for r in rows.values())} images in {wall:.1f} s wall, {cpu:.1f} s CPU "
-          f"(process {usage.ru_utime + usage.ru_stime:.0f} s CPU); machine shared with other work")  # fmt: skip
+    print(
+        f"{sum(len(r) for r in rows.values())} images in {wall:.1f} s wall, {cpu:.1f} s CPU "
+        f"(process {usage.ru_utime + usage.ru_stime:.0f} s CPU); machine shared with other work"
+    )
 
 
 if __name__ == "__main__":

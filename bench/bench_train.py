@@ -45,8 +45,13 @@ class MemoryBags:
         side = int(np.ceil(np.sqrt(n_instances)))
         grid = np.stack(np.meshgrid(np.arange(side), np.arange(side)), -1).reshape(-1, 2)[:n_instances] * 256
         self.dim = dim
-        self.bags = {f"bag_{i:04d}": (torch.from_numpy(rng.standard_normal((n_instances, dim), dtype=np.float32)),
-                                      torch.from_numpy(grid.astype(np.int64))) for i in range(n_bags)}  # fmt: skip
+        self.bags = {
+            f"bag_{i:04d}": (
+                torch.from_numpy(rng.standard_normal((n_instances, dim), dtype=np.float32)),
+                torch.from_numpy(grid.astype(np.int64)),
+            )
+            for i in range(n_bags)
+        }
         self.labels = {s: int(i % 2) for i, s in enumerate(self.bags)}
         self.slide_ids = list(self.bags)
         self.sizes = dict.fromkeys(self.bags, n_instances)
@@ -70,16 +75,24 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
-def bench_model(bags: MemoryBags, model: str, epochs: int, transformer: bool, overrides: dict[str, Any]) -> dict[str, Any]:
+def bench_model(
+    bags: MemoryBags, model: str, epochs: int, transformer: bool, overrides: dict[str, Any]
+) -> dict[str, Any]:
     import torch
 
     from wsi_mil.config import TrainConfig
     from wsi_mil.mil.train import torch_threads, training_precision, training_threads
 
-    config = replace(TrainConfig(model=model, epochs=1, min_epochs=0, device="cpu", transformer=transformer), **overrides)
+    config = replace(
+        TrainConfig(model=model, epochs=1, min_epochs=0, device="cpu", transformer=transformer), **overrides
+    )
     with torch_threads(training_threads(config, bags)):
         result = _bench(bags, config, epochs)
-    return {**result, "threads": training_threads(config, bags), "precision": training_precision(config, torch.device("cpu"))}
+    return {
+        **result,
+        "threads": training_threads(config, bags),
+        "precision": training_precision(config, torch.device("cpu")),
+    }
 
 
 def _bench(bags: MemoryBags, config: Any, epochs: int) -> dict[str, float]:
@@ -90,7 +103,9 @@ def _bench(bags: MemoryBags, config: Any, epochs: int) -> dict[str, float]:
     ids = list(bags.bags)
     warm = FoldTrainer(bags, bags.labels, 2, config=config, device=torch.device("cpu"), fold=0)
     warm.fit(ids[:20], [])
-    trainer = FoldTrainer(bags, bags.labels, 2, config=replace(config, epochs=epochs), device=torch.device("cpu"), fold=0)
+    trainer = FoldTrainer(
+        bags, bags.labels, 2, config=replace(config, epochs=epochs), device=torch.device("cpu"), fold=0
+    )
     started, busy, own = time.perf_counter(), busy_cpu_seconds(), own_cpu_seconds()
     history = trainer.fit(ids, [])
     train_s = time.perf_counter() - started
@@ -100,9 +115,15 @@ def _bench(bags: MemoryBags, config: Any, epochs: int) -> dict[str, float]:
     trainer.evaluate(ids)
     infer_s = time.perf_counter() - started
     epochs_s = [h["seconds"] for h in history["history"]]
-    return {"epoch_s": float(np.median(epochs_s)), "epoch_min_s": min(epochs_s), "train_s": train_s,
-            "cpu_epoch_s": cpu_s / len(epochs_s),
-            "inference_s": infer_s, "peak_rss_gib": peak_rss_gib(), "others_cores": others}  # fmt: skip
+    return {
+        "epoch_s": float(np.median(epochs_s)),
+        "epoch_min_s": min(epochs_s),
+        "train_s": train_s,
+        "cpu_epoch_s": cpu_s / len(epochs_s),
+        "inference_s": infer_s,
+        "peak_rss_gib": peak_rss_gib(),
+        "others_cores": others,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,9 +132,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--instances", type=int, default=2000)
     parser.add_argument("--dim", type=int, default=1024)
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--models", nargs="+", default=["abmil", "ilam"], help="heads; ilam+transformer adds the transformer")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        help="train.key=value (e.g. train.threads=1, train.precision=float32, train.batch_bags=1)")
+    parser.add_argument(
+        "--models", nargs="+", default=["abmil", "ilam"], help="heads; ilam+transformer adds the transformer"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        help="train.key=value (e.g. train.threads=1, train.precision=float32, train.batch_bags=1)",
+    )
     args = parser.parse_args(argv)
 
     import torch
@@ -124,21 +152,30 @@ def main(argv: list[str] | None = None) -> int:
     for text in args.overrides:
         _, key, value = parse_override(text)
         overrides[key] = value
-    print(f"machine: {os.cpu_count()} cores ({platform.processor() or platform.machine()}), Python "
-          f"{platform.python_version()}, torch {torch.__version__}; train settings {overrides or 'default'}")  # fmt: skip
+    print(
+        f"machine: {os.cpu_count()} cores ({platform.processor() or platform.machine()}), Python "
+        f"{platform.python_version()}, torch {torch.__version__}; train settings {overrides or 'default'}"
+    )
     started = time.perf_counter()
     bags = MemoryBags(args.bags, args.instances, args.dim)
     size = args.bags * args.instances * args.dim * 4 / 2**30
-    print(f"data: {args.bags} bags x {args.instances} instances x {args.dim}-d float32 = {size:.2f} GiB in memory "
-          f"(built in {time.perf_counter() - started:.1f} s); peak RSS {peak_rss_gib():.2f} GiB")  # fmt: skip
-    print(f"{'model':18s} {'s/epoch':>8s} {'min':>8s} {'CPU s/ep':>8s} {'bags/s':>7s} {'infer s':>8s} {'peak RSS GiB':>13s} "
-          f"{'others (cores)':>14s} threads precision")  # fmt: skip
+    print(
+        f"data: {args.bags} bags x {args.instances} instances x {args.dim}-d float32 = {size:.2f} GiB in memory "
+        f"(built in {time.perf_counter() - started:.1f} s); peak RSS {peak_rss_gib():.2f} GiB"
+    )
+    print(
+        f"{'model':18s} {'s/epoch':>8s} {'min':>8s} {'CPU s/ep':>8s} {'bags/s':>7s} {'infer s':>8s} {'peak RSS GiB':>13s} "
+        f"{'others (cores)':>14s} threads precision"
+    )
     for name in args.models:
         model, _, extra = name.partition("+")
         result = bench_model(bags, model, args.epochs, transformer=extra == "transformer", overrides=overrides)
-        print(f"{name:18s} {result['epoch_s']:8.1f} {result['epoch_min_s']:8.1f} {result['cpu_epoch_s']:8.1f} "
-              f"{args.bags / result['epoch_s']:7.1f} {result['inference_s']:8.1f} {result['peak_rss_gib']:13.2f} "
-              f"{result['others_cores']:14.2f} {result['threads']:7d} {result['precision']}", flush=True)  # fmt: skip
+        print(
+            f"{name:18s} {result['epoch_s']:8.1f} {result['epoch_min_s']:8.1f} {result['cpu_epoch_s']:8.1f} "
+            f"{args.bags / result['epoch_s']:7.1f} {result['inference_s']:8.1f} {result['peak_rss_gib']:13.2f} "
+            f"{result['others_cores']:14.2f} {result['threads']:7d} {result['precision']}",
+            flush=True,
+        )
     return 0
 
 

@@ -58,8 +58,15 @@ def encoded_tiles() -> list[bytes]:
     glass[:] = GLASS
     strip = np.concatenate([glass, *[tissue_texture(TILE, seed=s) for s in range(8)]], axis=1)
     path = CACHE / "tiles.tif"
-    tifffile.imwrite(path, strip, tile=(TILE, TILE), photometric="rgb", compression="jpeg",
-                     compressionargs={"level": 85}, metadata=None)  # fmt: skip
+    tifffile.imwrite(
+        path,
+        strip,
+        tile=(TILE, TILE),
+        photometric="rgb",
+        compression="jpeg",
+        compressionargs={"level": 85},
+        metadata=None,
+    )
     with tifffile.TiffFile(path) as tif, path.open("rb") as handle:
         page = tif.pages[0]
         out = []
@@ -75,8 +82,9 @@ def build_slide(path: Path) -> None:
 
     tiles = encoded_tiles()
     shapes = regions()
-    description = (f"Aperio Image Library v12.0.0 \r\n{WIDTH}x{HEIGHT} ({TILE}x{TILE}) JPEG/RGB Q=85"
-                   f"|AppMag = 40|MPP = {MPP:.4f}")  # fmt: skip
+    description = (
+        f"Aperio Image Library v12.0.0 \r\n{WIDTH}x{HEIGHT} ({TILE}x{TILE}) JPEG/RGB Q=85|AppMag = 40|MPP = {MPP:.4f}"
+    )
 
     def level_tiles(width: int, height: int, downsample: int):
         for ty in range(0, height, TILE):
@@ -90,9 +98,17 @@ def build_slide(path: Path) -> None:
     with tifffile.TiffWriter(tmp, bigtiff=True) as writer:
         for index, downsample in enumerate(DOWNSAMPLES):
             width, height = WIDTH // downsample, HEIGHT // downsample
-            writer.write(level_tiles(width, height, downsample), shape=(height, width, 3), dtype=np.uint8,
-                         tile=(TILE, TILE), photometric="rgb", compression="jpeg", metadata=None, subfiletype=0,
-                         description=description if index == 0 else f"Aperio Image Library v12.0.0 \r\n{width}x{height}")  # fmt: skip
+            writer.write(
+                level_tiles(width, height, downsample),
+                shape=(height, width, 3),
+                dtype=np.uint8,
+                tile=(TILE, TILE),
+                photometric="rgb",
+                compression="jpeg",
+                metadata=None,
+                subfiletype=0,
+                description=description if index == 0 else f"Aperio Image Library v12.0.0 \r\n{width}x{height}",
+            )
     tmp.rename(path)
 
 
@@ -111,12 +127,28 @@ def build_run(run: Path, slide: Path) -> int:
     raw = np.where(lesion, 3.0, 0.0) + rng.normal(0, 0.5, len(coords))
     attention = np.exp(raw) / np.exp(raw).sum()
     logits = np.stack([-margin / 2, margin / 2], 1)
-    maps = {"attention_raw": raw, "attention": attention, "attention_pct": (np.argsort(np.argsort(raw)) + 0.5) / len(raw),
-            "instance_logits": logits, "contribution": attention[:, None] * logits}  # fmt: skip
-    write_scores(run / "scores" / "abmil" / "huge.h5", coords, maps,
-                 attrs={"classes": ["normal", "tumor"], "probs": [0.1, 0.9], "pred": 1, "model": "abmil", "slide_id": "huge"},
-                 coords_attrs={"patch_size_level0": TILE, "patch_size": TILE, "patch_level": 0, "slide_mpp": MPP,
-                               "level_dim": [WIDTH, HEIGHT], "slide_path": str(slide), "slide_id": "huge"})  # fmt: skip
+    maps = {
+        "attention_raw": raw,
+        "attention": attention,
+        "attention_pct": (np.argsort(np.argsort(raw)) + 0.5) / len(raw),
+        "instance_logits": logits,
+        "contribution": attention[:, None] * logits,
+    }
+    write_scores(
+        run / "scores" / "abmil" / "huge.h5",
+        coords,
+        maps,
+        attrs={"classes": ["normal", "tumor"], "probs": [0.1, 0.9], "pred": 1, "model": "abmil", "slide_id": "huge"},
+        coords_attrs={
+            "patch_size_level0": TILE,
+            "patch_size": TILE,
+            "patch_level": 0,
+            "slide_mpp": MPP,
+            "level_dim": [WIDTH, HEIGHT],
+            "slide_path": str(slide),
+            "slide_id": "huge",
+        },
+    )
     return len(coords)
 
 
@@ -172,7 +204,9 @@ def main() -> None:
     n = build_run(run, slide)
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    server = subprocess.Popen([sys.executable, "-m", "wsi_mil", "view", str(run), "--port", str(port), "--quiet"], env=env)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "wsi_mil", "view", str(run), "--port", str(port), "--quiet"], env=env
+    )
     try:
         deadline = time.monotonic() + 60
         while True:

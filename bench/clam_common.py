@@ -46,12 +46,22 @@ def require_clam(given_python: str | None, needed: Sequence[str]) -> str:
     folder = clam_dir()
     missing = [name for name in needed if not (folder / name).exists()]
     if missing:
-        sys.exit(print(f"SKIPPED: CLAM's sources are not at {folder} (missing {', '.join(missing)}); "
-                       "set WSI_MIL_CLAM_DIR to a checkout of mahmoodlab/CLAM") or 0)  # fmt: skip
+        sys.exit(
+            print(
+                f"SKIPPED: CLAM's sources are not at {folder} (missing {', '.join(missing)}); "
+                "set WSI_MIL_CLAM_DIR to a checkout of mahmoodlab/CLAM"
+            )
+            or 0
+        )
     python = clam_python(given_python)
     if python is None or not Path(python).exists():
-        sys.exit(print("SKIPPED: no interpreter with CLAM's dependencies; pass --clam-python or set "
-                       "WSI_MIL_CLAM_PYTHON (see bench/clam_common.py for a two-line set-up)") or 0)  # fmt: skip
+        sys.exit(
+            print(
+                "SKIPPED: no interpreter with CLAM's dependencies; pass --clam-python or set "
+                "WSI_MIL_CLAM_PYTHON (see bench/clam_common.py for a two-line set-up)"
+            )
+            or 0
+        )
     return python
 
 
@@ -100,8 +110,10 @@ def run_worker(python: str, script: Path, args: Sequence[str], *, pythonpath: st
     done = subprocess.run([python, str(script), *args], check=False, capture_output=True, text=True, env=env)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode or not lines:
-        raise SystemExit(f"worker failed ({done.returncode}): {python} {script.name} {' '.join(args)}\n"
-                         f"{done.stdout[-2000:]}\n{done.stderr[-3000:]}")  # fmt: skip
+        raise SystemExit(
+            f"worker failed ({done.returncode}): {python} {script.name} {' '.join(args)}\n"
+            f"{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+        )
     return json.loads(lines[-1])
 
 

@@ -48,12 +48,33 @@ def main() -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     slides, out = work / "slides", work / "run"
     for index in range(10):
-        write_synthetic_slide(slides / f"slide{index}.svs", width=1024, height=1024, mpp=0.5,
-                              regions=[Region(128 + 32 * index, 128, 768, 640)], downsamples=(1,))  # fmt: skip
+        write_synthetic_slide(
+            slides / f"slide{index}.svs",
+            width=1024,
+            height=1024,
+            mpp=0.5,
+            regions=[Region(128 + 32 * index, 128, 768, 640)],
+            downsamples=(1,),
+        )
     wsi_mil = [sys.executable, "-m", "wsi_mil.cli"]
     _, tile_s = run([*wsi_mil, "tile", str(slides), "--out", str(out), "--workers", "0", "--quiet"], work, env)
-    _, extract_s = run([*wsi_mil, "extract", str(out), "--encoder", "resnet18", "--weights", "random", "--clam-files",
-                        "--workers", "0", "--quiet"], work, env)  # fmt: skip
+    _, extract_s = run(
+        [
+            *wsi_mil,
+            "extract",
+            str(out),
+            "--encoder",
+            "resnet18",
+            "--weights",
+            "random",
+            "--clam-files",
+            "--workers",
+            "0",
+            "--quiet",
+        ],
+        work,
+        env,
+    )
 
     clam = work / "CLAM"
     shutil.copytree(CLAM, clam, dirs_exist_ok=True)
@@ -70,11 +91,50 @@ def main() -> None:
         link.symlink_to(out / "clam" / "resnet18")  # CLAM's data_dir = <data_root_dir>/<task's folder>
     clam_env = {**env, "PYTHONPATH": ""}
     task = ["--task", "task_1_tumor_vs_normal"]
-    _, split_s = run([args.clam_python, "create_splits_seq.py", *task, "--seed", "1", "--k", "2", "--val_frac", "0.2",
-                      "--test_frac", "0.2"], clam, clam_env)  # fmt: skip
-    stdout, train_s = run([args.clam_python, "main.py", *task, "--data_root_dir", str(root), "--embed_dim", "512",
-                           "--k", "2", "--max_epochs", "2", "--model_type", "clam_sb", "--exp_code", "wsimil",
-                           "--results_dir", str(work / "results"), "--seed", "1", "--B", "2"], clam, clam_env)  # fmt: skip
+    _, split_s = run(
+        [
+            args.clam_python,
+            "create_splits_seq.py",
+            *task,
+            "--seed",
+            "1",
+            "--k",
+            "2",
+            "--val_frac",
+            "0.2",
+            "--test_frac",
+            "0.2",
+        ],
+        clam,
+        clam_env,
+    )
+    stdout, train_s = run(
+        [
+            args.clam_python,
+            "main.py",
+            *task,
+            "--data_root_dir",
+            str(root),
+            "--embed_dim",
+            "512",
+            "--k",
+            "2",
+            "--max_epochs",
+            "2",
+            "--model_type",
+            "clam_sb",
+            "--exp_code",
+            "wsimil",
+            "--results_dir",
+            str(work / "results"),
+            "--seed",
+            "1",
+            "--B",
+            "2",
+        ],
+        clam,
+        clam_env,
+    )
     for line in stdout.splitlines():
         if "Test error" in line or "Test AUC" in line or "test_auc" in line.lower():
             print("CLAM:", line.strip())

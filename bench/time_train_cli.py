@@ -31,8 +31,13 @@ def main() -> None:
     folder = CACHE / name
     config = load_config(None, sets=["train.model=abmil", f"train.folds={folds}", "train.name=timing"])
     wall, usage = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
-    train_run(CACHE / "runs" / f"timing-{name}-{os.getpid()}", folder / "labels.csv", config=config, features=[folder / "features"],
-              overwrite=True)  # fmt: skip
+    train_run(
+        CACHE / "runs" / f"timing-{name}-{os.getpid()}",
+        folder / "labels.csv",
+        config=config,
+        features=[folder / "features"],
+        overwrite=True,
+    )
     after = resource.getrusage(resource.RUSAGE_SELF)
     cpu = after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime
     print(f"{name}: {wsi_mil.__file__}: wall {time.perf_counter() - wall:.1f} s, CPU {cpu:.1f} s")

@@ -11,9 +11,11 @@ from wsi_mil.datasets import shared_data_dir, shipped_data_dirs
 from wsi_mil.synthetic import Region, write_synthetic_slide
 
 #: Why a ``restricted_data`` test skips on a fresh clone.
-RESTRICTED_REASON = ("needs real data that may not be redistributed (TCGA slide, kidney IHC strip, boxes.tiff, "
-                     "dicom-boxes/, bad/, GlaS, BreakHis): not shipped in the repository; put the shared data at "
-                     "../shared/data or set WSI_MIL_DATA")
+RESTRICTED_REASON = (
+    "needs real data that may not be redistributed (TCGA slide, kidney IHC strip, boxes.tiff, "
+    "dicom-boxes/, bad/, GlaS, BreakHis): not shipped in the repository; put the shared data at "
+    "../shared/data or set WSI_MIL_DATA"
+)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

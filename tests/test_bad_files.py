@@ -45,8 +45,11 @@ def _corrupt_tiles(path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("name", "write", "error"),
-    [("not-a-tiff.svs", _not_a_tiff, SlideOpenError), ("unopenable.tiff", _unknown_compression, SlideReadError),
-     ("unreadable.svs", _corrupt_tiles, SlideReadError)],  # fmt: skip
+    [
+        ("not-a-tiff.svs", _not_a_tiff, SlideOpenError),
+        ("unopenable.tiff", _unknown_compression, SlideReadError),
+        ("unreadable.svs", _corrupt_tiles, SlideReadError),
+    ],
 )
 def test_synthetic_bad_files_fail_with_a_clear_error(tmp_path: Path, name: str, write, error: type) -> None:
     path = tmp_path / name

@@ -61,8 +61,9 @@ def test_forged_header_fails_fast_in_a_batch(tmp_path: Path, reference_slide: Pa
 
     run = tmp_path / "run"
     # --mpp: without it the forged file would fail for lack of an MPP before reading pixels.
-    code = main(["tile", str(bomb), str(reference_slide), "--out", str(run), "--workers", "0", "--quiet",
-                 "--mpp", "0.5"])  # fmt: skip
+    code = main(
+        ["tile", str(bomb), str(reference_slide), "--out", str(run), "--workers", "0", "--quiet", "--mpp", "0.5"]
+    )
     assert code == 1  # one failed, the batch went on
     rows = _manifest(run)
     assert rows["bomb"]["status"] == "failed" and "corrupt or forged" in rows["bomb"]["error"]
@@ -108,8 +109,14 @@ def corrupt_slides(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("corrupt")
     slides = {}
     for name, tiles in (("one_bad_tile", [9]), ("many_bad_tiles", [0, 1, 2, 3, 9, 10, 11, 12])):
-        path = write_synthetic_slide(folder / f"{name}.svs", width=2048, height=2048, mpp=0.5,
-                                     regions=(Region(256, 256, 1536, 1536),), downsamples=(1,))  # fmt: skip
+        path = write_synthetic_slide(
+            folder / f"{name}.svs",
+            width=2048,
+            height=2048,
+            mpp=0.5,
+            regions=(Region(256, 256, 1536, 1536),),
+            downsamples=(1,),
+        )
         _corrupt_tiles(path, 0, tiles)
         slides[name] = path
     return slides
@@ -136,8 +143,14 @@ def test_too_much_unreadable_fails_the_slide(tmp_path: Path, corrupt_slides: dic
 
 
 def test_probe_tolerates_a_corrupt_first_tile(tmp_path: Path) -> None:
-    path = write_synthetic_slide(tmp_path / "pyramid.svs", width=2048, height=2048, mpp=0.5,
-                                 regions=(Region(256, 256, 1536, 1536),), downsamples=(1, 4))  # fmt: skip
+    path = write_synthetic_slide(
+        tmp_path / "pyramid.svs",
+        width=2048,
+        height=2048,
+        mpp=0.5,
+        regions=(Region(256, 256, 1536, 1536),),
+        downsamples=(1, 4),
+    )
     _corrupt_tiles(path, 2, [0])  # page 2: level 1 (page 1 is the Aperio thumbnail); tile (0, 0)
     with open_slide(path, reader="openslide") as slide:
         thumb = read_detection_thumbnail(slide, target_mpp=8.0, max_mpp=16.0, max_unreadable=0.5)
@@ -152,13 +165,26 @@ def test_unreadable_real_file_still_fails_cleanly(tmp_path: Path, shared_data: P
 
 def test_slide_time_limit_fails_the_slide_not_the_batch(tmp_path: Path, reference_slide: Path) -> None:
     run = tmp_path / "run"
-    code = main(["tile", str(reference_slide), "--out", str(run), "--workers", "0", "--quiet",
-                 "--set", "tiling.slide_timeout=0.000001"])  # fmt: skip
+    code = main(
+        [
+            "tile",
+            str(reference_slide),
+            "--out",
+            str(run),
+            "--workers",
+            "0",
+            "--quiet",
+            "--set",
+            "tiling.slide_timeout=0.000001",
+        ]
+    )
     assert code == 1
     row = _manifest(run)["reference"]
     assert row["status"] == "failed" and "time limit of 1e-06 s" in row["error"]
-    assert main(["tile", str(reference_slide), "--out", str(run), "--workers", "0", "--quiet",
-                 "--slide-timeout", "600"]) == 0  # fmt: skip
+    assert (
+        main(["tile", str(reference_slide), "--out", str(run), "--workers", "0", "--quiet", "--slide-timeout", "600"])
+        == 0
+    )
     assert _manifest(run)["reference"]["status"] == "done"
 
 

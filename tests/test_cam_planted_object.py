@@ -23,8 +23,17 @@ from wsi_mil.mil.registry import create_mil_model  # noqa: E402
 PATCH = 256
 OBJECT = 56
 #: object top-left corners in the patch: touching each edge, two corners, inside, and 8 drawn at random
-PLACES = [(0, 0), (0, 120), (PATCH - OBJECT, 60), (110, 0), (150, PATCH - OBJECT), (PATCH - OBJECT, PATCH - OBJECT),
-          (100, 100), (40, 170), *map(tuple, np.random.default_rng(1).integers(0, 200, (8, 2)).tolist())]  # fmt: skip
+PLACES = [
+    (0, 0),
+    (0, 120),
+    (PATCH - OBJECT, 60),
+    (110, 0),
+    (150, PATCH - OBJECT),
+    (PATCH - OBJECT, PATCH - OBJECT),
+    (100, 100),
+    (40, 170),
+    *map(tuple, np.random.default_rng(1).integers(0, 200, (8, 2)).tolist()),
+]
 
 
 def _field_and_object(shared_data) -> tuple[np.ndarray, np.ndarray]:
@@ -35,8 +44,9 @@ def _field_and_object(shared_data) -> tuple[np.ndarray, np.ndarray]:
     return field, np.asarray(Image.open(lympho).convert("RGB"))[:OBJECT, :OBJECT]
 
 
-def _patch(field: np.ndarray, thing: np.ndarray, corner: tuple[int, int], margin: int,
-           place: tuple[int, int] | None) -> np.ndarray:  # fmt: skip
+def _patch(
+    field: np.ndarray, thing: np.ndarray, corner: tuple[int, int], margin: int, place: tuple[int, int] | None
+) -> np.ndarray:
     """The patch at ``corner`` of the field with ``margin`` px of field around it, the object at ``place``."""
     x, y = corner
     pixels = field[y - margin : y + PATCH + margin, x - margin : x + PATCH + margin].copy()
@@ -53,7 +63,10 @@ def _object_head(encoder, field: np.ndarray, thing: np.ndarray) -> torch.nn.Modu
     corners = [(int(rng.integers(80, 620)), int(rng.integers(80, 490))) for _ in range(16)]
     places = [(int(rng.integers(0, PATCH - OBJECT)), int(rng.integers(0, PATCH - OBJECT))) for _ in range(16)]
     images = np.stack(
-        [_patch(field, thing, c, 0, p if i % 2 else None) for i, (c, p) in enumerate(zip(corners, places, strict=False))]
+        [
+            _patch(field, thing, c, 0, p if i % 2 else None)
+            for i, (c, p) in enumerate(zip(corners, places, strict=False))
+        ]
     )
     labels = torch.tensor([i % 2 for i in range(16)])
     with torch.no_grad():
@@ -86,8 +99,16 @@ def planted_object_cams(shared_data, context: float) -> tuple[np.ndarray, int]:
     pixels = context_margin(stride, size, context)
     margin = round(pixels * PATCH / size)
     images = np.stack([_patch(field, thing, (400, 240), margin, place) for place in PLACES])
-    maps, _, _ = explain_patches(images, encoder=lite0, head=head, log_normalizer=0.0, target=1,
-                                 methods=["gradcam"], margin=margin, context=pixels)  # fmt: skip
+    maps, _, _ = explain_patches(
+        images,
+        encoder=lite0,
+        head=head,
+        log_normalizer=0.0,
+        target=1,
+        methods=["gradcam"],
+        margin=margin,
+        context=pixels,
+    )
     return maps["gradcam"], stride
 
 

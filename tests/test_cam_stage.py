@@ -22,26 +22,78 @@ from wsi_mil.synthetic import Region, write_synthetic_slide  # noqa: E402
 pytestmark = pytest.mark.slow  # three small runs through every stage
 
 QUIET = ["--quiet", "--workers", "0"]
-CAM_SETS = ["--set", "heatmap.cam_top_k=2", "--set", "heatmap.cam_methods=[gradcam,integrated_gradients]",
-            "--set", "heatmap.cam_ig_steps=2", "--set", "heatmap.cam_device=cpu"]  # fmt: skip
+CAM_SETS = [
+    "--set",
+    "heatmap.cam_top_k=2",
+    "--set",
+    "heatmap.cam_methods=[gradcam,integrated_gradients]",
+    "--set",
+    "heatmap.cam_ig_steps=2",
+    "--set",
+    "heatmap.cam_device=cpu",
+]
 
 
 def _run(root: Path, arch: str) -> tuple[Path, Path]:
     """A tiled, extracted (with a checkpoint file), trained and scored run; (run, checkpoint)."""
     slides, run = root / "slides", root / "run"
     for index in range(4):
-        write_synthetic_slide(slides / f"case{index}.svs", width=1536, height=1024, mpp=0.5,
-                              regions=[Region(256 + 256 * (index % 2), 256, 1280, 768)], downsamples=(1, 4))  # fmt: skip
+        write_synthetic_slide(
+            slides / f"case{index}.svs",
+            width=1536,
+            height=1024,
+            mpp=0.5,
+            regions=[Region(256 + 256 * (index % 2), 256, 1280, 768)],
+            downsamples=(1, 4),
+        )
     labels = root / "labels.csv"
     labels.write_text("slide_id,label\n" + "".join(f"case{i},{'tumor' if i % 2 else 'normal'}\n" for i in range(4)))
     torch.manual_seed(0)
     checkpoint = root / f"{arch}.pth"
     torch.save(timm.create_model(arch, pretrained=False, num_classes=0).state_dict(), checkpoint)
     assert main(["tile", str(slides), "--out", str(run), "--set", "tissue.remove_pen=false", *QUIET]) == 0
-    assert main(["extract", str(run), "--encoder", f"timm:{arch}", "--checkpoint-path", str(checkpoint),
-                 "--device", "cpu", "--batch-size", "8", *QUIET]) == 0  # fmt: skip
-    assert main(["train", str(run), "--labels", str(labels), "--model", "abmil", "--folds", "2", "--epochs", "1",
-                 "--device", "cpu", "--set", "train.min_epochs=1", "--set", "train.val_fraction=0", "--quiet"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "extract",
+                str(run),
+                "--encoder",
+                f"timm:{arch}",
+                "--checkpoint-path",
+                str(checkpoint),
+                "--device",
+                "cpu",
+                "--batch-size",
+                "8",
+                *QUIET,
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "train",
+                str(run),
+                "--labels",
+                str(labels),
+                "--model",
+                "abmil",
+                "--folds",
+                "2",
+                "--epochs",
+                "1",
+                "--device",
+                "cpu",
+                "--set",
+                "train.min_epochs=1",
+                "--set",
+                "train.val_fraction=0",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert main(["predict", str(run), "--model-dir", str(run / "models" / "abmil"), "--device", "cpu", "--quiet"]) == 0
     return run, checkpoint
 

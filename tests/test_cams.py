@@ -58,8 +58,15 @@ def test_class_margin() -> None:
 def _tiny_cnn() -> torch.nn.Module:
     """A 16-channel CNN with batch norm (FullGrad needs biases): plumbing only."""
     nn = torch.nn
-    return nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2),
-                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()  # fmt: skip
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, stride=2),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    ).eval()
 
 
 def test_every_method_runs_and_maps_keep_their_scale() -> None:
@@ -67,8 +74,14 @@ def test_every_method_runs_and_maps_keep_their_scale() -> None:
     head = create_mil_model("ilam", in_dim=16, n_classes=2).eval()
     model = PatchContribution(_tiny_cnn(), head, 0.0)
     x = torch.randn(3, 3, 64, 64)
-    maps = compute_maps(model, x, target=1, methods=["gradcam", "hirescam", "gradcam++", "layercam", "eigencam",
-                                                      "fullgrad", "integrated_gradients"], input_size=64, ig_steps=4)  # fmt: skip
+    maps = compute_maps(
+        model,
+        x,
+        target=1,
+        methods=["gradcam", "hirescam", "gradcam++", "layercam", "eigencam", "fullgrad", "integrated_gradients"],
+        input_size=64,
+        ig_steps=4,
+    )
     for method, values in maps.items():
         assert values.shape == (3, 64, 64) and values.dtype == np.float32, method
         assert np.isfinite(values).all(), method
@@ -93,15 +106,25 @@ def test_target_layer_is_the_last_feature_map(encoder) -> None:
     with pytest.raises(CamError, match="integrated_gradients"):
         find_target_layer(vit.model, 224)
     with pytest.raises(CamError, match="unknown CAM method"):
-        compute_maps(PatchContribution(encoder.model, create_mil_model("abmil", in_dim=512, n_classes=2), 0.0),
-                     encoder.transform(_images(1)), target=0, methods=["magic"], input_size=224)  # fmt: skip
+        compute_maps(
+            PatchContribution(encoder.model, create_mil_model("abmil", in_dim=512, n_classes=2), 0.0),
+            encoder.transform(_images(1)),
+            target=0,
+            methods=["magic"],
+            input_size=224,
+        )
 
 
 def test_stitched_maps_land_on_their_patches() -> None:
     ramp = np.tile(np.linspace(0, 1, 8, dtype=np.float32), (8, 1))  # left 0 .. right 1
     coords = np.array([[512, 256], [768, 256]])  # two neighbouring 256-px patches
-    canvas = stitch_patch_maps(coords, np.stack([ramp, ramp + 10]), patch_size_level0=256,
-                               geometry=CanvasGeometry.for_slide((2048, 1024), 4.0), chunks=(100, 100)).compute()  # fmt: skip
+    canvas = stitch_patch_maps(
+        coords,
+        np.stack([ramp, ramp + 10]),
+        patch_size_level0=256,
+        geometry=CanvasGeometry.for_slide((2048, 1024), 4.0),
+        chunks=(100, 100),
+    ).compute()
     assert canvas.shape == (256, 512)
     left, right = canvas[64:128, 128:192], canvas[64:128, 192:256]
     assert np.isfinite(left).all() and np.isfinite(right).all()
@@ -146,7 +169,9 @@ def test_cams_of_homogeneous_real_tissue_draw_no_border_ring(shared_data) -> Non
 
     torch.set_num_threads(1)
     lite0 = create_encoder("efficientnet_lite0", weights="imagenet")
-    tile = np.asarray(Image.open(sorted((shared_data / "kather2016-samples" / "02_STROMA").glob("*.tif"))[0]).convert("RGB"))
+    tile = np.asarray(
+        Image.open(sorted((shared_data / "kather2016-samples" / "02_STROMA").glob("*.tif"))[0]).convert("RGB")
+    )
     field = np.pad(tile[:150, :150], ((0, 750), (0, 750), (0, 0)), mode="symmetric")  # 900 px, 445 um
     size = lite0.config.input_size
     stride = target_layer_and_stride(lite0.model, size)[1]
@@ -158,8 +183,16 @@ def test_cams_of_homogeneous_real_tissue_draw_no_border_ring(shared_data) -> Non
         pixels = context_margin(stride, size, fraction)
         margin = round(pixels * 256 / size)
         images = np.stack([field[y - margin : y + 256 + margin, x - margin : x + 256 + margin] for x, y in corners])
-        maps, _, _ = explain_patches(images, encoder=lite0, head=head, log_normalizer=0.0, target=1,
-                                     methods=["gradcam", "eigencam"], margin=margin, context=pixels)  # fmt: skip
+        maps, _, _ = explain_patches(
+            images,
+            encoder=lite0,
+            head=head,
+            log_normalizer=0.0,
+            target=1,
+            methods=["gradcam", "eigencam"],
+            margin=margin,
+            context=pixels,
+        )
         assert {m.shape for m in maps.values()} == {(len(corners), size, size)}
         return {method: _radial_profile(values) for method, values in maps.items()}
 

@@ -26,8 +26,14 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("ckpt")
     slides, run = root / "slides", root / "run"
     for index in range(4):
-        write_synthetic_slide(slides / f"case{index}.svs", width=1024, height=1024, mpp=0.5,
-                              regions=[Region(256, 256, 512, 512)], downsamples=(1,))  # fmt: skip
+        write_synthetic_slide(
+            slides / f"case{index}.svs",
+            width=1024,
+            height=1024,
+            mpp=0.5,
+            regions=[Region(256, 256, 512, 512)],
+            downsamples=(1,),
+        )
     assert main(["tile", str(slides), "--out", str(run), "--patch-size", "128", *QUIET]) == 0
     return run
 
@@ -61,8 +67,9 @@ def _extract_rows(run: Path) -> list[dict[str, str]]:
 
 
 @pytest.mark.parametrize("kind", ["garbage", "pickled", "misfit"])
-def test_extract_refuses_a_bad_checkpoint_once_before_any_slide(run: Path, tmp_path: Path, kind: str,
-                                                                capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_extract_refuses_a_bad_checkpoint_once_before_any_slide(
+    run: Path, tmp_path: Path, kind: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     checkpoint = _checkpoints(tmp_path)[kind]
     status = main(["extract", str(run), "--encoder", "resnet18", "--checkpoint-path", str(checkpoint), *QUIET])
     errors = _errors(capsys)
@@ -72,20 +79,72 @@ def test_extract_refuses_a_bad_checkpoint_once_before_any_slide(run: Path, tmp_p
 
 
 @pytest.mark.slow
-def test_heatmap_checks_the_checkpoint_of_the_features_once_and_still_makes_the_maps(run: Path, tmp_path: Path,
-                                                            capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_heatmap_checks_the_checkpoint_of_the_features_once_and_still_makes_the_maps(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     paths = _checkpoints(tmp_path)
     labels = tmp_path / "labels.csv"
     labels.write_text("slide_id,label\n" + "".join(f"case{i},{'tumor' if i % 2 else 'normal'}\n" for i in range(4)))
-    assert main(["extract", str(run), "--encoder", "resnet18", "--checkpoint-path", str(paths["good"]),
-                 "--batch-size", "16", *QUIET]) == 0  # fmt: skip
-    assert main(["train", str(run), "--labels", str(labels), "--model", "abmil", "--folds", "2", "--epochs", "1",
-                 "--device", "cpu", "--set", "train.min_epochs=1", "--set", "train.val_fraction=0", "--quiet"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "extract",
+                str(run),
+                "--encoder",
+                "resnet18",
+                "--checkpoint-path",
+                str(paths["good"]),
+                "--batch-size",
+                "16",
+                *QUIET,
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "train",
+                str(run),
+                "--labels",
+                str(labels),
+                "--model",
+                "abmil",
+                "--folds",
+                "2",
+                "--epochs",
+                "1",
+                "--device",
+                "cpu",
+                "--set",
+                "train.min_epochs=1",
+                "--set",
+                "train.val_fraction=0",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert main(["predict", str(run), "--model-dir", str(run / "models" / "abmil"), "--device", "cpu", "--quiet"]) == 0
-    heatmap = ["heatmap", str(run), "--formats", "png", "--maps", "attention_pct", "--set", "heatmap.cam_top_k=1",
-               "--set", "heatmap.cam_methods=[gradcam]", "--set", "heatmap.cam_device=cpu", *QUIET]  # fmt: skip
-    for checkpoint, fragment in ((None, "give that file as extract.checkpoint_path"),
-                                 (paths["other"], "not the checkpoint the features were made with")):  # fmt: skip
+    heatmap = [
+        "heatmap",
+        str(run),
+        "--formats",
+        "png",
+        "--maps",
+        "attention_pct",
+        "--set",
+        "heatmap.cam_top_k=1",
+        "--set",
+        "heatmap.cam_methods=[gradcam]",
+        "--set",
+        "heatmap.cam_device=cpu",
+        *QUIET,
+    ]
+    for checkpoint, fragment in (
+        (None, "give that file as extract.checkpoint_path"),
+        (paths["other"], "not the checkpoint the features were made with"),
+    ):
         capsys.readouterr()
         extra = ["--set", f"extract.checkpoint_path={checkpoint}"] if checkpoint else []
         assert main([*heatmap, *extra, "--overwrite"]) == 0  # the maps are made; CAMs are skipped, said once
@@ -93,7 +152,8 @@ def test_heatmap_checks_the_checkpoint_of_the_features_once_and_still_makes_the_
         assert err.count(fragment) == 1 and "Traceback" not in err, err
         assert all("no CAMs" in line for line in _errors_in(err)), err  # each slide: done, with a note
         assert (run / "heatmaps" / "abmil" / "case0" / "attention_pct_overlay.png").exists() or any(
-            (run / "heatmaps" / "abmil" / "case0").glob("*.png"))
+            (run / "heatmaps" / "abmil" / "case0").glob("*.png")
+        )
         assert not (run / "heatmaps" / "abmil" / "case0" / "cams.h5").exists()
     assert main([*heatmap, "--set", f"extract.checkpoint_path={paths['good']}"]) == 0
     assert (run / "heatmaps" / "abmil" / "case0" / "cams.h5").exists()

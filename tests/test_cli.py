@@ -33,16 +33,31 @@ def test_real_slides_and_bad_files_in_one_batch(tmp_path: Path, shared_data: Pat
     """Every bad input ends in one clear line; the rest of the batch completes (real Dask cluster)."""
     out = tmp_path / "run"
     result = run_cli(
-        "tile", str(shared_data / "slides"), str(shared_data / "bad"), str(shared_data / "dicom-boxes"),
-        "--out", str(out), "--workers", "2", "--quiet",
-    )  # fmt: skip
+        "tile",
+        str(shared_data / "slides"),
+        str(shared_data / "bad"),
+        str(shared_data / "dicom-boxes"),
+        "--out",
+        str(out),
+        "--workers",
+        "2",
+        "--quiet",
+    )
     assert result.returncode == 1, result.stderr  # some slides failed
     assert "Traceback" not in result.stderr
     rows = read_manifest(out)
     assert set(rows) == {
-        "CMU-1-Small-Region", "TCGA-CR-7395-01A-01-TS1", "boxes", "kidney-ihc-strip", "small",
-        "test3-DAPI-2-(387)", "dicom-boxes", "not-a-tiff", "unopenable", "unreadable",
-    }  # fmt: skip
+        "CMU-1-Small-Region",
+        "TCGA-CR-7395-01A-01-TS1",
+        "boxes",
+        "kidney-ihc-strip",
+        "small",
+        "test3-DAPI-2-(387)",
+        "dicom-boxes",
+        "not-a-tiff",
+        "unopenable",
+        "unreadable",
+    }
     for bad in ("not-a-tiff", "unopenable", "unreadable"):
         row = rows[bad]
         assert row["status"] == "failed" and row["path"] in row["error"] and "\n" not in row["error"]
@@ -63,7 +78,9 @@ def test_real_slides_and_bad_files_in_one_batch(tmp_path: Path, shared_data: Pat
 
 @pytest.mark.restricted_data
 def test_debug_shows_tracebacks(tmp_path: Path, shared_data: Path) -> None:
-    result = run_cli("tile", str(shared_data / "bad" / "unreadable.svs"), "--out", str(tmp_path), "--workers", "0", "--debug")
+    result = run_cli(
+        "tile", str(shared_data / "bad" / "unreadable.svs"), "--out", str(tmp_path), "--workers", "0", "--debug"
+    )
     assert result.returncode == 1 and "Traceback" in result.stderr
 
 
@@ -107,7 +124,18 @@ def test_killed_run_resumes_to_identical_outputs(tmp_path: Path) -> None:
     for index in range(6):
         regions = [Region(512 + 256 * index, 512, 2048, 1536, "ellipse")]
         write_synthetic_slide(slides / f"s{index}.svs", width=4096, height=3072, mpp=0.25, regions=regions)
-    args = ["tile", str(slides), "--target-mpp", "0.5", "--patch-size", "128", "--save-pixels", "--workers", "0", "--quiet"]
+    args = [
+        "tile",
+        str(slides),
+        "--target-mpp",
+        "0.5",
+        "--patch-size",
+        "128",
+        "--save-pixels",
+        "--workers",
+        "0",
+        "--quiet",
+    ]
 
     reference = run_cli(*args, "--out", str(tmp_path / "reference"))
     assert reference.returncode == 0, reference.stderr

@@ -51,10 +51,21 @@ def test_bad_numeric_options_exit_2_naming_the_option(argv: list[str], option: s
 def test_negative_workers_do_not_hang_the_real_command(tmp_path: Path, reference_slide: Path) -> None:
     started = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-m", "wsi_mil", "tile", str(reference_slide), "--out", str(tmp_path / "run"),
-         "--workers", "-2"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "wsi_mil",
+            "tile",
+            str(reference_slide),
+            "--out",
+            str(tmp_path / "run"),
+            "--workers",
+            "-2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2
     assert "--workers" in done.stderr and "Traceback" not in done.stderr
     assert time.perf_counter() - started < 60
@@ -89,6 +100,12 @@ def test_a_cluster_without_workers_fails_instead_of_hanging(monkeypatch: pytest.
     with LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as cluster:
         started = time.perf_counter()
         with pytest.raises(WsiMilError, match="no Dask worker"):
-            parallel.map_slides(_identity, [1], on_result=lambda *_: None, on_crash=lambda *_: None,
-                                scheduler=cluster.scheduler_address, progress=False)  # fmt: skip
+            parallel.map_slides(
+                _identity,
+                [1],
+                on_result=lambda *_: None,
+                on_crash=lambda *_: None,
+                scheduler=cluster.scheduler_address,
+                progress=False,
+            )
         assert time.perf_counter() - started < 30

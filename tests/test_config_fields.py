@@ -23,7 +23,7 @@ from wsi_mil.config import (
     config_from_dict,
     config_to_json,
     neutral_keys,
-)  # fmt: skip
+)
 from wsi_mil.errors import ConfigError
 
 CONFIG_PACKAGE = Path(__file__).resolve().parents[1] / "wsi_mil" / "config"
@@ -45,10 +45,15 @@ def test_neutral_keys_are_the_fields_that_say_so() -> None:
         assert _field(key).metadata[AFFECTS_OUTPUTS] is False, key
 
 
-@pytest.mark.parametrize(("section", "values"), [
-    ("heatmap", {"cam_device": "cpu"}), ("extract", {"batch_size": 7, "threads": 1}),
-    ("train", {"read_threads": 3, "memory_gb": 1.0}), ("parallel", {"workers": 5}),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("section", "values"),
+    [
+        ("heatmap", {"cam_device": "cpu"}),
+        ("extract", {"batch_size": 7, "threads": 1}),
+        ("train", {"read_threads": 3, "memory_gb": 1.0}),
+        ("parallel", {"workers": 5}),
+    ],
+)
 def test_a_neutral_change_leaves_the_run_config_unchanged(section: str, values: dict) -> None:
     from wsi_mil.pipeline import changed_keys
 
@@ -56,10 +61,15 @@ def test_a_neutral_change_leaves_the_run_config_unchanged(section: str, values: 
     assert changed_keys(saved, config_from_dict({section: values})) == {}
 
 
-@pytest.mark.parametrize(("section", "key", "value"), [
-    ("tiling", "patch_size", 224), ("train", "hidden_dim", 128), ("heatmap", "cam_methods", ["gradcam"]),
-    ("heatmap", "cam_ig_steps", 8),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [
+        ("tiling", "patch_size", 224),
+        ("train", "hidden_dim", 128),
+        ("heatmap", "cam_methods", ["gradcam"]),
+        ("heatmap", "cam_ig_steps", 8),
+    ],
+)
 def test_an_output_changing_key_is_reported(section: str, key: str, value: object) -> None:
     from wsi_mil.pipeline import changed_keys
 
@@ -79,8 +89,22 @@ def test_every_device_key_is_checked_alike(section: str, value: str) -> None:
 
 
 def test_a_bad_cam_device_is_a_config_error_before_any_work(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "wsi_mil.cli", "heatmap", str(tmp_path), "--model", "abmil",
-                             "--set", "heatmap.cam_device=gpu"], capture_output=True, text=True, timeout=120)  # fmt: skip
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "wsi_mil.cli",
+            "heatmap",
+            str(tmp_path),
+            "--model",
+            "abmil",
+            "--set",
+            "heatmap.cam_device=gpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2, result.stderr
     assert "cam_device must be auto" in result.stderr and "'gpu'" in result.stderr and "Traceback" not in result.stderr
 
@@ -91,7 +115,9 @@ def test_head_defaults_are_defined_once() -> None:
 
     assert RegistryHeadOptions is HeadOptions and issubclass(TrainConfig, HeadOptions)
     train = TrainConfig()
-    assert dataclasses.asdict(head_options()) == {f.name: getattr(train, f.name) for f in dataclasses.fields(HeadOptions)}
+    assert dataclasses.asdict(head_options()) == {
+        f.name: getattr(train, f.name) for f in dataclasses.fields(HeadOptions)
+    }
 
 
 def test_one_cam_method_list_and_one_default() -> None:

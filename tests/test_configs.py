@@ -115,16 +115,23 @@ def test_camelyon16_layout_slides_ids_and_masks(tmp_path: Path) -> None:
         (root / relative).touch()
     for folder in ("training", "testing"):
         (root / folder / "lesion_annotations").mkdir()
-        (root / folder / "lesion_annotations" / f"{'tumor' if folder == 'training' else 'test'}_001.xml").write_text(ASAP_XML)
+        (root / folder / "lesion_annotations" / f"{'tumor' if folder == 'training' else 'test'}_001.xml").write_text(
+            ASAP_XML
+        )
     (root / "testing" / "reference.csv").write_text("test_001,Tumor,Macro,Primary\n")
     (root / "labels.csv").write_text("slide_id,label\ntumor_001,tumor\nnormal_001,normal\n")
     path = CONFIGS / "camelyon16.yaml"
     written = load_run_config(path).run
     assert (written.slides, written.out, written.labels, written.masks) == (
-        "/data/CAMELYON16", "/data/camelyon16-run", "/data/CAMELYON16/labels.csv",
-        "/data/CAMELYON16/training/lesion_annotations")  # fmt: skip
-    moved = [f"run.{key}={getattr(written, key).replace('/data/CAMELYON16', str(root)).replace('/data', str(tmp_path))}"
-             for key in RUN_PATHS]  # the file's paths, moved under tmp_path
+        "/data/CAMELYON16",
+        "/data/camelyon16-run",
+        "/data/CAMELYON16/labels.csv",
+        "/data/CAMELYON16/training/lesion_annotations",
+    )
+    moved = [
+        f"run.{key}={getattr(written, key).replace('/data/CAMELYON16', str(root)).replace('/data', str(tmp_path))}"
+        for key in RUN_PATHS
+    ]  # the file's paths, moved under tmp_path
     config = load_run_config(path, sets=moved)
     check_run_config(config, where=path.name)  # every input exists, encoder and heads are registered
 
@@ -156,7 +163,9 @@ def _breakhis_field(shared: Path, path: Path) -> None:
 
 def _snippet(path: Path, first: str, last: str) -> str:
     """The shell lines of ``path``'s comments from the one starting with ``first`` to the one ending with ``last``."""
-    lines = [line.removeprefix("#").removeprefix("   ") for line in path.read_text().splitlines() if line.startswith("#")]
+    lines = [
+        line.removeprefix("#").removeprefix("   ") for line in path.read_text().splitlines() if line.startswith("#")
+    ]
     start = next(i for i, line in enumerate(lines) if line.strip().startswith(first))
     end = next(i for i in range(start, len(lines)) if lines[i].rstrip().endswith(last))
     return "\n".join(lines[start : end + 1])
@@ -172,7 +181,11 @@ def test_breakhis_lists_and_tiling_without_mpp_metadata(tmp_path: Path, shared_d
     breast = tmp_path / "BreaKHis_v1" / "histology_slides" / "breast"
     names = {"40X": "SOB_B_A-14-22549AB-40-001", "100X": "SOB_M_DC-14-2523-100-012"}
     for magnification, name in names.items():
-        folder = "benign/SOB/adenosis/SOB_B_A_14-22549AB" if "_B_" in name else "malignant/SOB/ductal_carcinoma/SOB_M_DC_14-2523"
+        folder = (
+            "benign/SOB/adenosis/SOB_B_A_14-22549AB"
+            if "_B_" in name
+            else "malignant/SOB/ductal_carcinoma/SOB_M_DC_14-2523"
+        )
         _breakhis_field(shared_data, breast / folder / magnification / f"{name}.png")
     out = tmp_path / "breakhis"
     out.mkdir()
@@ -187,7 +200,9 @@ def test_breakhis_lists_and_tiling_without_mpp_metadata(tmp_path: Path, shared_d
     assert slide_list[0] == "path,mpp" and len(slide_list) == 2 and slide_list[1].endswith("-40-001.png,0.1")
 
     run = tmp_path / "run"
-    assert main(["tile", str(out / "40X.csv"), "--out", str(run), "--config", str(path), "--workers", "0", "--quiet"]) == 0
+    assert (
+        main(["tile", str(out / "40X.csv"), "--out", str(run), "--config", str(path), "--workers", "0", "--quiet"]) == 0
+    )
     with h5py.File(run / "bags" / f"{names['40X']}.h5", "r") as bag:
         attrs = dict(bag["coords"].attrs)
         n_patches = bag["coords"].shape[0]
@@ -195,8 +210,23 @@ def test_breakhis_lists_and_tiling_without_mpp_metadata(tmp_path: Path, shared_d
     assert attrs["slide_mpp"] == pytest.approx(0.1) and attrs["mpp_source"] == "override"
     changed = set(yaml.safe_load(path.read_text())["tissue"]) - {"remove_pen"}
     defaults = [f"--set=tissue.{key}={getattr(TissueConfig(), key)}" for key in sorted(changed)]
-    assert main(["tile", str(out / "40X.csv"), "--out", str(tmp_path / "default-tissue"), "--config", str(path),
-                 "--workers", "0", "--quiet", *defaults]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "tile",
+                str(out / "40X.csv"),
+                "--out",
+                str(tmp_path / "default-tissue"),
+                "--config",
+                str(path),
+                "--workers",
+                "0",
+                "--quiet",
+                *defaults,
+            ]
+        )
+        == 0
+    )
     with h5py.File(tmp_path / "default-tissue" / "bags" / f"{names['40X']}.h5", "r") as bag:
         assert bag["coords"].shape[0] == 0  # the default tissue sizes drop this 70 x 46 um field whole
     # No MPP at all: level-0 tiling needs none.
@@ -250,7 +280,8 @@ def test_cluster_config_sends_tasks_to_the_scheduler(tmp_path: Path, make_slide)
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
         cluster.scheduler.add_plugin(Finished())
         config = load_config(CONFIGS / "cluster.yaml", sets=[f"parallel.scheduler={cluster.scheduler_address}"])
-        records = tile_slides(find_slides([slide], extensions=config.tiling.extensions), tmp_path, config=config,
-                              progress=False)  # fmt: skip
+        records = tile_slides(
+            find_slides([slide], extensions=config.tiling.extensions), tmp_path, config=config, progress=False
+        )
     assert len(Finished.keys) == 1  # the one slide's task ran on the scheduler's worker
     assert [r["status"] for r in records] == ["done"] and records[0]["n_patches"] == 24

@@ -58,10 +58,15 @@ def test_cohort_slides_masks_labels(tmp_path: Path) -> None:
             image = images[-1].astype(float)  # level 2 is 1/8, as the mask
             tissue = image.mean(-1) < 215
             assert image[mask & tissue].mean() > image[~mask & tissue].mean() - 5  # the lesion is not darker
-            windows = [(stain_statistics(level1[y : y + 128, x : x + 128])[1], y, x)
-                       for y in range(0, 768 - 127, 64) for x in range(0, 1024 - 127, 64)]  # fmt: skip
+            windows = [
+                (stain_statistics(level1[y : y + 128, x : x + 128])[1], y, x)
+                for y in range(0, 768 - 127, 64)
+                for x in range(0, 1024 - 127, 64)
+            ]
             _, y, x = max(windows)  # 128 px at level 1 (1 um/px); 32 px of the mask (4 um/px)
-            assert mask[y // 4 : y // 4 + 32, x // 4 : x // 4 + 32].mean() < 0.5, f"{slide_id}: darkest window is lesion"
+            assert mask[y // 4 : y // 4 + 32, x // 4 : x // 4 + 32].mean() < 0.5, (
+                f"{slide_id}: darkest window is lesion"
+            )
     assert not np.array_equal(images[0], images[1])
     stamp = (cohort.slides / f"{cohort.slide_ids[0]}.svs").stat().st_mtime_ns
     build_cohort(tmp_path / "cohort", spec=SMALL, workers=1)  # complete: reused
@@ -87,8 +92,9 @@ def _write_config(tmp_path: Path, text: str) -> Path:
         ("  slides: .\n  out: out\nextract:\n  checkpoint_path: nowhere.pth\n", ["nowhere.pth"]),
     ],
 )
-def test_run_config_errors_name_key_and_file_before_any_work(tmp_path: Path, run_section: str,
-                                                              fragments: list[str]) -> None:  # fmt: skip
+def test_run_config_errors_name_key_and_file_before_any_work(
+    tmp_path: Path, run_section: str, fragments: list[str]
+) -> None:
     path = _write_config(tmp_path, "run:\n" + run_section)
     with pytest.raises(ConfigError) as info:
         run_pipeline(load_run_config(path), where=str(path))
@@ -110,5 +116,9 @@ def test_demo_meets_the_issue_targets(tmp_path: Path) -> None:
     assert result.pipeline.failed == 0
     checks = targets(result)
     assert [(name.split(" ")[0], model) for name, model, _, _ in checks[:2]] == [("slide", "abmil"), ("slide", "ilam")]
-    assert [name.split(" ")[:2] for name, *_ in checks[2:]] == [["stain", "baseline"], ["best", "learned"], ["best", "map"]]
+    assert [name.split(" ")[:2] for name, *_ in checks[2:]] == [
+        ["stain", "baseline"],
+        ["best", "learned"],
+        ["best", "map"],
+    ]
     assert all(met for *_, met in checks), format_report(result)

@@ -16,16 +16,44 @@ PACKAGE = Path(__file__).resolve().parents[1] / "wsi_mil"
 #: Lowest first. A module may import its own layer and the layers before it.
 LAYERS = (
     # shared ground: errors, config, the run folder's layout, readers, stores, manifest, Dask
-    ("errors", "registry", "stats", "config", "run_layout", "device", "io", "store", "manifest", "parallel", "time_limit", "progress", "geojson",
-     "synthetic",
-     "datasets", ""),
+    (
+        "errors",
+        "registry",
+        "stats",
+        "config",
+        "run_layout",
+        "device",
+        "io",
+        "store",
+        "manifest",
+        "parallel",
+        "time_limit",
+        "progress",
+        "geojson",
+        "synthetic",
+        "datasets",
+        "",
+    ),
     ("tiling",),
     ("features",),
     ("mil",),
     ("explain",),
-    ("pipeline", "demo", "demo_cohort", "demo_tissue", "view", "cli", "cli_options", "cli_common", "cli_prepare",
-     "cli_train", "cli_explain", "cli_run", "__main__"),
-)  # fmt: skip
+    (
+        "pipeline",
+        "demo",
+        "demo_cohort",
+        "demo_tissue",
+        "view",
+        "cli",
+        "cli_options",
+        "cli_common",
+        "cli_prepare",
+        "cli_train",
+        "cli_explain",
+        "cli_run",
+        "__main__",
+    ),
+)
 
 
 def _module_name(path: Path) -> str:
@@ -39,8 +67,12 @@ MODULES = {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 def _imports(path: Path) -> list[tuple[str, str | None, int]]:
     """(imported module, imported name or None, line) of every wsi_mil import that runs."""
     tree = ast.parse(path.read_text(), filename=str(path))
-    type_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
-                 for n in ast.walk(node)}  # fmt: skip
+    type_only = {
+        id(n)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        for n in ast.walk(node)
+    }
     found = []
     for node in ast.walk(tree):
         if id(node) in type_only:
@@ -75,15 +107,23 @@ def test_every_module_is_placed_in_a_layer() -> None:
 
 
 def test_stages_import_only_downward() -> None:
-    upward = [f"{module} (layer {_layer(module)}) imports {target} (layer {_layer(target)}), line {line}"
-              for module, imports in GRAPH.items() for target, _, line in imports
-              if target in MODULES and _layer(target) > _layer(module)]  # fmt: skip
+    upward = [
+        f"{module} (layer {_layer(module)}) imports {target} (layer {_layer(target)}), line {line}"
+        for module, imports in GRAPH.items()
+        for target, _, line in imports
+        if target in MODULES and _layer(target) > _layer(module)
+    ]
     assert not upward, "imports against the dependency order:\n" + "\n".join(upward)
 
 
 def test_mil_never_imports_explain() -> None:
-    offending = [module for module, imports in GRAPH.items() if module.startswith("wsi_mil.mil")
-                 for target, _, _ in imports if target.startswith("wsi_mil.explain")]  # fmt: skip
+    offending = [
+        module
+        for module, imports in GRAPH.items()
+        if module.startswith("wsi_mil.mil")
+        for target, _, _ in imports
+        if target.startswith("wsi_mil.explain")
+    ]
     assert not offending
 
 
@@ -126,12 +166,16 @@ def _is_registration(cycle: list[str]) -> bool:
     """A registry and the modules it fills: each entry module imports the registry's decorator, and
     the registry imports them (inside a function) to register the built-ins. Any other loop is a cycle."""
     registries = [m for m in cycle if m.rsplit(".", 1)[-1] == "registry"]
-    return len(registries) == 1 and all(registries[0] in {t for t, _, _ in GRAPH[m]} for m in cycle if m != registries[0])
+    return len(registries) == 1 and all(
+        registries[0] in {t for t, _, _ in GRAPH[m]} for m in cycle if m != registries[0]
+    )
 
 
 def test_no_import_cycles() -> None:
-    edges = {module: {target for target, _, _ in imports if target in MODULES and target != module}
-             for module, imports in GRAPH.items()}  # fmt: skip
+    edges = {
+        module: {target for target, _, _ in imports if target in MODULES and target != module}
+        for module, imports in GRAPH.items()
+    }
     cycles = [cycle for cycle in _cycles(edges) if not _is_registration(cycle)]
     assert not cycles, "modules that import each other: " + "; ".join(" <-> ".join(c) for c in cycles)
 
@@ -143,9 +187,12 @@ def test_cycle_check_finds_a_cycle() -> None:
 
 
 def test_no_private_names_imported_across_modules() -> None:
-    private = [f"{module} imports {name} from {target}, line {line}"
-               for module, imports in GRAPH.items() for target, name, line in imports
-               if name and name.startswith("_") and not name.startswith("__") and target != module]  # fmt: skip
+    private = [
+        f"{module} imports {name} from {target}, line {line}"
+        for module, imports in GRAPH.items()
+        for target, name, line in imports
+        if name and name.startswith("_") and not name.startswith("__") and target != module
+    ]
     assert not private, "underscore names used outside their module:\n" + "\n".join(private)
 
 
@@ -156,12 +203,19 @@ def test_lower_layers_import_without_the_stages_above() -> None:
     import subprocess
     import sys
 
-    code = ("import importlib, pkgutil, sys\n"
-            "for name in ('wsi_mil.store', 'wsi_mil.io', 'wsi_mil.tiling', 'wsi_mil.features', 'wsi_mil.mil'):\n"
-            "    package = importlib.import_module(name)\n"
-            "    for m in pkgutil.iter_modules(package.__path__): importlib.import_module(f'{name}.{m.name}')\n"
-            "print(' '.join(sorted(n for n in sys.modules if n.startswith(('wsi_mil.explain', 'wsi_mil.pipeline', "
-            "'wsi_mil.cli', 'wsi_mil.view', 'wsi_mil.demo')))))")  # fmt: skip
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                            env={**os.environ, "PYTHONPATH": str(PACKAGE.parent)})  # fmt: skip
+    code = (
+        "import importlib, pkgutil, sys\n"
+        "for name in ('wsi_mil.store', 'wsi_mil.io', 'wsi_mil.tiling', 'wsi_mil.features', 'wsi_mil.mil'):\n"
+        "    package = importlib.import_module(name)\n"
+        "    for m in pkgutil.iter_modules(package.__path__): importlib.import_module(f'{name}.{m.name}')\n"
+        "print(' '.join(sorted(n for n in sys.modules if n.startswith(('wsi_mil.explain', 'wsi_mil.pipeline', "
+        "'wsi_mil.cli', 'wsi_mil.view', 'wsi_mil.demo')))))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(PACKAGE.parent)},
+    )
     assert result.stdout.strip() == "", f"the lower stages load {result.stdout.strip()}"

@@ -24,8 +24,9 @@ def batch() -> torch.Tensor:
 LARGE = {"uni"}
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in LARGE else n
-                                  for n in list_encoders()])  # fmt: skip
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n in LARGE else n for n in list_encoders()]
+)
 def test_every_encoder_builds_with_its_declared_width(name: str, batch: torch.Tensor) -> None:
     encoder = create_encoder(name, weights="random")
     x = encoder.transform(batch)

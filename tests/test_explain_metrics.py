@@ -57,9 +57,13 @@ def test_png_mask_geojson_and_asap_xml_agree(tmp_path: Path) -> None:
     Image.fromarray(mask).save(tmp_path / "a.png")
     _geojson(tmp_path / "b.geojson", [_polygon([LESION])])
     coords = "".join(f'<Coordinate Order="{i}" X="{x}" Y="{y}"/>' for i, (x, y) in enumerate(LESION[:4]))
-    (tmp_path / "c.xml").write_text(f'<ASAP_Annotations><Annotations><Annotation Name="t" PartOfGroup="_0">'
-                                    f"<Coordinates>{coords}</Coordinates></Annotation></Annotations></ASAP_Annotations>")
-    fractions = [patch_truth(_grid(), 256, load_ground_truth(tmp_path / n, SLIDE))[0] for n in ("a.png", "b.geojson", "c.xml")]
+    (tmp_path / "c.xml").write_text(
+        f'<ASAP_Annotations><Annotations><Annotation Name="t" PartOfGroup="_0">'
+        f"<Coordinates>{coords}</Coordinates></Annotation></Annotations></ASAP_Annotations>"
+    )
+    fractions = [
+        patch_truth(_grid(), 256, load_ground_truth(tmp_path / n, SLIDE))[0] for n in ("a.png", "b.geojson", "c.xml")
+    ]
     for fraction in fractions:
         assert int((fraction > 0.99).sum()) == 16  # 4 x 4 patches inside the 1024-px square
         np.testing.assert_allclose(fraction, fractions[0], atol=0.02)
@@ -68,8 +72,11 @@ def test_png_mask_geojson_and_asap_xml_agree(tmp_path: Path) -> None:
 def test_holes_exclusions_and_graded_layers(tmp_path: Path) -> None:
     hole = [[1280, 768], [1792, 768], [1792, 1280], [1280, 1280], [1280, 768]]
     core = [[1024, 512], [1280, 512], [1280, 768], [1024, 768], [1024, 512]]
-    features = [_polygon([LESION, hole]), _polygon([core], grade=3),
-                _polygon([[[0, 0], [256, 0], [256, 256], [0, 256], [0, 0]]], classification={"name": "Exclusion"})]
+    features = [
+        _polygon([LESION, hole]),
+        _polygon([core], grade=3),
+        _polygon([[[0, 0], [256, 0], [256, 256], [0, 256], [0, 0]]], classification={"name": "Exclusion"}),
+    ]
     truth = load_ground_truth(_geojson(tmp_path / "g.geojson", features), SLIDE)
     fraction, grade = patch_truth(np.array([[1024, 512], [1280, 768], [1536, 512]]), 256, truth)
     assert truth.graded and grade.tolist() == [3, 0, 2]
@@ -110,11 +117,25 @@ def test_evaluate_maps_writes_one_row_per_map(tmp_path: Path) -> None:
     noise = rng.normal(0, 1, len(coords))
     geometry = {"patch_size_level0": 256, "slide_id": "pos", "level_dim": list(SLIDE)}
     for slide_id in ("pos", "neg", "unannotated"):
-        maps = {"attention_raw": good, "attention": good, "attention_pct": good,
-                "instance_logits": np.stack([-noise, noise], 1)}  # fmt: skip
-        write_scores(tmp_path / "run" / "scores" / "abmil" / f"{slide_id}.h5", coords, maps,
-                     attrs={"classes": ["normal", "tumor"], "probs": [0.5, 0.5], "pred": 1, "model": "abmil",
-                            "slide_id": slide_id}, coords_attrs={**geometry, "slide_id": slide_id})  # fmt: skip
+        maps = {
+            "attention_raw": good,
+            "attention": good,
+            "attention_pct": good,
+            "instance_logits": np.stack([-noise, noise], 1),
+        }
+        write_scores(
+            tmp_path / "run" / "scores" / "abmil" / f"{slide_id}.h5",
+            coords,
+            maps,
+            attrs={
+                "classes": ["normal", "tumor"],
+                "probs": [0.5, 0.5],
+                "pred": 1,
+                "model": "abmil",
+                "slide_id": slide_id,
+            },
+            coords_attrs={**geometry, "slide_id": slide_id},
+        )
     masks = tmp_path / "masks"
     masks.mkdir()
     (tmp_path / "pos.geojson").rename(masks / "pos.geojson")
@@ -151,8 +172,10 @@ def test_faithfulness_curves_follow_the_evidence() -> None:
     features[:, 1] = np.linspace(0, 1, 20)
     coords = np.stack([np.arange(20) * 256, np.zeros(20)], 1).astype(np.int64)
     maps = {"evidence": features[:, 0] + 0.01 * features[:, 1], "wrong": -features[:, 0]}
-    rows = {(r["map"], r["fraction"]): r for r in faithfulness_curves([head], features, coords, maps, target=1,
-                                                                       fractions=(0.25,))}  # fmt: skip
+    rows = {
+        (r["map"], r["fraction"]): r
+        for r in faithfulness_curves([head], features, coords, maps, target=1, fractions=(0.25,))
+    }
     full = 1 / (1 + np.exp(-5 * 5 / 20))  # mean logit 1.25
     assert rows[("evidence", 0.25)]["p_full"] == pytest.approx(full, rel=1e-5)
     assert rows[("evidence", 0.25)]["p_removed"] == pytest.approx(0.5, abs=1e-6)  # no evidence left

@@ -100,14 +100,18 @@ def test_tiles_region_and_stored_pixels_give_the_same_features(tmp_path: Path, r
     region = read_features(tmp_path / "a" / "features" / "resnet18" / "reference.zarr")
     stored = read_features(tmp_path / "b" / "features" / "resnet18" / "reference.h5")
     assert (tiles.attrs["patch_source"], region.attrs["patch_source"], stored.attrs["patch_source"]) == (
-        "tiles", "read_region", "stored",
-    )  # fmt: skip
+        "tiles",
+        "read_region",
+        "stored",
+    )
     np.testing.assert_allclose(region.features, tiles.features, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(stored.features, tiles.features, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize(("loader", "workers"), [("threads", 2), ("processes", 1), ("processes", 0)])
-def test_loaders_give_the_same_batches_in_order(reference_slide: Path, tmp_path: Path, loader: str, workers: int) -> None:
+def test_loaders_give_the_same_batches_in_order(
+    reference_slide: Path, tmp_path: Path, loader: str, workers: int
+) -> None:
     from wsi_mil.features.loaders import make_loader, ring_size
     from wsi_mil.features.reading import PatchDataset
 
@@ -117,8 +121,9 @@ def test_loaders_give_the_same_batches_in_order(reference_slide: Path, tmp_path:
         source = make_source(bag, slide)
     expected = np.stack([source.read(i) for i in range(len(bag))])
     source.close()
-    batches = make_loader(PatchDataset(source, blank_size=source.size, ring_size=ring_size()), kind=loader,
-                          batch_size=5, workers=workers)  # fmt: skip
+    batches = make_loader(
+        PatchDataset(source, blank_size=source.size, ring_size=ring_size()), kind=loader, batch_size=5, workers=workers
+    )
     seen = []
     for images, valid, index in batches:
         assert valid.all()
@@ -129,11 +134,18 @@ def test_loaders_give_the_same_batches_in_order(reference_slide: Path, tmp_path:
         assert not source._handles  # every reading thread's handle was closed with its thread
 
 
-@pytest.mark.parametrize(("direct_tiles", "loader"), [(True, "threads"), (False, "threads"), (True, "processes"),
-                                                  (False, "processes")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("direct_tiles", "loader"), [(True, "threads"), (False, "threads"), (True, "processes"), (False, "processes")]
+)
 def test_a_corrupt_tile_costs_one_patch_not_the_slide(tmp_path: Path, direct_tiles: bool, loader: str) -> None:
-    slide = write_synthetic_slide(tmp_path / "damaged.svs", width=4096, height=3072, mpp=0.5,
-                                  regions=[Region(1024, 512, 1536, 1024)], downsamples=(1, 4, 16))  # fmt: skip
+    slide = write_synthetic_slide(
+        tmp_path / "damaged.svs",
+        width=4096,
+        height=3072,
+        mpp=0.5,
+        regions=[Region(1024, 512, 1536, 1024)],
+        downsamples=(1, 4, 16),
+    )
     _tile(tmp_path / "run", slide)
     _corrupt_tile(slide, 1280, 768)
     config = _config(replace(FAST, direct_tiles=direct_tiles, loader=loader, num_workers=2))
@@ -146,8 +158,9 @@ def test_a_corrupt_tile_costs_one_patch_not_the_slide(tmp_path: Path, direct_til
 
 
 def test_a_changed_slide_is_refused(tmp_path: Path) -> None:
-    slide = write_synthetic_slide(tmp_path / "case.svs", width=2048, height=2048, mpp=0.5,
-                                  regions=[Region(0, 0, 2048, 2048)], downsamples=(1,))  # fmt: skip
+    slide = write_synthetic_slide(
+        tmp_path / "case.svs", width=2048, height=2048, mpp=0.5, regions=[Region(0, 0, 2048, 2048)], downsamples=(1,)
+    )
     _tile(tmp_path / "run", slide)
     write_synthetic_slide(slide, width=3072, height=2048, mpp=0.5, regions=[Region(0, 0, 3072, 2048)], downsamples=(1,))
     [record] = extract_run(tmp_path / "run", config=_config(), progress=False)
@@ -183,8 +196,14 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 def test_cli_extract_through_dask_and_resume_after_kill(tmp_path: Path) -> None:
     slides = tmp_path / "slides"
     for index in range(4):
-        write_synthetic_slide(slides / f"s{index}.svs", width=2048, height=1024, mpp=0.5,
-                              regions=[Region(256 * index, 0, 1024, 1024)], downsamples=(1, 4))  # fmt: skip
+        write_synthetic_slide(
+            slides / f"s{index}.svs",
+            width=2048,
+            height=1024,
+            mpp=0.5,
+            regions=[Region(256 * index, 0, 1024, 1024)],
+            downsamples=(1, 4),
+        )
     run, reference = tmp_path / "run", tmp_path / "reference"
     for out in (run, reference):
         assert _run("tile", str(slides), "--out", str(out), "--workers", "0", "--quiet").returncode == 0
@@ -192,8 +211,11 @@ def test_cli_extract_through_dask_and_resume_after_kill(tmp_path: Path) -> None:
     done = _run("extract", str(reference), "--workers", "1", *args)  # a real LocalCluster, loader workers inside
     assert done.returncode == 0, done.stderr
 
-    process = subprocess.Popen([sys.executable, "-m", "wsi_mil.cli", "extract", str(run), "--workers", "0", *args],
-                               start_new_session=True, stderr=subprocess.DEVNULL)  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-m", "wsi_mil.cli", "extract", str(run), "--workers", "0", *args],
+        start_new_session=True,
+        stderr=subprocess.DEVNULL,
+    )
     features = run / "features" / "resnet18"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and len(list(features.glob("*.h5"))) < 1:

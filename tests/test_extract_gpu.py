@@ -28,12 +28,18 @@ def _needs_cuda() -> None:
 @pytest.mark.parametrize("loader", ["processes", "threads"])
 def test_cuda_features_match_cpu(tmp_path: Path, reference_slide: Path, loader: str) -> None:
     base = ExtractConfig(encoder="resnet18", weights="random", batch_size=8)
-    tile_slides([SlideSource(reference_slide, "reference")], tmp_path, config=Config(parallel=ParallelConfig(workers=0)),
-                progress=False)  # fmt: skip
+    tile_slides(
+        [SlideSource(reference_slide, "reference")],
+        tmp_path,
+        config=Config(parallel=ParallelConfig(workers=0)),
+        progress=False,
+    )
     runs = {}
     for device in ("cpu", "cuda"):
-        config = Config(extract=replace(base, device=device, loader=loader, num_workers=2, feature_format="h5"),
-                        parallel=ParallelConfig(workers=0))  # fmt: skip
+        config = Config(
+            extract=replace(base, device=device, loader=loader, num_workers=2, feature_format="h5"),
+            parallel=ParallelConfig(workers=0),
+        )
         [record] = extract_run(tmp_path, config=config, progress=False, overwrite=True)
         assert record["status"] == "done" and record["device"].startswith(device)
         runs[device] = read_features(tmp_path / "features" / "resnet18" / "reference.h5").features

@@ -45,10 +45,17 @@ def _write_run(run: Path, slide: Path) -> dict[str, np.ndarray]:
 
     bag = read_bag(run / "bags" / f"{slide.stem}.h5")
     maps = _scores(bag.coords)
-    geometry = {k: bag.attrs[k] for k in ("patch_size_level0", "patch_size", "patch_level", "slide_mpp",
-                                          "target_mpp", "slide_path", "slide_id")}  # fmt: skip
-    write_scores(run / "scores" / MODEL / f"{slide.stem}.h5", bag.coords, maps, coords_attrs=geometry,
-                 attrs={"probs": [0.3, 0.7], "pred": 1, "classes": ["normal", "tumor"], "model": MODEL})  # fmt: skip
+    geometry = {
+        k: bag.attrs[k]
+        for k in ("patch_size_level0", "patch_size", "patch_level", "slide_mpp", "target_mpp", "slide_path", "slide_id")
+    }
+    write_scores(
+        run / "scores" / MODEL / f"{slide.stem}.h5",
+        bag.coords,
+        maps,
+        coords_attrs=geometry,
+        attrs={"probs": [0.3, 0.7], "pred": 1, "classes": ["normal", "tumor"], "model": MODEL},
+    )
     return {"coords": bag.coords, **maps}
 
 
@@ -57,14 +64,20 @@ def run(tmp_path_factory: pytest.TempPathFactory, reference_slide: Path) -> tupl
     run = tmp_path_factory.mktemp("heatmap_run")
     data = _write_run(run, reference_slide)
     options = HeatmapConfig(maps=("attention_pct", "logit"), formats=ALL_FORMATS, thumbnail_size=512)
-    heatmap_slide(run / "scores" / MODEL / "reference.h5", out_dir=run / "out", bag_path=run / "bags" / "reference.h5",
-                  options=options)  # fmt: skip
+    heatmap_slide(
+        run / "scores" / MODEL / "reference.h5",
+        out_dir=run / "out",
+        bag_path=run / "bags" / "reference.h5",
+        options=options,
+    )
     return run, data
 
 
 def _value_at(data: dict[str, np.ndarray], x: int, y: int, name: str = "attention_pct") -> float:
     coords = data["coords"]
-    hit = np.flatnonzero((coords[:, 0] <= x) & (x < coords[:, 0] + 256) & (coords[:, 1] <= y) & (y < coords[:, 1] + 256))
+    hit = np.flatnonzero(
+        (coords[:, 0] <= x) & (x < coords[:, 0] + 256) & (coords[:, 1] <= y) & (y < coords[:, 1] + 256)
+    )
     return float(data[name][hit[0]])
 
 
@@ -88,8 +101,9 @@ def test_ome_zarr_multiscales_and_values(run: tuple[Path, dict]) -> None:
     assert level1[(y + 128) // 2, (x + 128) // 2] == pytest.approx(_value_at(data, x + 128, y + 128))
 
 
-def test_tiff_opens_in_openslide_and_tiffslide_aligned_with_the_slide(run: tuple[Path, dict],
-                                                                       reference_slide: Path) -> None:  # fmt: skip
+def test_tiff_opens_in_openslide_and_tiffslide_aligned_with_the_slide(
+    run: tuple[Path, dict], reference_slide: Path
+) -> None:
     import openslide
     import tiffslide
 
@@ -153,29 +167,56 @@ def test_geojson_is_a_qupath_feature_collection(run: tuple[Path, dict]) -> None:
         "required": ["type", "features"],
         "properties": {
             "type": {"const": "FeatureCollection"},
-            "features": {"type": "array", "items": {
-                "type": "object",
-                "required": ["type", "geometry", "properties"],
-                "properties": {
-                    "type": {"const": "Feature"},
-                    "geometry": {"type": "object", "required": ["type", "coordinates"], "properties": {
-                        "type": {"const": "Polygon"},
-                        "coordinates": {"type": "array", "minItems": 1, "items": {
-                            "type": "array", "minItems": 4, "items": {
-                                "type": "array", "minItems": 2, "maxItems": 2, "items": {"type": "number"}}}}}},
-                    "properties": {"type": "object", "required": ["objectType", "measurements"], "properties": {
-                        "objectType": {"enum": ["tile", "detection", "annotation"]},
-                        "measurements": {"type": "object", "additionalProperties": number, "minProperties": 1}}},
+            "features": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["type", "geometry", "properties"],
+                    "properties": {
+                        "type": {"const": "Feature"},
+                        "geometry": {
+                            "type": "object",
+                            "required": ["type", "coordinates"],
+                            "properties": {
+                                "type": {"const": "Polygon"},
+                                "coordinates": {
+                                    "type": "array",
+                                    "minItems": 1,
+                                    "items": {
+                                        "type": "array",
+                                        "minItems": 4,
+                                        "items": {
+                                            "type": "array",
+                                            "minItems": 2,
+                                            "maxItems": 2,
+                                            "items": {"type": "number"},
+                                        },
+                                    },
+                                },
+                            },
+                        },
+                        "properties": {
+                            "type": "object",
+                            "required": ["objectType", "measurements"],
+                            "properties": {
+                                "objectType": {"enum": ["tile", "detection", "annotation"]},
+                                "measurements": {"type": "object", "additionalProperties": number, "minProperties": 1},
+                            },
+                        },
+                    },
                 },
-            }},
+            },
         },
-    }  # fmt: skip
+    }
     jsonschema.validate(collection, schema)
     features = collection["features"]
     assert len(features) == len(data["coords"])
     first = features[0]
     x, y = data["coords"][0]
-    assert first["geometry"]["coordinates"][0][0] == [x, y] and first["geometry"]["coordinates"][0][2] == [x + 256, y + 256]
+    assert first["geometry"]["coordinates"][0][0] == [x, y] and first["geometry"]["coordinates"][0][2] == [
+        x + 256,
+        y + 256,
+    ]
     assert set(first["properties"]["measurements"]) == {"attention_pct", "logit_tumor"}
     assert first["properties"]["measurements"]["attention_pct"] == pytest.approx(data["attention_pct"][0], rel=1e-6)
     logits = data["instance_logits"][0]

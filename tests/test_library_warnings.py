@@ -31,8 +31,15 @@ def _flat_tiff(path: Path, *, bad_tag: bool) -> Path:
 
     rgb = np.full((1024, 1024, 3), 240, np.uint8)
     rgb[256:768, 256:768] = np.tile(tissue_texture(256, seed=1), (2, 2, 1))
-    tifffile.imwrite(path, rgb, photometric="rgb", resolution=(2e4, 2e4), resolutionunit="CENTIMETER",
-                     software="wsi-mil test", rowsperstrip=64)  # fmt: skip
+    tifffile.imwrite(
+        path,
+        rgb,
+        photometric="rgb",
+        resolution=(2e4, 2e4),
+        resolutionunit="CENTIMETER",
+        software="wsi-mil test",
+        rowsperstrip=64,
+    )
     if bad_tag:
         with tifffile.TiffFile(path) as tif:
             tag = tif.pages[0].tags[305]
@@ -61,8 +68,9 @@ def _check_stage(run: Path, stage: str, capsys: pytest.CaptureFixture[str], capl
 
 
 @pytest.mark.slow
-def test_library_warnings_name_their_slide_in_every_stage(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                          caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+def test_library_warnings_name_their_slide_in_every_stage(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
     slides, run, masks = tmp_path / "slides", tmp_path / "run", tmp_path / "masks"
     slides.mkdir()
     masks.mkdir()
@@ -77,14 +85,42 @@ def test_library_warnings_name_their_slide_in_every_stage(tmp_path: Path, capsys
 
     assert main(["tile", str(slides), "--out", str(run), "--patch-size", "128", *QUIET]) == 0
     _check_stage(run, "tile", capsys, caplog)
-    assert main(["extract", str(run), "--encoder", "resnet18", "--weights", "random", "--batch-size", "16", *QUIET]) == 0
+    assert (
+        main(["extract", str(run), "--encoder", "resnet18", "--weights", "random", "--batch-size", "16", *QUIET]) == 0
+    )
     _check_stage(run, "extract", capsys, caplog)
-    assert main(["train", str(run), "--labels", str(labels), "--model", "abmil", "--folds", "2", "--epochs", "1",
-                 "--device", "cpu", "--set", "train.min_epochs=1", "--set", "train.val_fraction=0", "--quiet"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                str(run),
+                "--labels",
+                str(labels),
+                "--model",
+                "abmil",
+                "--folds",
+                "2",
+                "--epochs",
+                "1",
+                "--device",
+                "cpu",
+                "--set",
+                "train.min_epochs=1",
+                "--set",
+                "train.val_fraction=0",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert main(["predict", str(run), "--model-dir", str(run / "models" / "abmil"), "--device", "cpu", "--quiet"]) == 0
     capsys.readouterr()
-    assert main(["heatmap", str(run), "--formats", "png", "--maps", "attention_pct", "--set", "heatmap.cam_top_k=0",
-                 *QUIET]) == 0  # the maps read the slide; CAMs (slow here) would add nothing  # fmt: skip
+    assert (
+        main(
+            ["heatmap", str(run), "--formats", "png", "--maps", "attention_pct", "--set", "heatmap.cam_top_k=0", *QUIET]
+        )
+        == 0
+    )  # the maps read the slide; CAMs (slow here) would add nothing
     _check_stage(run, "heatmap", capsys, caplog)
     assert main(["evaluate-maps", str(run), "--masks", str(masks), "--no-faithfulness", "--quiet"]) == 0
     _check_stage(run, "evaluate-maps", capsys, caplog)

@@ -15,7 +15,9 @@ def _grid(n: int) -> np.ndarray:
 def test_grid_neighbours_are_8_connected() -> None:
     i, j = grid_neighbours(_grid(3), 256)
     assert len(i) == 20  # 12 edge + 8 diagonal pairs in a 3 x 3 grid
-    assert (0, 4) in set(zip(i.tolist(), j.tolist(), strict=True)) and (0, 8) not in set(zip(i.tolist(), j.tolist(), strict=True))
+    assert (0, 4) in set(zip(i.tolist(), j.tolist(), strict=True)) and (0, 8) not in set(
+        zip(i.tolist(), j.tolist(), strict=True)
+    )
 
 
 def test_ranking_fills_the_lesion_that_attention_marks_in_part() -> None:

@@ -34,15 +34,41 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
         write_planted_bags(bags, run / "features" / "toy" / bag_set)
         for bag in bags[:2]:  # geometry the feature files lack comes from the bag
             with open_bag_writer(run / "bags" / bag_set / f"{bag.slide_id}.h5") as writer:
-                writer.write_coords(bag.coords, {"patch_size": 256, "patch_level": 0, "slide_mpp": 0.5,
-                                                 "target_mpp": float(bag_set.rstrip("mp")), "slide_path": "/x.svs",
-                                                 "level_dim": [4096, 4096]})  # fmt: skip
+                writer.write_coords(
+                    bag.coords,
+                    {
+                        "patch_size": 256,
+                        "patch_level": 0,
+                        "slide_mpp": 0.5,
+                        "target_mpp": float(bag_set.rstrip("mp")),
+                        "slide_path": "/x.svs",
+                        "level_dim": [4096, 4096],
+                    },
+                )
     lines = ["slide_id,label,patient_id"]
     for bag in bags[:14]:  # bags 14 and 15 stay unlabelled: "new" slides for predict
         lines.append(f"{bag.slide_id},{'tumor' if bag.label else 'normal'},p{int(bag.slide_id[-2:]) // 2}")
     (run / "labels.csv").write_text("\n".join(lines) + "\n")
-    argv = ["train", str(run), "--labels", str(run / "labels.csv"), "--model", "ilam", "--name", "il", "--folds", "3",
-            "--epochs", "2", "--device", "cpu", "--set", "train.transformer=true", *QUICK, "--quiet"]
+    argv = [
+        "train",
+        str(run),
+        "--labels",
+        str(run / "labels.csv"),
+        "--model",
+        "ilam",
+        "--name",
+        "il",
+        "--folds",
+        "3",
+        "--epochs",
+        "2",
+        "--device",
+        "cpu",
+        "--set",
+        "train.transformer=true",
+        *QUICK,
+        "--quiet",
+    ]
     assert main(argv) == 0
     weights = run / "models" / "il" / "1mpp" / "fold_2" / "model.safetensors"
     before = weights.stat().st_mtime_ns
@@ -56,7 +82,12 @@ def test_train_writes_folds_summary_and_plots_per_feature_set(trained: Path) -> 
     for bag_set in SETS:
         for fold in range(3):
             fold_dir = model_dir / bag_set / f"fold_{fold}"
-            assert {p.name for p in fold_dir.iterdir()} == {"model.safetensors", "config.json", "metrics.json", "predictions.csv"}
+            assert {p.name for p in fold_dir.iterdir()} == {
+                "model.safetensors",
+                "config.json",
+                "metrics.json",
+                "predictions.csv",
+            }
         assert (model_dir / bag_set / "roc.png").read_bytes()[:4] == b"\x89PNG"
         assert (model_dir / bag_set / "confusion.png").exists()
         with (model_dir / bag_set / "splits.csv").open() as handle:
@@ -86,8 +117,15 @@ def test_predict_writes_the_scores_contract(trained: Path) -> None:
         features = read_features(trained / "features" / "toy" / "0.5mpp" / f"{slide_id}.h5")
         n = len(features.features)
         assert scores.coords.dtype == np.int64 and np.array_equal(scores.coords, features.coords)
-        assert set(scores.maps) == {S.ATTENTION_RAW, S.ATTENTION, S.ATTENTION_PCT, S.INSTANCE_LOGITS, S.CONTRIBUTION, S.RELEVANCE,
-                                    S.MANIFOLD}
+        assert set(scores.maps) == {
+            S.ATTENTION_RAW,
+            S.ATTENTION,
+            S.ATTENTION_PCT,
+            S.INSTANCE_LOGITS,
+            S.CONTRIBUTION,
+            S.RELEVANCE,
+            S.MANIFOLD,
+        }
         assert scores.maps[S.MANIFOLD].min() == 0.0 and scores.maps[S.MANIFOLD].max() == 1.0
         assert all(v.dtype == np.float32 and len(v) == n for v in scores.maps.values())
         assert scores.maps[S.INSTANCE_LOGITS].shape == scores.maps[S.CONTRIBUTION].shape == (n, 2)
@@ -102,9 +140,16 @@ def test_predict_writes_the_scores_contract(trained: Path) -> None:
             assert scores.attrs["fold_policy"] == "mean" and scores.attrs["folds"] == [0, 1, 2]
         else:
             assert scores.attrs["fold_policy"] == "out_of_fold" and scores.attrs["folds"] == [fold]
-            np.testing.assert_allclose(scores.maps[S.CONTRIBUTION],
-                                       scores.maps[S.ATTENTION][:, None] * scores.maps[S.INSTANCE_LOGITS], rtol=1e-5, atol=1e-7)
-            prediction = {r["slide_id"]: r for r in csv.DictReader((model_dir / "0.5mpp" / f"fold_{fold}" / "predictions.csv").open())}
+            np.testing.assert_allclose(
+                scores.maps[S.CONTRIBUTION],
+                scores.maps[S.ATTENTION][:, None] * scores.maps[S.INSTANCE_LOGITS],
+                rtol=1e-5,
+                atol=1e-7,
+            )
+            prediction = {
+                r["slide_id"]: r
+                for r in csv.DictReader((model_dir / "0.5mpp" / f"fold_{fold}" / "predictions.csv").open())
+            }
             assert float(prediction[slide_id]["prob_tumor"]) == pytest.approx(float(scores.attrs["probs"][1]), abs=1e-5)
     with_bag = S.read_scores(trained / "scores" / "il" / "1mpp" / "bag_0000.h5")
     assert with_bag.coords_attrs["slide_mpp"] == 0.5 and with_bag.coords_attrs["target_mpp"] == 1.0
@@ -113,9 +158,25 @@ def test_predict_writes_the_scores_contract(trained: Path) -> None:
 
 def test_predict_subprocess_mean_over_folds(trained: Path) -> None:
     wsi_mil = Path(sys.executable).with_name("wsi-mil")
-    done = subprocess.run([str(wsi_mil), "predict", str(trained), "--model-dir", str(trained / "models" / "il"),
-                           "--all-folds", "--slides", "bag_0003", "--overwrite", "--device", "cpu"],
-                          capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    done = subprocess.run(
+        [
+            str(wsi_mil),
+            "predict",
+            str(trained),
+            "--model-dir",
+            str(trained / "models" / "il"),
+            "--all-folds",
+            "--slides",
+            "bag_0003",
+            "--overwrite",
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert done.returncode == 0, done.stderr
     scores = S.read_scores(trained / "scores" / "il" / "0.5mpp" / "bag_0003.h5")
     assert scores.attrs["fold_policy"] == "mean" and scores.attrs["folds"] == [0, 1, 2]
@@ -128,7 +189,10 @@ def test_abmil_scores_have_no_contribution_and_csv_split_column(tmp_path: Path) 
     roles = ["train"] * 8 + ["test"] * 4
     rows = [f"{b.slide_id},{b.label},{role}" for b, role in zip(bags, roles, strict=True)]
     (tmp_path / "labels.csv").write_text("slide_id,label,split\n" + "\n".join(rows) + "\n")
-    assert main(["train", str(tmp_path), "--labels", str(tmp_path / "labels.csv"), "--epochs", "2", *QUICK, "--quiet"]) == 0
+    assert (
+        main(["train", str(tmp_path), "--labels", str(tmp_path / "labels.csv"), "--epochs", "2", *QUICK, "--quiet"])
+        == 0
+    )
     assert [p.name for p in sorted((tmp_path / "models" / "abmil").glob("fold_*"))] == ["fold_0"]
     assert main(["predict", str(tmp_path), "--model-dir", str(tmp_path / "models" / "abmil"), "--quiet"]) == 0
     scores = S.read_scores(tmp_path / "scores" / "abmil" / "bag_0000.h5")
@@ -145,7 +209,10 @@ def test_a_truncated_score_file_is_redone_not_skipped(trained: Path) -> None:
     assert S.scores_problem(path) is not None
     assert main(argv) == 0
     with (trained / "manifest.csv").open(newline="") as handle:
-        [row] = [r for r in csv.DictReader(handle) if r["stage"] == "predict" and r["slide_id"] == "bag_0003"
-                 and r["bag_set"] == "il/0.5mpp"]  # fmt: skip
+        [row] = [
+            r
+            for r in csv.DictReader(handle)
+            if r["stage"] == "predict" and r["slide_id"] == "bag_0003" and r["bag_set"] == "il/0.5mpp"
+        ]
     assert row["status"] == "done" and row["note"].startswith("redone: the previous score file was"), row
     assert S.scores_problem(path) is None and len(S.read_scores(path).coords) == int(row["n_patches"])

@@ -42,13 +42,18 @@ def test_gated_abmil_is_clams_attn_net_gated() -> None:
     assert isinstance(model.attention.attention_b[1], torch.nn.Sigmoid)
     assert model.classifier.weight.shape == (2, 512)
     default = create_mil_model("abmil", in_dim=1024, n_classes=2)  # measured default: half the width
-    assert default.projection[0].weight.shape == (256, 1024) and default.attention.attention_a[0].weight.shape == (128, 256)
+    assert default.projection[0].weight.shape == (256, 1024) and default.attention.attention_a[0].weight.shape == (
+        128,
+        256,
+    )
     plain = create_mil_model("abmil_plain", in_dim=1024, n_classes=2)
     assert not hasattr(plain.attention, "attention_b")
 
 
-@pytest.mark.parametrize("options", [{}, {"channel_attention": True}, {"transformer": True},
-                                     {"transformer": True, "transformer_max_instances": 16}])
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"channel_attention": True}, {"transformer": True}, {"transformer": True, "transformer_max_instances": 16}],
+)
 def test_ilam_contributions_plus_global_term_equal_the_bag_logits(options: dict) -> None:
     torch.manual_seed(1)
     model = create_mil_model("ilam", in_dim=24, n_classes=3, **options).eval()

@@ -30,7 +30,9 @@ def _run(tmp_path: Path, n: int = 8, dim: int = 6) -> tuple[Path, Path, list]:
     return tmp_path, labels, bags
 
 
-def test_empty_bags_and_unmatched_ids_are_reported_not_dropped_silently(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_empty_bags_and_unmatched_ids_are_reported_not_dropped_silently(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     run, labels, _ = _run(tmp_path, n=10)
     write_features(run / "features" / "enc" / "bag_0000.h5", np.zeros((0, 6), np.float32), np.zeros((0, 2)), {})
     write_features(run / "features" / "enc" / "stray.h5", np.ones((3, 6), np.float32), np.zeros((3, 2)), {})
@@ -124,8 +126,28 @@ def test_clam_layouts(tmp_path: Path) -> None:
     (feature_set,) = find_feature_sets([pt_only])
     assert feature_set.files["bag_0001"].suffix == ".pt" and not feature_set.coords_files
     for folder in (clam, pt_only):
-        assert main(["train", str(tmp_path / "run"), "--labels", str(labels), "--features", str(folder), "--folds", "2",
-                     "--epochs", "1", "--name", folder.name, "--device", "cpu", "--quiet"]) == 0
+        assert (
+            main(
+                [
+                    "train",
+                    str(tmp_path / "run"),
+                    "--labels",
+                    str(labels),
+                    "--features",
+                    str(folder),
+                    "--folds",
+                    "2",
+                    "--epochs",
+                    "1",
+                    "--name",
+                    folder.name,
+                    "--device",
+                    "cpu",
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
         assert (tmp_path / "run" / "models" / folder.name / "fold_1" / "model.safetensors").exists()
 
 

@@ -59,8 +59,19 @@ def test_same_seed_same_metrics_on_cpu(tmp_path: Path) -> None:
     bags = make_planted_bags(18, n_instances=(10, 20), dim=8, seed=5)
     labels = tmp_path / "labels.csv"
     write_planted_bags(bags, tmp_path / "run" / "features" / "toy", labels_csv=labels)
-    train = TrainConfig(model="ilam", folds=3, epochs=3, min_epochs=1, hidden_dim=16, attention_dim=8, device="cpu",
-                        instance_dropout=0.2, channel_attention=True, instance_loss=True, instance_k=2)
+    train = TrainConfig(
+        model="ilam",
+        folds=3,
+        epochs=3,
+        min_epochs=1,
+        hidden_dim=16,
+        attention_dim=8,
+        device="cpu",
+        instance_dropout=0.2,
+        channel_attention=True,
+        instance_loss=True,
+        instance_k=2,
+    )
     runs = []
     for name in ("a", "b"):
         train_run(tmp_path / "run", labels, config=Config(train=replace(train, name=name)))
@@ -87,8 +98,17 @@ def test_three_classes_end_to_end(tmp_path: Path) -> None:
     bags = make_planted_bags(18, n_instances=(8, 12), dim=8, n_classes=3, signal=5.0, seed=7)
     labels = tmp_path / "labels.csv"
     write_planted_bags(bags, tmp_path / "run" / "features" / "toy", labels_csv=labels, class_names=("a", "b", "c"))
-    train = TrainConfig(model="ilam", folds=3, epochs=3, min_epochs=1, hidden_dim=16, attention_dim=8, device="cpu",
-                        instance_loss=True, instance_k=2)
+    train = TrainConfig(
+        model="ilam",
+        folds=3,
+        epochs=3,
+        min_epochs=1,
+        hidden_dim=16,
+        attention_dim=8,
+        device="cpu",
+        instance_loss=True,
+        instance_k=2,
+    )
     (result,) = train_run(tmp_path / "run", labels, config=Config(train=train))
     assert result.classes == ["a", "b", "c"] and len(result.folds) == 3
     assert all(0.0 <= fold["roc_auc"] <= 1.0 for fold in result.folds)

@@ -41,7 +41,9 @@ def test_standardization_statistics_come_from_the_training_bags_only(tmp_path: P
     for scale in (1.0, 1000.0):  # only the test bags change
         changed = [b if i < 8 else replace(b, features=b.features * scale + 50) for i, b in enumerate(bags)]
         store = bag_store(tmp_path, changed, f"features_{scale:g}")
-        trainer = FoldTrainer(store, {b.slide_id: b.label for b in bags}, 2, config=SMALL, device=torch.device("cpu"), fold=0)
+        trainer = FoldTrainer(
+            store, {b.slide_id: b.label for b in bags}, 2, config=SMALL, device=torch.device("cpu"), fold=0
+        )
         trainer.fit_standardization(train)
         buffers.append((trainer.model.standardize.mean.clone(), trainer.model.standardize.inv_std.clone()))
     stacked = np.concatenate([b.features for b in bags[:8]]).astype(np.float64)
@@ -64,16 +66,20 @@ def test_a_constant_channel_is_centred_not_divided_by_zero(tmp_path: Path) -> No
     assert np.isfinite(probs).all() and np.isfinite(loss)
 
 
-@pytest.mark.parametrize(("model", "options"), [
-    ("abmil", {}),
-    ("abmil_plain", {"channel_attention": True}),
-    ("ilam", {"channel_attention": True}),
-    ("ilam", {"transformer": True, "transformer_max_instances": 4}),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("model", "options"),
+    [
+        ("abmil", {}),
+        ("abmil_plain", {"channel_attention": True}),
+        ("ilam", {"channel_attention": True}),
+        ("ilam", {"transformer": True, "transformer_max_instances": 4}),
+    ],
+)
 def test_a_padded_batch_equals_its_bags_one_at_a_time(model: str, options: dict) -> None:
     torch.manual_seed(0)
-    head = create_mil_model(model, in_dim=5, n_classes=2, hidden_dim=16, attention_dim=8, instance_loss=True,
-                            instance_k=2, **options).eval()  # fmt: skip
+    head = create_mil_model(
+        model, in_dim=5, n_classes=2, hidden_dim=16, attention_dim=8, instance_loss=True, instance_k=2, **options
+    ).eval()
     head.standardize.set_statistics(np.arange(5.0), np.array([1.0, 2.0, 0.5, 3.0, 1.0]))
     sizes = (3, 7, 1, 5)
     bags = [(torch.randn(n, 5) * 3, torch.randint(0, 10, (n, 2)) * 256) for n in sizes]
@@ -108,8 +114,12 @@ def test_a_batch_step_has_the_mean_gradient_of_its_bags() -> None:
     batch = pad_bags(["a", "b", "c"], bags)
     loss = torch.nn.functional.cross_entropy(head(batch.features, batch.coords, mask=batch.mask).logits, labels)
     together = torch.autograd.grad(loss, list(head.parameters()))
-    singles = [torch.autograd.grad(torch.nn.functional.cross_entropy(head(f, c).logits[None], labels[i : i + 1]),
-                                   list(head.parameters())) for i, (f, c) in enumerate(bags)]  # fmt: skip
+    singles = [
+        torch.autograd.grad(
+            torch.nn.functional.cross_entropy(head(f, c).logits[None], labels[i : i + 1]), list(head.parameters())
+        )
+        for i, (f, c) in enumerate(bags)
+    ]
     for g, *parts in zip(together, *singles, strict=True):
         torch.testing.assert_close(g, sum(parts) / len(parts), rtol=1e-5, atol=1e-6)
 
@@ -139,7 +149,8 @@ def test_early_stopping_never_keeps_an_epoch_before_min_epochs(tmp_path: Path) -
     labels = {b.slide_id: b.label for b in bags}
     config = replace(SMALL, selection="early_stopping", epochs=8, min_epochs=5, patience=1, lr=0.05)
     history = FoldTrainer(store, labels, 2, config=config, device=torch.device("cpu"), fold=0).fit(
-        [b.slide_id for b in bags[:16]], [b.slide_id for b in bags[16:]])
+        [b.slide_id for b in bags[:16]], [b.slide_id for b in bags[16:]]
+    )
     assert history["selection"]["rule"] == "early_stopping" and history["best_epoch"] >= 4
 
 
@@ -172,9 +183,29 @@ def test_metrics_do_not_depend_on_the_environments_thread_count(tmp_path: Path) 
     tables = []
     for threads in ("1", "2"):
         env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-        subprocess.run([sys.executable, "-m", "wsi_mil", "train", str(tmp_path / "run"), "--labels", str(labels),
-                        "--name", f"t{threads}", "--folds", "2", "--epochs", "3", "--device", "cpu"],
-                       check=True, env=env, capture_output=True, timeout=300)  # fmt: skip
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "wsi_mil",
+                "train",
+                str(tmp_path / "run"),
+                "--labels",
+                str(labels),
+                "--name",
+                f"t{threads}",
+                "--folds",
+                "2",
+                "--epochs",
+                "3",
+                "--device",
+                "cpu",
+            ],
+            check=True,
+            env=env,
+            capture_output=True,
+            timeout=300,
+        )
         tables.append((tmp_path / "run" / "models" / f"t{threads}" / "metrics.csv").read_text())
         metrics = json.loads((tmp_path / "run" / "models" / f"t{threads}" / "fold_0" / "metrics.json").read_text())
         assert metrics["threads"] == 1  # chosen from the bag sizes, not from the environment

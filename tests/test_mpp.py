@@ -35,7 +35,9 @@ def test_resolution_without_unit_is_ignored() -> None:
 
 def test_nonsense_values_are_treated_as_missing() -> None:
     # boxes.tiff: 28.35 px/cm (72 dpi) -> 352.8 um/px
-    info = resolve_mpp({"openslide.mpp-x": "352.77777983377013", "tiff.ResolutionUnit": "centimeter", "tiff.XResolution": 28.3464})
+    info = resolve_mpp(
+        {"openslide.mpp-x": "352.77777983377013", "tiff.ResolutionUnit": "centimeter", "tiff.XResolution": 28.3464}
+    )
     assert info.mpp is None and info.source == "missing"
 
 
@@ -64,8 +66,12 @@ def test_anisotropic_pixels_use_the_mean(caplog: pytest.LogCaptureFixture) -> No
     [
         ("CMU-1-Small-Region.svs", 0.499),
         ("test3-DAPI-2-(387).ndpi", 0.228175),
-        pytest.param("boxes.tiff", None, marks=pytest.mark.restricted_data),  # 352.8 um/px from its resolution tags: nonsense
-        pytest.param("TCGA-CR-7395-01A-01-TS1.svs", None, marks=pytest.mark.restricted_data),  # no MPP and no objective power
+        pytest.param(
+            "boxes.tiff", None, marks=pytest.mark.restricted_data
+        ),  # 352.8 um/px from its resolution tags: nonsense
+        pytest.param(
+            "TCGA-CR-7395-01A-01-TS1.svs", None, marks=pytest.mark.restricted_data
+        ),  # no MPP and no objective power
         pytest.param("kidney-ihc-strip.tif", None, marks=pytest.mark.restricted_data),
     ],
 )

@@ -25,20 +25,74 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("pipeline")
     slides, run = root / "slides", root / "run"
     for index in range(4):
-        write_synthetic_slide(slides / f"case{index}.svs", width=2560, height=2048, mpp=0.5,
-                              regions=[Region(512 + 256 * (index % 2), 512, 1536, 1280)], downsamples=(1, 4))  # fmt: skip
+        write_synthetic_slide(
+            slides / f"case{index}.svs",
+            width=2560,
+            height=2048,
+            mpp=0.5,
+            regions=[Region(512 + 256 * (index % 2), 512, 1536, 1280)],
+            downsamples=(1, 4),
+        )
     labels = run / "labels.csv"
     labels.parent.mkdir(parents=True)
     labels.write_text("slide_id,label\n" + "".join(f"case{i},{'tumor' if i % 2 else 'normal'}\n" for i in range(4)))
     quiet = ["--quiet", "--workers", "0"]
     assert main(["tile", str(slides), "--out", str(run), *quiet]) == 0
-    assert main(["extract", str(run), "--encoder", "resnet18", "--weights", "random", "--batch-size", "16", *quiet]) == 0
-    assert main(["train", str(run), "--labels", str(labels), "--model", "ilam", "--folds", "2", "--epochs", "2",
-                 "--device", "cpu", "--set", "train.min_epochs=1", "--set", "train.val_fraction=0", "--quiet"]) == 0  # fmt: skip
+    assert (
+        main(["extract", str(run), "--encoder", "resnet18", "--weights", "random", "--batch-size", "16", *quiet]) == 0
+    )
+    assert (
+        main(
+            [
+                "train",
+                str(run),
+                "--labels",
+                str(labels),
+                "--model",
+                "ilam",
+                "--folds",
+                "2",
+                "--epochs",
+                "2",
+                "--device",
+                "cpu",
+                "--set",
+                "train.min_epochs=1",
+                "--set",
+                "train.val_fraction=0",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert main(["predict", str(run), "--model-dir", str(run / "models" / "ilam"), "--device", "cpu", "--quiet"]) == 0
-    assert main(["heatmap", str(run), "--formats", "zarr", "tiff", "png", "geojson", "gallery", "--maps", "attention_pct",
-                 "contribution", "--set", "heatmap.cam_top_k=3", "--set", "heatmap.cam_methods=[gradcam,integrated_gradients]",
-                 "--set", "heatmap.cam_ig_steps=2", "--set", "heatmap.cam_device=cpu", *quiet]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "heatmap",
+                str(run),
+                "--formats",
+                "zarr",
+                "tiff",
+                "png",
+                "geojson",
+                "gallery",
+                "--maps",
+                "attention_pct",
+                "contribution",
+                "--set",
+                "heatmap.cam_top_k=3",
+                "--set",
+                "heatmap.cam_methods=[gradcam,integrated_gradients]",
+                "--set",
+                "heatmap.cam_ig_steps=2",
+                "--set",
+                "heatmap.cam_device=cpu",
+                *quiet,
+            ]
+        )
+        == 0
+    )
     return run
 
 
@@ -49,9 +103,18 @@ def test_heatmaps_and_cams_for_every_slide(run: Path) -> None:
 
     for index in range(4):
         out = run / "heatmaps" / "ilam" / f"case{index}"
-        for name in ("attention_pct.ome.zarr", "attention_pct.tiff", "contribution_tumor.tiff", "patches.geojson",
-                     "cam_gallery.png", "cams.h5", "cam_gradcam.tiff", "cam_integrated_gradients.ome.zarr",
-                     "attention_pct_gallery.png", "contribution_tumor_gallery.png"):  # fmt: skip
+        for name in (
+            "attention_pct.ome.zarr",
+            "attention_pct.tiff",
+            "contribution_tumor.tiff",
+            "patches.geojson",
+            "cam_gallery.png",
+            "cams.h5",
+            "cam_gradcam.tiff",
+            "cam_integrated_gradients.ome.zarr",
+            "attention_pct_gallery.png",
+            "contribution_tumor_gallery.png",
+        ):
             assert (out / name).exists(), out / name
         cams = read_cams(out / "cams.h5")
         assert cams.maps["gradcam"].shape == (3, 224, 224) and cams.images.shape == (3, 224, 224, 3)
@@ -77,8 +140,16 @@ def test_evaluate_maps_from_the_cli(run: Path, capsys: pytest.CaptureFixture[str
     assert "| attention_pct | 4/4 |" in table and "contribution_tumor" in table
     assert "| attention_pct | 4/4 |" in capsys.readouterr().out  # the table is printed too
     curves = (run / "explanations" / "ilam" / "faithfulness_per_slide.csv").read_text().splitlines()
-    assert {line.split(",")[0] for line in curves[1:]} == {f"case{i}" for i in range(4)}  # every slide, its predicted class
-    assert {line.split(",")[1] for line in curves[1:]} == {"attention_raw", "manifold", "logit_pred", "contribution_pred", "random"}
+    assert {line.split(",")[0] for line in curves[1:]} == {
+        f"case{i}" for i in range(4)
+    }  # every slide, its predicted class
+    assert {line.split(",")[1] for line in curves[1:]} == {
+        "attention_raw",
+        "manifold",
+        "logit_pred",
+        "contribution_pred",
+        "random",
+    }
     assert "## Bag-level faithfulness" in table and "| random |" in table
     cams = (run / "explanations" / "ilam" / "cams_per_slide.csv").read_text().splitlines()
     assert cams[0].startswith("slide_id,method,patches,average_drop_pct,increase_pct,pixel_auc,hit")
@@ -88,8 +159,9 @@ def test_evaluate_maps_from_the_cli(run: Path, capsys: pytest.CaptureFixture[str
     assert "no such masks folder" in capsys.readouterr().err
 
 
-def test_one_bad_annotation_costs_its_slide_not_the_table(run: Path, tmp_path: Path,
-                                                          capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_one_bad_annotation_costs_its_slide_not_the_table(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     masks = tmp_path / "masks"
     masks.mkdir()
     for index in range(3):
@@ -107,13 +179,18 @@ def test_one_bad_annotation_costs_its_slide_not_the_table(run: Path, tmp_path: P
     assert "case3: not evaluated" in err and "evaluate-maps: 3 done, 1 failed" in err
     with (run / "manifest.csv").open(newline="") as handle:
         status = {r["slide_id"]: r for r in csv.DictReader(handle) if r["stage"] == "evaluate-maps"}
-    assert {k: r["status"] for k, r in status.items()} == {"case0": "done", "case1": "done", "case2": "done",
-                                                            "case3": "failed"}  # fmt: skip
+    assert {k: r["status"] for k, r in status.items()} == {
+        "case0": "done",
+        "case1": "done",
+        "case2": "done",
+        "case3": "failed",
+    }
     assert "case3.geojson" in status["case3"]["error"]
 
 
-def test_a_slide_whose_curves_fail_costs_its_row_not_the_command(run: Path, tmp_path: Path,
-                                                                 capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_a_slide_whose_curves_fail_costs_its_row_not_the_command(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
     scores = copy / "scores" / "ilam" / "case2.h5"

@@ -24,7 +24,9 @@ def plain_images(tmp_path_factory: pytest.TempPathFactory, reference_slide: Path
     with open_slide(reference_slide, reader="openslide") as slide:
         rgb = slide.read_region((0, 0), 1, slide.level_dimensions[1], as_array=True)
     Image.fromarray(rgb).save(folder / "field.png")
-    tifffile.imwrite(folder / "field.tif", rgb, photometric="rgb", resolution=(1e4 / 2.0, 1e4 / 2.0), resolutionunit="CENTIMETER")
+    tifffile.imwrite(
+        folder / "field.tif", rgb, photometric="rgb", resolution=(1e4 / 2.0, 1e4 / 2.0), resolutionunit="CENTIMETER"
+    )
     return {"png": folder / "field.png", "tif": folder / "field.tif", "rgb": rgb}  # type: ignore[dict-item]
 
 

@@ -152,13 +152,22 @@ def dry_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, Any]:
 
     monkeypatch.setattr(discover, "find_slides", lambda paths, **_: [SlideSource(Path("slide.svs"), "slide")])
     monkeypatch.setattr(tile, "tile_slides", lambda sources, out, *, config, **_: record("tile", config))
-    monkeypatch.setattr(extract, "extract_run", lambda run_dir, *, config, **_: (
-        encoder_config(config.extract.encoder), record("extract", config))[1])  # fmt: skip
-    monkeypatch.setattr(run, "train_run", lambda run_dir, labels, *, config, **_: (
-        mil_model_config(config.train.model), record("train", config))[1])  # fmt: skip
+    monkeypatch.setattr(
+        extract,
+        "extract_run",
+        lambda run_dir, *, config, **_: (encoder_config(config.extract.encoder), record("extract", config))[1],
+    )
+    monkeypatch.setattr(
+        run,
+        "train_run",
+        lambda run_dir, labels, *, config, **_: (mil_model_config(config.train.model), record("train", config))[1],
+    )
     monkeypatch.setattr(predict, "predict_run", lambda run_dir, model_dir, **kwargs: record("predict", kwargs))
-    monkeypatch.setattr(heatmap_module, "heatmap_run", lambda run_dir, *, config, **_: (
-        check_maps(config), record("heatmap", config))[1])  # fmt: skip
+    monkeypatch.setattr(
+        heatmap_module,
+        "heatmap_run",
+        lambda run_dir, *, config, **_: (check_maps(config), record("heatmap", config))[1],
+    )
     monkeypatch.setattr(evaluate, "evaluate_maps", evaluate_maps)
     monkeypatch.setattr(pipeline, "run_pipeline", run_pipeline)
     finished = SimpleNamespace(pipeline=SimpleNamespace(failed=0))
@@ -194,8 +203,9 @@ def test_the_readme_has_commands_for_every_stage() -> None:
 
 
 @pytest.mark.parametrize(("line", "command", "argv"), COMMANDS, ids=[f"L{line}:{c[:60]}" for line, c, _ in COMMANDS])
-def test_every_command_parses_and_builds_its_config(line: int, command: str, argv: list[str],
-                                                     dry_run: dict[str, Any]) -> None:  # fmt: skip
+def test_every_command_parses_and_builds_its_config(
+    line: int, command: str, argv: list[str], dry_run: dict[str, Any]
+) -> None:
     where = f"README.md block at line {line}: {command}"
     args = parse_or_fail(argv, where)
     assert main(argv) == 0, f"{where}: the command fails before any work (see the log above)"
@@ -265,7 +275,9 @@ def _repo_paths(text: str) -> set[str]:
     for span in re.findall(r"`([^`\n]+)`", text) + re.findall(r"\]\(([^)#\s]+)", text):
         for word in span.split():
             word = word.rstrip(".,;:)")
-            if re.match(r"^(configs|tests|pipelines|docs|bench|wsi_mil)/", word) and not re.search(r"[<*]|\.\.\.", word):
+            if re.match(r"^(configs|tests|pipelines|docs|bench|wsi_mil)/", word) and not re.search(
+                r"[<*]|\.\.\.", word
+            ):
                 found.add(word)
     for block in fenced_blocks(text):
         found |= set(re.findall(r"(?<![\w/])(?:configs|pipelines)/[\w.-]+", "\n".join(block.lines)))
@@ -323,7 +335,9 @@ def test_python_blocks_import_and_call_what_exists(block: Block) -> None:
             try:
                 signature.bind(*[None] * len(node.args), **{k.arg: None for k in node.keywords if k.arg})
             except TypeError as error:
-                pytest.fail(f"README line {block.line + node.lineno}: {node.func.id}(...) does not fit {signature}: {error}")
+                pytest.fail(
+                    f"README line {block.line + node.lineno}: {node.func.id}(...) does not fit {signature}: {error}"
+                )
 
 
 # ---------------------------------------------------------------------- the first run, for real
@@ -347,13 +361,20 @@ def small_cohort(tmp_path: Path) -> Path:
     for index in range(4):
         slide_id = f"case{index}"
         x = 256 * (1 + index % 2)
-        write_synthetic_slide(tmp_path / "slides" / f"{slide_id}.svs", width=1280, height=1024, mpp=0.5,
-                              regions=[Region(x, 256, 768, 512)], downsamples=(1, 4))  # fmt: skip
+        write_synthetic_slide(
+            tmp_path / "slides" / f"{slide_id}.svs",
+            width=1280,
+            height=1024,
+            mpp=0.5,
+            regions=[Region(x, 256, 768, 512)],
+            downsamples=(1, 4),
+        )
         lines.append(f"{slide_id},{'tumor' if index % 2 else 'normal'}")
         square = [[x, 256], [x + 512, 256], [x + 512, 512], [x, 512], [x, 256]]
         feature = {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [square]}, "properties": {}}
-        (tmp_path / "masks" / f"{slide_id}.geojson").write_text(json.dumps({"type": "FeatureCollection",
-                                                                            "features": [feature]}))  # fmt: skip
+        (tmp_path / "masks" / f"{slide_id}.geojson").write_text(
+            json.dumps({"type": "FeatureCollection", "features": [feature]})
+        )
     (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")
     return tmp_path
 

@@ -87,12 +87,15 @@ def test_timm_namespace_resolves_through_its_handler() -> None:
         encoder_config("timm:no_such_net")
 
 
-@pytest.mark.parametrize(("name", "precision"), [
-    ("timm:resnet10t", "float16"),  # BatchNorm CNN
-    ("timm:beit_base_patch16_224", "bfloat16"),  # a transformer without "vit" in its name
-    ("timm:convnext_atto", "bfloat16"),  # LayerNorm CNN
-    ("timm:levit_128s", "float16"),  # "vit" in the name, BatchNorm throughout
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("name", "precision"),
+    [
+        ("timm:resnet10t", "float16"),  # BatchNorm CNN
+        ("timm:beit_base_patch16_224", "bfloat16"),  # a transformer without "vit" in its name
+        ("timm:convnext_atto", "bfloat16"),  # LayerNorm CNN
+        ("timm:levit_128s", "float16"),  # "vit" in the name, BatchNorm throughout
+    ],
+)
 def test_timm_precision_comes_from_the_layers_not_the_name(name: str, precision: str) -> None:
     pytest.importorskip("timm")
     from wsi_mil.features.registry import encoder_config

@@ -21,8 +21,11 @@ from wsi_mil.store.features import features_problem, read_features, write_featur
 from wsi_mil.tiling import tile_slides  # noqa: E402
 
 #: 512-px patches: the reference slide's tissue is 6 of them (extraction time is per patch).
-CONFIG = Config(tiling=TilingConfig(patch_size=512), parallel=ParallelConfig(workers=0),
-                extract=ExtractConfig(encoder="resnet18", weights="random", num_workers=0, batch_size=8, freeze="eager"))  # fmt: skip
+CONFIG = Config(
+    tiling=TilingConfig(patch_size=512),
+    parallel=ParallelConfig(workers=0),
+    extract=ExtractConfig(encoder="resnet18", weights="random", num_workers=0, batch_size=8, freeze="eager"),
+)
 
 
 def _truncate_to_half(path: Path) -> None:

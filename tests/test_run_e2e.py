@@ -77,13 +77,15 @@ def environment() -> dict[str, str]:
 
 def run_cli(*args: str, cwd: Path, timeout: float = RUN_TIMEOUT) -> subprocess.CompletedProcess[str]:
     """``wsi-mil ARGS`` in a subprocess started in ``cwd`` (a tmp folder: nothing lands in the repository)."""
-    return subprocess.run([*wsi_mil_command(), *args], capture_output=True, text=True, timeout=timeout,
-                          env=environment(), cwd=cwd)  # fmt: skip
+    return subprocess.run(
+        [*wsi_mil_command(), *args], capture_output=True, text=True, timeout=timeout, env=environment(), cwd=cwd
+    )
 
 
 def write_config(path: Path, cohort: Cohort, out: Path) -> Path:
-    path.write_text(CONFIG.format(encoder=ENCODER, slides=cohort.slides, out=out, labels=cohort.labels,
-                                  masks=cohort.masks))  # fmt: skip
+    path.write_text(
+        CONFIG.format(encoder=ENCODER, slides=cohort.slides, out=out, labels=cohort.labels, masks=cohort.masks)
+    )
     return path
 
 
@@ -225,14 +227,24 @@ def test_every_artefact_of_the_run(reference: Reference) -> None:
     assert set(by_stage) == {"tile", "extract", "predict", "heatmap", "evaluate-maps"}
     for stage in ("tile", "extract"):
         assert {s: int(r["n_patches"]) for s, r in by_stage[stage].items()} == patches
-    for stage in ("predict", "heatmap", "evaluate-maps"):  # one row per slide and head: the second head does not overwrite the first
+    for stage in (
+        "predict",
+        "heatmap",
+        "evaluate-maps",
+    ):  # one row per slide and head: the second head does not overwrite the first
         assert {(row["slide_id"], row["bag_set"]) for row in rows if row["stage"] == stage} == {
-            (slide_id, head) for slide_id in ids for head in HEADS}  # fmt: skip
+            (slide_id, head) for slide_id in ids for head in HEADS
+        }
 
     saved = json.loads((run / "run_config.json").read_text())
-    assert saved["run"] == {"slides": str(cohort.slides.resolve()), "out": str(run.resolve()),
-                            "labels": str(cohort.labels.resolve()), "masks": str(cohort.masks.resolve()),
-                            "models": list(HEADS), "stages": ["tile", "extract", "train", "predict", "heatmap", "evaluate"]}  # fmt: skip
+    assert saved["run"] == {
+        "slides": str(cohort.slides.resolve()),
+        "out": str(run.resolve()),
+        "labels": str(cohort.labels.resolve()),
+        "masks": str(cohort.masks.resolve()),
+        "models": list(HEADS),
+        "stages": ["tile", "extract", "train", "predict", "heatmap", "evaluate"],
+    }
     assert saved["extract"]["encoder"] == ENCODER and saved["extract"]["weights"] == "random"
     assert saved["tiling"]["patch_size"] == 128
 
@@ -287,8 +299,14 @@ def _kill_during_extraction(config: Path, run: Path, n_slides: int, *options: st
     Returns how many feature files the killed run left, or None when extraction could not be
     caught in the middle (the run finished it between two looks, or ended first)."""
     with (run.parent / f"{run.name}.stderr").open("w") as stderr:
-        process = subprocess.Popen([*wsi_mil_command(), "run", str(config), *options], stdout=subprocess.DEVNULL,
-                                   stderr=stderr, env=environment(), cwd=run.parent, start_new_session=True)  # fmt: skip
+        process = subprocess.Popen(
+            [*wsi_mil_command(), "run", str(config), *options],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            env=environment(),
+            cwd=run.parent,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + RUN_TIMEOUT
         try:
             while process.poll() is None and time.monotonic() < deadline:
@@ -358,8 +376,10 @@ def test_killed_during_extraction_resumes_to_the_same_outputs(reference: Referen
         if left is not None:
             break
     else:
-        pytest.fail(f"extraction was never caught in the middle in {ATTEMPTS} attempts (stderr: "
-                    f"{(tmp_path / f'attempt{ATTEMPTS - 1}.stderr').read_text()[-2000:]})")  # fmt: skip
+        pytest.fail(
+            f"extraction was never caught in the middle in {ATTEMPTS} attempts (stderr: "
+            f"{(tmp_path / f'attempt{ATTEMPTS - 1}.stderr').read_text()[-2000:]})"
+        )
     assert 0 < left < len(ids)
     assert not (run / "models").exists()  # killed before training
 
@@ -377,7 +397,8 @@ def test_killed_during_extraction_resumes_to_the_same_outputs(reference: Referen
 
     rows = manifest(run)
     assert {(r["stage"], r["slide_id"], r["bag_set"]) for r in rows} == {
-        (r["stage"], r["slide_id"], r["bag_set"]) for r in manifest(reference.run)}  # fmt: skip
+        (r["stage"], r["slide_id"], r["bag_set"]) for r in manifest(reference.run)
+    }
     extract = [r["status"] for r in rows if r["stage"] == "extract"]
     assert set(extract) <= {"done", "skipped"} and extract.count("skipped") >= left  # resumed, not redone
     expected_config = json.loads((reference.run / "run_config.json").read_text())
@@ -394,8 +415,9 @@ def _state(run: Path) -> dict[str, Any]:
     return {p.relative_to(run).as_posix(): (p.stat().st_mtime_ns, p.stat().st_size) for p in files}
 
 
-def test_changed_settings_are_refused_before_any_work_unless_overwrite(cohort: Cohort, tmp_path: Path,
-                                                                       capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_changed_settings_are_refused_before_any_work_unless_overwrite(
+    cohort: Cohort, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from wsi_mil.store.bags import read_bag
     from wsi_mil.store.features import read_features
 
@@ -403,23 +425,49 @@ def test_changed_settings_are_refused_before_any_work_unless_overwrite(cohort: C
     slides.write_text("path\n" + "".join(f"{cohort.slides / s}.svs\n" for s in cohort.slide_ids[:2]))
     run = tmp_path / "run"
     config = write_config(tmp_path / "cfg.yaml", cohort, run)
-    config.write_text(config.read_text().replace(f"slides: {cohort.slides}", f"slides: {slides}")
-                      + "  stages: [tile, extract]\n")  # fmt: skip
+    config.write_text(
+        config.read_text().replace(f"slides: {cohort.slides}", f"slides: {slides}") + "  stages: [tile, extract]\n"
+    )
     assert main(["run", str(config), "--quiet"]) == 0
     before = _state(run)
 
     capsys.readouterr()
     assert main(["run", str(config), "--set", "tiling.patch_size=256", "--quiet"]) == 2
     error = capsys.readouterr().err
-    for fragment in (str(config), "tiling.patch_size: 128 -> 256", "bags/", "qc/", "features/",
-                     "--overwrite", "run.out"):  # fmt: skip
+    for fragment in (
+        str(config),
+        "tiling.patch_size: 128 -> 256",
+        "bags/",
+        "qc/",
+        "features/",
+        "--overwrite",
+        "run.out",
+    ):
         assert fragment in error, (fragment, error)
     assert _state(run) == before  # refused before any work: not even run_config.json changed
 
     # How the work is done (batch, threads, workers, device, stages, heads) may change; so may the
     # settings of stages without outputs yet (no models here).
-    assert main(["run", str(config), "--set", "extract.batch_size=4", "--set", "extract.threads=2", "--workers", "0",
-                 "--set", "train.epochs=7", "--set", "run.models=[ilam]", "--quiet"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "run",
+                str(config),
+                "--set",
+                "extract.batch_size=4",
+                "--set",
+                "extract.threads=2",
+                "--workers",
+                "0",
+                "--set",
+                "train.epochs=7",
+                "--set",
+                "run.models=[ilam]",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     saved = json.loads((run / "run_config.json").read_text())
     assert saved["extract"]["batch_size"] == 4 and saved["train"]["epochs"] == 7 and saved["run"]["models"] == ["ilam"]
     assert {row["status"] for row in manifest(run)} == {"skipped"}
@@ -434,13 +482,30 @@ def test_changed_settings_are_refused_before_any_work_unless_overwrite(cohort: C
     assert main(["run", str(config), "--set", "tiling.patch_size=256", "--quiet"]) == 0  # now the saved settings
 
 
-def test_bags_of_single_commands_are_checked_against_their_tiling_settings(cohort: Cohort, tmp_path: Path,
-                                                                          capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_bags_of_single_commands_are_checked_against_their_tiling_settings(
+    cohort: Cohort, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A folder tiled by ``wsi-mil tile`` has no run_config.json; its bags record their settings."""
     slides, run = tmp_path / "slides.csv", tmp_path / "run"
     slides.write_text("path\n" + "".join(f"{cohort.slides / s}.svs\n" for s in cohort.slide_ids[:2]))
-    assert main(["tile", str(slides), "--out", str(run), "--patch-size", "256", "--workers", "0", "--quiet",
-                 "--set", "tissue.remove_pen=false"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "tile",
+                str(slides),
+                "--out",
+                str(run),
+                "--patch-size",
+                "256",
+                "--workers",
+                "0",
+                "--quiet",
+                "--set",
+                "tissue.remove_pen=false",
+            ]
+        )
+        == 0
+    )
     config = write_config(tmp_path / "cfg.yaml", cohort, run)
     text = config.read_text().replace(f"slides: {cohort.slides}", f"slides: {slides}")
     config.write_text(text + "  stages: [tile]\n")
@@ -477,9 +542,17 @@ ALL_OUTPUTS = ("bags", f"features/{ENCODER_DIR}", *HEAD_OUTPUTS)
 @pytest.mark.parametrize(
     ("change", "outputs", "stale"),
     [
-        ({"parallel": {"workers": 3}, "extract": {"device": "cuda", "batch_size": 4, "num_workers": 2, "threads": 1},
-          "train": {"device": "cuda", "read_threads": 2}, "heatmap": {"formats": ["png"], "cam_device": "cuda"},
-          "run": {"stages": ["train"], "masks": "elsewhere"}}, ALL_OUTPUTS, []),
+        (
+            {
+                "parallel": {"workers": 3},
+                "extract": {"device": "cuda", "batch_size": 4, "num_workers": 2, "threads": 1},
+                "train": {"device": "cuda", "read_threads": 2},
+                "heatmap": {"formats": ["png"], "cam_device": "cuda"},
+                "run": {"stages": ["train"], "masks": "elsewhere"},
+            },
+            ALL_OUTPUTS,
+            [],
+        ),
         ({"train": {"epochs": 7}}, ("bags", f"features/{ENCODER_DIR}"), []),
         ({"train": {"epochs": 7}}, ALL_OUTPUTS, list(HEAD_OUTPUTS)),
         ({"heatmap": {"cmap": "viridis"}}, ALL_OUTPUTS, ["heatmaps/abmil", "explanations/abmil"]),
@@ -492,8 +565,9 @@ ALL_OUTPUTS = ("bags", f"features/{ENCODER_DIR}", *HEAD_OUTPUTS)
         ({"train": {"model": "ilam", "name": "abmil"}}, ("bags", "models/abmil"), ["models/abmil"]),
     ],
 )
-def test_which_changes_make_which_outputs_stale(tmp_path: Path, change: dict[str, dict[str, Any]],
-                                                outputs: tuple[str, ...], stale: list[str]) -> None:  # fmt: skip
+def test_which_changes_make_which_outputs_stale(
+    tmp_path: Path, change: dict[str, dict[str, Any]], outputs: tuple[str, ...], stale: list[str]
+) -> None:
     from wsi_mil.config import config_to_json
     from wsi_mil.errors import ConfigError
     from wsi_mil.pipeline import RUN_CONFIG, stale_outputs
@@ -566,8 +640,14 @@ def test_run_all_sh_runs_every_staged_script(reference: Reference, tmp_path: Pat
 
     run, cohort = tmp_path / "run", reference.cohort
     arguments = [reference.config, cohort.slides, run, cohort.labels, "abmil", cohort.masks]
-    done = subprocess.run(["bash", str(RUN_ALL), *map(str, arguments)], capture_output=True, text=True,
-                          timeout=RUN_TIMEOUT, env={**environment(), "PYTHON": sys.executable}, cwd=tmp_path)
+    done = subprocess.run(
+        ["bash", str(RUN_ALL), *map(str, arguments)],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        env={**environment(), "PYTHON": sys.executable},
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     assert "| feature set |" in done.stderr  # 03_train logs the summary table
     for slide_id in cohort.slide_ids:
@@ -584,14 +664,20 @@ def test_run_all_sh_runs_every_staged_script(reference: Reference, tmp_path: Pat
     assert not (run / "models" / "ilam").exists()  # one head: HEAD
 
 
-def test_heads_train_on_the_configured_encoder_only(cohort: Cohort, tmp_path: Path,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_heads_train_on_the_configured_encoder_only(
+    cohort: Cohort, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """After an encoder change (--overwrite), the run folder holds two encoders' features; the
     head trains on extract.encoder's only. Without run.models, train.name names the head folder."""
     run = tmp_path / "run"
     config = write_config(tmp_path / "cfg.yaml", cohort, run)
-    pairs = ("run.models=[]", "train.model=ilam", "train.name=mine", "train.epochs=1",
-             "run.stages=[tile,extract,train,predict]")
+    pairs = (
+        "run.models=[]",
+        "train.model=ilam",
+        "train.name=mine",
+        "train.epochs=1",
+        "run.stages=[tile,extract,train,predict]",
+    )
     sets = [*(part for pair in pairs for part in ("--set", pair)), "--quiet"]
     assert main(["run", str(config), *sets]) == 0
     assert json.loads((run / "models" / "mine" / "train_config.json").read_text())["model"] == "ilam"

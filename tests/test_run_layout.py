@@ -9,8 +9,22 @@ from wsi_mil.run_layout import RunLayout, encoder_dir_name
 
 PACKAGE = Path(__file__).resolve().parents[1] / "wsi_mil"
 #: Folder and file names of the run folder: only run_layout.py may join them onto a path.
-RUN_NAMES = {"bags", "qc", "features", "clam", "models", "scores", "heatmaps", "explanations", "manifest.csv",
-             "run_config.json", "tiling_config.json", "train_config.json", "heatmap_config.json", ".wsi-mil.lock"}  # fmt: skip
+RUN_NAMES = {
+    "bags",
+    "qc",
+    "features",
+    "clam",
+    "models",
+    "scores",
+    "heatmaps",
+    "explanations",
+    "manifest.csv",
+    "run_config.json",
+    "tiling_config.json",
+    "train_config.json",
+    "heatmap_config.json",
+    ".wsi-mil.lock",
+}
 
 
 def test_paths_are_the_existing_on_disk_layout(tmp_path: Path) -> None:
@@ -92,5 +106,7 @@ def _hand_joined(path: Path) -> list[str]:
 
 
 def test_no_module_joins_run_paths_by_hand() -> None:
-    found = [hit for path in sorted(PACKAGE.rglob("*.py")) if path.name != "run_layout.py" for hit in _hand_joined(path)]
+    found = [
+        hit for path in sorted(PACKAGE.rglob("*.py")) if path.name != "run_layout.py" for hit in _hand_joined(path)
+    ]
     assert not found, "run-folder paths joined outside wsi_mil/run_layout.py:\n" + "\n".join(found)

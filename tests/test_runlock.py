@@ -38,7 +38,9 @@ def _start_holder(run: Path) -> tuple[subprocess.Popen, Path]:
     return holder, Path(holder.stdout.readline().strip())
 
 
-def test_second_process_stops_and_keeps_the_first_ones_partials(tmp_path: Path, make_slide: Callable[..., Path]) -> None:
+def test_second_process_stops_and_keeps_the_first_ones_partials(
+    tmp_path: Path, make_slide: Callable[..., Path]
+) -> None:
     slide = make_slide()
     run = tmp_path / "run"
     holder, partial = _start_holder(run)
@@ -104,8 +106,12 @@ def test_every_writing_command_stops_on_a_held_folder(tmp_path: Path, command: s
     from wsi_mil.cli import main
 
     holder, _ = _start_holder(tmp_path)
-    extra = {"train": ["--labels", str(tmp_path / "labels.csv")], "predict": ["--model-dir", str(tmp_path)],
-             "heatmap": [], "evaluate-maps": ["--masks", str(tmp_path)]}[command]  # fmt: skip
+    extra = {
+        "train": ["--labels", str(tmp_path / "labels.csv")],
+        "predict": ["--model-dir", str(tmp_path)],
+        "heatmap": [],
+        "evaluate-maps": ["--masks", str(tmp_path)],
+    }[command]
     try:
         assert main([command, str(tmp_path), *extra, "--quiet"]) == 2
         assert f"is in use by process {holder.pid}" in capsys.readouterr().err

@@ -25,8 +25,10 @@ LESION = [[640, 0], [1024, 0], [1024, 512], [640, 512], [640, 0]]
 
 
 def _mosaic(name: str, width: int, height: int) -> np.ndarray:
-    tiles = [np.asarray(Image.open(f).convert("RGB")) for f in sorted((embedded_data_dir() / "kather2016-samples" /
-                                                                       name).glob("*.tif"))]  # fmt: skip
+    tiles = [
+        np.asarray(Image.open(f).convert("RGB"))
+        for f in sorted((embedded_data_dir() / "kather2016-samples" / name).glob("*.tif"))
+    ]
     out = np.empty((height, width, 3), np.uint8)
     for i, y in enumerate(range(0, height, 150)):
         for j, x in enumerate(range(0, width, 150)):
@@ -76,22 +78,39 @@ def _write_run(tmp_path: Path, slide: Path, coords: np.ndarray, maps: dict[str, 
     (masks / "neg.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": []}))
     geometry = {"patch_size_level0": PATCH, "level_dim": [SIDE, SIDE], "slide_path": str(slide), "slide_mpp": 0.5}
     for slide_id in ("pos", "neg"):
-        write_scores(tmp_path / "run" / "scores" / "abmil" / f"{slide_id}.h5", coords, maps,
-                     attrs={"classes": ["normal", "tumor"], "probs": [0.5, 0.5], "pred": 1, "model": "abmil",
-                            "slide_id": slide_id}, coords_attrs={**geometry, "slide_id": slide_id})  # fmt: skip
+        write_scores(
+            tmp_path / "run" / "scores" / "abmil" / f"{slide_id}.h5",
+            coords,
+            maps,
+            attrs={
+                "classes": ["normal", "tumor"],
+                "probs": [0.5, 0.5],
+                "pred": 1,
+                "model": "abmil",
+                "slide_id": slide_id,
+            },
+            coords_attrs={**geometry, "slide_id": slide_id},
+        )
     return masks
 
 
-def test_evaluate_maps_scores_the_stain_baseline_and_warns(tmp_path: Path, lympho_stroma_slide: Path,
-                                                           caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+def test_evaluate_maps_scores_the_stain_baseline_and_warns(
+    tmp_path: Path, lympho_stroma_slide: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """The baseline rows are scored like any map; a learned map below them, a manifold map that is its
     seeds and a constant map are each named in explanations.md and the log; a good map is not."""
     coords = _grid()
     lesion = (coords[:, 0] >= 640) & (coords[:, 1] < 512)
     rng = np.random.default_rng(0)
     good = lesion + rng.normal(0, 0.1, len(coords))
-    maps = {"attention_raw": good, "attention": good, "attention_pct": good, "manifold": manifold_seeds(good),
-            "relevance": np.ones(len(coords)), "instance_logits": np.stack([lesion * 1.0, lesion * -1.0], 1)}  # fmt: skip
+    maps = {
+        "attention_raw": good,
+        "attention": good,
+        "attention_pct": good,
+        "manifold": manifold_seeds(good),
+        "relevance": np.ones(len(coords)),
+        "instance_logits": np.stack([lesion * 1.0, lesion * -1.0], 1),
+    }
     masks = _write_run(tmp_path, lympho_stroma_slide, coords, maps)
     with caplog.at_level(logging.WARNING, logger="wsi_mil.explain.evaluate"):
         summary, out, _ = evaluate_maps(tmp_path / "run", masks=masks, faithfulness=False)

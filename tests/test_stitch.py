@@ -39,8 +39,9 @@ def naive_canvas(coords: np.ndarray, values: np.ndarray, size: float, geometry: 
 def test_overlapping_patches_are_averaged_per_pixel() -> None:
     coords = np.array([[0, 0], [256, 0], [128, 128]])
     values = np.array([1.0, 3.0, 5.0])
-    canvas = stitch_scores(coords, values, patch_size_level0=256,
-                           geometry=CanvasGeometry.for_slide((600, 500), 1.0), chunks=(100, 100)).compute()  # fmt: skip
+    canvas = stitch_scores(
+        coords, values, patch_size_level0=256, geometry=CanvasGeometry.for_slide((600, 500), 1.0), chunks=(100, 100)
+    ).compute()
     assert canvas.shape == (500, 600) and canvas.dtype == np.float32
     assert canvas[10, 10] == 1.0  # patch 0 only
     assert canvas[10, 300] == 3.0  # patch 1 only
@@ -82,9 +83,13 @@ def test_patch_index_bins_each_patch_into_every_chunk_it_touches() -> None:
         for bc in range(index.grid[1]):
             r0, c0 = br * 128, bc * 96
             touches = (
-                (extents[:, 0] < c0 + 96) & (extents[:, 1] > c0) & (extents[:, 2] < r0 + 128) & (extents[:, 3] > r0)
-                & (extents[:, 1] > 0) & (extents[:, 3] > 0)
-            )  # fmt: skip
+                (extents[:, 0] < c0 + 96)
+                & (extents[:, 1] > c0)
+                & (extents[:, 2] < r0 + 128)
+                & (extents[:, 3] > r0)
+                & (extents[:, 1] > 0)
+                & (extents[:, 3] > 0)
+            )
             assert sorted(index.in_block(br, bc)) == sorted(np.flatnonzero(touches))
 
 
@@ -94,10 +99,12 @@ def test_smoothing_across_chunk_borders_equals_unchunked() -> None:
     values = rng.uniform(0, 1, size=40)
     geometry = CanvasGeometry.for_slide((2000, 2000), 4.0)
     sigma = 3.0
-    chunked = stitch_scores(coords, values, patch_size_level0=128, geometry=geometry, chunks=(64, 64),
-                            smooth_sigma=sigma).compute()  # fmt: skip
-    whole = stitch_scores(coords, values, patch_size_level0=128, geometry=geometry, chunks=(4096, 4096),
-                          smooth_sigma=sigma).compute()  # fmt: skip
+    chunked = stitch_scores(
+        coords, values, patch_size_level0=128, geometry=geometry, chunks=(64, 64), smooth_sigma=sigma
+    ).compute()
+    whole = stitch_scores(
+        coords, values, patch_size_level0=128, geometry=geometry, chunks=(4096, 4096), smooth_sigma=sigma
+    ).compute()
     np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-6, equal_nan=True)
     # and equals a normalized convolution of the full, unchunked canvas
     mean = naive_canvas(coords, values, 128, geometry)
@@ -114,9 +121,14 @@ def test_tissue_mask_restricts_the_canvas() -> None:
     coords = np.array([[0, 0], [512, 0]])
     mask = np.zeros((4, 8), dtype=bool)
     mask[:, :4] = True  # left half of a 1024 x 512 slide, 128 level-0 px per mask pixel
-    canvas = stitch_scores(coords, np.array([2.0, 7.0]), patch_size_level0=512,
-                           geometry=CanvasGeometry.for_slide((1024, 512), 2.0), chunks=(64, 64),
-                           tissue=TissueMask(mask, 128.0)).compute()  # fmt: skip
+    canvas = stitch_scores(
+        coords,
+        np.array([2.0, 7.0]),
+        patch_size_level0=512,
+        geometry=CanvasGeometry.for_slide((1024, 512), 2.0),
+        chunks=(64, 64),
+        tissue=TissueMask(mask, 128.0),
+    ).compute()
     assert np.all(canvas[:, :256] == 2.0)
     assert np.all(np.isnan(canvas[:, 256:]))  # the second patch lies outside tissue
 
@@ -124,8 +136,13 @@ def test_tissue_mask_restricts_the_canvas() -> None:
 def test_huge_level0_canvas_is_lazy_and_paints_one_chunk() -> None:
     xs, ys = np.meshgrid(np.arange(0, 100_000, 256), np.arange(0, 80_000, 256))
     coords = np.stack([xs.ravel(), ys.ravel()], axis=1)[::7]
-    canvas = stitch_scores(coords, np.ones(len(coords)), patch_size_level0=256,
-                           geometry=CanvasGeometry.for_slide((100_000, 80_000), 1.0), chunks=(1024, 1024))  # fmt: skip
+    canvas = stitch_scores(
+        coords,
+        np.ones(len(coords)),
+        patch_size_level0=256,
+        geometry=CanvasGeometry.for_slide((100_000, 80_000), 1.0),
+        chunks=(1024, 1024),
+    )
     assert canvas.shape == (80_000, 100_000)
     block = canvas.blocks[40, 50].compute()
     assert block.shape == (1024, 1024) and np.nanmax(block) == 1.0

@@ -26,16 +26,31 @@ def _manifest(run: Path) -> dict[str, dict[str, str]]:
 
 
 @pytest.mark.parametrize("workers", ["0", pytest.param("1", marks=pytest.mark.slow)])
-def test_a_slide_stuck_in_a_c_call_is_stopped_and_the_batch_goes_on(tmp_path: Path, reference_slide: Path,
-                                                                      workers: str) -> None:  # fmt: skip
+def test_a_slide_stuck_in_a_c_call_is_stopped_and_the_batch_goes_on(
+    tmp_path: Path, reference_slide: Path, workers: str
+) -> None:
     slides, run = tmp_path / "slides", tmp_path / "run"
     slides.mkdir()
     shutil.copy(reference_slide, slides / "good.svs")
     os.mkfifo(slides / "stuck.svs")  # open() blocks inside the kernel: no Python check can run
-    command = [sys.executable, "-m", "wsi_mil", "tile", str(slides), "--out", str(run), "--slide-timeout", "8",
-               "--workers", workers, "--quiet"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "wsi_mil",
+        "tile",
+        str(slides),
+        "--out",
+        str(run),
+        "--slide-timeout",
+        "8",
+        "--workers",
+        workers,
+        "--quiet",
+    ]
     started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, timeout=240, check=False, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=240, check=False, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert done.returncode == 1, done.stderr
     assert "Traceback" not in done.stderr, done.stderr
     rows = _manifest(run)

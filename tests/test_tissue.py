@@ -185,10 +185,21 @@ def _marker_strokes(shape: tuple[int, int], box: tuple[int, int, int, int], mpp:
     image = Image.new("L", shape[::-1], 0)
     draw = ImageDraw.Draw(image)
     wide, thin, letter = (max(2, round(um / mpp)) for um in (300, 150, 1000))
-    draw.ellipse([left + 0.45 * width, top + 0.45 * height, right + 0.25 * width, bottom + 0.25 * height],
-                 outline=255, width=wide)  # fmt: skip
-    draw.line([(left - 0.3 * width, top + 0.1 * height), (left + 0.2 * width, top + 0.4 * height),
-               (left + 0.35 * width, top - 0.2 * height)], fill=255, width=wide, joint="curve")  # fmt: skip
+    draw.ellipse(
+        [left + 0.45 * width, top + 0.45 * height, right + 0.25 * width, bottom + 0.25 * height],
+        outline=255,
+        width=wide,
+    )
+    draw.line(
+        [
+            (left - 0.3 * width, top + 0.1 * height),
+            (left + 0.2 * width, top + 0.4 * height),
+            (left + 0.35 * width, top - 0.2 * height),
+        ],
+        fill=255,
+        width=wide,
+        joint="curve",
+    )
     x, y = left + 0.5 * width, top - letter / 2
     draw.line([(x, y), (x + letter / 3, y + letter), (x + 2 * letter / 3, y)], fill=255, width=thin)
     return np.asarray(image.filter(ImageFilter.GaussianBlur(10 / mpp)), dtype=np.float32) / 255

@@ -64,8 +64,10 @@ def test_pen_cores_from_colours_equal_those_from_rgb2hsv() -> None:
         np.testing.assert_array_equal(
             cores, tissue._ink_cores(hsv_channels.HsvArray(color.rgb2hsv(rgb)), black_value=0.12)[family]
         )
-    np.testing.assert_array_equal(tissue.detect_pen(colours, mpp=8.0, config=config),
-                                  tissue.detect_pen(color.rgb2hsv(rgb), mpp=8.0, config=config))  # fmt: skip
+    np.testing.assert_array_equal(
+        tissue.detect_pen(colours, mpp=8.0, config=config),
+        tissue.detect_pen(color.rgb2hsv(rgb), mpp=8.0, config=config),
+    )
 
 
 @pytest.mark.parametrize("size", [3, 5, 7])
@@ -89,8 +91,11 @@ def test_closing_and_small_objects_equal_skimage(radius: int) -> None:
 
 def test_otsu_equals_skimage() -> None:
     rng = np.random.default_rng(3)
-    images = [_random_with_ties((50, 60))[..., 1], np.array([[3, 200]], dtype=np.uint8),
-              np.clip(rng.normal(40, 9, (80, 90)), 0, 255).astype(np.uint8) + (rng.random((80, 90)) > 0.7) * 60]  # fmt: skip
+    images = [
+        _random_with_ties((50, 60))[..., 1],
+        np.array([[3, 200]], dtype=np.uint8),
+        np.clip(rng.normal(40, 9, (80, 90)), 0, 255).astype(np.uint8) + (rng.random((80, 90)) > 0.7) * 60,
+    ]
     for image in images:
         assert mask_ops.otsu_uint8(image.astype(np.uint8)) == float(filters.threshold_otsu(image.astype(np.uint8)))
 

@@ -37,8 +37,9 @@ def _glass(shared_data: Path) -> np.ndarray:
     return np.concatenate(tiles, axis=1)
 
 
-def _kept(image: np.ndarray, glass: np.ndarray, config: TissueConfig, *, mpp: float = BREAKHIS_MPP,
-          reduce: int = REDUCE) -> float:  # fmt: skip
+def _kept(
+    image: np.ndarray, glass: np.ndarray, config: TissueConfig, *, mpp: float = BREAKHIS_MPP, reduce: int = REDUCE
+) -> float:
     """Share of the image detected as tissue when it lies on glass (as on a slide)."""
     height, width = image.shape[:2]
     field = np.pad(glass, ((0, 2 * height), (0, 2 * width), (0, 0)), mode="symmetric")[: 2 * height, : 2 * width]
@@ -69,6 +70,7 @@ def test_pale_tissue_is_kept_by_default_and_dropped_only_when_asked(shared_data:
 
 def test_fat_joined_to_tissue_is_kept(shared_data: Path) -> None:
     """Real fat (Kather ADIPOSE) beside real stroma on glass at the detection resolution."""
+
     def quilt(name: str) -> np.ndarray:
         tiles = [_rgb(f)[:150, :150] for f in sorted((shared_data / "kather2016-samples" / name).glob("*.tif"))]
         return np.concatenate([np.concatenate([np.rot90(t, k) for t in tiles], axis=1) for k in range(3)], axis=0)
@@ -134,15 +136,23 @@ def test_real_red_pen_is_still_removed(shared_data: Path) -> None:
 
 def test_readme_tissue_tips_are_the_ones_tested() -> None:
     text = (REPO / "README.md").read_text()
-    for tip in ("tissue.faint_saturation", "tissue.saturation_range", "tissue.method=gray_otsu", "tissue.remove_pen=false",
-                "configs/breakhis.yaml"):  # fmt: skip
+    for tip in (
+        "tissue.faint_saturation",
+        "tissue.saturation_range",
+        "tissue.method=gray_otsu",
+        "tissue.remove_pen=false",
+        "configs/breakhis.yaml",
+    ):
         assert tip in text, tip
 
 
 def test_tip_lower_saturation_range_keeps_more_faint_tissue(shared_data: Path, pale_breakhis) -> None:
     glass, image = _glass(shared_data), pale_breakhis[0]
     strict = TissueConfig(faint_saturation=0.0)
-    assert _kept(image, glass, dataclasses.replace(strict, saturation_range=(0.04, 0.10))) > _kept(image, glass, strict) + 0.1
+    assert (
+        _kept(image, glass, dataclasses.replace(strict, saturation_range=(0.04, 0.10)))
+        > _kept(image, glass, strict) + 0.1
+    )
 
 
 def test_tip_gray_otsu_keeps_more_faint_tissue(shared_data: Path, pale_breakhis) -> None:

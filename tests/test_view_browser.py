@@ -20,8 +20,16 @@ from tests.view_run import LESION, TISSUE, build_run, viewer_slides
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 VIEWPORT = {"width": 1280, "height": 720}
 
 
@@ -37,7 +45,9 @@ def browser() -> Iterator[Any]:
     executable = chromium_path()
     if executable is None:
         pytest.skip("no Chromium: install Debian's package (apt-get install chromium; .ci/run does it)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed (pip install playwright)")
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="Playwright for Python is not installed (pip install playwright)"
+    )
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
         yield browser
@@ -76,12 +86,18 @@ class Page:
         self.frames(2)
 
     def frames(self, n: int) -> None:
-        self.page.evaluate("(n) => new Promise((done) => { const step = (k) => k ? requestAnimationFrame("
-                           "() => step(k - 1)) : done(); step(n); })", n)  # fmt: skip
+        self.page.evaluate(
+            "(n) => new Promise((done) => { const step = (k) => k ? requestAnimationFrame("
+            "() => step(k - 1)) : done(); step(n); })",
+            n,
+        )
 
     def set_opacity(self, value: float) -> None:
-        self.page.evaluate("(v) => { const s = document.getElementById('opacity'); s.value = v;"
-                           " s.dispatchEvent(new Event('input')); }", value)  # fmt: skip
+        self.page.evaluate(
+            "(v) => { const s = document.getElementById('opacity'); s.value = v;"
+            " s.dispatchEvent(new Event('input')); }",
+            value,
+        )
 
     def choose(self, selector: str, value: str) -> None:
         self.page.select_option(selector, value)
@@ -93,9 +109,11 @@ class Page:
     def screen_point(self, x: float, y: float) -> tuple[int, int]:
         """Level-0 slide (x, y) -> page pixel."""
         box = self.page.locator("#osd").bounding_box()
-        point = self.page.evaluate("([x, y]) => { const p = window.wsiView.viewer.world.getItemAt(0)"
-                                   ".imageToViewerElementCoordinates(new OpenSeadragon.Point(x, y)); return [p.x, p.y]; }",
-                                   [x, y])  # fmt: skip
+        point = self.page.evaluate(
+            "([x, y]) => { const p = window.wsiView.viewer.world.getItemAt(0)"
+            ".imageToViewerElementCoordinates(new OpenSeadragon.Point(x, y)); return [p.x, p.y]; }",
+            [x, y],
+        )
         return int(box["x"] + point[0]), int(box["y"] + point[1])
 
     def colour_at(self, pixels: np.ndarray, x: float, y: float) -> np.ndarray:
@@ -170,16 +188,21 @@ def test_switching_the_head_changes_the_overlay(page: Page) -> None:
 
 def test_zoom_to_level_0(page: Page) -> None:
     max_level = page.page.evaluate("() => window.wsiView.state.info.max_level")
-    page.page.evaluate("([x, y]) => { const v = window.wsiView.viewer, item = v.world.getItemAt(0);"
-                       " v.viewport.zoomTo(item.imageToViewportZoom(1.0), undefined, true);"
-                       " v.viewport.panTo(item.imageToViewportCoordinates(x, y), true); }", list(LESION_CENTRE))  # fmt: skip
+    page.page.evaluate(
+        "([x, y]) => { const v = window.wsiView.viewer, item = v.world.getItemAt(0);"
+        " v.viewport.zoomTo(item.imageToViewportZoom(1.0), undefined, true);"
+        " v.viewport.panTo(item.imageToViewportCoordinates(x, y), true); }",
+        list(LESION_CENTRE),
+    )
     page.set_opacity(1.0)
     page.settle()
     level0 = [(url, status) for url, status in page.responses if f"/{max_level}/" in url]
     assert any("/image/" in url for url, _ in level0) and any("/map/" in url for url, _ in level0)
     assert all(status == 200 for _, status in level0)
-    zoom = page.page.evaluate("() => { const v = window.wsiView.viewer;"
-                              " return v.world.getItemAt(0).viewportToImageZoom(v.viewport.getZoom(true)); }")  # fmt: skip
+    zoom = page.page.evaluate(
+        "() => { const v = window.wsiView.viewer;"
+        " return v.world.getItemAt(0).viewportToImageZoom(v.viewport.getZoom(true)); }"
+    )
     assert zoom == pytest.approx(1.0, rel=0.01)
     centre = page.colour_at(page.pixels(), *LESION_CENTRE)
     assert centre[0] > centre[2] + 60
@@ -196,8 +219,10 @@ def test_scale_toggle_changes_colours(page: Page) -> None:
 
     def red_fraction() -> float:
         pixels = page.pixels()
-        (c0, r0), (c1, r1) = page.screen_point(TISSUE[0] + 64, TISSUE[1] + 64), page.screen_point(
-            TISSUE[0] + TISSUE[2] - 64, TISSUE[1] + TISSUE[3] - 64)  # fmt: skip
+        (c0, r0), (c1, r1) = (
+            page.screen_point(TISSUE[0] + 64, TISSUE[1] + 64),
+            page.screen_point(TISSUE[0] + TISSUE[2] - 64, TISSUE[1] + TISSUE[3] - 64),
+        )
         tissue = pixels[r0:r1, c0:c1]
         return float((tissue[..., 0] > tissue[..., 2] + 60).mean())
 
@@ -215,8 +240,13 @@ def test_traversal_urls_are_refused(browser: Any, server: str) -> None:
     """Through the browser's own HTTP stack (tests/test_view_http.py sends raw request lines)."""
     context = browser.new_context()
     try:
-        for target in ("/run/..%2F..%2F..%2Fetc%2Fpasswd", "/static/..%2F..%2Fapp.py", "/run/%2Fetc%2Fpasswd",
-                       "/api/slides/..%2Fnormal/info", "/run/../../../../etc/passwd"):  # fmt: skip
+        for target in (
+            "/run/..%2F..%2F..%2Fetc%2Fpasswd",
+            "/static/..%2F..%2Fapp.py",
+            "/run/%2Fetc%2Fpasswd",
+            "/api/slides/..%2Fnormal/info",
+            "/run/../../../../etc/passwd",
+        ):
             response = context.request.get(server + target)
             assert response.status in (400, 404), target
             assert b"root:" not in response.body()

@@ -81,7 +81,9 @@ def test_slide_list_has_labels_probabilities_folds_and_status(viewer: tuple[str,
     assert data["heads"] == ["abmil", "ilam"] and rows["lesion"]["heads"]["ilam"]["probs"][1] == pytest.approx(0.9)
     info = get_json(url, "/api/slides/lesion/info")["heads"]
     assert "manifold" in info["abmil"]["maps"] and "manifold" not in info["ilam"]["maps"]
-    assert info["ilam"]["maps"]["attention_raw"]["slide"]["vmax"] < info["abmil"]["maps"]["attention_raw"]["slide"]["vmax"]
+    assert (
+        info["ilam"]["maps"]["attention_raw"]["slide"]["vmax"] < info["abmil"]["maps"]["attention_raw"]["slide"]["vmax"]
+    )
 
 
 def test_overlay_tile_is_hot_on_the_lesion_and_transparent_off_tissue(viewer: tuple[str, Path]) -> None:
@@ -133,11 +135,19 @@ def test_scales_slide_cohort_fixed(viewer: tuple[str, Path]) -> None:
     assert logit["cmap"] == "RdBu_r" and logit["slide"]["vmin"] == -logit["slide"]["vmax"]
     tx, ty, tw, th = TISSUE
     level = Grid((4096, 3072)).max_level - 4
-    tiles = {mode: tile_rgba(url, f"/tiles/normal/map/abmil/attention_raw/{level}/0_0.png?{query}")
-             for mode, query in (("slide", "scale=slide"), ("cohort", "scale=cohort"),
-                                 ("fixed", "scale=fixed&vmin=-0.5&vmax=0.5"))}  # fmt: skip
+    tiles = {
+        mode: tile_rgba(url, f"/tiles/normal/map/abmil/attention_raw/{level}/0_0.png?{query}")
+        for mode, query in (
+            ("slide", "scale=slide"),
+            ("cohort", "scale=cohort"),
+            ("fixed", "scale=fixed&vmin=-0.5&vmax=0.5"),
+        )
+    }
     tissue = (slice(ty // 16 + 1, (ty + th) // 16 - 1), slice(tx // 16 + 1, (tx + tw) // 16 - 1))
-    red = {mode: int((t[tissue][..., 0].astype(int) > t[tissue][..., 2].astype(int) + 60).sum()) for mode, t in tiles.items()}
+    red = {
+        mode: int((t[tissue][..., 0].astype(int) > t[tissue][..., 2].astype(int) + 60).sum())
+        for mode, t in tiles.items()
+    }
     assert red["slide"] > 0 and red["cohort"] == 0 and red["fixed"] > 0
     for bad in ("scale=fixed&vmin=1&vmax=0", "scale=fixed&vmin=x&vmax=1", "scale=percent"):
         assert raw_get(url, f"/tiles/normal/map/abmil/attention_raw/{level}/0_0.png?{bad}")[0] == 400
@@ -175,26 +185,29 @@ def test_patch_with_cams_shows_them(viewer: tuple[str, Path]) -> None:
     assert any(f.endswith("lesion/cams.h5") for f in get_json(url, "/api/slides/lesion/info")["files"])
 
 
-@pytest.mark.parametrize("target", [
-    "/run/../secret.txt",
-    "/run/%2e%2e/secret.txt",
-    "/run/..%2Fsecret.txt",
-    "/run/%2E%2E%2Fsecret.txt",
-    "/run/heatmaps/..%2F..%2Fsecret.txt",
-    "/run/../run-secret/x.txt",
-    "/run//etc/passwd",
-    "/run/%2Fetc%2Fpasswd",
-    "/run/heatmaps/escape/secret.txt",
-    "/run/.lock",
-    "/static/../../../../etc/passwd",
-    "/static/%2e%2e/%2e%2e/app.py",
-    "/static/..%2F..%2Fapp.py",
-    "/tiles/..%2F..%2Fetc%2Fpasswd/image/0/0_0.jpeg",
-    "/api/slides/..%2F..%2Fsecret.txt/info",
-    "/api/slides/%2Fetc%2Fpasswd/info",
-    "/../../secret.txt",
-    "//etc/passwd",
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/run/../secret.txt",
+        "/run/%2e%2e/secret.txt",
+        "/run/..%2Fsecret.txt",
+        "/run/%2E%2E%2Fsecret.txt",
+        "/run/heatmaps/..%2F..%2Fsecret.txt",
+        "/run/../run-secret/x.txt",
+        "/run//etc/passwd",
+        "/run/%2Fetc%2Fpasswd",
+        "/run/heatmaps/escape/secret.txt",
+        "/run/.lock",
+        "/static/../../../../etc/passwd",
+        "/static/%2e%2e/%2e%2e/app.py",
+        "/static/..%2F..%2Fapp.py",
+        "/tiles/..%2F..%2Fetc%2Fpasswd/image/0/0_0.jpeg",
+        "/api/slides/..%2F..%2Fsecret.txt/info",
+        "/api/slides/%2Fetc%2Fpasswd/info",
+        "/../../secret.txt",
+        "//etc/passwd",
+    ],
+)
 def test_traversal_is_refused(viewer: tuple[str, Path], target: str) -> None:
     url, _ = viewer
     status, body = raw_get(url, target)
@@ -229,8 +242,12 @@ def test_wsi_mil_view_command_serves_the_run(viewer: tuple[str, Path]) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    process = subprocess.Popen([sys.executable, "-m", "wsi_mil", "view", str(run), "--port", str(port)],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-m", "wsi_mil", "view", str(run), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -260,8 +277,9 @@ def test_annotations_from_the_run_config_and_a_run_whose_slide_moved(viewer: tup
     moved = tmp_path / "moved"
     scores = read_scores(run / "scores" / "abmil" / "lesion.h5")
     geometry = {**scores.coords_attrs, "slide_path": str(tmp_path / "gone.svs"), "level_dim": [4096, 3072]}
-    write_scores(moved / "scores" / "abmil" / "lesion.h5", scores.coords, scores.maps, attrs=scores.attrs,
-                 coords_attrs=geometry)  # fmt: skip
+    write_scores(
+        moved / "scores" / "abmil" / "lesion.h5", scores.coords, scores.maps, attrs=scores.attrs, coords_attrs=geometry
+    )
     assert RunCatalog(moved).slide("lesion").annotation is None
     (moved / "run_config.json").write_text(json.dumps({"run": {"masks": str(run.parent / "masks")}}))
     catalog = RunCatalog(moved)
@@ -272,8 +290,9 @@ def test_annotations_from_the_run_config_and_a_run_whose_slide_moved(viewer: tup
     assert "gone.svs" in info["image_error"]
     level = info["max_level"] - 4
     scale = service.scale("lesion", "abmil", "logit_tumor", "slide")
-    rgba = np.asarray(Image.open(io.BytesIO(service.overlay_tile("lesion", "abmil", "logit_tumor", level, 0, 0,
-                                                                  scale=scale))))  # fmt: skip
+    rgba = np.asarray(
+        Image.open(io.BytesIO(service.overlay_tile("lesion", "abmil", "logit_tumor", level, 0, 0, scale=scale)))
+    )
     x, y, w, h = (v // 16 for v in LESION)
     assert rgba[y + h // 2, x + w // 2, 0] > rgba[y + h // 2, x + w // 2, 2] + 60
     with pytest.raises(KeyError):
@@ -283,8 +302,9 @@ def test_annotations_from_the_run_config_and_a_run_whose_slide_moved(viewer: tup
     assert not unreadable["has_image"] and "not a readable slide" in unreadable["image_error"]
 
 
-def test_cohort_values_read_each_file_once_and_cap_large_slides(viewer: tuple[str, Path],
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cohort_values_read_each_file_once_and_cap_large_slides(
+    viewer: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     from wsi_mil.view import catalog as catalog_module
 
     _, run = viewer

@@ -69,25 +69,63 @@ def build_run(run: Path, slides: dict[str, Path], *, masks: Path) -> Path:
     manifest = Manifest(run)
     labels = []
     for slide_id, path in slides.items():
-        manifest.update(tile_slide(find_slides([str(path)], extensions=config.tiling.extensions)[0], run, config=config))
+        manifest.update(
+            tile_slide(find_slides([str(path)], extensions=config.tiling.extensions)[0], run, config=config)
+        )
         bag = read_bag(run / "bags" / f"{slide_id}.h5")
         lesion = slide_id == "lesion"
         maps = _maps(bag.coords, lesion=lesion, seed=len(labels))
-        geometry = {k: bag.attrs[k] for k in ("patch_size_level0", "patch_size", "patch_level", "slide_mpp",
-                                              "target_mpp", "slide_path", "slide_id")}  # fmt: skip
-        for head, probs in ((MODEL, [0.02, 0.98] if lesion else [0.9, 0.1]), (SECOND, [0.1, 0.9] if lesion else [0.7, 0.3])):
+        geometry = {
+            k: bag.attrs[k]
+            for k in (
+                "patch_size_level0",
+                "patch_size",
+                "patch_level",
+                "slide_mpp",
+                "target_mpp",
+                "slide_path",
+                "slide_id",
+            )
+        }
+        for head, probs in (
+            (MODEL, [0.02, 0.98] if lesion else [0.9, 0.1]),
+            (SECOND, [0.1, 0.9] if lesion else [0.7, 0.3]),
+        ):
             head_maps = maps if head == MODEL else {k: v * 0.5 for k, v in maps.items() if k != "manifold"}
-            write_scores(run / "scores" / head / f"{slide_id}.h5", bag.coords, head_maps, coords_attrs=geometry,
-                         attrs={"probs": probs, "pred": int(np.argmax(probs)), "classes": CLASSES, "model": head,
-                                "folds": [len(labels)], "fold_policy": "out_of_fold", "slide_id": slide_id})  # fmt: skip
+            write_scores(
+                run / "scores" / head / f"{slide_id}.h5",
+                bag.coords,
+                head_maps,
+                coords_attrs=geometry,
+                attrs={
+                    "probs": probs,
+                    "pred": int(np.argmax(probs)),
+                    "classes": CLASSES,
+                    "model": head,
+                    "folds": [len(labels)],
+                    "fold_policy": "out_of_fold",
+                    "slide_id": slide_id,
+                },
+            )
         if lesion:
             _write_cams(run / "heatmaps" / MODEL / slide_id / "cams.h5", bag.coords)
         labels.append(f"{slide_id},p{slide_id},{'tumor' if lesion else 'normal'},{len(labels)}")
-    manifest.update([{"stage": "tiling", "slide_id": "broken", "bag_set": "-", "status": "failed",
-                      "error": "broken.svs: not a readable slide"}])  # fmt: skip
+    manifest.update(
+        [
+            {
+                "stage": "tiling",
+                "slide_id": "broken",
+                "bag_set": "-",
+                "status": "failed",
+                "error": "broken.svs: not a readable slide",
+            }
+        ]
+    )
     manifest.save()
     (run / "models" / MODEL).mkdir(parents=True, exist_ok=True)
-    (run / "models" / MODEL / "splits.csv").write_text("slide_id,patient_id,label,test_fold\n" + "\n".join(labels) + "\n")
+    (run / "models" / MODEL / "splits.csv").write_text(
+        "slide_id,patient_id,label,test_fold\n" + "\n".join(labels) + "\n"
+    )
     masks.mkdir(parents=True, exist_ok=True)
     x, y, w, h = LESION
     ring = [[x, y], [x + w, y], [x + w, y + h], [x, y + h], [x, y]]

@@ -12,8 +12,15 @@ import math
 from collections.abc import Callable
 
 
-def _number(kind: type, *, low: float | None = None, high: float | None = None, low_open: bool = False,
-            high_open: bool = False, what: str) -> Callable[[str], int | float]:  # fmt: skip
+def _number(
+    kind: type,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    what: str,
+) -> Callable[[str], int | float]:
     def parse(text: str) -> int | float:
         try:
             value = kind(text)

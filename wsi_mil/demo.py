@@ -41,8 +41,14 @@ DEMO_SETTINGS: dict[str, dict[str, Any]] = {
     "extract": {"encoder": "efficientnet_lite0", "weights": "imagenet", "device": "cpu"},
     # CLAM's instance loss sharpens ABMIL's attention (patch AUC 0.89 -> 0.94 on this cohort)
     "train": {"folds": 5, "epochs": 30, "val_fraction": 0.0, "instance_loss": True, "device": "cpu"},
-    "heatmap": {"mpp": 8.0, "formats": ["zarr", "tiff", "rgba_tiff", "png", "geojson"], "thumbnail_size": 1024,
-                "cam_top_k": 2, "cam_methods": ["gradcam"], "cam_device": "cpu"},  # fmt: skip
+    "heatmap": {
+        "mpp": 8.0,
+        "formats": ["zarr", "tiff", "rgba_tiff", "png", "geojson"],
+        "thumbnail_size": 1024,
+        "cam_top_k": 2,
+        "cam_methods": ["gradcam"],
+        "cam_device": "cpu",
+    },
     "run": {"models": ["abmil", "ilam"]},
 }
 #: The demo's targets: both heads separate the slides, the best learned map localizes the
@@ -66,8 +72,15 @@ def demo_config(cohort: Cohort, run_dir: Path, *, workers: int | None = None) ->
     return config_from_dict(data, where="wsi_mil.demo.DEMO_SETTINGS")
 
 
-def run_demo(*, out: Path | None = None, workers: int | None = None, spec: CohortSpec | None = None,
-             stages: tuple[str, ...] | None = None, progress: bool = True, debug: bool = False) -> DemoResult:  # fmt: skip
+def run_demo(
+    *,
+    out: Path | None = None,
+    workers: int | None = None,
+    spec: CohortSpec | None = None,
+    stages: tuple[str, ...] | None = None,
+    progress: bool = True,
+    debug: bool = False,
+) -> DemoResult:
     """Build or reuse the cohort in OUT/cohort, run every stage (or ``stages``) into OUT/run."""
     root = Path(out) if out else Path.cwd() / "wsi-mil-demo"
     started = time.perf_counter()
@@ -95,8 +108,11 @@ def slide_metrics(model_dir: Path) -> dict[str, float]:
 
     with (model_dir / "metrics.csv").open(newline="") as handle:
         rows = {row["fold"]: row for row in csv.DictReader(handle)}
-    out = {f"{m}{suffix}": float(rows[fold][m]) for m in ("roc_auc", "balanced_accuracy", "f1")
-           for fold, suffix in (("mean", ""), ("std", "_std"))}  # fmt: skip
+    out = {
+        f"{m}{suffix}": float(rows[fold][m])
+        for m in ("roc_auc", "balanced_accuracy", "f1")
+        for fold, suffix in (("mean", ""), ("std", "_std"))
+    }
     labels, scores = [], []
     for path in sorted(model_dir.glob("fold_*/predictions.csv")):
         with path.open(newline="") as handle:
@@ -111,8 +127,10 @@ def localization(run_dir: Path, model: str) -> list[dict[str, Any]]:
     from wsi_mil.explain.evaluate import EXPLANATIONS_CSV
 
     with (RunLayout(run_dir).explanations_dir(model) / EXPLANATIONS_CSV).open(newline="") as handle:
-        return [{k: (v if k == "map" else float(v) if v else math.nan) for k, v in row.items()}
-                for row in csv.DictReader(handle)]  # fmt: skip
+        return [
+            {k: (v if k == "map" else float(v) if v else math.nan) for k, v in row.items()}
+            for row in csv.DictReader(handle)
+        ]
 
 
 def stain_baseline(run_dir: Path, labels: dict[str, str]) -> dict[str, float]:
@@ -163,14 +181,27 @@ def targets(result: DemoResult, baseline: dict[str, float] | None = None) -> lis
             elif not _is_baseline(row["map"]) and not math.isnan(row["auc"]):
                 learned.append((row["auc"], f"{model}:{row['map']}"))
     best_stat = max(baseline.values())
-    checks.append((f"stain baseline slide ROC-AUC <= {TARGETS['baseline_slide_auc']:g}", "baseline", best_stat,
-                   bool(best_stat <= TARGETS["baseline_slide_auc"])))  # fmt: skip
+    checks.append(
+        (
+            f"stain baseline slide ROC-AUC <= {TARGETS['baseline_slide_auc']:g}",
+            "baseline",
+            best_stat,
+            bool(best_stat <= TARGETS["baseline_slide_auc"]),
+        )
+    )
     best, where = max(learned) if learned else (math.nan, "none")
-    checks.append((f"best learned map patch ROC-AUC >= {TARGETS['patch_auc']:g}", where, best,
-                   bool(best >= TARGETS["patch_auc"])))  # fmt: skip
+    checks.append(
+        (f"best learned map patch ROC-AUC >= {TARGETS['patch_auc']:g}", where, best, bool(best >= TARGETS["patch_auc"]))
+    )
     margin = best - stain_map
-    checks.append((f"best map - stain map patch ROC-AUC >= {TARGETS['baseline_margin']:g}", where, margin,
-                   bool(margin >= TARGETS["baseline_margin"])))  # fmt: skip
+    checks.append(
+        (
+            f"best map - stain map patch ROC-AUC >= {TARGETS['baseline_margin']:g}",
+            where,
+            margin,
+            bool(margin >= TARGETS["baseline_margin"]),
+        )
+    )
     return checks
 
 
@@ -182,22 +213,35 @@ def format_report(result: DemoResult) -> str:
     baseline = stain_baseline(run_dir, labels)
     n_tumor = sum(label == "tumor" for label in labels.values())
     stages = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in result.pipeline.seconds.items())
-    lines = [f"Demo cohort: {len(labels)} slides ({n_tumor} tumor, {len(labels) - n_tumor} normal), {cohort.source}",
-             f"  {cohort.root} (ready in {result.cohort_seconds:.0f} s)",
-             f"Pipeline: {stages}; total {result.seconds:.0f} s", "",
-             "Slide classification, 5-fold cross-validation (test folds: mean ± sample std over folds; pooled = ROC-AUC of "
-             "all out-of-fold predictions)", "",
-             "| head | ROC-AUC | pooled ROC-AUC | balanced accuracy | F1 |", "|---|---:|---:|---:|---:|"]  # fmt: skip
+    lines = [
+        f"Demo cohort: {len(labels)} slides ({n_tumor} tumor, {len(labels) - n_tumor} normal), {cohort.source}",
+        f"  {cohort.root} (ready in {result.cohort_seconds:.0f} s)",
+        f"Pipeline: {stages}; total {result.seconds:.0f} s",
+        "",
+        "Slide classification, 5-fold cross-validation (test folds: mean ± sample std over folds; pooled = ROC-AUC of "
+        "all out-of-fold predictions)",
+        "",
+        "| head | ROC-AUC | pooled ROC-AUC | balanced accuracy | F1 |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for model in models:
         m = slide_metrics(layout.model_dir(model))
         roc, balanced, f1 = (format_mean_std(m[k], m[f"{k}_std"]) for k in ("roc_auc", "balanced_accuracy", "f1"))
         lines.append(f"| {model} | {roc} | {m['pooled_auc']:.3f} | {balanced} | {f1} |")
     stats = ", ".join(f"{name} {value:.3f}" for name, value in baseline.items())
-    lines += [f"| stain baseline (not learned; best statistic) | | {max(baseline.values()):.3f} | | |", "",
-              f"Stain baseline, slide ROC-AUC of each per-slide statistic (higher = tumor; no training): {stats}"]
-    lines += ["", f"Localization of the planted lesions ({n_tumor} tumor slides; a patch is lesion when >= half of it "
-              "is; mean ± sample std over slides)", "",
-              "| head | map | patch ROC-AUC | peak hit rate | Dice@0.5 |", "|---|---|---:|---:|---:|"]  # fmt: skip
+    lines += [
+        f"| stain baseline (not learned; best statistic) | | {max(baseline.values()):.3f} | | |",
+        "",
+        f"Stain baseline, slide ROC-AUC of each per-slide statistic (higher = tumor; no training): {stats}",
+    ]
+    lines += [
+        "",
+        f"Localization of the planted lesions ({n_tumor} tumor slides; a patch is lesion when >= half of it "
+        "is; mean ± sample std over slides)",
+        "",
+        "| head | map | patch ROC-AUC | peak hit rate | Dice@0.5 |",
+        "|---|---|---:|---:|---:|",
+    ]
     for index, model in enumerate(models):
         for row in localization(run_dir, model):
             if _is_baseline(row["map"]) and (index or not row["map"].startswith("stain_")):
@@ -212,11 +256,15 @@ def format_report(result: DemoResult) -> str:
     lines += ["", f"Heatmaps: {layout.heatmaps_root}/<head>/<slide_id>/, e.g. {example}:"]
     for model in models:
         folder = layout.heatmap_dir(model, example)
-        lines += [f"  {model}: OME-Zarr {folder / (ATTENTION_MAP + '.ome.zarr')}",
-                  f"  {' ' * len(model)}  TIFF     {folder / (ATTENTION_MAP + '.tiff')}",
-                  f"  {' ' * len(model)}  PNG      {folder / (ATTENTION_MAP + '_overlay.png')}",
-                  f"  {' ' * len(model)}  GeoJSON  {folder / 'patches.geojson'}"]  # fmt: skip
-    lines += [f"Ground truth: {cohort.masks} (PNG), {cohort.annotations} (GeoJSON)",
-              f"Tables: {layout.models_root}/<head>/summary.md, {layout.explanations_root}/<head>/explanations.md",
-              f"Manifest: {layout.manifest}; config: {layout.run_config}"]  # fmt: skip
+        lines += [
+            f"  {model}: OME-Zarr {folder / (ATTENTION_MAP + '.ome.zarr')}",
+            f"  {' ' * len(model)}  TIFF     {folder / (ATTENTION_MAP + '.tiff')}",
+            f"  {' ' * len(model)}  PNG      {folder / (ATTENTION_MAP + '_overlay.png')}",
+            f"  {' ' * len(model)}  GeoJSON  {folder / 'patches.geojson'}",
+        ]
+    lines += [
+        f"Ground truth: {cohort.masks} (PNG), {cohort.annotations} (GeoJSON)",
+        f"Tables: {layout.models_root}/<head>/summary.md, {layout.explanations_root}/<head>/explanations.md",
+        f"Manifest: {layout.manifest}; config: {layout.run_config}",
+    ]
     return "\n".join(lines)

@@ -46,7 +46,11 @@ logger = logging.getLogger(__name__)
 COHORT_VERSION = 2
 COHORT_FILE = "cohort.json"
 #: Look-alike kind -> (count range per slide, radius range in um); folds are long and thin.
-LOOKALIKE_SPOTS = {"lymphoid": ((1, 4), (100, 200)), "debris": ((0, 3), (80, 160)), "dense_stroma": ((0, 3), (150, 300))}
+LOOKALIKE_SPOTS = {
+    "lymphoid": ((1, 4), (100, 200)),
+    "debris": ((0, 3), (80, 160)),
+    "dense_stroma": ((0, 3), (150, 300)),
+}
 FOLDS = ((0, 3), (250, 600), (25, 60))  # count, half-length um, half-width um
 __all__ = ["MASK_DOWNSAMPLE", "Cohort", "CohortSpec", "build_cohort", "render_slide"]
 
@@ -87,8 +91,13 @@ def _smooth_field(shape: tuple[int, int], sigma: float, rng: np.random.Generator
     return (field - field.mean()) / (field.std() + 1e-9)
 
 
-def _blob(shape: tuple[int, int], centre: tuple[float, float], radii: tuple[float, float], angle: float,
-          rng: np.random.Generator) -> np.ndarray:  # fmt: skip
+def _blob(
+    shape: tuple[int, int],
+    centre: tuple[float, float],
+    radii: tuple[float, float],
+    angle: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
     """(H, W) bool: an ellipse whose radius wobbles with a few low angular harmonics."""
     yy, xx = np.mgrid[: shape[0], : shape[1]].astype(np.float32)
     dx, dy = xx - centre[0], yy - centre[1]
@@ -99,8 +108,15 @@ def _blob(shape: tuple[int, int], centre: tuple[float, float], radii: tuple[floa
     return np.hypot(u, v) <= wobble
 
 
-def _spots(shape: tuple[int, int], free: np.ndarray, rng: np.random.Generator, count: int,
-           radii: tuple[float, float], *, elongation: tuple[float, float] = (0.7, 1.0)) -> np.ndarray:  # fmt: skip
+def _spots(
+    shape: tuple[int, int],
+    free: np.ndarray,
+    rng: np.random.Generator,
+    count: int,
+    radii: tuple[float, float],
+    *,
+    elongation: tuple[float, float] = (0.7, 1.0),
+) -> np.ndarray:
     """(H, W) bool: ``count`` wobbly ellipses (radii in layout pixels) centred in ``free``."""
     spots = np.zeros(shape, bool)
     candidates = np.argwhere(free)
@@ -119,7 +135,9 @@ def _layout(spec: CohortSpec, rng: np.random.Generator, *, positive: bool, n_nor
     shape = (spec.height // MASK_DOWNSAMPLE, spec.width // MASK_DOWNSAMPLE)
     h, w = shape
     centre = (w / 2 + rng.uniform(-0.05, 0.05) * w, h / 2 + rng.uniform(-0.05, 0.05) * h)
-    tissue = _blob(shape, centre, (w * rng.uniform(0.36, 0.44), h * rng.uniform(0.34, 0.42)), rng.uniform(-0.3, 0.3), rng)
+    tissue = _blob(
+        shape, centre, (w * rng.uniform(0.36, 0.44), h * rng.uniform(0.34, 0.42)), rng.uniform(-0.3, 0.3), rng
+    )
     tissue &= _smooth_field(shape, 12, rng) > -1.6  # a few tears and holes
     labels, count = label(tissue)
     if count > 1:
@@ -134,8 +152,14 @@ def _layout(spec: CohortSpec, rng: np.random.Generator, *, positive: bool, n_nor
         spots = _spots(shape, tissue, look_rng, int(look_rng.integers(low, high)), (r0 / scale, r1 / scale))
         lookalikes[kind] = gaussian_filter((spots & tissue).astype(np.float32), edge / 2)
     (low, high), length, width = FOLDS
-    folds = _spots(shape, tissue, look_rng, int(look_rng.integers(low, high)), (length[0] / scale, length[1] / scale),
-                   elongation=(width[0] / length[1], width[1] / length[0]))  # fmt: skip
+    folds = _spots(
+        shape,
+        tissue,
+        look_rng,
+        int(look_rng.integers(low, high)),
+        (length[0] / scale, length[1] / scale),
+        elongation=(width[0] / length[1], width[1] / length[0]),
+    )
     lesion = np.zeros(shape, bool)
     if positive:
         area = rng.uniform(*spec.lesion_area) * tissue.sum()
@@ -169,14 +193,17 @@ def _upsample(layer: np.ndarray, top: int, bottom: int, width: int) -> np.ndarra
     return np.asarray(image.resize((width, bottom - top), Image.Resampling.BILINEAR, box=box))[..., None]
 
 
-def render_slide(spec: CohortSpec, bank: TissueBank, index: int, *, positive: bool,
-                 band: int = 512) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def render_slide(
+    spec: CohortSpec, bank: TissueBank, index: int, *, positive: bool, band: int = 512
+) -> tuple[np.ndarray, np.ndarray]:
     """(H, W, 3) uint8 slide image and (H/8, W/8) bool lesion truth of slide ``index``."""
     rng = np.random.default_rng([spec.seed, index])
     layers = _layout(spec, rng, positive=positive, n_normal=len(bank.normal))
     quilts = [Quilt(tiles, spec.width, spec.height, rng) for tiles in bank.normal]
     lesion_quilt = Quilt(bank.lesion, spec.width, spec.height, rng)
-    lookalike_quilts = {kind: Quilt(bank.lookalikes[kind], spec.width, spec.height, rng) for kind in layers["lookalikes"]}
+    lookalike_quilts = {
+        kind: Quilt(bank.lookalikes[kind], spec.width, spec.height, rng) for kind in layers["lookalikes"]
+    }
     image = np.empty((spec.height, spec.width, 3), np.uint8)
     glass = np.asarray(GLASS, np.float32)
     for top in range(0, spec.height, band):
@@ -185,8 +212,10 @@ def render_slide(spec: CohortSpec, bank: TissueBank, index: int, *, positive: bo
         def up(layer: np.ndarray, top: int = top, bottom: int = bottom) -> np.ndarray:
             return _upsample(layer, top, bottom, spec.width)
 
-        tissue = sum(up(weight) * quilt.render(top, bottom, (weight > 1e-3) & (layers["tissue"] > 0))
-                     for weight, quilt in zip(layers["normal"], quilts, strict=True))  # fmt: skip
+        tissue = sum(
+            up(weight) * quilt.render(top, bottom, (weight > 1e-3) & (layers["tissue"] > 0))
+            for weight, quilt in zip(layers["normal"], quilts, strict=True)
+        )
         for kind, layer in layers["lookalikes"].items():
             if (layer[top // MASK_DOWNSAMPLE : bottom // MASK_DOWNSAMPLE + 2] > 1e-3).any():
                 spots = up(layer)
@@ -221,8 +250,13 @@ def truth_geojson(truth: np.ndarray, *, downsample: int = MASK_DOWNSAMPLE) -> di
         ring = [[round(float(x - 0.5) * downsample, 1), round(float(y - 0.5) * downsample, 1)] for y, x in contour]
         if ring[0] != ring[-1]:
             ring.append(ring[0])
-        features.append({"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]},
-                         "properties": {"objectType": "annotation", "classification": {"name": "Tumor"}}})  # fmt: skip
+        features.append(
+            {
+                "type": "Feature",
+                "geometry": {"type": "Polygon", "coordinates": [ring]},
+                "properties": {"objectType": "annotation", "classification": {"name": "Tumor"}},
+            }
+        )
     return {"type": "FeatureCollection", "features": features}
 
 
@@ -253,14 +287,22 @@ def _write_slide(cohort: Cohort, spec: CohortSpec, bank: TissueBank, slide_id: s
     logger.info("demo cohort: %s (%s)", slide_id, "tumor" if positive else "normal")
 
 
-def build_cohort(root: str | Path, *, spec: CohortSpec | None = None, data: Path | None = None,
-                 rebuild: bool = False, workers: int | None = None) -> Cohort:  # fmt: skip
+def build_cohort(
+    root: str | Path,
+    *,
+    spec: CohortSpec | None = None,
+    data: Path | None = None,
+    rebuild: bool = False,
+    workers: int | None = None,
+) -> Cohort:
     """Write (or reuse, when complete with the same spec and source) the demo cohort under ``root``;
     ``workers`` processes render slides (default: one per core)."""
     spec = spec or CohortSpec()
     root = Path(root)
     bank = load_tissue_bank(data)
-    record = json.loads(json.dumps({"version": COHORT_VERSION, "spec": dataclasses.asdict(spec), "source": bank.source}))
+    record = json.loads(
+        json.dumps({"version": COHORT_VERSION, "spec": dataclasses.asdict(spec), "source": bank.source})
+    )
     assignments = _assignments(spec)
     cohort = _cohort(root, bank.source, tuple(a[0] for a in assignments))
     marker = root / COHORT_FILE
@@ -279,8 +321,10 @@ def build_cohort(root: str | Path, *, spec: CohortSpec | None = None, data: Path
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(_write_slide, cohort, spec, bank, slide_id, positive=positive)
-                       for slide_id, positive in assignments]
+            futures = [
+                pool.submit(_write_slide, cohort, spec, bank, slide_id, positive=positive)
+                for slide_id, positive in assignments
+            ]
             for future in futures:
                 future.result()
     with atomic_output(cohort.labels) as tmp, tmp.open("w", newline="") as handle:

@@ -63,8 +63,7 @@ def load_tissue_bank(data: Path | None = None) -> TissueBank:
     normal = tuple(_reinhard(tiles) for tiles in [_cmu_tiles(data / CMU_SLIDE), *map(kather, KATHER_NORMAL)])
     pooled = _lab_stats(sum(normal, ()))
     lookalikes = {kind: _optical_gain(_reinhard(kather(name)), gain) for kind, (name, gain) in LOOKALIKES.items()}
-    return TissueBank(normal, _reinhard(kather(KATHER_LESION), target=pooled), lookalikes,
-                      source=f"real H&E ({data})")  # fmt: skip
+    return TissueBank(normal, _reinhard(kather(KATHER_LESION), target=pooled), lookalikes, source=f"real H&E ({data})")
 
 
 def _lab_stats(tiles: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -75,8 +74,9 @@ def _lab_stats(tiles: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray]:
     return np.mean([lab.mean((0, 1)) for lab in labs], axis=0), np.mean([lab.std((0, 1)) for lab in labs], axis=0)
 
 
-def _reinhard(tiles: tuple[np.ndarray, ...], *, target: tuple[np.ndarray, np.ndarray] | None = None
-              ) -> tuple[np.ndarray, ...]:  # fmt: skip
+def _reinhard(
+    tiles: tuple[np.ndarray, ...], *, target: tuple[np.ndarray, np.ndarray] | None = None
+) -> tuple[np.ndarray, ...]:
     """Match each tile's Lab mean and std to ``target`` (default: its own group's), Reinhard et al. 2001:
     quilted tiles of one type make no patchwork of shades, and the lesion takes the normal stain."""
     from skimage.color import lab2rgb, rgb2lab
@@ -167,7 +167,8 @@ class Quilt:
                 if not need_row[:, max(0, x // cell) : max(0, (x + size) // cell + 1)].any():
                     continue
                 ay, ax = y - top + size, x + size
-                acc[ay : ay + size, ax : ax + size] += self.variants[self.choice[row, col], self.turns[row, col],
-                                                                     self.flips[row, col]]  # fmt: skip
+                acc[ay : ay + size, ax : ax + size] += self.variants[
+                    self.choice[row, col], self.turns[row, col], self.flips[row, col]
+                ]
                 total[ay : ay + size, ax : ax + size] += self.weight
         return (acc / np.maximum(total, 1e-6))[size : size + bottom - top, size : size + self.width]

@@ -115,13 +115,21 @@ def tissue_features(mask: np.ndarray, downsample: float, *, slide_id: str, mpp: 
     features = []
     for index, polygon in enumerate(polygons(mask_geometry(mask, downsample))):
         measurements = {"area_um2": polygon.area * mpp * mpp} if mpp else {"area_px": polygon.area}
-        features.append(qupath_feature(shapely.geometry.mapping(polygon), object_id=feature_id(slide_id, "tissue", index),
-                                       object_type="annotation", classification=TISSUE_CLASS,
-                                       name=f"tissue {index}", measurements=measurements))  # fmt: skip
+        features.append(
+            qupath_feature(
+                shapely.geometry.mapping(polygon),
+                object_id=feature_id(slide_id, "tissue", index),
+                object_type="annotation",
+                classification=TISSUE_CLASS,
+                name=f"tissue {index}",
+                measurements=measurements,
+            )
+        )
     return features
 
 
-def write_tissue_geojson(path: str | Path, mask: np.ndarray, downsample: float, *, slide_id: str,
-                         mpp: float | None = None) -> Path:  # fmt: skip
+def write_tissue_geojson(
+    path: str | Path, mask: np.ndarray, downsample: float, *, slide_id: str, mpp: float | None = None
+) -> Path:
     """The tissue contours of a tiling mask as QuPath annotations (level-0 px)."""
     return write_feature_collection(path, tissue_features(mask, downsample, slide_id=slide_id, mpp=mpp))

@@ -19,9 +19,21 @@ from wsi_mil.store.atomic import atomic_output
 
 #: Leading columns, in order; stage-specific columns follow in first-seen order.
 BASE_COLUMNS = (
-    "stage", "slide_id", "bag_set", "path", "reader", "mpp", "mpp_source", "level",
-    "patch_size", "n_patches", "seconds", "status", "error", "note",
-)  # fmt: skip
+    "stage",
+    "slide_id",
+    "bag_set",
+    "path",
+    "reader",
+    "mpp",
+    "mpp_source",
+    "level",
+    "patch_size",
+    "n_patches",
+    "seconds",
+    "status",
+    "error",
+    "note",
+)
 KEY = ("stage", "slide_id", "bag_set")
 
 
@@ -86,8 +98,12 @@ def failure_record(record: dict[str, Any], error: BaseException, *, path: Any, s
     """``record`` as a failed row: our errors as they are (they name the file and what to do),
     any other exception prefixed with the file it came from; seconds since ``started``."""
     message = str(error) if isinstance(error, WsiMilError) else f"{path}: {type(error).__name__}: {error}"
-    return {**record, "status": "failed", "error": message.replace("\n", " "),
-            "seconds": round(time.perf_counter() - started, 3)}  # fmt: skip
+    return {
+        **record,
+        "status": "failed",
+        "error": message.replace("\n", " "),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
 
 
 class RunRecorder:

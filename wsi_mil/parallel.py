@@ -136,7 +136,6 @@ def _without_malloc_trim() -> Iterator[None]:
             os.environ["MALLOC_TRIM_THRESHOLD_"] = inherited
 
 
-
 def map_slides(
     function: Callable[..., Any],
     items: Sequence[Any],

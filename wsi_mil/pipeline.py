@@ -60,8 +60,9 @@ class PipelineResult:
         return sum(r["status"] == "failed" for records in self.records.values() for r in records)
 
 
-def load_run_config(path: str | Path, *, overrides: dict[str, dict[str, Any]] | None = None,
-                    sets: list[str] | None = None) -> Config:  # fmt: skip
+def load_run_config(
+    path: str | Path, *, overrides: dict[str, dict[str, Any]] | None = None, sets: list[str] | None = None
+) -> Config:
     """Load ``path`` and make the ``run`` paths absolute (relative ones are relative to the file)."""
     config = load_config(path, overrides=overrides, sets=sets)
     return resolve_paths(config, base=Path(path).resolve().parent)
@@ -69,8 +70,11 @@ def load_run_config(path: str | Path, *, overrides: dict[str, dict[str, Any]] | 
 
 def resolve_paths(config: Config, *, base: Path) -> Config:
     run = config.run
-    absolute: dict[str, Any] = {key: str((base / value).resolve()) for key in ("slides", "out", "labels", "masks")
-                if (value := getattr(run, key)) is not None}  # fmt: skip
+    absolute: dict[str, Any] = {
+        key: str((base / value).resolve())
+        for key in ("slides", "out", "labels", "masks")
+        if (value := getattr(run, key)) is not None
+    }
     return dataclasses.replace(config, run=dataclasses.replace(run, **absolute))
 
 
@@ -90,8 +94,11 @@ def check_run_config(config: Config, *, where: str = "config") -> None:
     stages = set(run.stages)
     if run.out is None:
         raise ConfigError(f"{where}: run.out is not set; give the run directory every stage writes into")
-    inputs = (("slides", "tile", "slide file, folder or CSV"), ("labels", "train", "labels CSV"),
-              ("masks", "evaluate", "annotations folder"))  # fmt: skip
+    inputs = (
+        ("slides", "tile", "slide file, folder or CSV"),
+        ("labels", "train", "labels CSV"),
+        ("masks", "evaluate", "annotations folder"),
+    )
     for key, stage, kind in inputs:
         value = getattr(run, key)
         if stage not in stages:
@@ -114,9 +121,11 @@ def check_run_config(config: Config, *, where: str = "config") -> None:
         folder = _features_dir(Path(run.out), config)
         if not folder.is_dir():
             found = sorted(d.name for d in folder.parent.iterdir() if d.is_dir()) if folder.parent.is_dir() else []
-            raise ConfigError(f"{where}: the train stage reads {folder} (extract.encoder = {config.extract.encoder}), "
-                              f"which does not exist; encoders with features there: {', '.join(found) or 'none'}. "
-                              "Set extract.encoder to one of them, or add the extract stage")  # fmt: skip
+            raise ConfigError(
+                f"{where}: the train stage reads {folder} (extract.encoder = {config.extract.encoder}), "
+                f"which does not exist; encoders with features there: {', '.join(found) or 'none'}. "
+                "Set extract.encoder to one of them, or add the extract stage"
+            )
     if stages & {"train", "predict", "heatmap", "evaluate"}:
         from wsi_mil.mil.registry import mil_model_config
 
@@ -146,21 +155,37 @@ def check_labels_plan(config: Config, *, where: str = "config") -> None:
         origin = f"run.slides = {run.slides}"
     else:
         folder = _features_dir(Path(str(run.out)), config)
-        ids = {p.stem for p in folder.rglob("*") if p.suffix in (".h5", ".zarr")} if folder.is_dir() else set(table.labels)
+        ids = (
+            {p.stem for p in folder.rglob("*") if p.suffix in (".h5", ".zarr")}
+            if folder.is_dir()
+            else set(table.labels)
+        )
         origin = str(folder)
     labels = {s: label for s, label in table.labels.items() if s in ids}
     if not labels:
-        raise ConfigError(f"{where}: run.labels = {table.path}: none of its {len(table.labels)} slide ids is a slide "
-                          f"of {origin}; the slide id is the file name without its extension")  # fmt: skip
+        raise ConfigError(
+            f"{where}: run.labels = {table.path}: none of its {len(table.labels)} slide ids is a slide "
+            f"of {origin}; the slide id is the file name without its extension"
+        )
     with fold_option("--set train.folds=N"):
-        check_fold_plan(labels, {s: table.patients[s] for s in labels}, folds=options.folds, seed=options.seed,
-                        val_fraction=options.val_fraction, where=f"{where}: run.labels = {table.path}",
-                        csv_splits={s: table.splits[s] for s in labels} if table.splits else None)  # fmt: skip
+        check_fold_plan(
+            labels,
+            {s: table.patients[s] for s in labels},
+            folds=options.folds,
+            seed=options.seed,
+            val_fraction=options.val_fraction,
+            where=f"{where}: run.labels = {table.path}",
+            csv_splits={s: table.splits[s] for s in labels} if table.splits else None,
+        )
 
 
 def _flat(data: dict[str, Any]) -> dict[str, Any]:
-    return {f"{section}.{key}": value for section, values in data.items() if isinstance(values, dict)
-            for key, value in values.items()}  # fmt: skip
+    return {
+        f"{section}.{key}": value
+        for section, values in data.items()
+        if isinstance(values, dict)
+        for key, value in values.items()
+    }
 
 
 def _key_stage(key: str) -> str:
@@ -188,7 +213,7 @@ def stage_outputs(run_dir: Path, config: Config, stage: str) -> list[Path]:
         return [layout.bags_root, layout.qc_root, layout.features_root, *layout.per_head_roots()]
     if stage == "extract":
         return [_features_dir(run_dir, config), *layout.per_head_roots()]
-    later = STAGE_ORDER[STAGE_ORDER.index(stage):]
+    later = STAGE_ORDER[STAGE_ORDER.index(stage) :]
     outputs = {name: layout.head_outputs(name) for name in heads(config)}
     return [per_stage[s] for s in later for per_stage in outputs.values() if s in per_stage]
 
@@ -219,10 +244,13 @@ def stale_outputs(config: Config, *, where: str = "config", overwrite: bool = Fa
             return []
         path, saved = recorded
         changed = {k: v for k, v in changed_keys(saved, config).items() if k.split(".")[0] in ("tiling", "tissue")}
-        logger.warning("%s has no %s: only the tiling settings of its outputs can be checked (from %s)",
-                       run_dir, RUN_CONFIG, path)  # fmt: skip
-    changes = {key: old if key == RUN_CONFIG else f"{json.dumps(old)} -> {json.dumps(new)}"
-               for key, (old, new) in changed.items()}  # fmt: skip
+        logger.warning(
+            "%s has no %s: only the tiling settings of its outputs can be checked (from %s)", run_dir, RUN_CONFIG, path
+        )
+    changes = {
+        key: old if key == RUN_CONFIG else f"{json.dumps(old)} -> {json.dumps(new)}"
+        for key, (old, new) in changed.items()
+    }
     stages = {key: _key_stage(key) if key != RUN_CONFIG else "tile" for key in changes}
     found: dict[Path, None] = {}
     conflicting = []
@@ -270,8 +298,9 @@ def _head_config(config: Config, name: str) -> Config:
     return dataclasses.replace(config, train=dataclasses.replace(config.train, model=name, name=None))
 
 
-def run_pipeline(config: Config, *, where: str = "config", overwrite: bool = False, debug: bool = False,
-                 progress: bool = True) -> PipelineResult:  # fmt: skip
+def run_pipeline(
+    config: Config, *, where: str = "config", overwrite: bool = False, debug: bool = False, progress: bool = True
+) -> PipelineResult:
     """Run ``config.run.stages`` in order on ``config.run`` (paths absolute; see :func:`resolve_paths`)."""
     check_run_config(config, where=where)
     if "train" in config.run.stages and config.run.labels is not None:
@@ -281,12 +310,16 @@ def run_pipeline(config: Config, *, where: str = "config", overwrite: bool = Fal
         stale_outputs(config, where=where)  # a refused run touches nothing, not even the lock file
     from wsi_mil.mil.splits import fold_option
 
-    with run_lock(Path(str(config.run.out)), "wsi-mil run"), fold_option("--set train.folds=N"):  # one writer per run folder
+    with (
+        run_lock(Path(str(config.run.out)), "wsi-mil run"),
+        fold_option("--set train.folds=N"),
+    ):  # one writer per run folder
         return _run_locked(config, sources, where=where, overwrite=overwrite, debug=debug, progress=progress)
 
 
-def _run_locked(config: Config, sources: list[Any], *, where: str, overwrite: bool, debug: bool,
-                progress: bool) -> PipelineResult:  # fmt: skip
+def _run_locked(
+    config: Config, sources: list[Any], *, where: str, overwrite: bool, debug: bool, progress: bool
+) -> PipelineResult:
     run: RunConfig = config.run
     run_dir = Path(str(run.out))
     stale = stale_outputs(config, where=where, overwrite=overwrite)
@@ -310,19 +343,30 @@ def _run_locked(config: Config, sources: list[Any], *, where: str, overwrite: bo
     if "tile" in stages:
         from wsi_mil.tiling.tile import tile_slides
 
-        result.records["tile"] = timed("tile", lambda: tile_slides(sources, run_dir, config=config, overwrite=overwrite,
-                                                                  debug=debug, progress=progress))  # fmt: skip
+        result.records["tile"] = timed(
+            "tile",
+            lambda: tile_slides(sources, run_dir, config=config, overwrite=overwrite, debug=debug, progress=progress),
+        )
     if "extract" in stages:
         from wsi_mil.features.extract import extract_run
 
-        result.records["extract"] = timed("extract", lambda: extract_run(run_dir, config=config, overwrite=overwrite,
-                                                                         debug=debug, progress=progress))  # fmt: skip
+        result.records["extract"] = timed(
+            "extract", lambda: extract_run(run_dir, config=config, overwrite=overwrite, debug=debug, progress=progress)
+        )
     if run.labels is None:
         logger.warning("run.labels is not set: stopping after extraction")
         return result
     for name in result.models:
-        _run_head(_head_config(config, name), name, run_dir, result, timed, overwrite=overwrite, debug=debug,
-                  progress=progress)  # fmt: skip
+        _run_head(
+            _head_config(config, name),
+            name,
+            run_dir,
+            result,
+            timed,
+            overwrite=overwrite,
+            debug=debug,
+            progress=progress,
+        )
     return result
 
 
@@ -331,13 +375,24 @@ def _find_sources(config: Config, where: str) -> list[Any]:
 
     sources = find_slides([str(config.run.slides)], extensions=config.tiling.extensions)
     if not sources:
-        raise WsiMilError(f"{where}: run.slides = {config.run.slides}: no slides found "
-                          f"(extensions: {' '.join(config.tiling.extensions)})")  # fmt: skip
+        raise WsiMilError(
+            f"{where}: run.slides = {config.run.slides}: no slides found "
+            f"(extensions: {' '.join(config.tiling.extensions)})"
+        )
     return sources
 
 
-def _run_head(config: Config, name: str, run_dir: Path, result: PipelineResult, timed: Any, *, overwrite: bool,
-              debug: bool, progress: bool) -> None:  # fmt: skip
+def _run_head(
+    config: Config,
+    name: str,
+    run_dir: Path,
+    result: PipelineResult,
+    timed: Any,
+    *,
+    overwrite: bool,
+    debug: bool,
+    progress: bool,
+) -> None:
     run, stages = config.run, set(config.run.stages)
     model_dir = RunLayout(run_dir).model_dir(name)
     if "train" in stages:
@@ -345,20 +400,28 @@ def _run_head(config: Config, name: str, run_dir: Path, result: PipelineResult, 
 
         # Only this encoder's features: a run folder may also hold another encoder's.
         features = [_features_dir(run_dir, config)]
-        timed(f"train:{name}", lambda: train_run(run_dir, str(run.labels), config=config, features=features,
-                                                 overwrite=overwrite))  # fmt: skip
+        timed(
+            f"train:{name}",
+            lambda: train_run(run_dir, str(run.labels), config=config, features=features, overwrite=overwrite),
+        )
     if "predict" in stages:
         from wsi_mil.mil.predict import predict_run
 
-        result.records[f"predict:{name}"] = timed(f"predict:{name}", lambda: predict_run(
-            run_dir, model_dir, device=config.train.device, overwrite=overwrite))  # fmt: skip
+        result.records[f"predict:{name}"] = timed(
+            f"predict:{name}", lambda: predict_run(run_dir, model_dir, device=config.train.device, overwrite=overwrite)
+        )
     if "heatmap" in stages:
         from wsi_mil.explain.heatmap import heatmap_run
 
-        result.records[f"heatmap:{name}"] = timed(f"heatmap:{name}", lambda: heatmap_run(
-            run_dir, config=config, model=name, overwrite=overwrite, debug=debug, progress=progress))  # fmt: skip
+        result.records[f"heatmap:{name}"] = timed(
+            f"heatmap:{name}",
+            lambda: heatmap_run(
+                run_dir, config=config, model=name, overwrite=overwrite, debug=debug, progress=progress
+            ),
+        )
     if "evaluate" in stages and run.masks is not None:
         from wsi_mil.explain.evaluate import evaluate_maps
 
-        result.records[f"evaluate:{name}"] = timed(f"evaluate:{name}", lambda: evaluate_maps(
-            run_dir, masks=str(run.masks), model=name).records)  # fmt: skip
+        result.records[f"evaluate:{name}"] = timed(
+            f"evaluate:{name}", lambda: evaluate_maps(run_dir, masks=str(run.masks), model=name).records
+        )

@@ -66,8 +66,9 @@ class Registry(Generic[ConfigT, BuilderT]):
 
         return decorate
 
-    def namespace(self, prefix: str, *, description: str, example: str
-                  ) -> Callable[[Callable[[str], Entry[ConfigT, BuilderT]]], Callable[[str], Entry[ConfigT, BuilderT]]]:
+    def namespace(
+        self, prefix: str, *, description: str, example: str
+    ) -> Callable[[Callable[[str], Entry[ConfigT, BuilderT]]], Callable[[str], Entry[ConfigT, BuilderT]]]:
         """Decorator: the decorated ``resolve(rest) -> Entry`` handles every ``prefix:<rest>`` name."""
 
         def decorate(resolve: Callable[[str], Entry[ConfigT, BuilderT]]) -> Callable[[str], Entry[ConfigT, BuilderT]]:

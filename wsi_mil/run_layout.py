@@ -113,8 +113,12 @@ class RunLayout:
         if not root.is_dir():
             return []
         folders = [(root, "")] + [(d, d.name) for d in sorted(root.iterdir()) if d.is_dir() and d.suffix != ".zarr"]
-        return [(set_name, bag) for folder, set_name in folders for bag in sorted(folder.iterdir())
-                if not bag.name.startswith(".") and bag.suffix in STORE_SUFFIXES]  # fmt: skip
+        return [
+            (set_name, bag)
+            for folder, set_name in folders
+            for bag in sorted(folder.iterdir())
+            if not bag.name.startswith(".") and bag.suffix in STORE_SUFFIXES
+        ]
 
     def find_bag(self, slide_id: str, bag_set: str | Path = "", *, other_sets: bool = False) -> Path | None:
         """The slide's bag: in ``bags/<bag_set>/``, else in ``bags/``; with ``other_sets``, else
@@ -205,8 +209,12 @@ class RunLayout:
 
     def head_outputs(self, head: str) -> dict[str, Path]:
         """Per stage that writes per head: its folder of ``head`` (train, predict, heatmap, evaluate)."""
-        return {"train": self.model_dir(head), "predict": self.scores_dir(head), "heatmap": self.heatmap_head_dir(head),
-                "evaluate": self.explanations_dir(head)}  # fmt: skip
+        return {
+            "train": self.model_dir(head),
+            "predict": self.scores_dir(head),
+            "heatmap": self.heatmap_head_dir(head),
+            "evaluate": self.explanations_dir(head),
+        }
 
     def per_head_roots(self) -> list[Path]:
         """The folders of every stage that writes per head (models/, scores/, heatmaps/, explanations/)."""

@@ -107,11 +107,18 @@ def write_image_slide(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     height, width = image.shape[:2]
-    description = (f"Aperio Image Library v12.0.0 \r\n{width}x{height} ({tile}x{tile}) JPEG/RGB Q={quality}"
-                   f"|AppMag = {round(10.0 / mpp):g}|MPP = {mpp:.4f}")  # fmt: skip
+    description = (
+        f"Aperio Image Library v12.0.0 \r\n{width}x{height} ({tile}x{tile}) JPEG/RGB Q={quality}"
+        f"|AppMag = {round(10.0 / mpp):g}|MPP = {mpp:.4f}"
+    )
     pil = Image.fromarray(image)
-    jpeg: dict[str, Any] = {"photometric": "rgb", "compression": "jpeg", "compressionargs": {"level": quality}, "metadata": None,
-            "subfiletype": 0}  # fmt: skip
+    jpeg: dict[str, Any] = {
+        "photometric": "rgb",
+        "compression": "jpeg",
+        "compressionargs": {"level": quality},
+        "metadata": None,
+        "subfiletype": 0,
+    }
     with tifffile.TiffWriter(path, bigtiff=width * height * 3 > 2**31) as writer:
         for index, downsample in enumerate(downsamples):
             level_w, level_h = width // downsample, height // downsample
@@ -122,9 +129,14 @@ def write_image_slide(
             writer.write(level, tile=(tile, tile), description=text, **jpeg)
             if index == 0:
                 scale = THUMBNAIL_SIDE / max(width, height)
-                thumbnail = pil.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.Resampling.BOX)
-                writer.write(np.asarray(thumbnail), description=f"Aperio Image Library v12.0.0 \r\n{width}x{height} -> thumbnail",
-                             **jpeg)  # fmt: skip
+                thumbnail = pil.resize(
+                    (max(1, round(width * scale)), max(1, round(height * scale))), Image.Resampling.BOX
+                )
+                writer.write(
+                    np.asarray(thumbnail),
+                    description=f"Aperio Image Library v12.0.0 \r\n{width}x{height} -> thumbnail",
+                    **jpeg,
+                )
     return path
 
 

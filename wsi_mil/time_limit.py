@@ -30,8 +30,9 @@ class ChildDiedError(WsiMilError, ChildProcessError):
     """The process working on a slide ended without a result (a crash inside a library)."""
 
 
-def run_with_time_limit(function: Callable[..., Any], item: Any, *, seconds: float, preload: Sequence[str] = (),
-                        **kwargs: Any) -> Any:  # fmt: skip
+def run_with_time_limit(
+    function: Callable[..., Any], item: Any, *, seconds: float, preload: Sequence[str] = (), **kwargs: Any
+) -> Any:
     """``function(item, **kwargs)`` in a child process; :class:`SlideTimeoutError` when it has not
     returned after ``seconds`` (+ :data:`GRACE_S`), the child stopped. Its exceptions are re-raised here;
     a child that dies without a result (a crash in C) is :class:`ChildDiedError`. ``item`` is named
@@ -43,8 +44,9 @@ def run_with_time_limit(function: Callable[..., Any], item: Any, *, seconds: flo
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([function.__module__, *preload])
     receive, send = context.Pipe(duplex=False)
-    child = context.Process(target=_child, args=(send, function, item, kwargs), daemon=True,
-                            name=f"wsi-mil {function.__name__}")  # fmt: skip
+    child = context.Process(
+        target=_child, args=(send, function, item, kwargs), daemon=True, name=f"wsi-mil {function.__name__}"
+    )
     child.start()
     send.close()  # the child holds the other end: its death reads as end-of-file here
     name = getattr(item, "path", item)
@@ -59,9 +61,11 @@ def run_with_time_limit(function: Callable[..., Any], item: Any, *, seconds: flo
             status, value = receive.recv()
         except EOFError:
             child.join(STOP_WAIT_S)
-            raise ChildDiedError(f"{name}: the process working on this slide died (exit code {child.exitcode}) "
-                                 "without a result; the file probably crashes its reader. Try another "
-                                 "--reader, or check the file.") from None  # fmt: skip
+            raise ChildDiedError(
+                f"{name}: the process working on this slide died (exit code {child.exitcode}) "
+                "without a result; the file probably crashes its reader. Try another "
+                "--reader, or check the file."
+            ) from None
     finally:
         receive.close()
         _stop(child)

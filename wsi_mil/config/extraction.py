@@ -71,4 +71,3 @@ class ParallelConfig:
     def check(self) -> None:
         if self.workers is not None and self.workers < 0:
             raise ValueError(f"workers must be >= 0 (0: no Dask), got {self.workers}")
-

@@ -10,12 +10,22 @@ from wsi_mil.config.fields import check_device, neutral_field
 
 #: Every within-patch method wsi_mil.explain.cam runs: pytorch-grad-cam's CAMs, then captum's
 #: integrated gradients.
-CAM_METHODS = ("gradcam", "hirescam", "gradcam++", "scorecam", "ablationcam", "eigencam", "layercam", "fullgrad",
-               "integrated_gradients")  # fmt: skip
+CAM_METHODS = (
+    "gradcam",
+    "hirescam",
+    "gradcam++",
+    "scorecam",
+    "ablationcam",
+    "eigencam",
+    "layercam",
+    "fullgrad",
+    "integrated_gradients",
+)
 #: Cheap enough for the top patches of every slide on a CPU; Score-CAM, Ablation-CAM and
 #: FullGrad cost one forward pass per feature channel (or per layer), integrated gradients
 #: ``cam_ig_steps`` forward and backward passes per patch: those are asked for by name.
 DEFAULT_CAM_METHODS = ("gradcam", "hirescam", "gradcam++", "layercam", "eigencam")
+
 
 @dataclass(frozen=True)
 class HeatmapConfig:
@@ -94,9 +104,13 @@ class HeatmapConfig:
         if self.scale == "fixed" and (self.range is None or not self.range[0] < self.range[1]):
             raise ValueError(f"scale: fixed needs range: [low, high] with low < high (got {self.range})")
         if self.scale != "fixed" and self.range is not None:
-            raise ValueError(f"range is used only with scale: fixed (scale is {self.scale}); drop it or set scale: fixed")
+            raise ValueError(
+                f"range is used only with scale: fixed (scale is {self.scale}); drop it or set scale: fixed"
+            )
         if not 0.0 <= self.regions_above <= 1.0:
-            raise ValueError(f"regions_above must be in [0, 1] (a position in the colour range), got {self.regions_above}")
+            raise ValueError(
+                f"regions_above must be in [0, 1] (a position in the colour range), got {self.regions_above}"
+            )
         if not 0.0 <= self.neutral < 0.5:
             raise ValueError(f"neutral must be in [0, 0.5) (a fraction of the colour range), got {self.neutral}")
         import matplotlib
@@ -114,4 +128,3 @@ class HeatmapConfig:
         check_device("cam_device", self.cam_device)
         if not 0.0 <= self.cam_context <= 1.0:
             raise ValueError("cam_context must be in [0, 1] (a fraction of the patch side)")
-

@@ -77,8 +77,6 @@ def _build(cls: type, data: dict[str, Any], section: str, where: str) -> Any:
     return instance
 
 
-
-
 def config_from_dict(data: dict[str, Any], *, where: str = "config") -> Config:
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: the top level must be a mapping of sections ({', '.join(SECTIONS)})")
@@ -155,5 +153,9 @@ def config_to_json(config: Any) -> str:
 def neutral_keys() -> frozenset[str]:
     """``section.key`` of every field declared :func:`~wsi_mil.config.fields.neutral_field`: keys
     that change how a run is done, not what it writes, so a rerun into its run folder may change them."""
-    return frozenset(f"{name}.{f.name}" for name, cls in SECTIONS.items() for f in dataclasses.fields(cls)
-                     if not f.metadata.get(AFFECTS_OUTPUTS, True))  # fmt: skip
+    return frozenset(
+        f"{name}.{f.name}"
+        for name, cls in SECTIONS.items()
+        for f in dataclasses.fields(cls)
+        if not f.metadata.get(AFFECTS_OUTPUTS, True)
+    )

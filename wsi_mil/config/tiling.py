@@ -11,9 +11,22 @@ from wsi_mil.config.fields import neutral_field
 #: File name suffixes scanned in folders (lower case). Multi-file formats are
 #: handled by discovery (DICOM folders, MIRAX companion folders, VMS image lists).
 DEFAULT_EXTENSIONS = (
-    ".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide",
-    ".bif", ".dcm", ".png", ".jpg", ".jpeg", ".bmp",
-)  # fmt: skip
+    ".svs",
+    ".tif",
+    ".tiff",
+    ".ndpi",
+    ".vms",
+    ".vmu",
+    ".scn",
+    ".mrxs",
+    ".svslide",
+    ".bif",
+    ".dcm",
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".bmp",
+)
 
 
 @dataclass(frozen=True)
@@ -114,4 +127,3 @@ class TilingConfig:
             raise ValueError("slide_timeout must be a positive number of seconds (or null: no limit)")
         if not 0.0 <= self.max_unreadable_fraction <= 1.0:
             raise ValueError("max_unreadable_fraction must be in [0, 1]")
-

@@ -33,7 +33,6 @@ class HeadOptions:
     transformer_max_instances: int = 4096
 
 
-
 @dataclass(frozen=True)
 class TrainConfig(HeadOptions):
     """MIL training and cross-validation (wsi_mil.mil); the head's own options come from :class:`HeadOptions`."""
@@ -101,10 +100,16 @@ class TrainConfig(HeadOptions):
     def check(self) -> None:
         if self.epochs < 1 or self.min_epochs < 0 or self.patience < 1:
             raise ValueError("epochs and patience must be at least 1, min_epochs at least 0")
-        if self.name is not None and (not self.name or self.name.startswith(".") or any(c in self.name for c in "/\\")
-                                      or any(ord(c) < 32 for c in self.name)):  # fmt: skip
-            raise ValueError(f"name {self.name!r} must be one folder name under RUN_DIR/models (no '/', '\\', "
-                             "leading dot or control characters)")
+        if self.name is not None and (
+            not self.name
+            or self.name.startswith(".")
+            or any(c in self.name for c in "/\\")
+            or any(ord(c) < 32 for c in self.name)
+        ):
+            raise ValueError(
+                f"name {self.name!r} must be one folder name under RUN_DIR/models (no '/', '\\', "
+                "leading dot or control characters)"
+            )
         if self.repeats < 1 or self.batch_bags < 1 or self.smooth_epochs < 1 or self.min_val_bags < 1:
             raise ValueError("repeats, batch_bags, smooth_epochs and min_val_bags must be at least 1")
         if self.threads is not None and self.threads < 1:
@@ -120,4 +125,3 @@ class TrainConfig(HeadOptions):
         if self.lr <= 0 or self.weight_decay < 0 or self.grad_clip < 0:
             raise ValueError("lr must be positive, weight_decay and grad_clip non-negative")
         check_device("device", self.device)
-

@@ -86,8 +86,10 @@ def load_ground_truth(path: str | Path, slide_dimensions: tuple[int, int], *, ma
     except AnnotationError:
         raise
     except (OSError, ValueError, KeyError, TypeError, ElementTree.ParseError) as error:
-        raise AnnotationError(f"{path}: cannot read this annotation ({type(error).__name__}: {error}); "
-                              "expected a mask image, GeoJSON in level-0 pixels or ASAP XML") from error  # fmt: skip
+        raise AnnotationError(
+            f"{path}: cannot read this annotation ({type(error).__name__}: {error}); "
+            "expected a mask image, GeoJSON in level-0 pixels or ASAP XML"
+        ) from error
 
 
 def _from_image(path: Path, width: int, height: int) -> GroundTruth:
@@ -100,8 +102,10 @@ def _from_image(path: Path, width: int, height: int) -> GroundTruth:
     rows, cols = array.shape
     ratio_x, ratio_y = width / cols, height / rows
     if abs(ratio_x - ratio_y) > 0.02 * max(ratio_x, ratio_y) + 1:
-        raise AnnotationError(f"{path}: mask is {cols}x{rows}, its shape does not match the {width}x{height} slide; "
-                              "save it at the slide's aspect ratio (e.g. the size of its thumbnail)")  # fmt: skip
+        raise AnnotationError(
+            f"{path}: mask is {cols}x{rows}, its shape does not match the {width}x{height} slide; "
+            "save it at the slide's aspect ratio (e.g. the size of its thumbnail)"
+        )
     values = np.unique(array)
     graded = bool(values.max() <= MAX_GRADE and len(values) > 2)
     grades = array.astype(np.uint8) if graded else (array > 0).astype(np.uint8)
@@ -179,6 +183,11 @@ def patch_truth(coords: np.ndarray, patch_size_level0: float, truth: GroundTruth
     x1, y1 = np.maximum(x1, np.minimum(x0 + 1, width)), np.maximum(y1, np.minimum(y0 + 1, height))
     inside = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
     area = np.maximum((x1 - x0) * (y1 - y0), 1)
-    grade = np.array([int(truth.grades[a:b, c:d].max()) if b > a and d > c else 0
-                      for a, b, c, d in zip(y0, y1, x0, x1, strict=True)], dtype=np.int64)  # fmt: skip
+    grade = np.array(
+        [
+            int(truth.grades[a:b, c:d].max()) if b > a and d > c else 0
+            for a, b, c, d in zip(y0, y1, x0, x1, strict=True)
+        ],
+        dtype=np.int64,
+    )
     return inside / area, grade

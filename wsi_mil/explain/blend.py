@@ -105,8 +105,15 @@ def open_per_thread(path: str | Path, *, reader: str = "auto", mpp: float | None
 class StoredJpegTiles:
     """A slide level's own JPEG tiles, as complete JPEG streams read from the file without decoding."""
 
-    def __init__(self, path: Path, offsets: np.ndarray, bytecounts: np.ndarray, tables: bytes | None,
-                 tiles_across: int, layout: JpegLayout) -> None:  # fmt: skip
+    def __init__(
+        self,
+        path: Path,
+        offsets: np.ndarray,
+        bytecounts: np.ndarray,
+        tables: bytes | None,
+        tiles_across: int,
+        layout: JpegLayout,
+    ) -> None:
         self.offsets, self.bytecounts, self.tables = offsets, bytecounts, tables
         self.tiles_across, self.layout = tiles_across, layout
         self._fd = os.open(path, os.O_RDONLY)  # os.pread: no shared file position between threads
@@ -123,15 +130,28 @@ class StoredJpegTiles:
         with tif:
             for page in tif.pages:
                 if (
-                    isinstance(page, tifffile.TiffPage) and page.shape[:2] == tuple(shape) and page.is_tiled and (page.tilelength, page.tilewidth) == (tile, tile)
-                    and page.compression == _JPEG and page.photometric in (_RGB, _YCBCR) and page.planarconfig == 1
-                    and page.samplesperpixel == 3 and page.bitspersample == 8
-                ):  # fmt: skip
+                    isinstance(page, tifffile.TiffPage)
+                    and page.shape[:2] == tuple(shape)
+                    and page.is_tiled
+                    and (page.tilelength, page.tilewidth) == (tile, tile)
+                    and page.compression == _JPEG
+                    and page.photometric in (_RGB, _YCBCR)
+                    and page.planarconfig == 1
+                    and page.samplesperpixel == 3
+                    and page.bitspersample == 8
+                ):
                     sub_h, sub_v = page.subsampling or (2, 2)
-                    layout = (JpegLayout("YCBCR", (sub_h, sub_v)) if page.photometric == _YCBCR
-                              else JpegLayout("RGB", (1, 1)))  # fmt: skip
-                    return cls(path, np.asarray(page.dataoffsets), np.asarray(page.databytecounts),
-                               page.jpegtables, -(-shape[1] // tile), layout)  # fmt: skip
+                    layout = (
+                        JpegLayout("YCBCR", (sub_h, sub_v)) if page.photometric == _YCBCR else JpegLayout("RGB", (1, 1))
+                    )
+                    return cls(
+                        path,
+                        np.asarray(page.dataoffsets),
+                        np.asarray(page.databytecounts),
+                        page.jpegtables,
+                        -(-shape[1] // tile),
+                        layout,
+                    )
         return None
 
     def tile(self, row: int, col: int) -> bytes | None:
@@ -188,8 +208,17 @@ class BlendTiles:
     scores: the level's :class:`ScorePainter` with 256-px chunks (the TIFF tile grid).
     """
 
-    def __init__(self, scores: ScorePainter, slides: _SlidePerThread, *, downsample: float, cmap: str,
-                 score_range: ScoreRange, alpha: float, stored: StoredJpegTiles | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        scores: ScorePainter,
+        slides: _SlidePerThread,
+        *,
+        downsample: float,
+        cmap: str,
+        score_range: ScoreRange,
+        alpha: float,
+        stored: StoredJpegTiles | None = None,
+    ) -> None:
         self.scores, self.slides, self.downsample, self.stored = scores, slides, downsample, stored
         self.blend = TileBlender(cmap=cmap, score_range=score_range, alpha=alpha)
         self.shape = (*scores.shape, 3)
@@ -229,8 +258,16 @@ def stored_tiles_for(slide: Any, shape: tuple[int, int], downsample: float) -> S
     return StoredJpegTiles.find(Path(slide.path), shape)
 
 
-def write_blend_tiff(path: Path, slide: Any, scores: Any, *, options: HeatmapConfig, score_range: ScoreRange,
-                     description: str | None = None, cmap: str | None = None) -> Path:  # fmt: skip
+def write_blend_tiff(
+    path: Path,
+    slide: Any,
+    scores: Any,
+    *,
+    options: HeatmapConfig,
+    score_range: ScoreRange,
+    description: str | None = None,
+    cmap: str | None = None,
+) -> Path:
     """A JPEG RGB pyramid of the colour map blended with the slide, one level per slide level.
 
     ``scores(downsample)`` gives the level's scores: a :class:`ScorePainter` with
@@ -248,15 +285,20 @@ def write_blend_tiff(path: Path, slide: Any, scores: Any, *, options: HeatmapCon
             level_scores = scores(downsample)
             if levels and max(level_scores.shape) < 256:
                 break
-            blend_options: dict[str, Any] = {"downsample": downsample, "cmap": cmap or options.cmap, "score_range": score_range,
-                             "alpha": options.alpha}  # fmt: skip
+            blend_options: dict[str, Any] = {
+                "downsample": downsample,
+                "cmap": cmap or options.cmap,
+                "score_range": score_range,
+                "alpha": options.alpha,
+            }
             if isinstance(level_scores, ScorePainter):
                 stored.append(stored_tiles_for(slide, level_scores.shape, downsample))
                 levels.append(BlendTiles(level_scores, slides, stored=stored[-1], **blend_options))
             else:
                 levels.append(blended_canvas(level_scores, slides, **blend_options))
-        return write_pyramid_tiff(path, levels, mpp=slide.mpp, kind="rgb_jpeg", description=description,
-                                  threads=options.threads)  # fmt: skip
+        return write_pyramid_tiff(
+            path, levels, mpp=slide.mpp, kind="rgb_jpeg", description=description, threads=options.threads
+        )
     finally:
         for tiles in stored:
             if tiles is not None:

@@ -53,17 +53,28 @@ class CamError(WsiMilError, ValueError):
 class PatchContribution(nn.Module):
     """(B, 3, S, S) normalized patches -> (B, C) contributions a * s with the slide's log Z fixed."""
 
-    def __init__(self, encoder: nn.Module, head: nn.Module, log_normalizer: float, *,
-                 mean: Sequence[float] = (0.0, 0.0, 0.0), std: Sequence[float] = (1.0, 1.0, 1.0)) -> None:  # fmt: skip
+    def __init__(
+        self,
+        encoder: nn.Module,
+        head: nn.Module,
+        log_normalizer: float,
+        *,
+        mean: Sequence[float] = (0.0, 0.0, 0.0),
+        std: Sequence[float] = (1.0, 1.0, 1.0),
+    ) -> None:
         super().__init__()
         self.encoder = encoder
         self.head = head
         self.log_normalizer = float(log_normalizer)
         #: a black pixel after the encoder's normalization, (1, 3, 1, 1)
-        self.black = (-torch.tensor(mean, dtype=torch.float32) / torch.tensor(std, dtype=torch.float32)).view(1, 3, 1, 1)
+        self.black = (-torch.tensor(mean, dtype=torch.float32) / torch.tensor(std, dtype=torch.float32)).view(
+            1, 3, 1, 1
+        )
         if getattr(head, "context", None) is not None:
-            logger.warning("the head's instance transformer mixes patches: CAM targets use each patch's attention "
-                           "computed on the explained batch, not on the whole slide")  # fmt: skip
+            logger.warning(
+                "the head's instance transformer mixes patches: CAM targets use each patch's attention "
+                "computed on the explained batch, not on the whole slide"
+            )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         out = self.head(self.encoder(images))
@@ -113,8 +124,10 @@ def target_layer_and_stride(encoder: nn.Module, input_size: int) -> tuple[nn.Mod
             handle.remove()
     spatial = [i for i, (_, _, height) in enumerate(finished) if height]
     if not spatial or any(ndim == 3 for _, ndim, _ in finished[spatial[-1] + 1 :]):
-        raise CamError("this encoder has no final spatial feature map (a transformer?); CAM methods need a CNN "
-                       f"encoder. Use {INTEGRATED_GRADIENTS}, which works on any encoder")  # fmt: skip
+        raise CamError(
+            "this encoder has no final spatial feature map (a transformer?); CAM methods need a CNN "
+            f"encoder. Use {INTEGRATED_GRADIENTS}, which works on any encoder"
+        )
     module, _, height = finished[spatial[-1]]
     return module, max(1, round(input_size / height))
 
@@ -187,14 +200,24 @@ def unscaled(cam_class: type, *, crop_cells: int = 0, size: int | None = None) -
             target_size = (size, size) if size else self.get_target_width_height(input_tensor)
             per_layer = []
             for i, layer in enumerate(self.target_layers):
-                cam = self.get_cam_image(input_tensor, layer, targets, activations[i] if i < len(activations) else None,
-                                         grads[i] if i < len(grads) else None, eigen_smooth)  # fmt: skip
+                cam = self.get_cam_image(
+                    input_tensor,
+                    layer,
+                    targets,
+                    activations[i] if i < len(activations) else None,
+                    grads[i] if i < len(grads) else None,
+                    eigen_smooth,
+                )
                 per_layer.append(resize(np.maximum(cam, 0), target_size)[:, None])
             return per_layer
 
         def aggregate_multi_layers(self, cam_per_target_layer: list | np.ndarray) -> np.ndarray:
             # (B, layers, H, W): a list of per-layer maps, or FullGrad's one array
-            stacked = cam_per_target_layer if isinstance(cam_per_target_layer, np.ndarray) else np.concatenate(cam_per_target_layer, axis=1)
+            stacked = (
+                cam_per_target_layer
+                if isinstance(cam_per_target_layer, np.ndarray)
+                else np.concatenate(cam_per_target_layer, axis=1)
+            )
             return np.maximum(stacked, 0).mean(axis=1)
 
     Unscaled.__name__ = f"Unscaled{cam_class.__name__}"
@@ -208,14 +231,23 @@ def _integrated_gradients(model: PatchContribution, images: torch.Tensor, target
 
     margin = ClassMargin(target)
     explainer = IntegratedGradients(lambda x: margin(model(x)))
-    attributions = explainer.attribute(images, baselines=torch.zeros_like(images), n_steps=steps,
-                                       internal_batch_size=max(1, len(images)) * 8)  # fmt: skip
+    attributions = explainer.attribute(
+        images, baselines=torch.zeros_like(images), n_steps=steps, internal_batch_size=max(1, len(images)) * 8
+    )
     return attributions.sum(dim=1).detach().cpu().numpy().astype(np.float32)
 
 
-def compute_maps(model: PatchContribution, images: torch.Tensor, *, target: int,
-                 methods: Sequence[str] = DEFAULT_CAM_METHODS, input_size: int, batch_size: int = 16,
-                 ig_steps: int = 32, context: int = 0) -> dict[str, np.ndarray]:  # fmt: skip
+def compute_maps(
+    model: PatchContribution,
+    images: torch.Tensor,
+    *,
+    target: int,
+    methods: Sequence[str] = DEFAULT_CAM_METHODS,
+    input_size: int,
+    batch_size: int = 16,
+    ig_steps: int = 32,
+    context: int = 0,
+) -> dict[str, np.ndarray]:
     """Each method's (B, S, S) float32 map of ``images`` for class ``target``.
 
     images: normalized (B, 3, S, S) patches, or with ``context`` > 0 (B, 3, S + 2c, S + 2c):
@@ -236,8 +268,10 @@ def compute_maps(model: PatchContribution, images: torch.Tensor, *, target: int,
     cam_methods = [m for m in methods if m in CAM_CLASSES]
     layer, stride = target_layer_and_stride(model.encoder, input_size) if cam_methods or context else (None, 1)
     if context % stride or images.shape[-1] != input_size + 2 * context:
-        raise CamError(f"context of {context} px for {tuple(images.shape[-2:])} inputs: expected "
-                       f"{input_size} + 2 x a multiple of {stride}")  # fmt: skip
+        raise CamError(
+            f"context of {context} px for {tuple(images.shape[-2:])} inputs: expected "
+            f"{input_size} + 2 x a multiple of {stride}"
+        )
     cells = context // stride
 
     def pooling() -> Any:  # entered after pytorch-grad-cam's hooks: they keep the unmasked activations
@@ -249,17 +283,29 @@ def compute_maps(model: PatchContribution, images: torch.Tensor, *, target: int,
             with cam_class(model=model, target_layers=[layer]) as cam, pooling():
                 if hasattr(cam, "batch_size"):
                     cam.batch_size = batch_size
-                parts = [cam(input_tensor=images[i : i + batch_size], targets=[ClassMargin(target)] * len(images[i : i + batch_size]))
-                         for i in range(0, len(images), batch_size)]  # fmt: skip
+                parts = [
+                    cam(
+                        input_tensor=images[i : i + batch_size],
+                        targets=[ClassMargin(target)] * len(images[i : i + batch_size]),
+                    )
+                    for i in range(0, len(images), batch_size)
+                ]
             maps[method] = np.concatenate(parts).astype(np.float32)
         if INTEGRATED_GRADIENTS in methods:
             with pooling():
                 maps[INTEGRATED_GRADIENTS] = np.concatenate(
-                    [_integrated_gradients(model, images[i : i + batch_size], target, ig_steps) for i in range(0, len(images), batch_size)]
+                    [
+                        _integrated_gradients(model, images[i : i + batch_size], target, ig_steps)
+                        for i in range(0, len(images), batch_size)
+                    ]
                 )
     # Pixel-resolution maps (integrated gradients, FullGrad) cover the context: cut to the patch.
-    return {method: np.ascontiguousarray(values[:, context:-context, context:-context]) if values.shape[-1] > input_size else values
-            for method, values in maps.items()}  # fmt: skip
+    return {
+        method: np.ascontiguousarray(values[:, context:-context, context:-context])
+        if values.shape[-1] > input_size
+        else values
+        for method, values in maps.items()
+    }
 
 
 def patch_confidence(model: PatchContribution, images: torch.Tensor, target: int) -> np.ndarray:
@@ -269,7 +315,9 @@ def patch_confidence(model: PatchContribution, images: torch.Tensor, target: int
         return torch.softmax(out.instance_logits, dim=1)[:, target].cpu().numpy()
 
 
-def confidence_change(model: PatchContribution, images: torch.Tensor, maps: np.ndarray, target: int) -> dict[str, float]:
+def confidence_change(
+    model: PatchContribution, images: torch.Tensor, maps: np.ndarray, target: int
+) -> dict[str, float]:
     """Grad-CAM++'s Average Drop % and % Increase in Confidence of one method's maps.
 
     Each patch is multiplied by its map, scaled to [0, 1] within the patch (the metric's
@@ -283,5 +331,7 @@ def confidence_change(model: PatchContribution, images: torch.Tensor, maps: np.n
     masked = images * unit + (1 - unit) * model.black.to(images.device, images.dtype)
     y = patch_confidence(model, images, target)
     o = patch_confidence(model, masked, target)
-    return {"average_drop_pct": float(np.mean(np.maximum(0.0, y - o) / np.maximum(y, 1e-12)) * 100),
-            "increase_pct": float(np.mean(o > y) * 100)}  # fmt: skip
+    return {
+        "average_drop_pct": float(np.mean(np.maximum(0.0, y - o) / np.maximum(y, 1e-12)) * 100),
+        "increase_pct": float(np.mean(o > y) * 100),
+    }

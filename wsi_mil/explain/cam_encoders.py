@@ -19,9 +19,13 @@ def encoder_for(feature_attrs: dict[str, Any], checkpoint_path: str | None) -> A
     key = (name, weights, checkpoint_path)
     if key not in ENCODERS:
         kind = "random" if weights == "random" else "imagenet"
-        encoder = create_encoder(name, weights=kind, checkpoint_path=checkpoint_path if weights.startswith("checkpoint:") else None)
+        encoder = create_encoder(
+            name, weights=kind, checkpoint_path=checkpoint_path if weights.startswith("checkpoint:") else None
+        )
         if weights.startswith("checkpoint:") and encoder.weights.rsplit(":", 1)[-1] != weights.rsplit(":", 1)[-1]:
-            raise CamError(f"extract.checkpoint_path {checkpoint_path} ({encoder.weights}) is not the checkpoint "
-                           f"that made the features ({weights}): its contents differ")  # fmt: skip
+            raise CamError(
+                f"extract.checkpoint_path {checkpoint_path} ({encoder.weights}) is not the checkpoint "
+                f"that made the features ({weights}): its contents differ"
+            )
         ENCODERS[key] = encoder
     return ENCODERS[key]

@@ -22,7 +22,9 @@ from wsi_mil.explain.localization import roc_auc
 METRICS = ("average_drop_pct", "increase_pct", "pixel_auc", "hit")
 
 
-def cam_localization(coords: np.ndarray, maps: np.ndarray, patch_size_level0: float, truth: GroundTruth) -> dict[str, float]:
+def cam_localization(
+    coords: np.ndarray, maps: np.ndarray, patch_size_level0: float, truth: GroundTruth
+) -> dict[str, float]:
     """maps: (k, S, S) of the patches at coords (k, 2) -> pixel ``auc`` and peak ``hit``."""
     import cv2
 
@@ -51,8 +53,12 @@ def cam_rows(cams_path: Path, truth: GroundTruth | None) -> list[dict[str, Any]]
     size = float(cams.attrs["patch_size_level0"])
     rows = []
     for method, maps in cams.maps.items():
-        row: dict[str, Any] = {"slide_id": cams.attrs.get("slide_id", cams_path.parent.name), "method": method,
-                               "patches": len(maps), **cams.faithfulness.get(method, {})}  # fmt: skip
+        row: dict[str, Any] = {
+            "slide_id": cams.attrs.get("slide_id", cams_path.parent.name),
+            "method": method,
+            "patches": len(maps),
+            **cams.faithfulness.get(method, {}),
+        }
         if truth is not None and not truth.empty:
             row.update(cam_localization(cams.coords, maps, size, truth))
         rows.append(row)
@@ -73,11 +79,16 @@ def summarize_cams(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def cam_markdown(summary: Sequence[dict[str, Any]]) -> str:
-    lines = ["## Within-patch maps (CAM methods)", "",
-             "On each slide's top-attended patches. Average drop % (lower is better) and increase in confidence % "
-             "(higher is better): the head's own patch confidence when the patch is multiplied by its map. "
-             "pixel_auc and hit (peak pixel in the lesion): annotated positive slides only.", "",
-             "| method | slides | " + " | ".join(METRICS) + " |", "|" + "---|" * (len(METRICS) + 2)]  # fmt: skip
+    lines = [
+        "## Within-patch maps (CAM methods)",
+        "",
+        "On each slide's top-attended patches. Average drop % (lower is better) and increase in confidence % "
+        "(higher is better): the head's own patch confidence when the patch is multiplied by its map. "
+        "pixel_auc and hit (peak pixel in the lesion): annotated positive slides only.",
+        "",
+        "| method | slides | " + " | ".join(METRICS) + " |",
+        "|" + "---|" * (len(METRICS) + 2),
+    ]
     for entry in summary:
         cells = ["n/a" if math.isnan(entry[m]) else f"{entry[m]:.3f}" for m in METRICS]
         lines.append(f"| {entry['method']} | {entry['slides']} | " + " | ".join(cells) + " |")

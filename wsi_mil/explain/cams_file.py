@@ -65,5 +65,6 @@ def read_cams(path: str | Path) -> PatchCams:
     with h5py.File(path, "r") as f:
         maps = {name: f["maps"][name][...] for name in f["maps"]}
         faithfulness = {name: {k: float(v) for k, v in f["maps"][name].attrs.items()} for name in f["maps"]}
-        return PatchCams(f["coords"][...], f["rows"][...], f["images"][...], maps, faithfulness,
-                         clean_attrs(dict(f["coords"].attrs)))  # fmt: skip
+        return PatchCams(
+            f["coords"][...], f["rows"][...], f["images"][...], maps, faithfulness, clean_attrs(dict(f["coords"].attrs))
+        )

@@ -89,8 +89,14 @@ class _Outcomes:
         records = []
         for slide_id, job in self.jobs.items():
             errors = self.errors.get(slide_id) or []
-            record = {"stage": STAGE, "slide_id": slide_id, "bag_set": job.label, "path": str(job.scores_path),
-                      "status": "failed" if errors else "done", "error": "; ".join(errors)}  # fmt: skip
+            record = {
+                "stage": STAGE,
+                "slide_id": slide_id,
+                "bag_set": job.label,
+                "path": str(job.scores_path),
+                "status": "failed" if errors else "done",
+                "error": "; ".join(errors),
+            }
             records += attach_warnings([record], self.warnings.get(slide_id, []), slide_id=slide_id)
         return records
 
@@ -110,8 +116,10 @@ def _slide_dimensions(scores: SlideScores, bag_path: Path | None) -> tuple[int, 
         with open_slide(str(slide_path), mpp=scores.attrs.get("slide_mpp")) as slide:
             width, height = slide.dimensions
             return int(width), int(height)
-    raise WsiMilError(f"{scores.path}: the slide size is unknown (no bag, slide not found at {slide_path}); "
-                      "keep RUN_DIR/bags or the slide where it was tiled")  # fmt: skip
+    raise WsiMilError(
+        f"{scores.path}: the slide size is unknown (no bag, slide not found at {slide_path}); "
+        "keep RUN_DIR/bags or the slide where it was tiled"
+    )
 
 
 def _slide_file(scores: SlideScores) -> Path | None:
@@ -133,8 +141,14 @@ def _stain_maps(scores: SlideScores, slide_path: Path) -> dict[str, np.ndarray]:
         return {}
 
 
-def evaluate_slide(scores: SlideScores, annotation: Path, *, bag_path: Path | None = None,
-                   positive_fraction: float = 0.5, baseline: bool = True) -> list[dict[str, Any]]:  # fmt: skip
+def evaluate_slide(
+    scores: SlideScores,
+    annotation: Path,
+    *,
+    bag_path: Path | None = None,
+    positive_fraction: float = 0.5,
+    baseline: bool = True,
+) -> list[dict[str, Any]]:
     """One row per map: the slide's localization metrics (empty values for a negative slide).
     With ``baseline``, the non-learned stain maps (stain_baseline.py) and the manifold's seeds
     (map_checks.py) are scored beside the learned maps."""
@@ -155,16 +169,23 @@ def evaluate_slide(scores: SlideScores, annotation: Path, *, bag_path: Path | No
         logger.warning("%s: no stain baseline: slide not found at %s", scores.slide_id, scores.attrs.get("slide_path"))
     rows = []
     for name, values in maps.items():
-        row: dict[str, Any] = {"slide_id": scores.slide_id, "map": name, "n_patches": len(scores.coords),
-                               "n_lesion_patches": positives}  # fmt: skip
+        row: dict[str, Any] = {
+            "slide_id": scores.slide_id,
+            "map": name,
+            "n_patches": len(scores.coords),
+            "n_lesion_patches": positives,
+        }
         if values is not None:
             row["constant"] = is_constant(values)
             seeds = maps.get(SEEDS)
             if name == MANIFOLD and seeds is not None:
                 row["spread"] = seed_spread(values, seeds)
             if positives:
-                row.update(localization_metrics(values, fraction, grade, graded=truth.graded,
-                                                positive_fraction=positive_fraction))  # fmt: skip
+                row.update(
+                    localization_metrics(
+                        values, fraction, grade, graded=truth.graded, positive_fraction=positive_fraction
+                    )
+                )
         rows.append(row)
     return rows
 
@@ -174,7 +195,11 @@ def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     summary = []
     for name in dict.fromkeys(r["map"] for r in rows):
         positive = [r for r in rows if r["map"] == name and r["n_lesion_patches"]]
-        entry: dict[str, Any] = {"map": name, "slides": sum(r["map"] == name for r in rows), "positive_slides": len(positive)}
+        entry: dict[str, Any] = {
+            "map": name,
+            "slides": sum(r["map"] == name for r in rows),
+            "positive_slides": len(positive),
+        }
         for metric in SUMMARY_METRICS:
             entry[metric], entry[f"{metric}_std"], _ = mean_std(r.get(metric, math.nan) for r in positive)
         summary.append(entry)
@@ -196,21 +221,31 @@ def markdown_table(summary: Sequence[dict[str, Any]]) -> str:
         return format_mean_std(entry[metric], entry[f"{metric}_std"])
 
     header = ["map", "positive slides", *SUMMARY_METRICS]
-    lines = ["## Localization", "",
-             "Mean ± sample std over annotated positive slides; patch-level ground truth: >= half the patch inside the "
-             "lesion. hit = pointing game; graded = the peak's layer (3 core .. 0 outside); dice/iou of the "
-             "min-max scaled map at 0.5; coverage = mean scaled map inside / outside the lesion. Not learned, to read "
-             "every map against: stain_hematoxylin (mean hematoxylin optical density per patch), stain_darkness "
-             "(fraction of very dark pixels per patch), manifold_seeds (the manifold ranking's seeds alone).", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]  # fmt: skip
+    lines = [
+        "## Localization",
+        "",
+        "Mean ± sample std over annotated positive slides; patch-level ground truth: >= half the patch inside the "
+        "lesion. hit = pointing game; graded = the peak's layer (3 core .. 0 outside); dice/iou of the "
+        "min-max scaled map at 0.5; coverage = mean scaled map inside / outside the lesion. Not learned, to read "
+        "every map against: stain_hematoxylin (mean hematoxylin optical density per patch), stain_darkness "
+        "(fraction of very dark pixels per patch), manifold_seeds (the manifold ranking's seeds alone).",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
     for entry in summary:
-        cells = [entry["map"], f"{entry['positive_slides']}/{entry['slides']}", *(cell(entry, m) for m in SUMMARY_METRICS)]
+        cells = [
+            entry["map"],
+            f"{entry['positive_slides']}/{entry['slides']}",
+            *(cell(entry, m) for m in SUMMARY_METRICS),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def _localization(jobs: Sequence[Any], masks: Path, positive_fraction: float, baseline: bool,
-                  outcomes: _Outcomes) -> list[dict[str, Any]]:  # fmt: skip
+def _localization(
+    jobs: Sequence[Any], masks: Path, positive_fraction: float, baseline: bool, outcomes: _Outcomes
+) -> list[dict[str, Any]]:
     if not masks.is_dir():
         raise WsiMilError(f"{masks}: no such masks folder; give the folder holding <slide_id>.png|.geojson|.xml")
     rows: list[dict[str, Any]] = []
@@ -221,13 +256,24 @@ def _localization(jobs: Sequence[Any], masks: Path, positive_fraction: float, ba
             missing.append(job.slide_id)
             continue
         with outcomes.slide(job, annotation) as errors:  # a bad annotation or scores file costs its slide's rows
-            rows.extend(evaluate_slide(read_scores(job.scores_path), annotation, bag_path=job.bag_path,
-                                       positive_fraction=positive_fraction, baseline=baseline))  # fmt: skip
+            rows.extend(
+                evaluate_slide(
+                    read_scores(job.scores_path),
+                    annotation,
+                    bag_path=job.bag_path,
+                    positive_fraction=positive_fraction,
+                    baseline=baseline,
+                )
+            )
         if errors:
             rows.append({"slide_id": job.slide_id, "map": "", "error": errors[-1]})
     if missing:
-        logger.warning("%d scored slides have no annotation in %s (not evaluated), e.g. %s",
-                       len(missing), masks, ", ".join(missing[:5]))  # fmt: skip
+        logger.warning(
+            "%d scored slides have no annotation in %s (not evaluated), e.g. %s",
+            len(missing),
+            masks,
+            ", ".join(missing[:5]),
+        )
     if not rows:
         raise WsiMilError(f"{masks}: no annotation matches a scored slide (expected <slide_id>.png, .geojson or .xml)")
     if all(row.get("error") for row in rows):
@@ -268,8 +314,9 @@ def _slide_curves(job: Any, fractions: Sequence[float]) -> list[dict[str, Any]]:
         logger.warning("%s: feature file and scores differ in patches; re-run wsi-mil predict", job.slide_id)
         return []
     maps = available_maps(scores, target=target, label="pred")
-    return faithfulness_curves(load_heads(inputs.fold_dirs, "cpu"), features, coords, maps, target=target,
-                               fractions=fractions)  # fmt: skip
+    return faithfulness_curves(
+        load_heads(inputs.fold_dirs, "cpu"), features, coords, maps, target=target, fractions=fractions
+    )
 
 
 def _cams(jobs: Sequence[Any], masks: Path | None, outcomes: _Outcomes) -> list[dict[str, Any]]:
@@ -291,10 +338,16 @@ def _cams(jobs: Sequence[Any], masks: Path | None, outcomes: _Outcomes) -> list[
     return rows
 
 
-def evaluate_maps(run_dir: str | Path, *, masks: str | Path | None = None, model: str | None = None,
-                  positive_fraction: float = 0.5, faithfulness: bool = True,
-                  fractions: Sequence[float] | None = None,
-                  baseline: bool = True) -> MapsEvaluation:  # fmt: skip
+def evaluate_maps(
+    run_dir: str | Path,
+    *,
+    masks: str | Path | None = None,
+    model: str | None = None,
+    positive_fraction: float = 0.5,
+    faithfulness: bool = True,
+    fractions: Sequence[float] | None = None,
+    baseline: bool = True,
+) -> MapsEvaluation:
     """Localization of every map on annotated slides (when ``masks`` is given; with ``baseline``,
     beside the non-learned stain maps and manifold seeds, with warnings for maps that are
     degenerate or do not beat the stain baseline) and bag-level faithfulness curves (when
@@ -334,7 +387,10 @@ def evaluate_maps(run_dir: str | Path, *, masks: str | Path | None = None, model
     if faithfulness:
         curves = _faithfulness(jobs, fractions or FRACTIONS, outcomes)
         if curves:
-            outputs += [("faithfulness_per_slide.csv", _csv(curves)), ("faithfulness.csv", _csv(summarize_faithfulness(curves)))]
+            outputs += [
+                ("faithfulness_per_slide.csv", _csv(curves)),
+                ("faithfulness.csv", _csv(summarize_faithfulness(curves))),
+            ]
             markdown.append(faithfulness_markdown(summarize_faithfulness(curves)))
     outputs.append((EXPLANATIONS_MD, "\n".join(markdown)))
     for name, text in outputs:

@@ -60,9 +60,16 @@ def write_patch_geojson(
     for i, (x, y) in enumerate(coords.tolist()):
         x1, y1 = x + size, y + size
         geometry = {"type": "Polygon", "coordinates": [[[x, y], [x1, y], [x1, y1], [x, y1], [x, y]]]}
-        features.append(qupath_feature(geometry, object_id=feature_id(slide_id, "patch", i), object_type=object_type,
-                                       classification=classifications[i], name=f"patch {i}",
-                                       measurements={n: column[i] for n, column in zip(names, columns, strict=True)}))  # fmt: skip
+        features.append(
+            qupath_feature(
+                geometry,
+                object_id=feature_id(slide_id, "patch", i),
+                object_type=object_type,
+                classification=classifications[i],
+                name=f"patch {i}",
+                measurements={n: column[i] for n, column in zip(names, columns, strict=True)},
+            )
+        )
     return write_feature_collection(path, features)
 
 
@@ -95,13 +102,23 @@ def region_features(
     for index, polygon in enumerate(polygons(merged)):
         inside = tree.query(polygon, predicate="contains")
         members = values[hot][inside]
-        measurements = {"threshold": threshold, "patches": float(len(members)),
-                        "mean": float(members.mean()) if len(members) else float("nan"),
-                        "max": float(members.max()) if len(members) else float("nan")}  # fmt: skip
+        measurements = {
+            "threshold": threshold,
+            "patches": float(len(members)),
+            "mean": float(members.mean()) if len(members) else float("nan"),
+            "max": float(members.max()) if len(members) else float("nan"),
+        }
         measurements.update({"area_um2": polygon.area * mpp * mpp} if mpp else {"area_px": polygon.area})
-        features.append(qupath_feature(shapely.geometry.mapping(polygon), object_id=feature_id(slide_id, name, index),
-                                       object_type="annotation", classification=(name, colour),
-                                       name=f"{name} region {index}", measurements=measurements))  # fmt: skip
+        features.append(
+            qupath_feature(
+                shapely.geometry.mapping(polygon),
+                object_id=feature_id(slide_id, name, index),
+                object_type="annotation",
+                classification=(name, colour),
+                name=f"{name} region {index}",
+                measurements=measurements,
+            )
+        )
     return features
 
 
@@ -110,8 +127,16 @@ def write_region_geojson(path: str | Path, features_by_map: Mapping[str, list[di
     return write_feature_collection(path, [f for features in features_by_map.values() for f in features])
 
 
-def write_slide_geojson(scores: SlideScores, maps: Mapping[str, np.ndarray], ranges: Mapping[str, ScoreRange], *,
-                        out_dir: Path, options: HeatmapConfig, mpp: float | None, overwrite: bool = False) -> int:  # fmt: skip
+def write_slide_geojson(
+    scores: SlideScores,
+    maps: Mapping[str, np.ndarray],
+    ranges: Mapping[str, ScoreRange],
+    *,
+    out_dir: Path,
+    options: HeatmapConfig,
+    mpp: float | None,
+    overwrite: bool = False,
+) -> int:
     """``patches.geojson`` and ``regions.geojson`` of one slide (those missing, or all with ``overwrite``); returns how many."""
     from wsi_mil.explain.scaling import map_cmap
 
@@ -119,14 +144,25 @@ def write_slide_geojson(scores: SlideScores, maps: Mapping[str, np.ndarray], ran
     size, written = scores.patch_size_level0, 0
     if overwrite or not patches.exists():
         classes = patch_classes(scores.arrays.get("instance_logits"), scores.classes, len(scores.coords))
-        write_patch_geojson(patches, scores.coords, maps, patch_size_level0=size, slide_id=scores.slide_id,
-                            classifications=classes)  # fmt: skip
+        write_patch_geojson(
+            patches, scores.coords, maps, patch_size_level0=size, slide_id=scores.slide_id, classifications=classes
+        )
         written += 1
     if overwrite or not regions.exists():
-        features = {name: region_features(name, scores.coords, values, patch_size_level0=size, score_range=ranges[name],
-                                          above=options.regions_above, cmap=map_cmap(name, options),
-                                          slide_id=scores.slide_id, mpp=mpp)
-                    for name, values in maps.items()}  # fmt: skip
+        features = {
+            name: region_features(
+                name,
+                scores.coords,
+                values,
+                patch_size_level0=size,
+                score_range=ranges[name],
+                above=options.regions_above,
+                cmap=map_cmap(name, options),
+                slide_id=scores.slide_id,
+                mpp=mpp,
+            )
+            for name, values in maps.items()
+        }
         write_region_geojson(regions, features)
         written += 1
     return written

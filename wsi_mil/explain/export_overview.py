@@ -38,15 +38,17 @@ def blend(rgb: np.ndarray, scores: np.ndarray, *, lut: np.ndarray, score_range: 
     return out
 
 
-def _colour_bar(height: int, lut: np.ndarray, score_range: ScoreRange, title: str,
-                notes: Sequence[str] = ()) -> Image.Image:  # fmt: skip
+def _colour_bar(
+    height: int, lut: np.ndarray, score_range: ScoreRange, title: str, notes: Sequence[str] = ()
+) -> Image.Image:
     """A legend on white: the title and ``notes`` (prediction, scale) above a vertical bar
     (top = vmax) with value ticks; the near-neutral band, left undrawn on the slide, is grey."""
     font = ImageFont.load_default()
     lines = [title, *notes]
     text_width = max(int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(line, font=font)) for line in lines)
-    panel = Image.new("RGB", (max(BAR_MARGIN * 2 + BAR_WIDTH + LABEL_WIDTH, text_width + 2 * BAR_MARGIN), height),
-                      (255, 255, 255))  # fmt: skip
+    panel = Image.new(
+        "RGB", (max(BAR_MARGIN * 2 + BAR_WIDTH + LABEL_WIDTH, text_width + 2 * BAR_MARGIN), height), (255, 255, 255)
+    )
     top, bottom = 16 + LINE_HEIGHT * len(lines), max(16 + LINE_HEIGHT * len(lines) + 40, height - 12)
     values = np.linspace(score_range.vmax, score_range.vmin, bottom - top)
     ramp = lut[(score_range.normalize(values) * 255.0 + 0.5).astype(np.uint8)]
@@ -91,8 +93,18 @@ def write_overlay_png(
     return path
 
 
-def write_slide_png(path: Path, canvas: Callable[..., Any], slide: Any, *, dimensions: tuple[int, int], title: str,
-                    cmap: str, score_range: ScoreRange, options: HeatmapConfig, notes: Sequence[str] = ()) -> Path:  # fmt: skip
+def write_slide_png(
+    path: Path,
+    canvas: Callable[..., Any],
+    slide: Any,
+    *,
+    dimensions: tuple[int, int],
+    title: str,
+    cmap: str,
+    score_range: ScoreRange,
+    options: HeatmapConfig,
+    notes: Sequence[str] = (),
+) -> Path:
     """The overlay PNG of one map: the slide's thumbnail (white without a slide) under the map.
 
     ``canvas(downsample, chunks, shape=...)`` paints the map's lazy canvas at that downsample.
@@ -106,5 +118,13 @@ def write_slide_png(path: Path, canvas: Callable[..., Any], slide: Any, *, dimen
     rows, cols = thumbnail.shape[:2]
     downsample = max(width / cols, height / rows)
     scores = canvas(downsample, (rows, cols), shape=(rows, cols)).compute(scheduler="threads")
-    return write_overlay_png(path, thumbnail, scores, cmap=cmap, score_range=score_range, alpha=options.alpha,
-                             title=title, notes=[n for n in notes if n])  # fmt: skip
+    return write_overlay_png(
+        path,
+        thumbnail,
+        scores,
+        cmap=cmap,
+        score_range=score_range,
+        alpha=options.alpha,
+        title=title,
+        notes=[n for n in notes if n],
+    )

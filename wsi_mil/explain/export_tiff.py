@@ -116,12 +116,16 @@ def _row_blocks(compute_row: Callable[[int], np.ndarray], n_rows: int) -> Iterat
 
 
 @overload
-def iter_tiles(array: Any, *, tile: int = ..., threads: int | None = ..., encode: None = ...) -> Iterator[np.ndarray]: ...
+def iter_tiles(
+    array: Any, *, tile: int = ..., threads: int | None = ..., encode: None = ...
+) -> Iterator[np.ndarray]: ...
 @overload
-def iter_tiles(array: Any, *, tile: int = ..., threads: int | None = ..., encode: Callable[[np.ndarray], bytes]
-               ) -> Iterator[bytes]: ...  # fmt: skip
-def iter_tiles(array: Any, *, tile: int = TILE, threads: int | None = None,
-               encode: Callable[[np.ndarray], bytes] | None = None) -> Iterator[np.ndarray | bytes]:  # fmt: skip
+def iter_tiles(
+    array: Any, *, tile: int = ..., threads: int | None = ..., encode: Callable[[np.ndarray], bytes]
+) -> Iterator[bytes]: ...
+def iter_tiles(
+    array: Any, *, tile: int = TILE, threads: int | None = None, encode: Callable[[np.ndarray], bytes] | None = None
+) -> Iterator[np.ndarray | bytes]:
     """Tiles of a lazy (H, W[, S]) Dask array in TIFF order, computing one row of tiles at a time.
 
     The array's row chunks must be ``tile`` high. With ``encode``, tiles come out encoded
@@ -171,8 +175,14 @@ def _padded(piece: np.ndarray, tile: int) -> np.ndarray:
     return padded
 
 
-def iter_source_tiles(source: TileSource, *, tile: int, encode: Callable[[np.ndarray], bytes], empty: bytes | None,
-                      threads: int | None = None) -> Iterator[bytes]:  # fmt: skip
+def iter_source_tiles(
+    source: TileSource,
+    *,
+    tile: int,
+    encode: Callable[[np.ndarray], bytes],
+    empty: bytes | None,
+    threads: int | None = None,
+) -> Iterator[bytes]:
     """Encoded tiles of ``source`` in TIFF order; no-data tiles are ``empty`` (encoded once by the caller).
 
     Tiles with data are made and encoded in a thread pool (numpy, zlib, libjpeg and
@@ -205,7 +215,9 @@ def iter_source_tiles(source: TileSource, *, tile: int, encode: Callable[[np.nda
             yield head if isinstance(head, bytes) else head.result()
 
 
-def _level_codec(kind: str, level: Any, tile: int) -> tuple[dict[str, Any], Callable[[np.ndarray], bytes], bytes | None]:
+def _level_codec(
+    kind: str, level: Any, tile: int
+) -> tuple[dict[str, Any], Callable[[np.ndarray], bytes], bytes | None]:
     """(tifffile options, encoder, shared no-data tile) of one level; we encode, tifffile only writes.
 
     The encoders give exactly what tifffile would (same codec and arguments), so readers
@@ -214,6 +226,7 @@ def _level_codec(kind: str, level: Any, tile: int) -> tuple[dict[str, Any], Call
     import imagecodecs
 
     if kind in ("float32", "rgba"):
+
         def encode(piece: np.ndarray) -> bytes:
             return _deflate(piece, DEFLATE_LEVEL)
 
@@ -227,14 +240,22 @@ def _level_codec(kind: str, level: Any, tile: int) -> tuple[dict[str, Any], Call
         return options, encode, _deflate(no_data, EMPTY_DEFLATE_LEVEL)
     if kind == "rgb_jpeg":
         layout = getattr(level, "jpeg_layout", None) or JpegLayout()
-        arguments: dict[str, Any] = {"level": JPEG_QUALITY, "subsampling": layout.subsampling, "colorspace": "RGB",
-                     "outcolorspace": layout.photometric}  # fmt: skip
+        arguments: dict[str, Any] = {
+            "level": JPEG_QUALITY,
+            "subsampling": layout.subsampling,
+            "colorspace": "RGB",
+            "outcolorspace": layout.photometric,
+        }
 
         def encode_jpeg(piece: np.ndarray) -> bytes:
             return imagecodecs.jpeg_encode(piece, **arguments)  # type: ignore[return-value]  # bytes without `out`
 
-        options = {"photometric": "rgb", "compression": "jpeg", "subsampling": layout.subsampling,
-                   "compressionargs": {"level": JPEG_QUALITY, "outcolorspace": layout.photometric}}  # fmt: skip
+        options = {
+            "photometric": "rgb",
+            "compression": "jpeg",
+            "subsampling": layout.subsampling,
+            "compressionargs": {"level": JPEG_QUALITY, "outcolorspace": layout.photometric},
+        }
         return options, encode_jpeg, None
     raise ValueError(f"unknown TIFF kind {kind!r}; use float32, rgba or rgb_jpeg")
 
@@ -247,8 +268,9 @@ def _deflate(data: np.ndarray, level: int) -> bytes:
     return imagecodecs.zlib_encode(data, level)  # type: ignore[arg-type, return-value]
 
 
-def ome_xml(*, name: str, shape: tuple[int, ...], dtype: np.dtype, mpp: float | None,
-            description: str | None = None) -> str:  # fmt: skip
+def ome_xml(
+    *, name: str, shape: tuple[int, ...], dtype: np.dtype, mpp: float | None, description: str | None = None
+) -> str:
     """ASCII OME-XML for one image stored in IFD 0 (its pyramid in SubIFDs); ``shape`` (H, W[, S]).
 
     No unit attributes: micrometre is OME's default, and Bio-Formats' OME-TIFF check
@@ -259,16 +281,18 @@ def ome_xml(*, name: str, shape: tuple[int, ...], dtype: np.dtype, mpp: float | 
     pixel_type = {"float32": "float", "uint8": "uint8"}[np.dtype(dtype).name]
     size = f' PhysicalSizeX="{float(mpp)!r}" PhysicalSizeY="{float(mpp)!r}"' if mpp else ""
     text = f"<Description>{escape(description)}</Description>" if description else ""
-    xml = ('<?xml version="1.0" encoding="UTF-8"?>'
-           '<OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06" '
-           'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" '
-           'xsi:schemaLocation="http://www.openmicroscopy.org/Schemas/OME/2016-06 '
-           'http://www.openmicroscopy.org/Schemas/OME/2016-06/ome.xsd">'
-           f'<Image ID="Image:0" Name={quoteattr(name)}>{text}'
-           f'<Pixels ID="Pixels:0" DimensionOrder="XYCZT" Type="{pixel_type}" SizeX="{width}" SizeY="{height}" '
-           f'SizeC="{samples}" SizeZ="1" SizeT="1"{size}>'
-           f'<Channel ID="Channel:0:0" SamplesPerPixel="{samples}"/><TiffData IFD="0" PlaneCount="1"/>'
-           "</Pixels></Image></OME>")  # fmt: skip
+    xml = (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        '<OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06" '
+        'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" '
+        'xsi:schemaLocation="http://www.openmicroscopy.org/Schemas/OME/2016-06 '
+        'http://www.openmicroscopy.org/Schemas/OME/2016-06/ome.xsd">'
+        f'<Image ID="Image:0" Name={quoteattr(name)}>{text}'
+        f'<Pixels ID="Pixels:0" DimensionOrder="XYCZT" Type="{pixel_type}" SizeX="{width}" SizeY="{height}" '
+        f'SizeC="{samples}" SizeZ="1" SizeT="1"{size}>'
+        f'<Channel ID="Channel:0:0" SamplesPerPixel="{samples}"/><TiffData IFD="0" PlaneCount="1"/>'
+        "</Pixels></Image></OME>"
+    )
     return xml.encode("ascii", "xmlcharrefreplace").decode("ascii")
 
 
@@ -332,8 +356,17 @@ def write_pyramid_tiff(
         if mpp:
             per_cm = 1e4 / (mpp * width0 / level.shape[1])
             resolution = {"resolution": (per_cm, per_cm), "resolutionunit": "CENTIMETER"}
-        writer.write(tiles, shape=level.shape, dtype=dtype, tile=(tile, tile), metadata=None, maxworkers=threads,
-                     **resolution, **options, **extra)  # fmt: skip
+        writer.write(
+            tiles,
+            shape=level.shape,
+            dtype=dtype,
+            tile=(tile, tile),
+            metadata=None,
+            maxworkers=threads,
+            **resolution,
+            **options,
+            **extra,
+        )
 
     reduced = list(levels[1:])
     with atomic_output(path) as tmp:

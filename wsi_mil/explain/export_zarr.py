@@ -38,9 +38,7 @@ logger = logging.getLogger(__name__)
 NGFF_VERSION = "0.4"
 
 
-def multiscales_metadata(
-    name: str, level_downsamples: Sequence[float], *, mpp: float | None
-) -> dict[str, Any]:
+def multiscales_metadata(name: str, level_downsamples: Sequence[float], *, mpp: float | None) -> dict[str, Any]:
     """The NGFF 0.4 ``multiscales`` entry; downsamples are level-0 px per array px (scale, then translation)."""
     unit = {"unit": "micrometer"} if mpp else {}
     axes = [{"name": "y", "type": "space", **unit}, {"name": "x", "type": "space", **unit}]
@@ -98,10 +96,16 @@ def write_ome_zarr(
                 "multiscales": [multiscales_metadata(name, level_downsamples, mpp=mpp)],
                 "omero": {
                     "name": name,
-                    "channels": [{"label": name, "color": "FFFFFF", "active": True,
-                                  "window": {"start": low, "end": high, "min": low, "max": high}}],
+                    "channels": [
+                        {
+                            "label": name,
+                            "color": "FFFFFF",
+                            "active": True,
+                            "window": {"start": low, "end": high, "min": low, "max": high},
+                        }
+                    ],
                     "rdefs": {"model": "greyscale"},
-                },  # fmt: skip
+                },
                 "wsi_mil": attrs or {},
             }
         )

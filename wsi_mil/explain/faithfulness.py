@@ -48,8 +48,10 @@ def locate_heads(scores: Any, *, run_dir: Path, model: str, subset: Path) -> Hea
     if not entries:
         return f"{model_dir}: no feature set {key!r} in its training record"
     roots = [Path(entries[0]["root"]), layout.feature_set_dir(entries[0]["relative"])]
-    feature_path = next((r / f"{scores.slide_id}{s}" for r in roots for s in STORE_SUFFIXES
-                         if (r / f"{scores.slide_id}{s}").exists()), None)  # fmt: skip
+    feature_path = next(
+        (r / f"{scores.slide_id}{s}" for r in roots for s in STORE_SUFFIXES if (r / f"{scores.slide_id}{s}").exists()),
+        None,
+    )
     if feature_path is None:
         return f"no feature file for {scores.slide_id} under {roots[0]}"
     set_dir = layout.model_dir(model, key)
@@ -71,12 +73,22 @@ def _probability(heads: Sequence[Any], features: Any, coords: Any, rows: np.ndar
 
     index = torch.from_numpy(np.sort(rows))
     with torch.no_grad():
-        return float(np.mean([torch.softmax(h(features[index], coords[index]).logits, 0)[target].item() for h in heads]))
+        return float(
+            np.mean([torch.softmax(h(features[index], coords[index]).logits, 0)[target].item() for h in heads])
+        )
 
 
-def faithfulness_curves(heads: Sequence[Any], features: np.ndarray, coords: np.ndarray, maps: dict[str, np.ndarray], *,
-                        target: int, fractions: Sequence[float] = FRACTIONS, random_repeats: int = 3,
-                        seed: int = 0) -> list[dict[str, Any]]:  # fmt: skip
+def faithfulness_curves(
+    heads: Sequence[Any],
+    features: np.ndarray,
+    coords: np.ndarray,
+    maps: dict[str, np.ndarray],
+    *,
+    target: int,
+    fractions: Sequence[float] = FRACTIONS,
+    random_repeats: int = 3,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
     """One row per map (plus ``random``) and fraction. features: (N, D); maps: name -> (N,)."""
     import torch
 
@@ -86,8 +98,11 @@ def faithfulness_curves(heads: Sequence[Any], features: np.ndarray, coords: np.n
     everything = np.arange(n)
     p_full = _probability(heads, x, c, everything, target)
     rng = np.random.default_rng(seed)
-    orders = {name: np.argsort(-np.nan_to_num(np.asarray(v, np.float64), nan=-np.inf), kind="stable")
-              for name, v in maps.items() if name not in SAME_RANKING}  # fmt: skip
+    orders = {
+        name: np.argsort(-np.nan_to_num(np.asarray(v, np.float64), nan=-np.inf), kind="stable")
+        for name, v in maps.items()
+        if name not in SAME_RANKING
+    }
     shuffles = [rng.permutation(n) for _ in range(random_repeats)]
     rows = []
     for fraction in fractions:
@@ -97,9 +112,18 @@ def faithfulness_curves(heads: Sequence[Any], features: np.ndarray, coords: np.n
         for name, order_list in [*((m, [o]) for m, o in orders.items()), (RANDOM, shuffles)]:
             removed = np.mean([_probability(heads, x, c, o[k:], target) for o in order_list])
             kept = np.mean([_probability(heads, x, c, o[:k], target) for o in order_list])
-            rows.append({"map": name, "fraction": fraction, "k": k, "p_full": p_full, "p_removed": float(removed),
-                         "p_kept": float(kept), "drop": p_full - float(removed),
-                         "kept": float(kept) / p_full if p_full > 0 else float("nan")})  # fmt: skip
+            rows.append(
+                {
+                    "map": name,
+                    "fraction": fraction,
+                    "k": k,
+                    "p_full": p_full,
+                    "p_removed": float(removed),
+                    "p_kept": float(kept),
+                    "drop": p_full - float(removed),
+                    "kept": float(kept) / p_full if p_full > 0 else float("nan"),
+                }
+            )
     return rows
 
 
@@ -108,9 +132,16 @@ def summarize_faithfulness(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any
     table: dict[tuple[str, float], list[dict[str, Any]]] = {}
     for row in rows:
         table.setdefault((row["map"], row["fraction"]), []).append(row)
-    return [{"map": name, "fraction": fraction, "slides": len(group),
-             "drop": float(np.mean([r["drop"] for r in group])), "kept": float(np.nanmean([r["kept"] for r in group]))}
-            for (name, fraction), group in table.items()]  # fmt: skip
+    return [
+        {
+            "map": name,
+            "fraction": fraction,
+            "slides": len(group),
+            "drop": float(np.mean([r["drop"] for r in group])),
+            "kept": float(np.nanmean([r["kept"] for r in group])),
+        }
+        for (name, fraction), group in table.items()
+    ]
 
 
 def faithfulness_markdown(summary: Sequence[dict[str, Any]]) -> str:
@@ -118,11 +149,16 @@ def faithfulness_markdown(summary: Sequence[dict[str, Any]]) -> str:
     names = list(dict.fromkeys(r["map"] for r in summary))
     cell = {(r["map"], r["fraction"]): r for r in summary}
     header = ["map", *(f"drop@{f:g}" for f in fractions), *(f"kept@{f:g}" for f in fractions)]
-    lines = ["## Bag-level faithfulness", "",
-             "Target-class probability lost when a map's top fraction of patches is removed (drop, higher is more "
-             "faithful) and the share kept when only those patches remain (kept), for each slide's predicted class "
-             f"(`*_pred`: that class's maps); mean over slides. `{RANDOM}`: shuffled orders, the baseline.", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]  # fmt: skip
+    lines = [
+        "## Bag-level faithfulness",
+        "",
+        "Target-class probability lost when a map's top fraction of patches is removed (drop, higher is more "
+        "faithful) and the share kept when only those patches remain (kept), for each slide's predicted class "
+        f"(`*_pred`: that class's maps); mean over slides. `{RANDOM}`: shuffled orders, the baseline.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
     for name in names:
         values = [f"{cell[(name, f)]['drop']:.3f}" if (name, f) in cell else "n/a" for f in fractions]
         values += [f"{cell[(name, f)]['kept']:.3f}" if (name, f) in cell else "n/a" for f in fractions]

@@ -31,16 +31,25 @@ def ranked_rows(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return order[:k], order[::-1][:k]
 
 
-def write_gallery(path: str | Path, name: str, top: np.ndarray, bottom: np.ndarray, top_values: np.ndarray,
-                  bottom_values: np.ndarray, top_coords: np.ndarray, bottom_coords: np.ndarray) -> Path:  # fmt: skip
+def write_gallery(
+    path: str | Path,
+    name: str,
+    top: np.ndarray,
+    bottom: np.ndarray,
+    top_values: np.ndarray,
+    bottom_values: np.ndarray,
+    top_coords: np.ndarray,
+    bottom_coords: np.ndarray,
+) -> Path:
     """images: (k, H, W, 3) uint8 each; values and coords per image."""
     k = max(len(top), len(bottom), 1)
     label = 90
     sheet = Image.new("RGB", (label + k * THUMB, 2 * (THUMB + CAPTION) + 20), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
     draw.text((4, 4), name, fill=(0, 0, 0))
-    for row, (title, images, values, coords) in enumerate((("highest", top, top_values, top_coords),
-                                                          ("lowest", bottom, bottom_values, bottom_coords))):  # fmt: skip
+    for row, (title, images, values, coords) in enumerate(
+        (("highest", top, top_values, top_coords), ("lowest", bottom, bottom_values, bottom_coords))
+    ):
         y = 20 + row * (THUMB + CAPTION)
         draw.text((4, y + THUMB // 2), title, fill=(0, 0, 0))
         for column, (image, value, (cx, cy)) in enumerate(zip(images, values, coords, strict=True)):
@@ -57,8 +66,16 @@ def gallery_name(map_name: str) -> str:
     return f"{map_name}_gallery.png"
 
 
-def write_map_galleries(scores: SlideScores, maps: dict[str, np.ndarray], *, bag_path: Path, out_dir: Path, k: int,
-                        reader: str = "auto", overwrite: bool = False) -> int:  # fmt: skip
+def write_map_galleries(
+    scores: SlideScores,
+    maps: dict[str, np.ndarray],
+    *,
+    bag_path: Path,
+    out_dir: Path,
+    k: int,
+    reader: str = "auto",
+    overwrite: bool = False,
+) -> int:
     """A gallery per map (skipping complete ones); patch pixels are read once for all maps."""
     from wsi_mil.explain.patch_pixels import read_patch_pixels
 
@@ -70,7 +87,14 @@ def write_map_galleries(scores: SlideScores, maps: dict[str, np.ndarray], *, bag
     pixels = dict(zip(needed.tolist(), read_patch_pixels(bag_path, scores.coords[needed], reader=reader), strict=True))
     for name, (top, bottom) in picks.items():
         values = np.asarray(todo[name], dtype=np.float64)
-        write_gallery(out_dir / gallery_name(name), name, np.stack([pixels[i] for i in top.tolist()]),
-                      np.stack([pixels[i] for i in bottom.tolist()]), values[top], values[bottom],
-                      scores.coords[top], scores.coords[bottom])  # fmt: skip
+        write_gallery(
+            out_dir / gallery_name(name),
+            name,
+            np.stack([pixels[i] for i in top.tolist()]),
+            np.stack([pixels[i] for i in bottom.tolist()]),
+            values[top],
+            values[bottom],
+            scores.coords[top],
+            scores.coords[bottom],
+        )
     return len(todo)

@@ -73,48 +73,104 @@ def find_jobs(run_dir: str | Path, *, model: str | None = None) -> tuple[str, li
         label = model if subset == Path(".") else f"{model}/{subset.as_posix()}"
         slide_id = check_slide_id(path.stem, where=path)
         # the bag gives the tissue mask, in level-0 terms: any set's will do
-        jobs.append(HeatmapJob(slide_id, path, layout.heatmap_dir(model, slide_id, subset),
-                               bag_path=layout.find_bag(slide_id, subset, other_sets=True), label=label,
-                               run_dir=layout.root, model=model, subset=subset))  # fmt: skip
+        jobs.append(
+            HeatmapJob(
+                slide_id,
+                path,
+                layout.heatmap_dir(model, slide_id, subset),
+                bag_path=layout.find_bag(slide_id, subset, other_sets=True),
+                label=label,
+                run_dir=layout.root,
+                model=model,
+                subset=subset,
+            )
+        )
     return model, jobs
 
 
-def heatmap_job(job: HeatmapJob, *, options: HeatmapConfig, reader: str = "auto", overwrite: bool = False,
-                debug: bool = False, cohort: Mapping[str, Mapping[str, ScoreRange]] | None = None,
-                checkpoint_path: str | None = None) -> dict[str, Any]:  # fmt: skip
+def heatmap_job(
+    job: HeatmapJob,
+    *,
+    options: HeatmapConfig,
+    reader: str = "auto",
+    overwrite: bool = False,
+    debug: bool = False,
+    cohort: Mapping[str, Mapping[str, ScoreRange]] | None = None,
+    checkpoint_path: str | None = None,
+) -> dict[str, Any]:
     """One manifest record: ``done``, ``skipped`` or ``failed``; never raises for a bad slide.
 
     ``cohort``: bag set (``job.subset`` as POSIX) -> map -> colour range, for ``scale: cohort``.
     ``checkpoint_path``: the encoder checkpoint the features were made with (CAMs need it).
     CAMs never fail a slide: what could not be explained is named in the record's note.
     """
-    record: dict[str, Any] = {"stage": STAGE, "slide_id": job.slide_id, "bag_set": job.label, "path": str(job.scores_path)}
+    record: dict[str, Any] = {
+        "stage": STAGE,
+        "slide_id": job.slide_id,
+        "bag_set": job.label,
+        "path": str(job.scores_path),
+    }
     started = time.perf_counter()
     with capture_library_warnings() as captured:  # attached to the slide's row, not printed raw
-        done = _heatmap_outputs(job, record, started, options=options, reader=reader, overwrite=overwrite, debug=debug,
-                                cohort=cohort, checkpoint_path=checkpoint_path)  # fmt: skip
+        done = _heatmap_outputs(
+            job,
+            record,
+            started,
+            options=options,
+            reader=reader,
+            overwrite=overwrite,
+            debug=debug,
+            cohort=cohort,
+            checkpoint_path=checkpoint_path,
+        )
     return attach_warnings([done], captured, slide_id=job.slide_id)[0]
 
 
-def _heatmap_outputs(job: HeatmapJob, record: dict[str, Any], started: float, *, options: HeatmapConfig, reader: str,
-                     overwrite: bool, debug: bool, cohort: Mapping[str, Mapping[str, ScoreRange]] | None,
-                     checkpoint_path: str | None) -> dict[str, Any]:  # fmt: skip
+def _heatmap_outputs(
+    job: HeatmapJob,
+    record: dict[str, Any],
+    started: float,
+    *,
+    options: HeatmapConfig,
+    reader: str,
+    overwrite: bool,
+    debug: bool,
+    cohort: Mapping[str, Mapping[str, ScoreRange]] | None,
+    checkpoint_path: str | None,
+) -> dict[str, Any]:
     try:
         scores = read_scores(job.scores_path)  # once: the maps, galleries and CAMs share it
-        result = heatmap_slide(scores, out_dir=job.out_dir, slide_path=job.slide_path, bag_path=job.bag_path,
-                               options=options, reader=reader, overwrite=overwrite, run_dir=job.run_dir,
-                               cohort=(cohort or {}).get(job.subset.as_posix()))  # fmt: skip
+        result = heatmap_slide(
+            scores,
+            out_dir=job.out_dir,
+            slide_path=job.slide_path,
+            bag_path=job.bag_path,
+            options=options,
+            reader=reader,
+            overwrite=overwrite,
+            run_dir=job.run_dir,
+            cohort=(cohort or {}).get(job.subset.as_posix()),
+        )
         if "gallery" in options.formats and job.bag_path is not None:
             from wsi_mil.explain.galleries import write_map_galleries
 
             result["galleries_written"] = write_map_galleries(
-                scores, select_maps(scores, options.maps), bag_path=job.bag_path, out_dir=job.out_dir,
-                k=options.gallery_k, reader=reader, overwrite=overwrite)  # fmt: skip
+                scores,
+                select_maps(scores, options.maps),
+                bag_path=job.bag_path,
+                out_dir=job.out_dir,
+                k=options.gallery_k,
+                reader=reader,
+                overwrite=overwrite,
+            )
         if options.cam_top_k and options.cam_methods and job.run_dir is not None:
             from wsi_mil.explain.cam_stage import cam_outputs
 
-            result.update(cam_outputs(job, scores, options=options, reader=reader, overwrite=overwrite,
-                                      checkpoint_path=checkpoint_path))  # fmt: skip
+            result.update(
+                cam_outputs(
+                    job, scores, options=options, reader=reader, overwrite=overwrite, checkpoint_path=checkpoint_path
+                )
+            )
     except Exception as error:
         if debug:
             logger.exception("%s: heatmap failed", job.slide_id)
@@ -122,12 +178,25 @@ def _heatmap_outputs(job: HeatmapJob, record: dict[str, Any], started: float, *,
     written = result["files_written"] + result.get("cam_files_written", 0) + result.get("galleries_written", 0)
     status = "done" if written else "skipped"
     note = "; ".join(n for n in ("" if written else "complete outputs exist", result.pop("cam_note", "")) if n)
-    return {**record, **result, "status": status, "error": "", "note": note,
-            "seconds": round(time.perf_counter() - started, 3)}  # fmt: skip
+    return {
+        **record,
+        **result,
+        "status": status,
+        "error": "",
+        "note": note,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
 
 
-def heatmap_run(run_dir: str | Path, *, config: Config, model: str | None = None, overwrite: bool = False,
-                debug: bool = False, progress: bool = True) -> list[dict[str, Any]]:  # fmt: skip
+def heatmap_run(
+    run_dir: str | Path,
+    *,
+    config: Config,
+    model: str | None = None,
+    overwrite: bool = False,
+    debug: bool = False,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
     """Heatmaps of every scored slide of a run, one Dask task per slide; manifest rows as they finish."""
     from wsi_mil.manifest import RunRecorder
     from wsi_mil.parallel import map_slides
@@ -152,13 +221,26 @@ def heatmap_run(run_dir: str | Path, *, config: Config, model: str | None = None
     recorder = RunRecorder(run_dir, logger=logger)
 
     def on_crash(job: HeatmapJob, error: BaseException) -> None:
-        recorder.crashed({"stage": STAGE, "slide_id": job.slide_id, "bag_set": job.label, "path": str(job.scores_path)}, error)
+        recorder.crashed(
+            {"stage": STAGE, "slide_id": job.slide_id, "bag_set": job.label, "path": str(job.scores_path)}, error
+        )
 
-    map_slides(heatmap_job, jobs, on_result=lambda _, record: recorder.add([record]), on_crash=on_crash,
-               workers=config.parallel.workers,
-               scheduler=config.parallel.scheduler, desc="heatmaps", progress=progress, options=config.heatmap,
-               reader=config.tiling.reader, overwrite=overwrite, debug=debug, cohort=cohort,
-               checkpoint_path=config.extract.checkpoint_path)  # fmt: skip
+    map_slides(
+        heatmap_job,
+        jobs,
+        on_result=lambda _, record: recorder.add([record]),
+        on_crash=on_crash,
+        workers=config.parallel.workers,
+        scheduler=config.parallel.scheduler,
+        desc="heatmaps",
+        progress=progress,
+        options=config.heatmap,
+        reader=config.tiling.reader,
+        overwrite=overwrite,
+        debug=debug,
+        cohort=cohort,
+        checkpoint_path=config.extract.checkpoint_path,
+    )
     return recorder.records
 
 
@@ -175,8 +257,13 @@ def _check_cam_checkpoint(jobs: list[HeatmapJob], checkpoint_path: str | None) -
         if job.run_dir is None:
             continue
         try:
-            inputs = locate_cam_inputs(read_scores(job.scores_path), run_dir=job.run_dir, model=job.model,
-                                       subset=job.subset, bag_path=job.bag_path)  # fmt: skip
+            inputs = locate_cam_inputs(
+                read_scores(job.scores_path),
+                run_dir=job.run_dir,
+                model=job.model,
+                subset=job.subset,
+                bag_path=job.bag_path,
+            )
             attrs = {} if isinstance(inputs, str) else read_feature_attrs(inputs.feature_path)
         except Exception:  # noqa: BLE001, S112 -- this slide's task reports it
             continue

@@ -57,7 +57,9 @@ def base_downsample(geometry: SlideGeometry, options: HeatmapConfig, slide_id: s
     """The finest OME-Zarr level's downsample: ``heatmap.level`` or ``heatmap.mpp``, else level 0."""
     if options.level is not None:
         if not 0 <= options.level < len(geometry.level_downsamples):
-            raise WsiMilError(f"{slide_id}: level {options.level} not in the slide's 0..{len(geometry.level_downsamples) - 1}")
+            raise WsiMilError(
+                f"{slide_id}: level {options.level} not in the slide's 0..{len(geometry.level_downsamples) - 1}"
+            )
         return float(geometry.level_downsamples[options.level])
     if options.mpp is not None:
         if geometry.mpp is None:
@@ -80,10 +82,20 @@ class MapCanvases:
 
     def canvas(self, downsample: float, chunks: tuple[int, int], shape: tuple[int, int] | None = None) -> Any:
         """A lazy Dask canvas at ``downsample`` (the slide's size there, or ``shape``)."""
-        geometry = CanvasGeometry(shape, downsample) if shape else CanvasGeometry.for_slide(self.geometry.dimensions, downsample)
-        return stitch_scores(self.scores.coords, self.values, patch_size_level0=self.scores.patch_size_level0,
-                             geometry=geometry, chunks=chunks, tissue=self.tissue,
-                             smooth_sigma=self.options.smooth_sigma * self.base / downsample)  # fmt: skip
+        geometry = (
+            CanvasGeometry(shape, downsample)
+            if shape
+            else CanvasGeometry.for_slide(self.geometry.dimensions, downsample)
+        )
+        return stitch_scores(
+            self.scores.coords,
+            self.values,
+            patch_size_level0=self.scores.patch_size_level0,
+            geometry=geometry,
+            chunks=chunks,
+            tissue=self.tissue,
+            smooth_sigma=self.options.smooth_sigma * self.base / downsample,
+        )
 
     def tiff_level(self, downsample: float) -> Any:
         """A TIFF level painted tile by tile from the patch table, skipping tiles without patches.
@@ -92,26 +104,57 @@ class MapCanvases:
         """
         if self.options.smooth_sigma > 0:
             return self.canvas(downsample, TIFF_CHUNK)
-        return ScorePainter(self.scores.coords, self.values, patch_size_level0=self.scores.patch_size_level0,
-                            tissue=self.tissue, chunks=(TIFF_TILE, TIFF_TILE),
-                            geometry=CanvasGeometry.for_slide(self.geometry.dimensions, downsample))  # fmt: skip
+        return ScorePainter(
+            self.scores.coords,
+            self.values,
+            patch_size_level0=self.scores.patch_size_level0,
+            tissue=self.tissue,
+            chunks=(TIFF_TILE, TIFF_TILE),
+            geometry=CanvasGeometry.for_slide(self.geometry.dimensions, downsample),
+        )
 
 
-def provenance(name: str, scores: SlideScores, geometry: SlideGeometry, *, score_range: ScoreRange, scores_file: str,
-               options: HeatmapConfig, cmap: str) -> dict[str, Any]:  # fmt: skip
+def provenance(
+    name: str,
+    scores: SlideScores,
+    geometry: SlideGeometry,
+    *,
+    score_range: ScoreRange,
+    scores_file: str,
+    options: HeatmapConfig,
+    cmap: str,
+) -> dict[str, Any]:
     """What every map file records about how it was made (no absolute path of this machine)."""
     clear = None if score_range.clear is None else [float(v) if np.isfinite(v) else None for v in score_range.clear]
-    return {"slide_id": scores.slide_id, "map": name, "model": scores.root_attrs.get("model"),
-            "scores_file": scores_file, "vmin": score_range.vmin, "vmax": score_range.vmax, "clear": clear,
-            "scale": options.scale, "cmap": cmap,
-            "level0_dimensions": list(geometry.dimensions), "slide_mpp": geometry.mpp}  # fmt: skip
+    return {
+        "slide_id": scores.slide_id,
+        "map": name,
+        "model": scores.root_attrs.get("model"),
+        "scores_file": scores_file,
+        "vmin": score_range.vmin,
+        "vmax": score_range.vmax,
+        "clear": clear,
+        "scale": options.scale,
+        "cmap": cmap,
+        "level0_dimensions": list(geometry.dimensions),
+        "slide_mpp": geometry.mpp,
+    }
 
 
 def write_map(
-    name: str, values: np.ndarray, scores: SlideScores, geometry: SlideGeometry, slide: Any,
-    tissue: TissueMask | None, out_dir: Path, options: HeatmapConfig, overwrite: bool, *,
-    score_range: ScoreRange, scores_file: str,
-) -> int:  # fmt: skip
+    name: str,
+    values: np.ndarray,
+    scores: SlideScores,
+    geometry: SlideGeometry,
+    slide: Any,
+    tissue: TissueMask | None,
+    out_dir: Path,
+    options: HeatmapConfig,
+    overwrite: bool,
+    *,
+    score_range: ScoreRange,
+    scores_file: str,
+) -> int:
     """Every file ``options.formats`` asks of one map (complete ones skipped); returns how many were written."""
     from wsi_mil.explain.scaling import map_cmap
 
@@ -120,8 +163,12 @@ def write_map(
     if not todo:
         return 0
     cmap = map_cmap(name, options)
-    canvases = MapCanvases(scores, values, geometry, tissue, options, base_downsample(geometry, options, scores.slide_id))
-    about = provenance(name, scores, geometry, score_range=score_range, scores_file=scores_file, options=options, cmap=cmap)
+    canvases = MapCanvases(
+        scores, values, geometry, tissue, options, base_downsample(geometry, options, scores.slide_id)
+    )
+    about = provenance(
+        name, scores, geometry, score_range=score_range, scores_file=scores_file, options=options, cmap=cmap
+    )
     for fmt, path in todo.items():
         if fmt == "zarr":
             _write_zarr(path, canvases, name=name, score_range=score_range, provenance=about)
@@ -131,13 +178,29 @@ def write_map(
             from wsi_mil.explain.export_overview import write_slide_png
 
             notes = [scores.prediction_text(), f"scale: {options.scale}"]
-            write_slide_png(path, canvases.canvas, slide, dimensions=geometry.dimensions, title=name, cmap=cmap,
-                            score_range=score_range, options=options, notes=notes)  # fmt: skip
+            write_slide_png(
+                path,
+                canvases.canvas,
+                slide,
+                dimensions=geometry.dimensions,
+                title=name,
+                cmap=cmap,
+                score_range=score_range,
+                options=options,
+                notes=notes,
+            )
         elif fmt == "blend_tiff" and slide is not None:
             from wsi_mil.explain.blend import write_blend_tiff
 
-            write_blend_tiff(path, slide, canvases.tiff_level, options=options, score_range=score_range,
-                             description=_description(about), cmap=cmap)  # fmt: skip
+            write_blend_tiff(
+                path,
+                slide,
+                canvases.tiff_level,
+                options=options,
+                score_range=score_range,
+                description=_description(about),
+                cmap=cmap,
+            )
     return len(todo)
 
 
@@ -146,8 +209,9 @@ def _description(provenance: dict[str, Any]) -> str:
     return json.dumps({"wsi_mil_heatmap": provenance})
 
 
-def _write_zarr(path: Path, canvases: MapCanvases, *, name: str, score_range: ScoreRange,
-                provenance: dict[str, Any]) -> None:  # fmt: skip
+def _write_zarr(
+    path: Path, canvases: MapCanvases, *, name: str, score_range: ScoreRange, provenance: dict[str, Any]
+) -> None:
     """OME-Zarr multiscale from the finest level (``base``) down to about one chunk."""
     from wsi_mil.explain.export_tiff import pyramid_factors
     from wsi_mil.explain.export_zarr import write_ome_zarr
@@ -157,13 +221,21 @@ def _write_zarr(path: Path, canvases: MapCanvases, *, name: str, score_range: Sc
     finest = CanvasGeometry.for_slide(canvases.geometry.dimensions, base)
     factors = pyramid_factors(finest.shape, min_side=chunk // 2)
     levels = [canvases.canvas(base * f, (chunk, chunk)) for f in factors]
-    write_ome_zarr(path, levels, level_downsamples=[base * f for f in factors], mpp=canvases.geometry.mpp, name=name,
-                   window=(score_range.vmin, score_range.vmax), attrs={**provenance, "level0_downsample": base},
-                   threads=options.threads)  # fmt: skip
+    write_ome_zarr(
+        path,
+        levels,
+        level_downsamples=[base * f for f in factors],
+        mpp=canvases.geometry.mpp,
+        name=name,
+        window=(score_range.vmin, score_range.vmax),
+        attrs={**provenance, "level0_downsample": base},
+        threads=options.threads,
+    )
 
 
-def _write_tiff(path: Path, canvases: MapCanvases, *, rgba: bool, cmap: str, score_range: ScoreRange,
-                provenance: dict[str, Any]) -> None:  # fmt: skip
+def _write_tiff(
+    path: Path, canvases: MapCanvases, *, rgba: bool, cmap: str, score_range: ScoreRange, provenance: dict[str, Any]
+) -> None:
     """A pyramidal TIFF at the slide's level-0 size: float32 scores, or colour-mapped RGBA (``rgba``)."""
     from wsi_mil.explain.export_tiff import pyramid_factors, write_pyramid_tiff
     from wsi_mil.explain.stitch import ColouredTiles, colorize
@@ -171,7 +243,17 @@ def _write_tiff(path: Path, canvases: MapCanvases, *, rgba: bool, cmap: str, sco
     level0 = CanvasGeometry.for_slide(canvases.geometry.dimensions, 1.0)
     levels = [canvases.tiff_level(f) for f in pyramid_factors(level0.shape)]
     if rgba:
-        levels = [ColouredTiles(level, cmap=cmap, score_range=score_range) if isinstance(level, ScorePainter)
-                  else colorize(level, cmap=cmap, score_range=score_range) for level in levels]  # fmt: skip
-    write_pyramid_tiff(path, levels, mpp=canvases.geometry.mpp, kind="rgba" if rgba else "float32",
-                       description=_description(provenance), threads=canvases.options.threads)  # fmt: skip
+        levels = [
+            ColouredTiles(level, cmap=cmap, score_range=score_range)
+            if isinstance(level, ScorePainter)
+            else colorize(level, cmap=cmap, score_range=score_range)
+            for level in levels
+        ]
+    write_pyramid_tiff(
+        path,
+        levels,
+        mpp=canvases.geometry.mpp,
+        kind="rgba" if rgba else "float32",
+        description=_description(provenance),
+        threads=canvases.options.threads,
+    )

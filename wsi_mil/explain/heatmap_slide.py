@@ -52,7 +52,11 @@ def slide_geometry(scores: SlideScores, slide: Any, bag_attrs: Mapping[str, Any]
     dims = bag_attrs.get("level_dim") or scores.attrs.get("level_dim")
     if dims is None:  # no slide, no bag: the patches' extent
         size = scores.patch_size_level0
-        dims = (int(scores.coords[:, 0].max() + size), int(scores.coords[:, 1].max() + size)) if len(scores.coords) else (1, 1)
+        dims = (
+            (int(scores.coords[:, 0].max() + size), int(scores.coords[:, 1].max() + size))
+            if len(scores.coords)
+            else (1, 1)
+        )
     return SlideGeometry((int(dims[0]), int(dims[1])), mpp, (1.0,))
 
 
@@ -101,16 +105,34 @@ def heatmap_slide(
     slide = _open_slide(scores, slide_path, reader=reader, options=options)
     try:
         geometry = slide_geometry(scores, slide, bag.attrs)
-        written = sum(write_map(name, values, scores, geometry, slide, bag.tissue, out_dir, options, overwrite,
-                                score_range=ranges[name], scores_file=scores_file)
-                      for name, values in maps.items())  # fmt: skip
+        written = sum(
+            write_map(
+                name,
+                values,
+                scores,
+                geometry,
+                slide,
+                bag.tissue,
+                out_dir,
+                options,
+                overwrite,
+                score_range=ranges[name],
+                scores_file=scores_file,
+            )
+            for name, values in maps.items()
+        )
         if "geojson" in options.formats:
             from wsi_mil.explain.export_geojson import write_slide_geojson
 
-            written += write_slide_geojson(scores, maps, ranges, out_dir=out_dir, options=options, mpp=geometry.mpp,
-                                           overwrite=overwrite)  # fmt: skip
+            written += write_slide_geojson(
+                scores, maps, ranges, out_dir=out_dir, options=options, mpp=geometry.mpp, overwrite=overwrite
+            )
     finally:
         if slide is not None:
             slide.close()
-    return {"n_patches": len(scores.coords), "maps": " ".join(maps), "files_written": written,
-            "tissue_mask": bag.tissue is not None}  # fmt: skip
+    return {
+        "n_patches": len(scores.coords),
+        "maps": " ".join(maps),
+        "files_written": written,
+        "tissue_mask": bag.tissue is not None,
+    }

@@ -34,9 +34,15 @@ def scaled(values: np.ndarray) -> np.ndarray:
     return np.zeros_like(values) if high <= low else (values - low) / (high - low)
 
 
-def localization_metrics(scores: np.ndarray, fraction: np.ndarray, grade: np.ndarray, *, graded: bool,
-                         positive_fraction: float = 0.5,
-                         thresholds: tuple[float, ...] = THRESHOLDS) -> dict[str, float]:  # fmt: skip
+def localization_metrics(
+    scores: np.ndarray,
+    fraction: np.ndarray,
+    grade: np.ndarray,
+    *,
+    graded: bool,
+    positive_fraction: float = 0.5,
+    thresholds: tuple[float, ...] = THRESHOLDS,
+) -> dict[str, float]:
     """scores, fraction (inside the lesion), grade: (N,) per patch -> metric name -> value."""
     scores = np.asarray(scores, np.float64)
     positive = np.asarray(fraction) >= positive_fraction

@@ -69,30 +69,40 @@ def map_warnings(rows: Sequence[dict[str, Any]], summary: Sequence[dict[str, Any
         best = stain[best_name]
         for name, value in auc.items():
             if name not in BASELINE_MAPS and value <= best:
-                warnings.append(f"{name}: patch ROC-AUC {value:.3f} does not beat the stain baseline "
-                                f"({best_name} {best:.3f}): on these slides this map finds nothing a colour "
-                                "statistic does not")  # fmt: skip
+                warnings.append(
+                    f"{name}: patch ROC-AUC {value:.3f} does not beat the stain baseline "
+                    f"({best_name} {best:.3f}): on these slides this map finds nothing a colour "
+                    "statistic does not"
+                )
     if MANIFOLD in auc and SEEDS in auc and auc[MANIFOLD] < auc[SEEDS] + MIN_SEED_GAIN:
-        warnings.append(f"{MANIFOLD}: patch ROC-AUC {auc[MANIFOLD]:.3f} vs {auc[SEEDS]:.3f} for its seeds alone: "
-                        "the ranking adds little to the most attended patches")  # fmt: skip
+        warnings.append(
+            f"{MANIFOLD}: patch ROC-AUC {auc[MANIFOLD]:.3f} vs {auc[SEEDS]:.3f} for its seeds alone: "
+            "the ranking adds little to the most attended patches"
+        )
     spreads = np.array([r["spread"] for r in rows if r["map"] == MANIFOLD and "spread" in r], float)
     spreads = spreads[np.isfinite(spreads)]
     if len(spreads) and float(np.median(spreads)) < MIN_SPREAD:
         narrow = int((spreads < MIN_SPREAD).sum())
-        warnings.append(f"{MANIFOLD}: little more than its seeds on {narrow} of {len(spreads)} slides (median "
-                        f"{np.median(spreads):.2f} other patches in its upper half per seed; a useful spread is "
-                        f">= {MIN_SPREAD:g})")  # fmt: skip
+        warnings.append(
+            f"{MANIFOLD}: little more than its seeds on {narrow} of {len(spreads)} slides (median "
+            f"{np.median(spreads):.2f} other patches in its upper half per seed; a useful spread is "
+            f">= {MIN_SPREAD:g})"
+        )
     for name in dict.fromkeys(r["map"] for r in rows):
         constant = [r["slide_id"] for r in rows if r["map"] == name and r.get("constant")]
         if constant:
             total = sum(r["map"] == name for r in rows)
-            warnings.append(f"{name}: constant on {len(constant)} of {total} slides (e.g. {', '.join(constant[:3])}): "
-                            "no ranking there")  # fmt: skip
+            warnings.append(
+                f"{name}: constant on {len(constant)} of {total} slides (e.g. {', '.join(constant[:3])}): "
+                "no ranking there"
+            )
     return warnings
 
 
 def warnings_markdown(warnings: Sequence[str]) -> str:
     if not warnings:
-        return ("## Checks\n\nNo warnings (checked: learned maps against the stain baseline, the manifold map "
-                "against its seeds, maps constant on a slide).\n")
+        return (
+            "## Checks\n\nNo warnings (checked: learned maps against the stain baseline, the manifold map "
+            "against its seeds, maps constant on a slide).\n"
+        )
     return "## Warnings\n\n" + "\n".join(f"- {w}" for w in warnings) + "\n"

@@ -114,11 +114,16 @@ def _margin(values: np.ndarray, target: int) -> np.ndarray:
     return values[:, target] - others.mean(axis=1)
 
 
-def available_maps(scores: SlideScores, *, target: int | None = None, label: str | None = None) -> dict[str, np.ndarray]:
+def available_maps(
+    scores: SlideScores, *, target: int | None = None, label: str | None = None
+) -> dict[str, np.ndarray]:
     """Every map this file supports, name -> (N,) float64. Class maps are for ``target``
     (default: :meth:`SlideScores.target_class`), named with ``label`` (default: the class name)."""
-    maps = {name: np.asarray(scores.arrays[name], dtype=np.float64).reshape(-1)
-            for name in VECTOR_MAPS if name in scores.arrays}  # fmt: skip
+    maps = {
+        name: np.asarray(scores.arrays[name], dtype=np.float64).reshape(-1)
+        for name in VECTOR_MAPS
+        if name in scores.arrays
+    }
     classes = scores.classes
     target = scores.target_class() if target is None else target
     if label is None:

@@ -30,9 +30,19 @@ def top_patches(scores: SlideScores, k: int) -> np.ndarray:
     return np.argsort(-attention, kind="stable")[: max(0, k)]
 
 
-def explain_patches(images: np.ndarray, *, encoder: Any, head: Any, log_normalizer: float, target: int,
-                    methods: Sequence[str], ig_steps: int = 32, device: Any = "cpu",
-                    margin: int = 0, context: int = 0) -> tuple[dict, dict, np.ndarray]:  # fmt: skip
+def explain_patches(
+    images: np.ndarray,
+    *,
+    encoder: Any,
+    head: Any,
+    log_normalizer: float,
+    target: int,
+    methods: Sequence[str],
+    ig_steps: int = 32,
+    device: Any = "cpu",
+    margin: int = 0,
+    context: int = 0,
+) -> tuple[dict, dict, np.ndarray]:
     """Maps of uint8 ``images`` (k, H + 2 margin, W + 2 margin, 3) through ``encoder`` and one
     trained ``head``: each patch with ``margin`` pixels of surroundings, shown to the
     encoder as ``context`` input pixels on each side (0, 0: the patch alone).
@@ -48,17 +58,27 @@ def explain_patches(images: np.ndarray, *, encoder: Any, head: Any, log_normaliz
     patches = batch[:, margin : batch.shape[1] - margin, margin : batch.shape[2] - margin] if margin else batch
     x = encoder.transform(patches.to(device)).float()
     size = encoder.config.input_size
-    wide = make_batch_transform(replace(encoder.config, input_size=size + 2 * context))(batch.to(device)).float() if context else x
-    model = PatchContribution(encoder.model.to(device), head.to(device).eval(), log_normalizer,
-                              mean=encoder.config.mean, std=encoder.config.std)  # fmt: skip
-    maps = compute_maps(model, wide, target=target, methods=methods, input_size=size, ig_steps=ig_steps, context=context)
+    wide = (
+        make_batch_transform(replace(encoder.config, input_size=size + 2 * context))(batch.to(device)).float()
+        if context
+        else x
+    )
+    model = PatchContribution(
+        encoder.model.to(device),
+        head.to(device).eval(),
+        log_normalizer,
+        mean=encoder.config.mean,
+        std=encoder.config.std,
+    )
+    maps = compute_maps(
+        model, wide, target=target, methods=methods, input_size=size, ig_steps=ig_steps, context=context
+    )
     # Faithfulness masks the patch alone, as extraction saw it.
     faithfulness = {method: confidence_change(model, x, values, target) for method, values in maps.items()}
     mean = torch.tensor(encoder.config.mean).view(1, 3, 1, 1)
     std = torch.tensor(encoder.config.std).view(1, 3, 1, 1)
     seen = ((encoder.transform(patches).float() * std + mean).clamp(0, 1) * 255 + 0.5).to(torch.uint8)
     return maps, faithfulness, seen.permute(0, 2, 3, 1).contiguous().numpy()
-
 
 
 # ----------------------------------------------------------------------------- one slide of a run
@@ -73,8 +93,9 @@ class CamInputs:
     bag_path: Path
 
 
-def locate_cam_inputs(scores: SlideScores, *, run_dir: Path, model: str, subset: Path,
-                      bag_path: Path | None) -> CamInputs | str:  # fmt: skip
+def locate_cam_inputs(
+    scores: SlideScores, *, run_dir: Path, model: str, subset: Path, bag_path: Path | None
+) -> CamInputs | str:
     """The heads that scored this slide (the folds in its scores file), its feature file and
     bag; or a reason why CAMs cannot be made (a message, logged by the caller)."""
     from wsi_mil.explain.faithfulness import locate_heads
@@ -87,9 +108,19 @@ def locate_cam_inputs(scores: SlideScores, *, run_dir: Path, model: str, subset:
     return CamInputs(heads.fold_dirs, heads.feature_path, bag_path)
 
 
-def cam_slide(scores: SlideScores, inputs: CamInputs, out_dir: Path, *, methods: Sequence[str], top_k: int,
-              ig_steps: int, reader: str = "auto", checkpoint_path: str | None = None,
-              device: str = "auto", context: float = 0.0) -> PatchCams:  # fmt: skip
+def cam_slide(
+    scores: SlideScores,
+    inputs: CamInputs,
+    out_dir: Path,
+    *,
+    methods: Sequence[str],
+    top_k: int,
+    ig_steps: int,
+    reader: str = "auto",
+    checkpoint_path: str | None = None,
+    device: str = "auto",
+    context: float = 0.0,
+) -> PatchCams:
     """Explain the slide's ``top_k`` most attended patches; writes cams.h5 and the gallery PNG.
 
     ``context``: slide around each patch, a fraction of its side (CNN encoders only; see
@@ -134,13 +165,25 @@ def cam_slide(scores: SlideScores, inputs: CamInputs, out_dir: Path, *, methods:
     seen = None
     for method in methods:  # one at a time: a method that fails costs only its own maps
         try:
-            for head, log_z in zip(heads, normalizers, strict=True):  # several heads (fold mean): maps and metrics averaged
-                part, faith, seen = explain_patches(images, encoder=encoder, head=head, log_normalizer=log_z, target=target,
-                                                    methods=[method], ig_steps=ig_steps, device=torch_device,
-                                                    margin=margin, context=margin_input)  # fmt: skip
+            for head, log_z in zip(
+                heads, normalizers, strict=True
+            ):  # several heads (fold mean): maps and metrics averaged
+                part, faith, seen = explain_patches(
+                    images,
+                    encoder=encoder,
+                    head=head,
+                    log_normalizer=log_z,
+                    target=target,
+                    methods=[method],
+                    ig_steps=ig_steps,
+                    device=torch_device,
+                    margin=margin,
+                    context=margin_input,
+                )
                 maps[method] = maps.get(method, 0) + part[method] / len(heads)
-                faithfulness[method] = {k: faithfulness.get(method, {}).get(k, 0.0) + v / len(heads)
-                                        for k, v in faith[method].items()}  # fmt: skip
+                faithfulness[method] = {
+                    k: faithfulness.get(method, {}).get(k, 0.0) + v / len(heads) for k, v in faith[method].items()
+                }
         except Exception as error:  # noqa: BLE001 -- e.g. a method the encoder's layers do not support
             logger.warning("%s: %s skipped: %s: %s", scores.slide_id, method, type(error).__name__, error)
             skipped[method] = f"{type(error).__name__}: {error}"
@@ -148,10 +191,23 @@ def cam_slide(scores: SlideScores, inputs: CamInputs, out_dir: Path, *, methods:
             faithfulness.pop(method, None)
     if not maps or seen is None:  # seen: the patches as the encoder saw them, set with the first maps
         raise CamError("no CAM method could run: " + "; ".join(f"{m}: {why}" for m, why in skipped.items()))
-    cams = PatchCams(coords, rows, seen, maps, faithfulness,
-                     {"patch_size_level0": scores.patch_size_level0, "slide_id": scores.slide_id, "target_class": target,
-                      "classes": scores.classes, "encoder": encoder.name, "folds": [d.name for d in inputs.fold_dirs],
-                      "context_px": margin, SKIPPED_ATTR: json.dumps(skipped)})  # fmt: skip
+    cams = PatchCams(
+        coords,
+        rows,
+        seen,
+        maps,
+        faithfulness,
+        {
+            "patch_size_level0": scores.patch_size_level0,
+            "slide_id": scores.slide_id,
+            "target_class": target,
+            "classes": scores.classes,
+            "encoder": encoder.name,
+            "folds": [d.name for d in inputs.fold_dirs],
+            "context_px": margin,
+            SKIPPED_ATTR: json.dumps(skipped),
+        },
+    )
     write_gallery_png(out_dir / GALLERY_NAME, cams)
     write_cams(out_dir / CAMS_NAME, cams)
     return cams

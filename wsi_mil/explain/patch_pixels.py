@@ -26,8 +26,12 @@ def read_patch_pixels(bag_path: Path, coords: np.ndarray, *, reader: str = "auto
         return mirror_pad(pixels, ((margin, margin), (margin, margin)))
     with open_slide(bag.attrs["slide_path"], reader=reader, mpp=bag.attrs.get("slide_mpp")) as slide:
         if margin:
-            return np.stack([read_with_margin(slide, c, int(bag.attrs["patch_level"]), int(bag.attrs["patch_size"]), margin)
-                             for c in np.asarray(coords).tolist()])  # fmt: skip
+            return np.stack(
+                [
+                    read_with_margin(slide, c, int(bag.attrs["patch_level"]), int(bag.attrs["patch_size"]), margin)
+                    for c in np.asarray(coords).tolist()
+                ]
+            )
         source = make_source(replace(bag, coords=np.asarray(coords, np.int64)), slide, reader=reader)
         try:
             return np.stack([source.read(i) for i in range(len(coords))])
@@ -52,5 +56,7 @@ def read_with_margin(slide: Any, coord: Sequence[int], level: int, size: int, ma
     cx1, cy1 = min(width, x0 + side), min(height, y0 + side)
     if cx1 <= cx0 or cy1 <= cy0:
         raise ValueError(f"patch at {tuple(coord)} lies outside the slide")
-    region = slide.read_region((round(cx0 * downsample), round(cy0 * downsample)), level, (cx1 - cx0, cy1 - cy0), as_array=True)
+    region = slide.read_region(
+        (round(cx0 * downsample), round(cy0 * downsample)), level, (cx1 - cx0, cy1 - cy0), as_array=True
+    )
     return mirror_pad(region, ((cy0 - y0, y0 + side - cy1), (cx0 - x0, x0 + side - cx1)))

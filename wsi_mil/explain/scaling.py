@@ -81,8 +81,9 @@ def range_of(values: np.ndarray, *, signed: bool, options: HeatmapConfig) -> Sco
     return ScoreRange(low, high, clear=(-np.inf, low + band * (high - low)))
 
 
-def slide_ranges(maps: Mapping[str, np.ndarray], *, options: HeatmapConfig,
-                 cohort: Mapping[str, ScoreRange] | None = None) -> dict[str, ScoreRange]:  # fmt: skip
+def slide_ranges(
+    maps: Mapping[str, np.ndarray], *, options: HeatmapConfig, cohort: Mapping[str, ScoreRange] | None = None
+) -> dict[str, ScoreRange]:
     """The range of each of one slide's maps: the cohort's where given (``scale: cohort``), else its own."""
     ranges = {}
     for name, values in maps.items():
@@ -107,12 +108,15 @@ def cohort_ranges(scores_paths: Iterable[Path], *, options: HeatmapConfig) -> di
             continue
         for name, values in maps.items():
             pooled.setdefault(name, []).append(np.asarray(values, dtype=np.float32))
-    return {name: range_of(np.concatenate(parts), signed=is_signed(name), options=options)
-            for name, parts in sorted(pooled.items())}  # fmt: skip
+    return {
+        name: range_of(np.concatenate(parts), signed=is_signed(name), options=options)
+        for name, parts in sorted(pooled.items())
+    }
 
 
-def write_cohort_ranges(scores_by_set: Mapping[str, Iterable[Path]], out_root: Path, *,
-                        options: HeatmapConfig) -> dict[str, dict[str, ScoreRange]]:  # fmt: skip
+def write_cohort_ranges(
+    scores_by_set: Mapping[str, Iterable[Path]], out_root: Path, *, options: HeatmapConfig
+) -> dict[str, dict[str, ScoreRange]]:
     """Each bag set's cohort ranges (bag set, as a POSIX sub-folder of ``out_root`` -> map -> range),
     each also written to ``out_root/<bag set>/colour_ranges.json``."""
     cohort = {}
@@ -128,8 +132,13 @@ def ranges_record(ranges: Mapping[str, ScoreRange], *, options: HeatmapConfig) -
     maps = {}
     for name, score_range in ranges.items():
         clear = None if score_range.clear is None else [_finite(v) for v in score_range.clear]
-        maps[name] = {"vmin": score_range.vmin, "vmax": score_range.vmax, "clear": clear,
-                      "cmap": map_cmap(name, options), "signed": is_signed(name)}  # fmt: skip
+        maps[name] = {
+            "vmin": score_range.vmin,
+            "vmax": score_range.vmax,
+            "clear": clear,
+            "cmap": map_cmap(name, options),
+            "signed": is_signed(name),
+        }
     return {"scale": options.scale, "percentiles": list(options.percentiles), "neutral": options.neutral, "maps": maps}
 
 

@@ -47,8 +47,9 @@ def stain_statistics(rgb: np.ndarray) -> tuple[float, float]:
     return float(hematoxylin[tissue].mean()), dark
 
 
-def stain_baseline_scores(slide: SlideReader, coords: np.ndarray, patch_size_level0: float, *,
-                          read_px: int = 64) -> dict[str, np.ndarray]:  # fmt: skip
+def stain_baseline_scores(
+    slide: SlideReader, coords: np.ndarray, patch_size_level0: float, *, read_px: int = 64
+) -> dict[str, np.ndarray]:
     """Per-patch stain maps of a slide: name -> (N,) float64, same order as ``coords``.
 
     slide: an open reader (wsi_mil.io.open_slide); coords: (N, 2) level-0 (x, y) of each
@@ -77,5 +78,9 @@ def slide_stain_statistics(maps: dict[str, np.ndarray]) -> dict[str, float]:
     hematoxylin, darkness = np.asarray(maps[HEMATOXYLIN]), np.asarray(maps[DARKNESS])
     if len(hematoxylin) == 0:
         return dict.fromkeys(SLIDE_STATISTICS, math.nan)
-    return {"mean_hematoxylin": float(hematoxylin.mean()), "max_hematoxylin": float(hematoxylin.max()),
-            "max_darkness": float(darkness.max()), "mean_darkness": float(darkness.mean())}  # fmt: skip
+    return {
+        "mean_hematoxylin": float(hematoxylin.mean()),
+        "max_hematoxylin": float(hematoxylin.max()),
+        "max_darkness": float(darkness.max()),
+        "mean_darkness": float(darkness.mean()),
+    }

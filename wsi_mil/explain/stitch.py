@@ -175,8 +175,16 @@ class ScorePainter:
     :func:`wsi_mil.explain.export_tiff.write_pyramid_tiff` (``shape``, ``has_data``, ``tile``).
     """
 
-    def __init__(self, coords: np.ndarray, values: np.ndarray, *, patch_size_level0: float,
-                 geometry: CanvasGeometry, chunks: tuple[int, int], tissue: TissueMask | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        coords: np.ndarray,
+        values: np.ndarray,
+        *,
+        patch_size_level0: float,
+        geometry: CanvasGeometry,
+        chunks: tuple[int, int],
+        tissue: TissueMask | None = None,
+    ) -> None:
         coords = np.asarray(coords).reshape(-1, 2)
         values = np.asarray(values, dtype=np.float64).reshape(-1)
         if len(values) != len(coords):
@@ -193,7 +201,10 @@ class ScorePainter:
     def bounds(self, block_row: int, block_col: int) -> tuple[slice, slice]:
         """Canvas rows and columns of chunk (block_row, block_col), clipped to the canvas."""
         (ch, cw), (h, w) = self.chunks, self.shape
-        return (slice(block_row * ch, min((block_row + 1) * ch, h)), slice(block_col * cw, min((block_col + 1) * cw, w)))
+        return (
+            slice(block_row * ch, min((block_row + 1) * ch, h)),
+            slice(block_col * cw, min((block_col + 1) * cw, w)),
+        )
 
     def has_data(self, block_row: int, block_col: int) -> bool:
         flat = block_row * self.index.grid[1] + block_col
@@ -227,8 +238,9 @@ def stitch_scores(
     """
     import dask.array as da
 
-    painter = ScorePainter(coords, values, patch_size_level0=patch_size_level0, geometry=geometry, chunks=chunks,
-                           tissue=tissue)  # fmt: skip
+    painter = ScorePainter(
+        coords, values, patch_size_level0=patch_size_level0, geometry=geometry, chunks=chunks, tissue=tissue
+    )
     dask_chunks = da.core.normalize_chunks(painter.chunks, geometry.shape)
     meta = np.empty((0, 0), dtype=np.float32)
 
@@ -345,7 +357,12 @@ def colorize(canvas: dask.array.Array, *, cmap: str, score_range: ScoreRange) ->
         return colorize_block(block, lut, score_range)
 
     return da.map_blocks(
-        block_rgba, canvas, new_axis=2, chunks=(*canvas.chunks, (4,)), dtype=np.uint8, meta=np.empty((0, 0, 0), dtype=np.uint8)
+        block_rgba,
+        canvas,
+        new_axis=2,
+        chunks=(*canvas.chunks, (4,)),
+        dtype=np.uint8,
+        meta=np.empty((0, 0, 0), dtype=np.uint8),
     )
 
 

@@ -30,7 +30,11 @@ def paint_maps_block(extents: np.ndarray, maps: np.ndarray, rows: slice, cols: s
             continue
         # cv2 resizes float32 bilinearly; INTER_AREA when shrinking averages instead of skipping pixels
         shrink = width < values.shape[1] or height < values.shape[0]
-        resized = cv2.resize(np.asarray(values, np.float32), (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        resized = cv2.resize(
+            np.asarray(values, np.float32),
+            (width, height),
+            interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR,
+        )
         y0, y1 = max(r0, rows.start), min(r1, rows.stop)
         x0, x1 = max(c0, cols.start), min(c1, cols.stop)
         if y1 <= y0 or x1 <= x0:
@@ -44,8 +48,14 @@ def paint_maps_block(extents: np.ndarray, maps: np.ndarray, rows: slice, cols: s
     return out
 
 
-def stitch_patch_maps(coords: np.ndarray, maps: np.ndarray, *, patch_size_level0: float, geometry: CanvasGeometry,
-                      chunks: tuple[int, int] = (1024, 1024)) -> dask.array.Array:  # fmt: skip
+def stitch_patch_maps(
+    coords: np.ndarray,
+    maps: np.ndarray,
+    *,
+    patch_size_level0: float,
+    geometry: CanvasGeometry,
+    chunks: tuple[int, int] = (1024, 1024),
+) -> dask.array.Array:
     """A lazy (rows, cols) float32 canvas of within-patch maps. coords: (k, 2) level-0 (x, y);
     maps: (k, S, S), each stretched over its patch's square."""
     import dask.array as da
@@ -65,5 +75,9 @@ def stitch_patch_maps(coords: np.ndarray, maps: np.ndarray, *, patch_size_level0
         picked = index.in_block(*info["chunk-location"])
         return paint_maps_block(extents[picked], maps[picked], slice(r0, r1), slice(c0, c1))
 
-    return da.map_blocks(block, chunks=da.core.normalize_chunks(chunks, geometry.shape), dtype=np.float32,
-                         meta=np.empty((0, 0), np.float32))  # fmt: skip
+    return da.map_blocks(
+        block,
+        chunks=da.core.normalize_chunks(chunks, geometry.shape),
+        dtype=np.float32,
+        meta=np.empty((0, 0), np.float32),
+    )

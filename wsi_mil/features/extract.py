@@ -38,10 +38,16 @@ def find_jobs(run_dir: str | Path, config: ExtractConfig) -> list[ExtractionJob]
     layout = RunLayout(run_dir)
     if not layout.bags_root.is_dir():
         raise WsiMilError(f"{run_dir}: no bags/ folder; run `wsi-mil tile ... --out {run_dir}` first")
-    return [ExtractionJob(check_slide_id(bag.stem, where=bag), set_name or "-", bag,
-                          layout.features_dir(config.encoder, set_name) / f"{bag.stem}.{config.feature_format}",
-                          clam_dir=layout.clam_dir(config.encoder, set_name))
-            for set_name, bag in layout.find_bags()]  # fmt: skip
+    return [
+        ExtractionJob(
+            check_slide_id(bag.stem, where=bag),
+            set_name or "-",
+            bag,
+            layout.features_dir(config.encoder, set_name) / f"{bag.stem}.{config.feature_format}",
+            clam_dir=layout.clam_dir(config.encoder, set_name),
+        )
+        for set_name, bag in layout.find_bags()
+    ]
 
 
 # Encoders are built and frozen once per process (a Dask worker extracts many slides).
@@ -53,12 +59,20 @@ def _encoder(config: ExtractConfig) -> Any:
 
     key = (config.encoder, config.weights, config.checkpoint_path)
     if key not in _ENCODER_CACHE:
-        _ENCODER_CACHE[key] = create_encoder(config.encoder, weights=config.weights, checkpoint_path=config.checkpoint_path)
+        _ENCODER_CACHE[key] = create_encoder(
+            config.encoder, weights=config.weights, checkpoint_path=config.checkpoint_path
+        )
     return _ENCODER_CACHE[key]
 
 
-def check_checkpoint(encoder: str, checkpoint_path: str | Path | None, *, weights: str = "imagenet",
-                     made_with: str = "", keep: bool = False) -> None:  # fmt: skip
+def check_checkpoint(
+    encoder: str,
+    checkpoint_path: str | Path | None,
+    *,
+    weights: str = "imagenet",
+    made_with: str = "",
+    keep: bool = False,
+) -> None:
     """Load ``checkpoint_path`` into ``encoder`` once, before the first slide: an unreadable, unsafe
     (pickled code) or ill-fitting checkpoint is one :class:`EncoderError`, not one failure per slide.
 
@@ -70,8 +84,10 @@ def check_checkpoint(encoder: str, checkpoint_path: str | Path | None, *, weight
 
     if checkpoint_path is None:
         if made_with.startswith("checkpoint:"):
-            raise EncoderError(f"the features were made with a local checkpoint ({made_with}); "
-                               "give that file as extract.checkpoint_path (--checkpoint-path)")  # fmt: skip
+            raise EncoderError(
+                f"the features were made with a local checkpoint ({made_with}); "
+                "give that file as extract.checkpoint_path (--checkpoint-path)"
+            )
         return
     path = Path(checkpoint_path)
     if made_with.startswith("checkpoint:"):
@@ -79,8 +95,10 @@ def check_checkpoint(encoder: str, checkpoint_path: str | Path | None, *, weight
 
         digest = made_with.rsplit(":", 1)[-1]
         if path.is_file() and file_digest(path, len(digest)) != digest:
-            raise EncoderError(f"{path}: not the checkpoint the features were made with ({made_with}; this file's "
-                               f"hash is {file_digest(path, len(digest))}); give that file as extract.checkpoint_path")  # fmt: skip
+            raise EncoderError(
+                f"{path}: not the checkpoint the features were made with ({made_with}; this file's "
+                f"hash is {file_digest(path, len(digest))}); give that file as extract.checkpoint_path"
+            )
     options = ExtractConfig(encoder=encoder, weights=weights, checkpoint_path=str(checkpoint_path))
     try:
         _encoder(options)
@@ -164,8 +182,9 @@ def extract_bag(job: ExtractionJob, *, config: Config, progress: bool = False) -
     if job.foreign:
         from wsi_mil.features.interop import open_foreign
 
-        bag, slide = open_foreign(bag, job.slide_path, slide_id=job.slide_id, reader=config.tiling.reader,
-                                  mpp=config.tiling.mpp)  # fmt: skip
+        bag, slide = open_foreign(
+            bag, job.slide_path, slide_id=job.slide_id, reader=config.tiling.reader, mpp=config.tiling.mpp
+        )
     else:
         slide = None if bag.has_pixels or len(bag) == 0 else _open_checked(bag, config)
     n = len(bag)
@@ -174,13 +193,22 @@ def extract_bag(job: ExtractionJob, *, config: Config, progress: bool = False) -
     source_kind = "none"
     try:
         if n:
-            source = make_source(bag, slide, reader=config.tiling.reader, mpp=bag.attrs.get("slide_mpp"),
-                                 direct_tiles=options.direct_tiles)  # fmt: skip
+            source = make_source(
+                bag,
+                slide,
+                reader=config.tiling.reader,
+                mpp=bag.attrs.get("slide_mpp"),
+                direct_tiles=options.direct_tiles,
+            )
             source_kind = source.kind
             blank = int(source.size or bag.attrs.get("target_patch_size") or bag.attrs["patch_size"])
-            loader = make_loader(PatchDataset(source, blank_size=blank, ring_size=ring_size()),
-                                 kind=resolve_loader(options.loader, device), batch_size=batch_size,
-                                 workers=num_workers, pin_memory=device.type == "cuda")  # fmt: skip
+            loader = make_loader(
+                PatchDataset(source, blank_size=blank, ring_size=ring_size()),
+                kind=resolve_loader(options.loader, device),
+                batch_size=batch_size,
+                workers=num_workers,
+                pin_memory=device.type == "cuda",
+            )
             try:
                 _run_loader(loader, encoder, device, options, features, valid, progress, job.slide_id)
             finally:
@@ -205,7 +233,12 @@ def extract_bag(job: ExtractionJob, *, config: Config, progress: bool = False) -
         _write_clam(job, config)
     n_failed = int(n - valid.sum())
     if n_failed:
-        logger.warning("%s: %d of %d patches unreadable (corrupt tiles); removed and listed in failed_coords", job.slide_id, n_failed, n)
+        logger.warning(
+            "%s: %d of %d patches unreadable (corrupt tiles); removed and listed in failed_coords",
+            job.slide_id,
+            n_failed,
+            n,
+        )
     return {
         "encoder": encoder.name,
         "n_patches": int(valid.sum()),
@@ -228,8 +261,16 @@ def _write_clam(job: ExtractionJob, config: Config, *, only_missing: bool = Fals
         write_clam_files(job.out_path, job.clam_dir)
 
 
-def _run_loader(loader: Any, encoder: Any, device: Any, options: ExtractConfig, features: np.ndarray,
-                valid: np.ndarray, progress: bool, slide_id: str) -> None:  # fmt: skip
+def _run_loader(
+    loader: Any,
+    encoder: Any,
+    device: Any,
+    options: ExtractConfig,
+    features: np.ndarray,
+    valid: np.ndarray,
+    progress: bool,
+    slide_id: str,
+) -> None:
     import torch
     from tqdm import tqdm
 
@@ -249,10 +290,16 @@ def _run_loader(loader: Any, encoder: Any, device: Any, options: ExtractConfig, 
             bar.update(len(rows))
 
 
-def extract_job(job: ExtractionJob, *, config: Config, overwrite: bool = False, debug: bool = False,
-                show_patches: bool = False) -> dict[str, Any]:  # fmt: skip
+def extract_job(
+    job: ExtractionJob, *, config: Config, overwrite: bool = False, debug: bool = False, show_patches: bool = False
+) -> dict[str, Any]:
     """One manifest record for one bag: ``done``, ``skipped`` or ``failed``; never raises for a bad slide."""
-    record: dict[str, Any] = {"stage": STAGE, "slide_id": job.slide_id, "bag_set": job.bag_set, "path": str(job.bag_path)}
+    record: dict[str, Any] = {
+        "stage": STAGE,
+        "slide_id": job.slide_id,
+        "bag_set": job.bag_set,
+        "path": str(job.bag_path),
+    }
     redo = ""
     if job.out_path.exists() and not overwrite:
         problem = features_problem(job.out_path)
@@ -267,8 +314,13 @@ def extract_job(job: ExtractionJob, *, config: Config, overwrite: bool = False, 
     started = time.perf_counter()
     with capture_library_warnings() as captured:  # attached to the slide's row, not printed raw
         try:
-            result = {**record, **extract_bag(job, config=config, progress=show_patches), "status": "done",
-                      "error": "", "note": redo}  # fmt: skip
+            result = {
+                **record,
+                **extract_bag(job, config=config, progress=show_patches),
+                "status": "done",
+                "error": "",
+                "note": redo,
+            }
         except Exception as error:
             if debug:
                 logger.exception("%s: extraction failed", job.slide_id)
@@ -276,9 +328,17 @@ def extract_job(job: ExtractionJob, *, config: Config, overwrite: bool = False, 
     return attach_warnings([result], captured, slide_id=job.slide_id)[0]
 
 
-def extract_run(run_dir: str | Path, *, config: Config, overwrite: bool = False, debug: bool = False,
-                progress: bool = True, jobs: Sequence[ExtractionJob] | None = None, coords: str | Path | None = None,
-                slides: str | Path | None = None) -> list[dict[str, Any]]:  # fmt: skip
+def extract_run(
+    run_dir: str | Path,
+    *,
+    config: Config,
+    overwrite: bool = False,
+    debug: bool = False,
+    progress: bool = True,
+    jobs: Sequence[ExtractionJob] | None = None,
+    coords: str | Path | None = None,
+    slides: str | Path | None = None,
+) -> list[dict[str, Any]]:
     """Extract every bag of a run; one Dask task per slide, one worker per device.
 
     ``coords`` and ``slides``: extract the CLAM or TRIDENT coords files of folder ``coords``
@@ -288,23 +348,36 @@ def extract_run(run_dir: str | Path, *, config: Config, overwrite: bool = False,
     from wsi_mil.store.runlock import run_lock
 
     # unknown names, missing checkpoint files and file-only weights fail before any work
-    check_weights(config.extract.encoder, weights=config.extract.weights, checkpoint_path=config.extract.checkpoint_path)
-    check_checkpoint(config.extract.encoder, config.extract.checkpoint_path, weights=config.extract.weights,
-                     keep=config.parallel.workers == 0)  # in-process extraction reuses the loaded encoder
+    check_weights(
+        config.extract.encoder, weights=config.extract.weights, checkpoint_path=config.extract.checkpoint_path
+    )
+    check_checkpoint(
+        config.extract.encoder,
+        config.extract.checkpoint_path,
+        weights=config.extract.weights,
+        keep=config.parallel.workers == 0,
+    )  # in-process extraction reuses the loaded encoder
     if coords is not None or slides is not None:
         from wsi_mil.features.interop import find_coords_jobs
 
         if coords is None or slides is None:
             raise ConfigError("--coords and --slides go together: the coords files, and the slides they were made from")
-        jobs = find_coords_jobs(run_dir, coords, slides, encoder=config.extract.encoder,
-                                feature_format=config.extract.feature_format, extensions=config.tiling.extensions)  # fmt: skip
+        jobs = find_coords_jobs(
+            run_dir,
+            coords,
+            slides,
+            encoder=config.extract.encoder,
+            feature_format=config.extract.feature_format,
+            extensions=config.tiling.extensions,
+        )
     jobs = list(jobs) if jobs is not None else find_jobs(run_dir, config.extract)
     with run_lock(run_dir, "extract"):  # one writer per run folder
         return _extract_locked(run_dir, jobs, config=config, overwrite=overwrite, debug=debug, progress=progress)
 
 
-def _extract_locked(run_dir: str | Path, jobs: list[ExtractionJob], *, config: Config, overwrite: bool, debug: bool,
-                    progress: bool) -> list[dict[str, Any]]:  # fmt: skip
+def _extract_locked(
+    run_dir: str | Path, jobs: list[ExtractionJob], *, config: Config, overwrite: bool, debug: bool, progress: bool
+) -> list[dict[str, Any]]:
     from wsi_mil.device import resolve_device
     from wsi_mil.manifest import RunRecorder
     from wsi_mil.parallel import map_slides
@@ -314,7 +387,9 @@ def _extract_locked(run_dir: str | Path, jobs: list[ExtractionJob], *, config: C
     recorder = RunRecorder(run_dir, logger=logger)
 
     def on_crash(job: ExtractionJob, error: BaseException) -> None:
-        recorder.crashed({"stage": STAGE, "slide_id": job.slide_id, "bag_set": job.bag_set, "path": str(job.bag_path)}, error)
+        recorder.crashed(
+            {"stage": STAGE, "slide_id": job.slide_id, "bag_set": job.bag_set, "path": str(job.bag_path)}, error
+        )
 
     import torch
 

@@ -51,7 +51,9 @@ def optimize_for_inference(model: Any, example: Any, *, device: Any, mode: str =
             # TorchScript is deprecated in favour of torch.compile, but on CPU it still folds
             # conv+BN without compile's minute-long start-up (measured in BENCHMARKS.md).
             warnings.simplefilter("ignore", FutureWarning)
-            frozen = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(model, example, check_trace=False)))
+            frozen = torch.jit.optimize_for_inference(
+                torch.jit.freeze(torch.jit.trace(model, example, check_trace=False))
+            )
         with torch.inference_mode():
             frozen(example)  # first calls specialise the graph; the check below replaces trace's own
             output = frozen(example)

@@ -47,13 +47,15 @@ def find_coords_files(folder: str | Path) -> list[Path]:
         folder = folder / "patches"
     files = sorted(p for p in folder.glob("*.h5") if not p.name.startswith("."))
     if not files:
-        raise ConfigError(f"{folder}: no .h5 coords files (CLAM create_patches_fp: <slide_id>.h5; "
-                          "TRIDENT: <slide_id>_patches.h5)")  # fmt: skip
+        raise ConfigError(
+            f"{folder}: no .h5 coords files (CLAM create_patches_fp: <slide_id>.h5; TRIDENT: <slide_id>_patches.h5)"
+        )
     return files
 
 
-def find_coords_jobs(run_dir: str | Path, coords: str | Path, slides: str | Path, *, encoder: str,
-                     feature_format: str, extensions: Any) -> list[Any]:  # fmt: skip
+def find_coords_jobs(
+    run_dir: str | Path, coords: str | Path, slides: str | Path, *, encoder: str, feature_format: str, extensions: Any
+) -> list[Any]:
     """One extraction job per coords file, its slide found by id in ``slides`` (a folder, file or CSV)."""
     from wsi_mil.features.jobs import ExtractionJob
     from wsi_mil.io.discover import find_slides
@@ -70,21 +72,36 @@ def find_coords_jobs(run_dir: str | Path, coords: str | Path, slides: str | Path
         if slide_id in ids:
             raise ConfigError(f"{path} and {ids[slide_id]} are coords files of one slide id {slide_id!r}")
         ids[slide_id] = path
-        jobs.append(ExtractionJob(slide_id, "-", path, layout.features_dir(encoder) / f"{slide_id}.{feature_format}",
-                                  slide_path=by_id.get(slide_id), foreign=True, clam_dir=layout.clam_dir(encoder)))  # fmt: skip
+        jobs.append(
+            ExtractionJob(
+                slide_id,
+                "-",
+                path,
+                layout.features_dir(encoder) / f"{slide_id}.{feature_format}",
+                slide_path=by_id.get(slide_id),
+                foreign=True,
+                clam_dir=layout.clam_dir(encoder),
+            )
+        )
     unmatched = [job.slide_id for job in jobs if job.slide_path is None]
     if len(unmatched) == len(jobs):
-        raise ConfigError(f"{slides}: no slide matches a coords file of {coords} (ids such as "
-                          f"{', '.join(unmatched[:3])}; a slide's id is its file name without the extension)")  # fmt: skip
+        raise ConfigError(
+            f"{slides}: no slide matches a coords file of {coords} (ids such as "
+            f"{', '.join(unmatched[:3])}; a slide's id is its file name without the extension)"
+        )
     return jobs
 
 
-def open_foreign(bag: Any, slide_path: Path | None, *, slide_id: str, reader: str, mpp: float | None) -> tuple[Any, Any]:
+def open_foreign(
+    bag: Any, slide_path: Path | None, *, slide_id: str, reader: str, mpp: float | None
+) -> tuple[Any, Any]:
     """(the bag with our reading attributes, the open slide) for a CLAM or TRIDENT coords file."""
     from wsi_mil.io.open import open_slide
 
     if slide_path is None:
-        raise SlideMismatchError(f"{bag.path}: no slide with the id {slide_id!r} in --slides; add it, or remove the coords file")
+        raise SlideMismatchError(
+            f"{bag.path}: no slide with the id {slide_id!r} in --slides; add it, or remove the coords file"
+        )
     attrs = dict(bag.attrs)
     if "patch_size" not in attrs:
         raise WsiMilError(f"{bag.path}: its coords have no patch_size attribute; not a CLAM or TRIDENT coords file")
@@ -93,27 +110,44 @@ def open_foreign(bag: Any, slide_path: Path | None, *, slide_id: str, reader: st
         if "patch_level" in attrs:  # CLAM: patch_size pixels at patch_level, level_dim is that level's size
             level = int(attrs["patch_level"])
             if level >= len(slide.level_dimensions):
-                raise SlideMismatchError(f"{bag.path}: patch_level {level}, but {slide_path} has "
-                                         f"{len(slide.level_dimensions)} level(s); is it the slide the file was made from?")  # fmt: skip
+                raise SlideMismatchError(
+                    f"{bag.path}: patch_level {level}, but {slide_path} has "
+                    f"{len(slide.level_dimensions)} level(s); is it the slide the file was made from?"
+                )
             expected = attrs.get("level_dim")
             if expected is not None and tuple(int(v) for v in expected) != tuple(slide.level_dimensions[level]):
                 raise SlideMismatchError(
                     f"{bag.path}: made from a slide whose level {level} is {expected[0]}x{expected[1]}, but "
-                    f"{slide_path} has {tuple(slide.level_dimensions[level])} there; give the slide it was made from")
+                    f"{slide_path} has {tuple(slide.level_dimensions[level])} there; give the slide it was made from"
+                )
             size0 = round(int(attrs["patch_size"]) * float(slide.level_downsamples[level]))
         else:  # TRIDENT: patch_size_level0 level-0 pixels, resized to patch_size
             if "patch_size_level0" not in attrs:
-                raise WsiMilError(f"{bag.path}: neither patch_level nor patch_size_level0; cannot tell the patch's extent")
+                raise WsiMilError(
+                    f"{bag.path}: neither patch_level nor patch_size_level0; cannot tell the patch's extent"
+                )
             size0 = int(attrs["patch_size_level0"])
             wanted = size0 / int(attrs["patch_size"])
-            level = max((i for i, d in enumerate(slide.level_downsamples) if d <= wanted + 1e-6), default=0,
-                        key=lambda i: slide.level_downsamples[i])  # fmt: skip
+            level = max(
+                (i for i, d in enumerate(slide.level_downsamples) if d <= wanted + 1e-6),
+                default=0,
+                key=lambda i: slide.level_downsamples[i],
+            )
         read = round(size0 / float(slide.level_downsamples[level]))
     except BaseException:
         slide.close()
         raise
-    attrs.update({"patch_level": level, "patch_size": read, "patch_size_level0": size0, "slide_path": str(slide_path),
-                  "slide_id": slide_id, "slide_mpp": slide.mpp, "level_dim": list(slide.dimensions)})  # fmt: skip
+    attrs.update(
+        {
+            "patch_level": level,
+            "patch_size": read,
+            "patch_size_level0": size0,
+            "slide_path": str(slide_path),
+            "slide_id": slide_id,
+            "slide_mpp": slide.mpp,
+            "level_dim": list(slide.dimensions),
+        }
+    )
     return dataclasses.replace(bag, attrs=attrs), slide
 
 

@@ -46,9 +46,11 @@ def resolve_loader(loader: str, device: Any) -> str:
             logger.info("extract.loader auto: reading threads (this process is a daemonic Dask worker)")
         return "processes" if device.type == "cuda" and not daemon else "threads"
     if loader == "processes" and daemon:
-        raise WsiMilError("extract.loader = processes: this process is a daemonic Dask worker, which may not start "
-                          "reading processes; use extract.loader: threads (or auto), or start the workers with "
-                          "DASK_DISTRIBUTED__WORKER__DAEMON=False")  # fmt: skip
+        raise WsiMilError(
+            "extract.loader = processes: this process is a daemonic Dask worker, which may not start "
+            "reading processes; use extract.loader: threads (or auto), or start the workers with "
+            "DASK_DISTRIBUTED__WORKER__DAEMON=False"
+        )
     return loader
 
 

@@ -148,8 +148,9 @@ class StoredSource(PatchSource):
             file.close()
 
 
-def make_source(bag: Bag, slide: Any | None, *, reader: str = "auto", mpp: float | None = None,
-                direct_tiles: bool = True) -> PatchSource:  # fmt: skip
+def make_source(
+    bag: Bag, slide: Any | None, *, reader: str = "auto", mpp: float | None = None, direct_tiles: bool = True
+) -> PatchSource:
     """The fastest correct source for a bag; ``slide`` is an open reader (None with stored pixels)."""
     if bag.has_pixels:
         return StoredSource(bag.coords, 0, bag_path=bag.path)
@@ -164,8 +165,14 @@ def make_source(bag: Bag, slide: Any | None, *, reader: str = "auto", mpp: float
         grid = try_tile_grid(slide.path, level, slide.level_dimensions[level], bag.coords, downsample, size)
         if grid is not None:
             grid.close()
-            return TileSource(bag.coords, size, slide_path=slide.path, level=level,
-                              level_dimensions=slide.level_dimensions[level], downsample=downsample)  # fmt: skip
+            return TileSource(
+                bag.coords,
+                size,
+                slide_path=slide.path,
+                level=level,
+                level_dimensions=slide.level_dimensions[level],
+                downsample=downsample,
+            )
     return RegionSource(bag.coords, size, slide_path=slide.path, reader=reader, mpp=mpp, level=level)
 
 
@@ -225,7 +232,10 @@ class PatchDataset:
         import torch
 
         arrays = [self._read(int(i)) for i in indices]
-        shape = (len(indices), *next((a.shape for a, _ in arrays if a is not None), (self.blank_size, self.blank_size, 3)))
+        shape = (
+            len(indices),
+            *next((a.shape for a, _ in arrays if a is not None), (self.blank_size, self.blank_size, 3)),
+        )
         images = self._buffer(shape)
         target = images.numpy()
         for row, (array, ok) in enumerate(arrays):

@@ -68,7 +68,9 @@ class TileGrid:
         out = np.empty((size, size, 3), dtype=np.uint8)
         for dy in range(0, size, self.tile_h):
             for dx in range(0, size, self.tile_w):
-                out[dy : dy + self.tile_h, dx : dx + self.tile_w] = self._tile((x + dx) // self.tile_w, (y + dy) // self.tile_h)
+                out[dy : dy + self.tile_h, dx : dx + self.tile_w] = self._tile(
+                    (x + dx) // self.tile_w, (y + dy) // self.tile_h
+                )
         return out
 
     def close(self) -> None:
@@ -80,8 +82,9 @@ def level_coordinates(coords: np.ndarray, downsample: float) -> np.ndarray:
     return np.rint(np.asarray(coords, dtype=np.float64) / downsample).astype(np.int64)
 
 
-def try_tile_grid(path: str | Path, level: int, level_dimensions: tuple[int, int], coords: np.ndarray,
-                  downsample: float, size: int) -> TileGrid | None:  # fmt: skip
+def try_tile_grid(
+    path: str | Path, level: int, level_dimensions: tuple[int, int], coords: np.ndarray, downsample: float, size: int
+) -> TileGrid | None:
     """A :class:`TileGrid` when the patches line up with the stored tiles, else None."""
     try:
         grid = TileGrid(path, level, level_dimensions)
@@ -92,4 +95,3 @@ def try_tile_grid(path: str | Path, level: int, level_dimensions: tuple[int, int
         grid.close()
         return None
     return grid
-

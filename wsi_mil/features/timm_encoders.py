@@ -87,9 +87,12 @@ def build_timm(arch: str, weights: str, checkpoint: Path | None) -> tuple[Any, s
         cfg = timm.get_pretrained_cfg(arch)
         hub_id = getattr(cfg, "hf_hub_id", None) or arch
         raise hub_error(
-            name, error, filename=None, directory=None,
+            name,
+            error,
+            filename=None,
+            directory=None,
             hint=f"download model.safetensors of https://huggingface.co/{hub_id} and pass it as --checkpoint-path",
-        ) from error  # fmt: skip
+        ) from error
     return model, f"imagenet:timm:{arch}"
 
 

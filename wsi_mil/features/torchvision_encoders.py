@@ -50,12 +50,21 @@ class ResNetTrunc:
         import torch
 
         return torch.nn.Sequential(
-            model.conv1, model.bn1, model.relu, model.maxpool, model.layer1, model.layer2, model.layer3,
-            torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(1),
-        )  # fmt: skip
+            model.conv1,
+            model.bn1,
+            model.relu,
+            model.maxpool,
+            model.layer1,
+            model.layer2,
+            model.layer3,
+            torch.nn.AdaptiveAvgPool2d(1),
+            torch.nn.Flatten(1),
+        )
 
 
-@register_encoder(EncoderConfig("resnet50_trunc", 1024, description="torchvision ResNet-50 to layer3 + avg pool (CLAM)"))
+@register_encoder(
+    EncoderConfig("resnet50_trunc", 1024, description="torchvision ResNet-50 to layer3 + avg pool (CLAM)")
+)
 def _resnet50_trunc(weights: str, checkpoint: Path | None) -> tuple[Any, str]:
     model, weights_id = _torchvision("resnet50", weights, checkpoint, head="fc", discard=("layer4.",))
     return ResNetTrunc.build(model), weights_id

@@ -70,9 +70,13 @@ def _shape(value: Any) -> tuple[int, ...] | None:
 
 
 def load_checkpoint(
-    module: Any, path: Path, *, encoder: str = "", ignore: tuple[str, ...] = HEAD_PREFIXES,
+    module: Any,
+    path: Path,
+    *,
+    encoder: str = "",
+    ignore: tuple[str, ...] = HEAD_PREFIXES,
     discard: tuple[str, ...] = (),
-) -> str:  # fmt: skip
+) -> str:
     """Load a local checkpoint into ``module`` strictly; returns the weights id ``checkpoint:<name>:<sha>``.
 
     Every weight of ``module`` must come from the checkpoint with its shape, and every
@@ -115,7 +119,9 @@ def load_checkpoint(
     return f"checkpoint:{path.name}:{file_digest(path)}"
 
 
-def hub_error(name: str, error: BaseException, *, filename: str | None, directory: Path | None, hint: str = "") -> WeightsUnavailableError:
+def hub_error(
+    name: str, error: BaseException, *, filename: str | None, directory: Path | None, hint: str = ""
+) -> WeightsUnavailableError:
     """The error for ImageNet weights that cannot be downloaded here."""
     where = f"put {filename} in {directory}" if filename and directory else hint
     return WeightsUnavailableError(

@@ -150,9 +150,7 @@ class BaseReader(abc.ABC):
     @property
     def mpp_info(self) -> MppInfo:
         if self._mpp_info is None:
-            self._mpp_info = resolve_mpp(
-                self.properties, override=self._mpp_override, slide_name=self.path.name
-            )
+            self._mpp_info = resolve_mpp(self.properties, override=self._mpp_override, slide_name=self.path.name)
         return self._mpp_info
 
     @property

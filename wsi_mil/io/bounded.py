@@ -75,9 +75,13 @@ def describe_unreadable(rects: list[tuple[int, int, int, int]]) -> str:
 
 
 def read_level_reduced(
-    slide: BaseReader, level: int, factor: int, *, max_pixels: int = MAX_LEVEL_READ_PIXELS,
+    slide: BaseReader,
+    level: int,
+    factor: int,
+    *,
+    max_pixels: int = MAX_LEVEL_READ_PIXELS,
     max_unreadable: float = 0.0,
-) -> ReducedLevel:  # fmt: skip
+) -> ReducedLevel:
     """Read ``level`` whole, block by block, each block box-reduced by ``factor``."""
     width, height = slide.level_dimensions[level]
     if width * height > max_pixels:

@@ -44,9 +44,7 @@ def _read_with_pillow(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
         properties: dict[str, Any] = {"image.format": image.format or ""}
         dpi = image.info.get("dpi")
         if dpi:
-            properties.update(
-                {"tiff.ResolutionUnit": "inch", "tiff.XResolution": dpi[0], "tiff.YResolution": dpi[1]}
-            )
+            properties.update({"tiff.ResolutionUnit": "inch", "tiff.XResolution": dpi[0], "tiff.YResolution": dpi[1]})
         if image.mode in ("RGB", "RGBA", "L", "LA"):
             return np.asarray(image), properties
         return np.asarray(image.convert("RGBA" if "A" in image.getbands() else "RGB")), properties

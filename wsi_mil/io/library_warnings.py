@@ -61,8 +61,9 @@ def capture_library_warnings() -> Iterator[list[str]]:
             library_logger.propagate = propagate
         for caught_warning in caught:
             if issubclass(caught_warning.category, DEVELOPER_WARNINGS):  # about code, not the slide: as usual
-                warnings.warn_explicit(caught_warning.message, caught_warning.category, caught_warning.filename,
-                                       caught_warning.lineno)  # fmt: skip
+                warnings.warn_explicit(
+                    caught_warning.message, caught_warning.category, caught_warning.filename, caught_warning.lineno
+                )
             else:
                 captured.append(f"{caught_warning.category.__name__}: {caught_warning.message}")
 

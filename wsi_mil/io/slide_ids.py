@@ -50,4 +50,3 @@ def check_slide_id(slide_id: str, *, where: str | Path) -> str:
             "or rename the file."
         )
     return slide_id
-

@@ -33,8 +33,14 @@ class AttentionMIL(nn.Module):
         self.classifier = nn.Linear(hidden, n_classes)
         self.clusterer = InstanceClusterer(hidden, n_classes, options.instance_k) if options.instance_loss else None
 
-    def forward(self, features: torch.Tensor, coords: torch.Tensor | None = None, *, mask: torch.Tensor | None = None,
-                explain: bool = False) -> MilOutput:  # fmt: skip
+    def forward(
+        self,
+        features: torch.Tensor,
+        coords: torch.Tensor | None = None,
+        *,
+        mask: torch.Tensor | None = None,
+        explain: bool = False,
+    ) -> MilOutput:
         """features (N, D) or (B, N, D) with mask (B, N); coords are not used."""
         x, _, mask, batched = as_batch(features, coords, mask)
         if self.standardize is not None:
@@ -44,8 +50,13 @@ class AttentionMIL(nn.Module):
             h = self.channel_attention(h, mask)
         scores = self.attention(h)
         weights = masked_softmax(scores, mask)
-        out = MilOutput(logits=self.classifier(pool(weights, h)), attention_raw=scores, attention=weights,
-                        instance_logits=self.classifier(h), embeddings=h)  # fmt: skip
+        out = MilOutput(
+            logits=self.classifier(pool(weights, h)),
+            attention_raw=scores,
+            attention=weights,
+            instance_logits=self.classifier(h),
+            embeddings=h,
+        )
         return out if batched else out.first()
 
 

@@ -45,8 +45,9 @@ def pad_bags(slide_ids: Sequence[str], bags: Sequence[tuple[torch.Tensor, torch.
     return BagBatch(list(slide_ids), features, coords, mask)
 
 
-def plan_batches(slide_ids: Sequence[str], sizes: Sequence[int], batch_bags: int,
-                 max_rows: int = MAX_BATCH_ROWS) -> list[list[str]]:  # fmt: skip
+def plan_batches(
+    slide_ids: Sequence[str], sizes: Sequence[int], batch_bags: int, max_rows: int = MAX_BATCH_ROWS
+) -> list[list[str]]:
     """Consecutive groups of ``slide_ids`` (order kept) of at most ``batch_bags`` bags and
     at most ``max_rows`` padded instances each."""
     batches: list[list[str]] = []

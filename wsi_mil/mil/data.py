@@ -53,7 +53,11 @@ class FeatureSet:
 def _feature_files(folder: Path) -> dict[str, Path]:
     files: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
-        if not path.name.startswith(".") and path.suffix in FEATURE_SUFFIXES and (path.is_file() or path.suffix == ".zarr"):
+        if (
+            not path.name.startswith(".")
+            and path.suffix in FEATURE_SUFFIXES
+            and (path.is_file() or path.suffix == ".zarr")
+        ):
             files.setdefault(path.stem, path)
     return files
 
@@ -98,7 +102,9 @@ def find_feature_sets(paths: Sequence[str | Path], *, run_dir: str | Path | None
     found = []
     for root, prefix in zip(roots, _root_names(roots), strict=True):
         if not root.is_dir():
-            raise FeatureFormatError(f"{root}: no such folder of feature files; run `wsi-mil extract` first or pass --features")
+            raise FeatureFormatError(
+                f"{root}: no such folder of feature files; run `wsi-mil extract` first or pass --features"
+            )
         found += _collect(root, prefix)
     if not found:
         raise FeatureFormatError(f"no feature files (.h5, .zarr, .pt) under {', '.join(map(str, roots))}")
@@ -226,11 +232,15 @@ def _read_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
         with path.open(newline="", encoding="utf-8-sig") as handle:  # -sig: Excel's BOM is not part of a name
             reader = csv.DictReader(handle)
             columns = [c.strip() for c in reader.fieldnames or []]
-            rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items() if isinstance(v, str) or v is None}
-                    for row in reader]  # fmt: skip
+            rows = [
+                {(k or "").strip(): (v or "").strip() for k, v in row.items() if isinstance(v, str) or v is None}
+                for row in reader
+            ]
     except UnicodeDecodeError as error:
-        raise LabelError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}); save the labels CSV "
-                         "as UTF-8 (in Excel: CSV UTF-8) and run again") from error  # fmt: skip
+        raise LabelError(
+            f"{path}: not UTF-8 text ({error.reason} at byte {error.start}); save the labels CSV "
+            "as UTF-8 (in Excel: CSV UTF-8) and run again"
+        ) from error
     except csv.Error as error:
         raise LabelError(f"{path}: not a readable CSV ({error})") from error
     return columns, rows
@@ -241,8 +251,10 @@ def _check_label_values(path: Path, lines: dict[str, list[int]]) -> None:
     problems = []
     missing = {label: numbers for label, numbers in lines.items() if not label or label.lower() in MISSING_LABELS}
     for label, numbers in missing.items():
-        problems.append(f"{len(numbers)} row(s) with {'an empty label' if not label else f'the label {label!r}'} "
-                        f"(line(s) {_lines(numbers)})")  # fmt: skip
+        problems.append(
+            f"{len(numbers)} row(s) with {'an empty label' if not label else f'the label {label!r}'} "
+            f"(line(s) {_lines(numbers)})"
+        )
     variants: dict[str, list[str]] = {}
     for label in lines:
         if label not in missing:
@@ -252,8 +264,10 @@ def _check_label_values(path: Path, lines: dict[str, list[int]]) -> None:
             counts = ", ".join(f"{v!r} ({len(lines[v])} rows, first line {lines[v][0]})" for v in sorted(group))
             problems.append(f"labels that differ only in case or spaces would become separate classes: {counts}")
     if problems:
-        raise LabelError(f"{path}: " + "; ".join(problems) + ". Give every slide one of the intended class "
-                         "names, spelled the same way, or remove its row")  # fmt: skip
+        raise LabelError(
+            f"{path}: " + "; ".join(problems) + ". Give every slide one of the intended class "
+            "names, spelled the same way, or remove its row"
+        )
 
 
 def _lines(numbers: list[int]) -> str:
@@ -278,7 +292,9 @@ def read_labels(path: str | Path) -> LabelTable:
             continue
         lines.setdefault(label, []).append(number)
         if slide_id in labels and labels[slide_id] != label:
-            raise LabelError(f"{path}: line {number}: slide {slide_id!r} labelled both {labels[slide_id]!r} and {label!r}")
+            raise LabelError(
+                f"{path}: line {number}: slide {slide_id!r} labelled both {labels[slide_id]!r} and {label!r}"
+            )
         labels[slide_id] = label
         patients[slide_id] = row.get("patient_id") or slide_id
         if "split" in columns:
@@ -301,9 +317,11 @@ class MatchReport:
 
     def lines(self) -> list[str]:
         lines = [f"{len(self.used)} slide(s) with labels and features"]
-        for ids, what in ((self.missing_features, "labelled but without a feature file (left out)"),
-                          (self.unlabeled, "with features but no label (not used)"),
-                          (self.empty, "with an empty bag, N = 0 (left out)")):  # fmt: skip
+        for ids, what in (
+            (self.missing_features, "labelled but without a feature file (left out)"),
+            (self.unlabeled, "with features but no label (not used)"),
+            (self.empty, "with an empty bag, N = 0 (left out)"),
+        ):
             if ids:
                 lines.append(f"{len(ids)} slide(s) {what}: {_first(ids)}")
         return lines
@@ -334,8 +352,9 @@ class BagStore:
     ``get(i)`` returns features (N, D) float32 and coords (N, 2) int64 as tensors.
     """
 
-    def __init__(self, feature_set: FeatureSet, slide_ids: Sequence[str], *, memory_gb: float = 8.0,
-                 threads: int | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, feature_set: FeatureSet, slide_ids: Sequence[str], *, memory_gb: float = 8.0, threads: int | None = None
+    ) -> None:
         self.feature_set = feature_set
         threads = threads or min(8, (os.cpu_count() or 1) * 2)
         paths = [feature_set.files[s] for s in slide_ids]
@@ -363,8 +382,12 @@ class BagStore:
                 for slide_id, bag in zip(self.slide_ids, pool.map(self._read, self.slide_ids), strict=True):
                     self._bags[slide_id] = bag
         else:
-            logger.info("%d bags (%.2f GiB) exceed memory_gb = %g: reading them from disk each epoch",
-                        len(self.slide_ids), total_gb, memory_gb)  # fmt: skip
+            logger.info(
+                "%d bags (%.2f GiB) exceed memory_gb = %g: reading them from disk each epoch",
+                len(self.slide_ids),
+                total_gb,
+                memory_gb,
+            )
 
     def _read(self, slide_id: str) -> tuple[Any, Any]:
         import torch

@@ -41,15 +41,26 @@ class ILAM(nn.Module):
         self.channel_attention = ChannelAttention(hidden) if options.channel_attention else None
         self.context = None
         if options.transformer:
-            self.context = InstanceContext(hidden, layers=options.transformer_layers, heads=options.transformer_heads,
-                                           dropout=0.1, max_instances=options.transformer_max_instances)  # fmt: skip
+            self.context = InstanceContext(
+                hidden,
+                layers=options.transformer_layers,
+                heads=options.transformer_heads,
+                dropout=0.1,
+                max_instances=options.transformer_max_instances,
+            )
         self.attention = GatedAttention(hidden, options.attention_dim, options.dropout)
         self.latent = nn.Linear(hidden, n_classes, bias=False)  # W_s
         self.global_head = nn.Linear(hidden, n_classes)  # W_g, b
         self.clusterer = InstanceClusterer(hidden, n_classes, options.instance_k) if options.instance_loss else None
 
-    def forward(self, features: torch.Tensor, coords: torch.Tensor | None = None, *, mask: torch.Tensor | None = None,
-                explain: bool = False) -> MilOutput:  # fmt: skip
+    def forward(
+        self,
+        features: torch.Tensor,
+        coords: torch.Tensor | None = None,
+        *,
+        mask: torch.Tensor | None = None,
+        explain: bool = False,
+    ) -> MilOutput:
         """features (N, D), coords (N, 2); or a padded batch (B, N, D), (B, N, 2) with mask (B, N)."""
         x, coords, mask, batched = as_batch(features, coords, mask)
         if self.standardize is not None:
@@ -73,13 +84,26 @@ class ILAM(nn.Module):
             for b, bag_rollouts in enumerate(rollouts):
                 for index, joint in bag_rollouts:
                     relevance[b, index] = weights[b, index] @ joint
-        out = MilOutput(logits=contribution.sum(dim=1) + global_logits, attention_raw=scores, attention=weights,
-                        instance_logits=s, embeddings=phi, contribution=contribution,
-                        global_logits=global_logits, relevance=relevance)  # fmt: skip
+        out = MilOutput(
+            logits=contribution.sum(dim=1) + global_logits,
+            attention_raw=scores,
+            attention=weights,
+            instance_logits=s,
+            embeddings=phi,
+            contribution=contribution,
+            global_logits=global_logits,
+            relevance=relevance,
+        )
         return out if batched else out.first()
 
 
-@register_mil_model(MilModelConfig("ilam", "integrated latent and attention mapping: y = sum a_i s_i + W_g z + b",
-                                   has_contribution=True, supports_transformer=True))  # fmt: skip
+@register_mil_model(
+    MilModelConfig(
+        "ilam",
+        "integrated latent and attention mapping: y = sum a_i s_i + W_g z + b",
+        has_contribution=True,
+        supports_transformer=True,
+    )
+)
 def _ilam(in_dim: int, n_classes: int, options: HeadOptions) -> nn.Module:
     return ILAM(in_dim, n_classes, options)

@@ -22,8 +22,13 @@ class InstanceClusterer(nn.Module):
         self.k = k
         self.n_classes = n_classes
 
-    def loss(self, embeddings: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor | int,
-             mask: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    def loss(
+        self,
+        embeddings: torch.Tensor,
+        scores: torch.Tensor,
+        labels: torch.Tensor | int,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """A batch: embeddings (B, N, E), pre-softmax scores (B, N), classes (B,), mask (B, N)
         -> per-bag losses (B,); top-k and bottom-k are chosen among each bag's own instances.
         One bag (N, E), (N,), its class -> its scalar loss."""

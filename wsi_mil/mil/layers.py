@@ -41,8 +41,9 @@ class PlainAttention(nn.Module):
         return self.net(h).squeeze(-1)
 
 
-def as_batch(features: torch.Tensor, coords: torch.Tensor | None, mask: torch.Tensor | None
-             ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, bool]:  # fmt: skip
+def as_batch(
+    features: torch.Tensor, coords: torch.Tensor | None, mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, bool]:
     """One bag (N, D) or a batch (B, N, D) -> the batch form, and whether the input was batched."""
     if features.dim() == 3:
         return features, coords, mask, True
@@ -82,8 +83,9 @@ class ChannelAttention(nn.Module):
 
     def __init__(self, dim: int, reduction: int = 16) -> None:
         super().__init__()
-        self.gate = nn.Sequential(nn.Linear(dim, max(4, dim // reduction)), nn.ReLU(),
-                                  nn.Linear(max(4, dim // reduction), dim), nn.Sigmoid())  # fmt: skip
+        self.gate = nn.Sequential(
+            nn.Linear(dim, max(4, dim // reduction)), nn.ReLU(), nn.Linear(max(4, dim // reduction), dim), nn.Sigmoid()
+        )
 
     def forward(self, h: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """h (B, N, E); the squeeze is over each bag's own instances."""
@@ -110,7 +112,9 @@ def grid_positions(coords: torch.Tensor) -> torch.Tensor:
 def positional_encoding_2d(positions: torch.Tensor, dim: int) -> torch.Tensor:
     """Sinusoidal 2D encoding (N, dim): half the channels for x, half for y."""
     quarter = dim // 4
-    frequencies = torch.exp(-math.log(10000.0) * torch.arange(quarter, dtype=torch.float32, device=positions.device) / quarter)
+    frequencies = torch.exp(
+        -math.log(10000.0) * torch.arange(quarter, dtype=torch.float32, device=positions.device) / quarter
+    )
     parts = []
     for axis in range(2):
         angles = positions[:, axis : axis + 1] * frequencies
@@ -159,14 +163,17 @@ class InstanceContext(nn.Module):
     over layers) as a block-diagonal set of (n_b, n_b) matrices with their indices.
     """
 
-    def __init__(self, dim: int, *, layers: int = 1, heads: int = 4, dropout: float = 0.1, max_instances: int = 4096) -> None:
+    def __init__(
+        self, dim: int, *, layers: int = 1, heads: int = 4, dropout: float = 0.1, max_instances: int = 4096
+    ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(ContextLayer(dim, heads, dropout) for _ in range(layers))
         self.max_instances = max_instances
         self.dim = dim
 
-    def forward_batch(self, h: torch.Tensor, coords: torch.Tensor | None, mask: torch.Tensor | None, *,
-                      rollout: bool = False) -> tuple[torch.Tensor, list[list[tuple[torch.Tensor, torch.Tensor]]]]:
+    def forward_batch(
+        self, h: torch.Tensor, coords: torch.Tensor | None, mask: torch.Tensor | None, *, rollout: bool = False
+    ) -> tuple[torch.Tensor, list[list[tuple[torch.Tensor, torch.Tensor]]]]:
         """h (B, N, E): each bag attends within its own instances (a loop over the batch;
         padding stays as it is). Rollouts per bag, indices into that bag's rows."""
         if mask is None:
@@ -181,8 +188,9 @@ class InstanceContext(nn.Module):
             rollouts.append([(index[i], joint) for i, joint in bag_rollouts])
         return out, rollouts
 
-    def forward(self, h: torch.Tensor, coords: torch.Tensor | None, *, rollout: bool = False
-                ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:  # fmt: skip
+    def forward(
+        self, h: torch.Tensor, coords: torch.Tensor | None, *, rollout: bool = False
+    ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
         """One bag: h (N, E), coords (N, 2)."""
         n = h.shape[0]
         if coords is not None and n > 0:

@@ -33,8 +33,15 @@ def grid_neighbours(coords: np.ndarray, step: float) -> tuple[np.ndarray, np.nda
     return unique[:, 0], unique[:, 1]
 
 
-def manifold_ranking(coords: np.ndarray, seed_scores: np.ndarray, *, step: float, features: np.ndarray | None = None,
-                     alpha: float = ALPHA, seed_fraction: float = SEED_FRACTION) -> np.ndarray:  # fmt: skip
+def manifold_ranking(
+    coords: np.ndarray,
+    seed_scores: np.ndarray,
+    *,
+    step: float,
+    features: np.ndarray | None = None,
+    alpha: float = ALPHA,
+    seed_fraction: float = SEED_FRACTION,
+) -> np.ndarray:
     """(N,) float32 ranking scaled to [0, 1]; seeds are the top ``seed_fraction`` of ``seed_scores``
     (at least one). ``step``: the grid spacing in level-0 pixels (the patch stride)."""
     from scipy.sparse import coo_matrix, diags, identity

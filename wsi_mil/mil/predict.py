@@ -44,7 +44,9 @@ def percentile_rank(values: np.ndarray) -> np.ndarray:
     return ((rankdata(values) - 1) / (len(values) - 1)).astype(np.float32)
 
 
-def score_bag(models: Sequence[Any], features: np.ndarray, coords: np.ndarray, device: Any) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def score_bag(
+    models: Sequence[Any], features: np.ndarray, coords: np.ndarray, device: Any
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Mean over ``models`` of the softmax probabilities (C,) and of the per-patch maps."""
     import torch
 
@@ -55,15 +57,22 @@ def score_bag(models: Sequence[Any], features: np.ndarray, coords: np.ndarray, d
         for model in models:
             out = model(x, c, explain=True)
             probs.append(torch.softmax(out.logits.float(), dim=0).cpu().numpy())
-            fields = {S.ATTENTION_RAW: out.attention_raw, S.ATTENTION: out.attention, S.INSTANCE_LOGITS: out.instance_logits,
-                      S.CONTRIBUTION: out.contribution, S.RELEVANCE: out.relevance}  # fmt: skip
+            fields = {
+                S.ATTENTION_RAW: out.attention_raw,
+                S.ATTENTION: out.attention,
+                S.INSTANCE_LOGITS: out.instance_logits,
+                S.CONTRIBUTION: out.contribution,
+                S.RELEVANCE: out.relevance,
+            }
             maps.append({k: v.float().cpu().numpy() for k, v in fields.items() if v is not None})
     mean = {k: np.mean([m[k] for m in maps], axis=0).astype(np.float32) for k in maps[0]}
     mean[S.ATTENTION_PCT] = percentile_rank(mean[S.ATTENTION_RAW])
     return np.mean(probs, axis=0).astype(np.float32), mean
 
 
-def _geometry(layout: RunLayout, feature_set: FeatureSet, slide_id: str, feature_attrs: dict[str, Any]) -> dict[str, Any]:
+def _geometry(
+    layout: RunLayout, feature_set: FeatureSet, slide_id: str, feature_attrs: dict[str, Any]
+) -> dict[str, Any]:
     """Geometry attributes for ``coords``: the feature file's, completed from the bag when it is found
     (the one the features were made from, else the run's bag of the same set)."""
     from wsi_mil.store.bags import read_bag
@@ -94,8 +103,10 @@ class SetScorer:
     def __init__(self, set_dir: Path, device: Any, *, all_folds: bool) -> None:
         from wsi_mil.mil.train import load_fold_model
 
-        fold_dirs = sorted((d for d in set_dir.glob("fold_*") if (d / "metrics.json").exists()),
-                           key=lambda d: int(d.name.split("_")[1]))  # fmt: skip
+        fold_dirs = sorted(
+            (d for d in set_dir.glob("fold_*") if (d / "metrics.json").exists()),
+            key=lambda d: int(d.name.split("_")[1]),
+        )
         if not fold_dirs:
             raise WsiMilError(f"{set_dir}: no trained folds (fold_<k>/ with metrics.json); run wsi-mil train first")
         self.models, self.configs = {}, {}
@@ -125,7 +136,9 @@ def _locate(layout: RunLayout, entry: dict[str, Any], features: Sequence[Path]) 
         found = find_feature_sets(features, run_dir=run_dir)
         matching = [s for s in found if s.key == entry["key"]] or (found if len(found) == 1 else [])
         if not matching:
-            raise FeatureFormatError(f"--features: no feature set named {entry['key']!r} among {[s.key for s in found]}")
+            raise FeatureFormatError(
+                f"--features: no feature set named {entry['key']!r} among {[s.key for s in found]}"
+            )
         return matching[0]
     folder = layout.feature_set_dir(entry["relative"]) if entry["relative"] else None
     if folder is None or not folder.is_dir():
@@ -137,9 +150,16 @@ def _locate(layout: RunLayout, entry: dict[str, Any], features: Sequence[Path]) 
     return FeatureSet(entry["key"], found[0].root, found[0].files, found[0].coords_files, entry["relative"])
 
 
-def predict_run(run_dir: str | Path, model_dir: str | Path, *, features: Sequence[str | Path] = (), device: str = "auto",
-                all_folds: bool = False, slide_ids: Sequence[str] | None = None,
-                overwrite: bool = False) -> list[dict[str, Any]]:  # fmt: skip
+def predict_run(
+    run_dir: str | Path,
+    model_dir: str | Path,
+    *,
+    features: Sequence[str | Path] = (),
+    device: str = "auto",
+    all_folds: bool = False,
+    slide_ids: Sequence[str] | None = None,
+    overwrite: bool = False,
+) -> list[dict[str, Any]]:
     """Score every slide with features in ``run_dir`` (or ``features``); one manifest record per slide."""
     from wsi_mil.device import resolve_device
     from wsi_mil.manifest import Manifest
@@ -167,8 +187,15 @@ def predict_run(run_dir: str | Path, model_dir: str | Path, *, features: Sequenc
     return records
 
 
-def _score_slide(layout: RunLayout, feature_set: FeatureSet, slide_id: str, scorer: SetScorer, out_dir: Path, device: Any,
-                 overwrite: bool) -> dict[str, Any]:  # fmt: skip
+def _score_slide(
+    layout: RunLayout,
+    feature_set: FeatureSet,
+    slide_id: str,
+    scorer: SetScorer,
+    out_dir: Path,
+    device: Any,
+    overwrite: bool,
+) -> dict[str, Any]:
     path = feature_set.files[slide_id]
     out_path = out_dir / f"{slide_id}.h5"
     redo = ""
@@ -182,20 +209,43 @@ def _score_slide(layout: RunLayout, feature_set: FeatureSet, slide_id: str, scor
     try:
         features, coords, attrs = read_bag_features(path, feature_set.coords_files.get(slide_id))
         if len(features) == 0:
-            return {"path": str(path), "status": "skipped", "n_patches": 0, "note": "empty bag (N = 0): nothing to score"}
+            return {
+                "path": str(path),
+                "status": "skipped",
+                "n_patches": 0,
+                "note": "empty bag (N = 0): nothing to score",
+            }
         if features.shape[1] != scorer.in_dim:
-            raise FeatureFormatError(f"{path}: {features.shape[1]}-d features, but the model was trained on {scorer.in_dim}-d")
+            raise FeatureFormatError(
+                f"{path}: {features.shape[1]}-d features, but the model was trained on {scorer.in_dim}-d"
+            )
         check_finite(features, path)
         folds, policy, extra = scorer.choose(slide_id)
         probs, maps = score_bag([scorer.models[k] for k in folds], features, coords, device)
         geometry = _geometry(layout, feature_set, slide_id, attrs)
         step = grid_step(coords, fallback=float(geometry.get("patch_size_level0") or 1.0))
         maps[S.MANIFOLD] = manifold_ranking(coords, maps[S.ATTENTION_RAW], step=step, features=features)
-        root = {"probs": probs, "pred": int(probs.argmax()), "classes": scorer.classes, "model": scorer.model_name,
-                "folds": folds, "fold_policy": policy, "slide_id": slide_id, **extra}  # fmt: skip
+        root = {
+            "probs": probs,
+            "pred": int(probs.argmax()),
+            "classes": scorer.classes,
+            "model": scorer.model_name,
+            "folds": folds,
+            "fold_policy": policy,
+            "slide_id": slide_id,
+            **extra,
+        }
         S.write_scores(out_path, coords, maps, attrs=root, coords_attrs=geometry)
     except WsiMilError as error:
         return {"path": str(path), "status": "failed", "error": str(error)}
-    return {"path": str(out_path), "status": "done", "error": "", "note": redo, "n_patches": len(features),
-            "pred": scorer.classes[int(probs.argmax())], "prob": float(probs.max()), "fold_policy": policy,
-            "seconds": round(time.perf_counter() - started, 3)}  # fmt: skip
+    return {
+        "path": str(out_path),
+        "status": "done",
+        "error": "",
+        "note": redo,
+        "n_patches": len(features),
+        "pred": scorer.classes[int(probs.argmax())],
+        "prob": float(probs.max()),
+        "fold_policy": policy,
+        "seconds": round(time.perf_counter() - started, 3),
+    }

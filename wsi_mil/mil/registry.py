@@ -54,8 +54,9 @@ class MilOutput:
 
     def first(self) -> MilOutput:
         """The batch's only bag, without the batch dimension."""
-        fields: dict[str, Any] = {f.name: None if (v := getattr(self, f.name)) is None else v[0]
-                                  for f in dataclasses.fields(self)}  # fmt: skip
+        fields: dict[str, Any] = {
+            f.name: None if (v := getattr(self, f.name)) is None else v[0] for f in dataclasses.fields(self)
+        }
         return MilOutput(**fields)
 
 
@@ -102,7 +103,9 @@ def create_mil_model(name: str, *, in_dim: int, n_classes: int, **options: Any) 
         raise MilModelError(f"{name}: needs at least 2 classes, got {n_classes}")
     if opts.transformer and not config.supports_transformer:
         supported = [n for n in list_mil_models() if mil_model_config(n).supports_transformer]
-        raise MilModelError(f"{name}: the transformer option is for {', '.join(supported)} only; set transformer: false")
+        raise MilModelError(
+            f"{name}: the transformer option is for {', '.join(supported)} only; set transformer: false"
+        )
     model = entry.build(in_dim, n_classes, opts)
     model.mil_config = config  # type: ignore[assignment]  # torch types Module.__setattr__ for tensors and modules only
     return model

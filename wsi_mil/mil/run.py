@@ -57,7 +57,9 @@ class SetResult:
     report: MatchReport
     folds: list[dict[str, Any]] = field(default_factory=list)  #: per fold of every repeat: test metrics
     repeat_of_fold: list[int] = field(default_factory=list)  #: the repeat of each entry of ``folds``
-    pooled: list[dict[str, Any]] = field(default_factory=list)  #: per repeat: metrics of the pooled out-of-fold predictions
+    pooled: list[dict[str, Any]] = field(
+        default_factory=list
+    )  #: per repeat: metrics of the pooled out-of-fold predictions
     out_dir: Path | None = None
 
     def repeat_means(self) -> list[dict[str, float]]:
@@ -81,7 +83,9 @@ def read_train_record(model_dir: str | Path) -> dict[str, Any]:
     """
     path = Path(model_dir) / TRAIN_CONFIG
     if not path.exists():
-        raise WsiMilError(f"{model_dir}: no {TRAIN_CONFIG}; point --model-dir at RUN_DIR/models/<name> of a wsi-mil train run")
+        raise WsiMilError(
+            f"{model_dir}: no {TRAIN_CONFIG}; point --model-dir at RUN_DIR/models/<name> of a wsi-mil train run"
+        )
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError) as error:
@@ -111,8 +115,14 @@ def _check_resume(model_dir: Path, record: dict[str, Any], overwrite: bool) -> b
     return True
 
 
-def train_run(run_dir: str | Path, labels_csv: str | Path, *, config: Config, features: Sequence[str | Path] = (),
-              overwrite: bool = False) -> list[SetResult]:  # fmt: skip
+def train_run(
+    run_dir: str | Path,
+    labels_csv: str | Path,
+    *,
+    config: Config,
+    features: Sequence[str | Path] = (),
+    overwrite: bool = False,
+) -> list[SetResult]:
     """Cross-validate ``config.train.model`` on every feature set; returns per-set fold metrics."""
     import hashlib
 
@@ -142,8 +152,15 @@ def train_run(run_dir: str | Path, labels_csv: str | Path, *, config: Config, fe
     results = []
     for feature_set in sets:
         logger.info("feature set %s: %d files in %s", feature_set.key or "-", len(feature_set.files), feature_set.root)
-        results.append(_train_set(feature_set, table, config=config, device=device,
-                                  out_dir=model_dir / feature_set.key if feature_set.key else model_dir))  # fmt: skip
+        results.append(
+            _train_set(
+                feature_set,
+                table,
+                config=config,
+                device=device,
+                out_dir=model_dir / feature_set.key if feature_set.key else model_dir,
+            )
+        )
     write_summary(model_dir, results, config=config)
     return results
 
@@ -163,25 +180,50 @@ def _train_set(feature_set: FeatureSet, table: Any, *, config: Config, device: A
     labels = {s: classes.index(labels_text[s]) for s in store.slide_ids}
     result = SetResult(feature_set, classes, report, out_dir=out_dir)
     threads = training_threads(options, store)
-    logger.info("training on %d torch thread(s) (train.threads %s)", threads, options.threads or "null: from the bag sizes")
+    logger.info(
+        "training on %d torch thread(s) (train.threads %s)", threads, options.threads or "null: from the bag sizes"
+    )
     with torch_threads(threads):
         for repeat in range(options.repeats):
             repeat_dir = out_dir / f"repeat_{repeat}" if repeat else out_dir
             splits = _splits(repeat_dir / "splits.csv", labels_text, table, options, where, repeat=repeat)
-            true, probs = _train_repeat(store, labels, classes, table, splits, config=config, device=device,
-                                        out_dir=repeat_dir, repeat=repeat, result=result, threads=threads)  # fmt: skip
+            true, probs = _train_repeat(
+                store,
+                labels,
+                classes,
+                table,
+                splits,
+                config=config,
+                device=device,
+                out_dir=repeat_dir,
+                repeat=repeat,
+                result=result,
+                threads=threads,
+            )
             result.pooled.append(compute_metrics(true, probs))
             if repeat == 0:
                 title = f"{config.train.model} {feature_set.key}".strip()
                 plot_roc(out_dir / "roc.png", true, probs, classes, title=f"{title}: out-of-fold ROC")
-                plot_confusion(out_dir / "confusion.png", true, probs.argmax(axis=1), classes,
-                               title=f"{title}: out-of-fold")  # fmt: skip
+                plot_confusion(
+                    out_dir / "confusion.png", true, probs.argmax(axis=1), classes, title=f"{title}: out-of-fold"
+                )
     return result
 
 
-def _train_repeat(store: BagStore, labels: dict[str, int], classes: list[str], table: Any, splits: Splits, *,
-                  config: Config, device: Any, out_dir: Path, repeat: int, result: SetResult,
-                  threads: int) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def _train_repeat(
+    store: BagStore,
+    labels: dict[str, int],
+    classes: list[str],
+    table: Any,
+    splits: Splits,
+    *,
+    config: Config,
+    device: Any,
+    out_dir: Path,
+    repeat: int,
+    result: SetResult,
+    threads: int,
+) -> tuple[np.ndarray, np.ndarray]:
     """Every fold of one round of cross-validation (resuming finished folds); the pooled
     out-of-fold labels (n,) and probabilities (n, C)."""
     from wsi_mil.mil.train import MODEL_FORMAT_VERSION, FoldTrainer, write_fold
@@ -197,25 +239,53 @@ def _train_repeat(store: BagStore, labels: dict[str, int], classes: list[str], t
             started = time.perf_counter()
             trainer = FoldTrainer(store, labels, len(classes), config=options, device=device, fold=fold, repeat=repeat)
             train, val, test = (splits.members(fold, role) for role in ("train", "val", "test"))
-            logger.info("%sfold %d (%d of %d): %s", round_text, fold, fold + 1, splits.n_folds, fold_count_text(splits, fold))
+            logger.info(
+                "%sfold %d (%d of %d): %s", round_text, fold, fold + 1, splits.n_folds, fold_count_text(splits, fold)
+            )
             history = trainer.fit(train, val)
             probs, test_loss = trainer.evaluate(test)
             y_true = np.array([labels[s] for s in test])
             test_metrics = compute_metrics(y_true, probs)
             if not math.isfinite(test_metrics["roc_auc"]):
                 logger.warning("fold %d: ROC-AUC undefined (test slides lack a class); left out of its mean", fold)
-            metrics = {"fold": fold, "repeat": repeat, "test": {k: _finite(v) for k, v in test_metrics.items()},
-                       "test_loss": test_loss, "n_train": len(train), "n_val": len(val), "n_test": len(test),
-                       "threads": threads, **history, "seconds": time.perf_counter() - started}  # fmt: skip
-            model_config = {"model": options.model, "head_options": _head_options(options), "in_dim": store.dim,
-                            "classes": classes, "fold": fold, "repeat": repeat, "feature_set": result.feature_set.key,
-                            "best_epoch": history["best_epoch"], "train": dataclasses.asdict(options),
-                            "format_version": MODEL_FORMAT_VERSION, "wsi_mil_version": __version__}  # fmt: skip
+            metrics = {
+                "fold": fold,
+                "repeat": repeat,
+                "test": {k: _finite(v) for k, v in test_metrics.items()},
+                "test_loss": test_loss,
+                "n_train": len(train),
+                "n_val": len(val),
+                "n_test": len(test),
+                "threads": threads,
+                **history,
+                "seconds": time.perf_counter() - started,
+            }
+            model_config = {
+                "model": options.model,
+                "head_options": _head_options(options),
+                "in_dim": store.dim,
+                "classes": classes,
+                "fold": fold,
+                "repeat": repeat,
+                "feature_set": result.feature_set.key,
+                "best_epoch": history["best_epoch"],
+                "train": dataclasses.asdict(options),
+                "format_version": MODEL_FORMAT_VERSION,
+                "wsi_mil_version": __version__,
+            }
             predictions = [_prediction_row(s, table, classes, labels[s], p) for s, p in zip(test, probs, strict=True)]
             write_fold(fold_dir, trainer, model_config=model_config, metrics=metrics, predictions=predictions)
-            logger.info("%sfold %d: %s, kept epoch %d of %d, test ROC-AUC %.3f, accuracy %.3f (%.1f s)", round_text, fold,
-                        history["selection"]["rule"].replace("_", " "), history["best_epoch"] + 1, history["epochs_run"],
-                        test_metrics["roc_auc"], test_metrics["accuracy"], metrics["seconds"])  # fmt: skip
+            logger.info(
+                "%sfold %d: %s, kept epoch %d of %d, test ROC-AUC %.3f, accuracy %.3f (%.1f s)",
+                round_text,
+                fold,
+                history["selection"]["rule"].replace("_", " "),
+                history["best_epoch"] + 1,
+                history["epochs_run"],
+                test_metrics["roc_auc"],
+                test_metrics["accuracy"],
+                metrics["seconds"],
+            )
         saved = json.loads((fold_dir / "metrics.json").read_text())
         result.folds.append({k: math.nan if v is None else v for k, v in saved["test"].items()})
         result.repeat_of_fold.append(repeat)
@@ -239,15 +309,28 @@ def _splits(path: Path, labels: dict[str, str], table: Any, options: Any, where:
         if sorted(splits.slide_ids) != sorted(labels):
             raise LabelError(f"{path} was made for another set of slides; use a new --name or --overwrite")
         return splits
-    splits = make_splits(labels, patients, folds=options.folds, seed=options.seed + 7919 * repeat,
-                         val_fraction=options.val_fraction, csv_splits=csv_splits, where=where)  # fmt: skip
+    splits = make_splits(
+        labels,
+        patients,
+        folds=options.folds,
+        seed=options.seed + 7919 * repeat,
+        val_fraction=options.val_fraction,
+        csv_splits=csv_splits,
+        where=where,
+    )
     write_splits(splits, path)
     return splits
 
 
 def _prediction_row(slide_id: str, table: Any, classes: list[str], label: int, probs: np.ndarray) -> dict[str, Any]:
-    row = {"slide_id": slide_id, "patient_id": table.patients[slide_id], "label": classes[label], "label_index": label,
-           "pred": int(probs.argmax()), "pred_label": classes[int(probs.argmax())]}  # fmt: skip
+    row = {
+        "slide_id": slide_id,
+        "patient_id": table.patients[slide_id],
+        "label": classes[label],
+        "label_index": label,
+        "pred": int(probs.argmax()),
+        "pred_label": classes[int(probs.argmax())],
+    }
     row.update({f"prob_{c}": f"{p:.6f}" for c, p in zip(classes, probs, strict=True)})
     return row
 
@@ -298,14 +381,21 @@ def _summary_markdown(results: list[SetResult], *, config: Config) -> str:
     n_folds = len(first.folds) // max(1, repeats)
     lines = [f"# {options.name or options.model}: {options.model}, cross-validated", ""]
     rounds = f"{repeats} repeats of {n_folds} folds" if repeats > 1 else f"{n_folds} fold(s)"
-    lines += [f"Head `{options.model}`, {rounds}, seed {options.seed}, classes "
-              + ", ".join(f"{i} = `{c}`" for i, c in enumerate(first.classes)) + ".",
-              "Metrics on each fold's held-out test slides, mean ± sample std over "
-              + ("all folds of all repeats" if repeats > 1 else "folds")
-              + (" (two classes: precision, recall, F1 of class 1)." if len(first.classes) == 2
-                 else " (macro averages; ROC-AUC one-vs-rest).")
-              + " Pooled OOF ROC-AUC: the ROC-AUC of every slide's out-of-fold probability pooled over the folds "
-              "(the curve in `roc.png`)" + (", mean ± std over repeats." if repeats > 1 else "."), ""]  # fmt: skip
+    lines += [
+        f"Head `{options.model}`, {rounds}, seed {options.seed}, classes "
+        + ", ".join(f"{i} = `{c}`" for i, c in enumerate(first.classes))
+        + ".",
+        "Metrics on each fold's held-out test slides, mean ± sample std over "
+        + ("all folds of all repeats" if repeats > 1 else "folds")
+        + (
+            " (two classes: precision, recall, F1 of class 1)."
+            if len(first.classes) == 2
+            else " (macro averages; ROC-AUC one-vs-rest)."
+        )
+        + " Pooled OOF ROC-AUC: the ROC-AUC of every slide's out-of-fold probability pooled over the folds "
+        "(the curve in `roc.png`)" + (", mean ± std over repeats." if repeats > 1 else "."),
+        "",
+    ]
     header = "| feature set | " + " | ".join(m.replace("_", " ") for m in METRICS) + " | pooled OOF ROC-AUC |"
     lines += [header, "|---|" + "---:|" * (len(METRICS) + 1)]
     for result in results:
@@ -315,10 +405,14 @@ def _summary_markdown(results: list[SetResult], *, config: Config) -> str:
         cells.append(_mean_std_cell(*pooled, len(result.pooled)))
         lines.append(f"| {result.feature_set.key or result.feature_set.root.name} | " + " | ".join(cells) + " |")
     if repeats > 1:
-        lines += ["", f"Over repeats: each repeat's mean over its folds, then mean ± std over the {repeats} repeats "
-                  "(how much the estimate moves with the fold assignment).", "",
-                  "| feature set | " + " | ".join(m.replace("_", " ") for m in METRICS) + " |",
-                  "|---|" + "---:|" * len(METRICS)]  # fmt: skip
+        lines += [
+            "",
+            f"Over repeats: each repeat's mean over its folds, then mean ± std over the {repeats} repeats "
+            "(how much the estimate moves with the fold assignment).",
+            "",
+            "| feature set | " + " | ".join(m.replace("_", " ") for m in METRICS) + " |",
+            "|---|" + "---:|" * len(METRICS),
+        ]
         for result in results:
             over = summarize(result.repeat_means())
             cells = [_mean_std_cell(*over[m], repeats) for m in METRICS]
@@ -327,8 +421,12 @@ def _summary_markdown(results: list[SetResult], *, config: Config) -> str:
     for result in results:
         name = result.feature_set.key or result.feature_set.root.name
         lines += [f"- {name} ({result.feature_set.root}): " + "; ".join(result.report.lines())]
-    lines += ["", "Out-of-fold ROC curves and confusion matrices: `roc.png`, `confusion.png` "
-              "(per feature set folder when there are several). Per fold: `fold_<k>/` (its `metrics.json` records "
-              "the model-selection rule applied and why, and the kept epoch)"
-              + ("; later repeats in `repeat_<r>/`." if repeats > 1 else "."), ""]  # fmt: skip
+    lines += [
+        "",
+        "Out-of-fold ROC curves and confusion matrices: `roc.png`, `confusion.png` "
+        "(per feature set folder when there are several). Per fold: `fold_<k>/` (its `metrics.json` records "
+        "the model-selection rule applied and why, and the kept epoch)"
+        + ("; later repeats in `repeat_<r>/`." if repeats > 1 else "."),
+        "",
+    ]
     return "\n".join(lines)

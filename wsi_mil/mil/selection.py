@@ -46,9 +46,13 @@ def plan_selection(selection: str, val_labels: Sequence[int], n_classes: int, *,
     if selection == "early_stopping":
         return SelectionPlan("early_stopping", f"train.selection is early_stopping ({n_val} validation bags)", n_val)
     if n_val < min_val_bags or smallest < MIN_VAL_PER_CLASS:
-        return SelectionPlan("fixed", f"the validation carve-out would hold {n_val} bags (smallest class {smallest}); "
-                             f"auto needs {min_val_bags} and {MIN_VAL_PER_CLASS} per class, so its bags train and the "
-                             "last epoch is kept", 0)  # fmt: skip
+        return SelectionPlan(
+            "fixed",
+            f"the validation carve-out would hold {n_val} bags (smallest class {smallest}); "
+            f"auto needs {min_val_bags} and {MIN_VAL_PER_CLASS} per class, so its bags train and the "
+            "last epoch is kept",
+            0,
+        )
     return SelectionPlan("early_stopping", f"{n_val} validation bags (smallest class {smallest})", n_val)
 
 

@@ -62,8 +62,9 @@ class Splits:
         return -1
 
 
-def _carve_validation(train: list[str], labels: dict[str, str], patients: dict[str, str], fraction: float,
-                      rng: np.random.Generator) -> set[str]:  # fmt: skip
+def _carve_validation(
+    train: list[str], labels: dict[str, str], patients: dict[str, str], fraction: float, rng: np.random.Generator
+) -> set[str]:
     """About ``fraction`` of each class's patients (at least one when a class has two or more)."""
     if fraction <= 0:
         return set()
@@ -84,7 +85,9 @@ def _carve_validation(train: list[str], labels: dict[str, str], patients: dict[s
 
 def _check_folds(labels: dict[str, str], patients: dict[str, str], folds: int, where: str) -> None:
     if folds < 2:
-        raise LabelError(f"{where}: folds must be at least 2 (got {folds}); use a split column for one train/test split")
+        raise LabelError(
+            f"{where}: folds must be at least 2 (got {folds}); use a split column for one train/test split"
+        )
     per_class = Counter(label for _, label in {(patients[s], labels[s]) for s in labels})
     small = {c: n for c, n in per_class.items() if n < folds}
     if small:
@@ -96,12 +99,22 @@ def _check_folds(labels: dict[str, str], patients: dict[str, str], folds: int, w
         )
 
 
-def make_splits(labels: dict[str, str], patients: dict[str, str], *, folds: int = 5, seed: int = 0,
-                val_fraction: float = 0.2, csv_splits: dict[str, str] | None = None, where: str = "labels") -> Splits:  # fmt: skip
+def make_splits(
+    labels: dict[str, str],
+    patients: dict[str, str],
+    *,
+    folds: int = 5,
+    seed: int = 0,
+    val_fraction: float = 0.2,
+    csv_splits: dict[str, str] | None = None,
+    where: str = "labels",
+) -> Splits:
     """Splits for the slides in ``labels`` (slide_id -> class name); see the module docstring."""
     slide_ids = sorted(labels)
     if len(set(labels.values())) < 2:
-        raise LabelError(f"{where}: every slide has the label {next(iter(labels.values()))!r}; training needs two or more classes")
+        raise LabelError(
+            f"{where}: every slide has the label {next(iter(labels.values()))!r}; training needs two or more classes"
+        )
     rng = np.random.default_rng(seed)
     if csv_splits:
         roles = {s: csv_splits[s] for s in slide_ids}
@@ -129,19 +142,31 @@ def make_splits(labels: dict[str, str], patients: dict[str, str], *, folds: int 
         all_roles.append(roles)
         missing = set(y) - {labels[s] for s in roles if roles[s] == "test"}
         if missing:
-            logger.warning("fold %d: no test slide of class(es) %s (patient grouping); its ROC-AUC is undefined",
-                           fold, sorted(missing))  # fmt: skip
+            logger.warning(
+                "fold %d: no test slide of class(es) %s (patient grouping); its ROC-AUC is undefined",
+                fold,
+                sorted(missing),
+            )
     return Splits(slide_ids, [labels[s] for s in slide_ids], [patients[s] for s in slide_ids], all_roles, "kfold")
 
 
-def check_fold_plan(labels: dict[str, str], patients: dict[str, str], *, folds: int, seed: int = 0,
-                    val_fraction: float = 0.2, csv_splits: dict[str, str] | None = None, where: str = "labels") -> Splits:  # fmt: skip
+def check_fold_plan(
+    labels: dict[str, str],
+    patients: dict[str, str],
+    *,
+    folds: int,
+    seed: int = 0,
+    val_fraction: float = 0.2,
+    csv_splits: dict[str, str] | None = None,
+    where: str = "labels",
+) -> Splits:
     """The splits :func:`make_splits` would make, refused (:class:`LabelError`) where a fold could not be
     trained or scored: too few patients per class for the fold count, or patient grouping that leaves
     a fold with no training or no test slide of a class, or with more than half the slides as its
     test set (and over twice its share). Cheap; run it before any tiling."""
-    splits = make_splits(labels, patients, folds=folds, seed=seed, val_fraction=val_fraction,
-                         csv_splits=csv_splits, where=where)  # fmt: skip
+    splits = make_splits(
+        labels, patients, folds=folds, seed=seed, val_fraction=val_fraction, csv_splits=csv_splits, where=where
+    )
     classes = set(labels.values())
     bad = []
     for fold, roles in enumerate(splits.roles):
@@ -156,8 +181,10 @@ def check_fold_plan(labels: dict[str, str], patients: dict[str, str], *, folds: 
         sizes = Counter(patients[s] for s in labels)
         largest = ", ".join(f"{p!r} ({n} slides)" for p, n in sizes.most_common(3) if n > 1)
         grouping = f" Patients with several slides stay in one fold: {largest}." if largest else ""
-        raise LabelError(f"{where}: the {splits.n_folds}-fold plan is unbalanced: {'; '.join(bad)}.{grouping} "
-                         f"Lower the fold count ({_FOLD_OPTION.get()}) or label more patients of those classes")  # fmt: skip
+        raise LabelError(
+            f"{where}: the {splits.n_folds}-fold plan is unbalanced: {'; '.join(bad)}.{grouping} "
+            f"Lower the fold count ({_FOLD_OPTION.get()}) or label more patients of those classes"
+        )
     return splits
 
 

@@ -26,8 +26,16 @@ class SyntheticBag:
     planted: np.ndarray  #: (N,) bool
 
 
-def make_planted_bags(n_bags: int, *, n_instances: int | tuple[int, int] = 64, dim: int = 32, n_classes: int = 2,
-                      planted_fraction: float = 0.1, signal: float = 3.0, seed: int = 0) -> list[SyntheticBag]:  # fmt: skip
+def make_planted_bags(
+    n_bags: int,
+    *,
+    n_instances: int | tuple[int, int] = 64,
+    dim: int = 32,
+    n_classes: int = 2,
+    planted_fraction: float = 0.1,
+    signal: float = 3.0,
+    seed: int = 0,
+) -> list[SyntheticBag]:
     rng = np.random.default_rng(seed)
     directions = rng.normal(size=(n_classes, dim))
     directions *= signal / np.linalg.norm(directions, axis=1, keepdims=True)
@@ -48,15 +56,25 @@ def make_planted_bags(n_bags: int, *, n_instances: int | tuple[int, int] = 64, d
     return bags
 
 
-def write_planted_bags(bags: list[SyntheticBag], folder: str | Path, *, labels_csv: str | Path | None = None,
-                       class_names: tuple[str, ...] | None = None) -> Path:  # fmt: skip
+def write_planted_bags(
+    bags: list[SyntheticBag],
+    folder: str | Path,
+    *,
+    labels_csv: str | Path | None = None,
+    class_names: tuple[str, ...] | None = None,
+) -> Path:
     """Feature files ``folder/<slide_id>.h5`` (the extraction layout) and optionally a labels CSV."""
     from wsi_mil.store.features import write_features
 
     folder = Path(folder)
     for bag in bags:
-        attrs = {"encoder": "synthetic", "embed_dim": bag.features.shape[1], "weights": "random", "slide_id": bag.slide_id,
-                 "patch_size_level0": PATCH}  # fmt: skip
+        attrs = {
+            "encoder": "synthetic",
+            "embed_dim": bag.features.shape[1],
+            "weights": "random",
+            "slide_id": bag.slide_id,
+            "patch_size_level0": PATCH,
+        }
         write_features(folder / f"{bag.slide_id}.h5", bag.features, bag.coords, attrs)
     if labels_csv is not None:
         names = class_names or tuple(str(c) for c in range(max(b.label for b in bags) + 1))

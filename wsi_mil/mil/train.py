@@ -169,8 +169,17 @@ def _subsample(n: int, config: TrainConfig, generator: Any) -> Any:
 class FoldTrainer:
     """Trains and evaluates one head on one fold's train / val / test slides."""
 
-    def __init__(self, store: BagStore, labels: dict[str, int], n_classes: int, *, config: TrainConfig,
-                 device: Any, fold: int, repeat: int = 0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        store: BagStore,
+        labels: dict[str, int],
+        n_classes: int,
+        *,
+        config: TrainConfig,
+        device: Any,
+        fold: int,
+        repeat: int = 0,
+    ) -> None:
         import torch
 
         self.store, self.labels, self.n_classes = store, labels, n_classes
@@ -208,8 +217,12 @@ class FoldTrainer:
         standardizer.set_statistics(mean, std)
         constant = int((std < 1e-6).sum())
         if constant:
-            logger.info("fold %d: %d of %d feature channels are constant on the training bags (centred, not scaled)",
-                        self.fold, constant, len(std))  # fmt: skip
+            logger.info(
+                "fold %d: %d of %d feature channels are constant on the training bags (centred, not scaled)",
+                self.fold,
+                constant,
+                len(std),
+            )
         return {"standardize": True, "instances": count, "constant_channels": constant}
 
     def _training_source(self, train: Sequence[str]) -> tuple[Any, bool]:
@@ -218,7 +231,12 @@ class FoldTrainer:
         import torch
 
         standardizer = getattr(self.model, "standardize", None)
-        if standardizer is None or not self.store.in_memory or self.precision != "bfloat16" or self.device.type != "cpu":
+        if (
+            standardizer is None
+            or not self.store.in_memory
+            or self.precision != "bfloat16"
+            or self.device.type != "cpu"
+        ):
             return self.store, False
         return PreparedBags(self.store, train, standardizer, torch.bfloat16), True
 
@@ -266,25 +284,34 @@ class FoldTrainer:
         import torch
 
         config = self.config
-        plan = plan_selection(config.selection, [self.labels[s] for s in val], self.n_classes,
-                              min_val_bags=config.min_val_bags)  # fmt: skip
+        plan = plan_selection(
+            config.selection, [self.labels[s] for s in val], self.n_classes, min_val_bags=config.min_val_bags
+        )
         if plan.rule == "fixed":
             train, val = [*train, *val], []
         logger.info("fold %d: %s (%s)", self.fold, plan.rule.replace("_", " "), plan.reason)
         standardization = self.fit_standardization(train)
         weights = self._class_weights(train)
-        class_weight = torch.tensor(weights, dtype=torch.float32, device=self.device) if config.balance == "weighted" else None
+        class_weight = (
+            torch.tensor(weights, dtype=torch.float32, device=self.device) if config.balance == "weighted" else None
+        )
         optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         scheduler: torch.optim.lr_scheduler.LRScheduler | None
         if config.scheduler == "cosine":
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs, eta_min=config.lr * 0.01)
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+                optimizer, T_max=config.epochs, eta_min=config.lr * 0.01
+            )
         elif config.scheduler == "plateau":
-            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=max(1, config.patience // 2))
+            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, factor=0.5, patience=max(1, config.patience // 2)
+            )
         else:
             scheduler = None
         monitor = config.monitor
         if val and monitor == "val_auc" and len({self.labels[s] for s in val}) < self.n_classes:
-            logger.warning("fold %d: the validation set lacks a class, so early stopping uses val_loss, not val_auc", self.fold)
+            logger.warning(
+                "fold %d: the validation set lacks a class, so early stopping uses val_loss, not val_auc", self.fold
+            )
             monitor = "val_loss"
 
         def subsample(features: Any, coords: Any) -> tuple[Any, Any]:
@@ -318,8 +345,12 @@ class FoldTrainer:
                 optimizer.step()
                 total += loss.item() * len(batch.slide_ids)
                 steps += 1
-            record: dict[str, Any] = {"epoch": epoch, "train_loss": total / max(1, len(train)), "steps": steps,
-                                      "lr": optimizer.param_groups[0]["lr"]}  # fmt: skip
+            record: dict[str, Any] = {
+                "epoch": epoch,
+                "train_loss": total / max(1, len(train)),
+                "steps": steps,
+                "lr": optimizer.param_groups[0]["lr"],
+            }
             if val:
                 probs, val_loss = self.evaluate(val)
                 record["val_loss"] = val_loss
@@ -346,13 +377,26 @@ class FoldTrainer:
             self.model.load_state_dict(best_state)
         else:
             best_epoch = len(history) - 1  # fixed: the last epoch
-        return {"best_epoch": best_epoch, "epochs_run": len(history), "monitor": monitor if val else None,
-                "selection": plan.as_dict(), "standardization": standardization, "history": history,
-                "n_train_used": len(train), "precision": self.precision}  # fmt: skip
+        return {
+            "best_epoch": best_epoch,
+            "epochs_run": len(history),
+            "monitor": monitor if val else None,
+            "selection": plan.as_dict(),
+            "standardization": standardization,
+            "history": history,
+            "n_train_used": len(train),
+            "precision": self.precision,
+        }
 
 
-def write_fold(fold_dir: Path, trainer: FoldTrainer, *, model_config: dict[str, Any], metrics: dict[str, Any],
-               predictions: list[dict[str, Any]]) -> Path:  # fmt: skip
+def write_fold(
+    fold_dir: Path,
+    trainer: FoldTrainer,
+    *,
+    model_config: dict[str, Any],
+    metrics: dict[str, Any],
+    predictions: list[dict[str, Any]],
+) -> Path:
     """model.safetensors, config.json, metrics.json, predictions.csv, in one atomic folder."""
     from safetensors.torch import save_file
 

@@ -30,6 +30,7 @@ PIXELS = "imgs"
 TISSUE_FRACTION = "tissue_fraction"
 TISSUE_MASK = "tissue_mask"
 
+
 def bag_path(bag_dir: str | Path, slide_id: str, fmt: str) -> Path:
     if fmt not in BAG_FORMATS:
         raise ValueError(f"unknown bag format {fmt!r}; choose one of {BAG_FORMATS}")
@@ -163,8 +164,9 @@ class ZarrBagWriter(BagWriter):
     def write_coords(self, coords: np.ndarray, attrs: dict[str, Any]) -> None:
         data = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
         self._rows = len(data)
-        array = self._group.create_array(COORDS, shape=data.shape, dtype=np.int64, chunks=(max(1, min(len(data), 65536)), 2),
-                                         config=EVERY_CHUNK)  # fmt: skip
+        array = self._group.create_array(
+            COORDS, shape=data.shape, dtype=np.int64, chunks=(max(1, min(len(data), 65536)), 2), config=EVERY_CHUNK
+        )
         if len(data):
             array[:] = data
         array.attrs.update(attrs)

@@ -86,6 +86,11 @@ def _zarr_problem(path: Path, arrays: tuple[str, ...]) -> str | None:
             lengths[name] = int(array.shape[0])
             # a missing chunk file reads back as zeros, so count the chunks on disk (of marked
             # files: their arrays store every chunk, and bag pixels are one chunk per patch)
-            if marker is not None and name in (arrays[0], "coords") and array.size and array.nchunks_initialized != array.nchunks:
+            if (
+                marker is not None
+                and name in (arrays[0], "coords")
+                and array.size
+                and array.nchunks_initialized != array.nchunks
+            ):
                 return f"incomplete ({name}: {array.nchunks_initialized} of {array.nchunks} chunks on disk)"
     return _rows_problem(marker, lengths)

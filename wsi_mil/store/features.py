@@ -33,8 +33,13 @@ class FeatureFile:
     failed_coords: np.ndarray | None = None
 
 
-def write_features(path: str | Path, features: np.ndarray, coords: np.ndarray, attrs: dict[str, Any],
-                   failed_coords: np.ndarray | None = None) -> Path:  # fmt: skip
+def write_features(
+    path: str | Path,
+    features: np.ndarray,
+    coords: np.ndarray,
+    attrs: dict[str, Any],
+    failed_coords: np.ndarray | None = None,
+) -> Path:
     """Write atomically; ``attrs`` go on the ``features`` dataset (and the coords' on ``coords``)."""
     path = Path(path)
     coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
@@ -45,7 +50,11 @@ def write_features(path: str | Path, features: np.ndarray, coords: np.ndarray, a
             import h5py
 
             with h5py.File(tmp, "w") as f:
-                dataset = f.create_dataset(FEATURES, data=features, chunks=(max(1, min(len(features), 1024)), features.shape[1]) if len(features) else None)
+                dataset = f.create_dataset(
+                    FEATURES,
+                    data=features,
+                    chunks=(max(1, min(len(features), 1024)), features.shape[1]) if len(features) else None,
+                )
                 for key, value in attrs.items():
                     dataset.attrs[key] = h5_attr(value)
                 f.create_dataset("coords", data=coords)
@@ -95,8 +104,13 @@ def read_features(path: str | Path) -> FeatureFile:
         if FEATURES not in found:
             raise BagFormatError(f"{path}: no '{FEATURES}' array")
         failed = np.asarray(found[FAILED_COORDS][...]) if FAILED_COORDS in found else None
-        return FeatureFile(path, np.asarray(found[FEATURES][...]), np.asarray(found["coords"][...]),
-                           clean_attrs(dict(found[FEATURES].attrs)), failed)  # fmt: skip
+        return FeatureFile(
+            path,
+            np.asarray(found[FEATURES][...]),
+            np.asarray(found["coords"][...]),
+            clean_attrs(dict(found[FEATURES].attrs)),
+            failed,
+        )
     import h5py
 
     with h5py.File(path, "r") as f:

@@ -44,8 +44,7 @@ def _holder(handle: IO[str]) -> str:
         info = {}
     if not info:
         return "another process"
-    return (f"process {info.get('pid')} on {info.get('host')} (`{info.get('command')}`, "
-            f"since {info.get('started')})")  # fmt: skip
+    return f"process {info.get('pid')} on {info.get('host')} (`{info.get('command')}`, since {info.get('started')})"
 
 
 @contextlib.contextmanager
@@ -72,8 +71,12 @@ def run_lock(run_dir: str | Path, command: str = "") -> Iterator[Path]:
             ) from None
         handle.seek(0)
         handle.truncate()
-        note = {"pid": os.getpid(), "host": socket.gethostname(), "command": command or " ".join(sys.argv[:3]),
-                "started": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
+        note = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "command": command or " ".join(sys.argv[:3]),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
         handle.write(json.dumps(note))
         handle.flush()
         _HELD[path] = (handle, 1)

@@ -47,8 +47,16 @@ MANIFOLD = "manifold"
 SCORE_DATASETS = (ATTENTION_RAW, ATTENTION, ATTENTION_PCT, INSTANCE_LOGITS, CONTRIBUTION, RELEVANCE, MANIFOLD)
 REQUIRED_DATASETS = (ATTENTION_RAW, ATTENTION, ATTENTION_PCT, INSTANCE_LOGITS)
 #: Bag attributes copied onto ``coords`` (when known) so the heatmap stage need not open the bag.
-GEOMETRY_ATTRS = ("patch_size_level0", "patch_size", "patch_level", "slide_mpp", "target_mpp", "slide_path", "slide_id",
-                  "level_dim")  # fmt: skip
+GEOMETRY_ATTRS = (
+    "patch_size_level0",
+    "patch_size",
+    "patch_level",
+    "slide_mpp",
+    "target_mpp",
+    "slide_path",
+    "slide_id",
+    "level_dim",
+)
 ROOT_ATTRS = ("probs", "pred", "classes", "model", "folds", "fold_policy", "slide_id", "format_version")
 
 
@@ -65,8 +73,14 @@ class ScoreFile:
         return list(self.attrs["classes"])
 
 
-def write_scores(path: str | Path, coords: np.ndarray, maps: dict[str, np.ndarray], *, attrs: dict[str, Any],
-                 coords_attrs: dict[str, Any] | None = None) -> Path:  # fmt: skip
+def write_scores(
+    path: str | Path,
+    coords: np.ndarray,
+    maps: dict[str, np.ndarray],
+    *,
+    attrs: dict[str, Any],
+    coords_attrs: dict[str, Any] | None = None,
+) -> Path:
     """Write one slide's scores atomically (HDF5). ``maps`` keys must be in :data:`SCORE_DATASETS`."""
     import h5py
 

@@ -44,9 +44,21 @@ logger = logging.getLogger(__name__)
 STAGE = "tile"
 PIXEL_BATCH = 64
 #: What tiling imports as it runs: loaded once by the time limit's forkserver, not in every child.
-CHILD_PRELOAD = ("openslide", "tiffslide", "h5py", "zarr", "shapely", "scipy.ndimage", "skimage.color",
-                 "skimage.filters", "skimage.filters.rank", "skimage.measure", "skimage.morphology",
-                 "skimage.segmentation", "skimage.util")  # fmt: skip
+CHILD_PRELOAD = (
+    "openslide",
+    "tiffslide",
+    "h5py",
+    "zarr",
+    "shapely",
+    "scipy.ndimage",
+    "skimage.color",
+    "skimage.filters",
+    "skimage.filters.rank",
+    "skimage.measure",
+    "skimage.morphology",
+    "skimage.segmentation",
+    "skimage.util",
+)
 
 
 @dataclass(frozen=True)
@@ -161,15 +173,18 @@ def _write_set(
     if tiling.qc:  # before the bag: the bag is the set's completion marker
         qc = render_qc(thumb.rgb, mask, coords, spec.patch_size_level0, thumb.downsample)
         save_qc(qc, qc_path(bag_set, source.slide_id))
-        write_tissue_geojson(qc_path(bag_set, source.slide_id).with_suffix(".geojson"), mask, thumb.downsample,
-                             slide_id=source.slide_id, mpp=slide.mpp)  # fmt: skip
+        write_tissue_geojson(
+            qc_path(bag_set, source.slide_id).with_suffix(".geojson"),
+            mask,
+            thumb.downsample,
+            slide_id=source.slide_id,
+            mpp=slide.mpp,
+        )
     path = bag_path(bag_set.bag_dir, source.slide_id, tiling.bag_format)
     with open_bag_writer(path) as writer:
         writer.write_coords(coords, _bag_attrs(source, slide, spec, config))
         writer.write_array(TISSUE_FRACTION, fractions)
-        writer.write_array(
-            TISSUE_MASK, mask.astype(np.uint8), {"downsample": thumb.downsample, "mpp": thumb.mpp}
-        )
+        writer.write_array(TISSUE_MASK, mask.astype(np.uint8), {"downsample": thumb.downsample, "mpp": thumb.mpp})
         if tiling.save_pixels:
             writer.create_pixels(len(coords), spec.target_patch_size)
             for start in range(0, len(coords), PIXEL_BATCH):
@@ -211,16 +226,31 @@ def tile_slide(
     return records + attach_warnings(done, captured, slide_id=source.slide_id)  # not printed raw
 
 
-def _tile_slide_in_child(source: SlideSource, run_dir: str | Path, *, seconds: float, config: Config,
-                         overwrite: bool = False, debug: bool = False) -> list[dict[str, Any]]:  # fmt: skip
+def _tile_slide_in_child(
+    source: SlideSource,
+    run_dir: str | Path,
+    *,
+    seconds: float,
+    config: Config,
+    overwrite: bool = False,
+    debug: bool = False,
+) -> list[dict[str, Any]]:
     """:func:`tile_slide` in a child process stopped after ``seconds``: a slide stuck inside a C call
     (which the reader's own time check cannot reach) fails and the batch goes on."""
     from wsi_mil.time_limit import ChildDiedError, run_with_time_limit
 
     started = time.perf_counter()
     try:
-        return run_with_time_limit(tile_slide, source, seconds=seconds, preload=CHILD_PRELOAD, run_dir=run_dir,
-                                   config=config, overwrite=overwrite, debug=debug)  # fmt: skip
+        return run_with_time_limit(
+            tile_slide,
+            source,
+            seconds=seconds,
+            preload=CHILD_PRELOAD,
+            run_dir=run_dir,
+            config=config,
+            overwrite=overwrite,
+            debug=debug,
+        )
     except (SlideTimeoutError, ChildDiedError) as error:
         return [_failure(source, s, error, started, False) for s in bag_sets(run_dir, config.tiling)]
 
@@ -246,9 +276,11 @@ def _tile_sets(
                 return records
         try:
             thumb = read_detection_thumbnail(
-                slide, target_mpp=config.tissue.thumbnail_mpp, max_mpp=config.tissue.thumbnail_mpp_max,
+                slide,
+                target_mpp=config.tissue.thumbnail_mpp,
+                max_mpp=config.tissue.thumbnail_mpp_max,
                 max_unreadable=config.tiling.max_unreadable_fraction,
-            )  # fmt: skip
+            )
             mask = detect_tissue(thumb.rgb, mpp=thumb.mpp or ASSUMED_MPP * thumb.downsample, config=config.tissue)
         except Exception as error:  # noqa: BLE001 -- recorded as this slide's failure; the batch goes on
             return records + [_failure(source, s, error, started, debug) for s in todo]
@@ -261,9 +293,7 @@ def _tile_sets(
     return records
 
 
-def _failure(
-    source: SlideSource, bag_set: BagSet, error: BaseException, started: float, debug: bool
-) -> dict[str, Any]:
+def _failure(source: SlideSource, bag_set: BagSet, error: BaseException, started: float, debug: bool) -> dict[str, Any]:
     if debug:
         logger.error("%s [%s] failed", source.slide_id, bag_set.name, exc_info=error)
     return failure_record(_record(source, bag_set), error, path=source.path, started=started)
@@ -289,8 +319,9 @@ def tile_slides(
         return _tile_locked(sources, run_dir, config=config, overwrite=overwrite, debug=debug, progress=progress)
 
 
-def _tile_locked(sources: Sequence[SlideSource], run_dir: Path, *, config: Config, overwrite: bool, debug: bool,
-                 progress: bool) -> list[dict[str, Any]]:  # fmt: skip
+def _tile_locked(
+    sources: Sequence[SlideSource], run_dir: Path, *, config: Config, overwrite: bool, debug: bool, progress: bool
+) -> list[dict[str, Any]]:
     from wsi_mil.parallel import map_slides
 
     with atomic_output(RunLayout(run_dir).tiling_config) as tmp:
@@ -302,7 +333,12 @@ def _tile_locked(sources: Sequence[SlideSource], run_dir: Path, *, config: Confi
             f"{source.path}: the worker processing this slide died ({type(error).__name__}: {error}); "
             "the file probably crashes its reader. Try --reader tiffslide, or check the file."
         )
-        recorder.add([_failure(source, s, WsiMilError(message), time.perf_counter(), False) for s in bag_sets(run_dir, config.tiling)])
+        recorder.add(
+            [
+                _failure(source, s, WsiMilError(message), time.perf_counter(), False)
+                for s in bag_sets(run_dir, config.tiling)
+            ]
+        )
 
     job: Callable[..., list[dict[str, Any]]] = tile_slide
     limit = config.tiling.slide_timeout
@@ -324,4 +360,3 @@ def _tile_locked(sources: Sequence[SlideSource], run_dir: Path, *, config: Confi
         debug=debug,
     )
     return recorder.records
-

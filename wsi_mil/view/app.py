@@ -91,8 +91,9 @@ def create_app(run_dir: str | Path, *, masks: str | Path | None = None, host: st
         query = request.query_params
         slide, head, name = p(request, "slide"), p(request, "head"), p(request, "map")
         scale = service.scale(slide, head, name, query.get("scale", "slide"), query.get("vmin"), query.get("vmax"))
-        body = service.overlay_tile(slide, head, name, p(request, "level"), p(request, "col"), p(request, "row"),
-                                    scale=scale)  # fmt: skip
+        body = service.overlay_tile(
+            slide, head, name, p(request, "level"), p(request, "col"), p(request, "row"), scale=scale
+        )
         return _image(body, "png")
 
     def annotation_tile(request: Request) -> Response:
@@ -126,8 +127,11 @@ def create_app(run_dir: str | Path, *, masks: str | Path | None = None, host: st
     ]
     # Any Host header when listening on every interface (the user opened it to the network); else this machine only
     hosts = ["*"] if host in WILDCARD_HOSTS else sorted({*LOCAL_HOSTS, host, f"[{host}]"})
-    app = Starlette(routes=routes, middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=hosts)],
-                    exception_handlers={KeyError: not_found, ScaleError: bad_request, WsiMilError: bad_request})  # fmt: skip
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=hosts)],
+        exception_handlers={KeyError: not_found, ScaleError: bad_request, WsiMilError: bad_request},
+    )
     app.state.service = service
     app.state.scales = SCALES
     return app
@@ -159,8 +163,14 @@ def serve(run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000, mas
 
 
 @contextmanager
-def running(run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 0, masks: str | Path | None = None,
-            timeout: float = 30.0) -> Iterator[str]:  # fmt: skip
+def running(
+    run_dir: str | Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    masks: str | Path | None = None,
+    timeout: float = 30.0,
+) -> Iterator[str]:
     """The viewer served from a background thread (tests, benchmarks, notebooks); yields its base URL."""
     import uvicorn
 

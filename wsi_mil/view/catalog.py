@@ -61,11 +61,25 @@ class SlideEntry:
 
     def row(self) -> dict[str, Any]:
         """The slide list's row (JSON)."""
-        heads = {name: {"classes": h.classes, "probs": h.probs, "pred": h.pred, "folds": h.folds,
-                        "fold_policy": h.fold_policy} for name, h in self.heads.items()}  # fmt: skip
-        return {"slide_id": self.slide_id, "label": self.label, "status": self.status, "errors": self.errors,
-                "heads": heads, "has_image": self.slide_path is not None and self.slide_path.exists(),
-                "has_annotation": self.annotation is not None}  # fmt: skip
+        heads = {
+            name: {
+                "classes": h.classes,
+                "probs": h.probs,
+                "pred": h.pred,
+                "folds": h.folds,
+                "fold_policy": h.fold_policy,
+            }
+            for name, h in self.heads.items()
+        }
+        return {
+            "slide_id": self.slide_id,
+            "label": self.label,
+            "status": self.status,
+            "errors": self.errors,
+            "heads": heads,
+            "has_image": self.slide_path is not None and self.slide_path.exists(),
+            "has_annotation": self.annotation is not None,
+        }
 
 
 def head_name(model: str, subset: Path) -> str:
@@ -88,8 +102,9 @@ def _summary(path: Path) -> tuple[HeadSummary, dict[str, Any]]:
     probs = [float(p) for p in np.asarray(attrs.get("probs", []), dtype=np.float64).reshape(-1)]
     pred = int(attrs["pred"]) if "pred" in attrs else int(np.argmax(probs)) if probs else 0
     geometry = {k: text(v) if isinstance(v, bytes | str) else v for k, v in coords_attrs.items()}
-    return HeadSummary(path, [str(c) for c in classes], probs, pred, [int(f) for f in folds],
-                       text(attrs.get("fold_policy", ""))), geometry  # fmt: skip
+    return HeadSummary(
+        path, [str(c) for c in classes], probs, pred, [int(f) for f in folds], text(attrs.get("fold_policy", ""))
+    ), geometry
 
 
 def _labels(run_dir: Path) -> dict[str, str]:
@@ -136,8 +151,9 @@ class RunCatalog:
         self.layout = RunLayout(self.run_dir)
         score_files = list(self.layout.find_scores())
         if not score_files:
-            raise RunNotViewableError(f"{self.run_dir}: no scores/<model>/<slide_id>.h5; run `wsi-mil predict` "
-                                      "(or `wsi-mil run`) first")  # fmt: skip
+            raise RunNotViewableError(
+                f"{self.run_dir}: no scores/<model>/<slide_id>.h5; run `wsi-mil predict` (or `wsi-mil run`) first"
+            )
         self.slides: dict[str, SlideEntry] = {}
         self.geometry: dict[tuple[str, str], dict[str, Any]] = {}
         self.cams: dict[tuple[str, str], Path] = {}
@@ -231,7 +247,9 @@ class RunCatalog:
             key = (slide_id, head)
             with self._lock:
                 cached = self._scores.get(key)
-            maps = self.maps(slide_id, head) if cached is not None else available_maps(read_scores(entry.heads[head].path))
+            maps = (
+                self.maps(slide_id, head) if cached is not None else available_maps(read_scores(entry.heads[head].path))
+            )
             for name, values in maps.items():
                 values = np.asarray(values, dtype=np.float32)
                 if len(values) > COHORT_SAMPLE:

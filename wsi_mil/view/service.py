@@ -89,29 +89,53 @@ class ViewerService:
         heads = {}
         for head in entry.heads:
             scores = self.catalog.scores(slide_id, head)
-            maps = {name: {"cmap": cmap_for(name), "signed": is_signed(name),
-                           "slide": self.scale(slide_id, head, name, "slide").json(),
-                           "cohort": self.scale(slide_id, head, name, "cohort").json()}
-                    for name in self.catalog.maps(slide_id, head)}  # fmt: skip
-            heads[head] = {"maps": maps, "patch_size_level0": scores.patch_size_level0,
-                           "cams": (slide_id, head) in self.catalog.cams}  # fmt: skip
+            maps = {
+                name: {
+                    "cmap": cmap_for(name),
+                    "signed": is_signed(name),
+                    "slide": self.scale(slide_id, head, name, "slide").json(),
+                    "cohort": self.scale(slide_id, head, name, "cohort").json(),
+                }
+                for name in self.catalog.maps(slide_id, head)
+            }
+            heads[head] = {
+                "maps": maps,
+                "patch_size_level0": scores.patch_size_level0,
+                "cams": (slide_id, head) in self.catalog.cams,
+            }
         tiles = self._slide_or_reason(slide_id)
-        image = {"has_image": False, "image_error": tiles, "mpp": None} if isinstance(tiles, str) else \
-            {"has_image": True, "image_error": "", "mpp": tiles.reader.mpp}  # fmt: skip
-        return {**entry.row(), **image, "width": grid.dimensions[0], "height": grid.dimensions[1],
-                "max_level": grid.max_level, "tile_size": TILE, "heads": heads, "files": self.files(slide_id),
-                "summary": entry.row()["heads"]}  # fmt: skip
+        image = (
+            {"has_image": False, "image_error": tiles, "mpp": None}
+            if isinstance(tiles, str)
+            else {"has_image": True, "image_error": "", "mpp": tiles.reader.mpp}
+        )
+        return {
+            **entry.row(),
+            **image,
+            "width": grid.dimensions[0],
+            "height": grid.dimensions[1],
+            "max_level": grid.max_level,
+            "tile_size": TILE,
+            "heads": heads,
+            "files": self.files(slide_id),
+            "summary": entry.row()["heads"],
+        }
 
     def files(self, slide_id: str) -> list[str]:
         """The run's outputs for this slide (heatmaps, galleries), relative to the run directory."""
         root = self.catalog.layout.heatmaps_root
-        found = [p for p in root.glob(f"**/{slide_id}/*") if p.is_file() and not p.name.startswith(".")] if root.is_dir() else []
+        found = (
+            [p for p in root.glob(f"**/{slide_id}/*") if p.is_file() and not p.name.startswith(".")]
+            if root.is_dir()
+            else []
+        )
         return sorted(p.relative_to(self.catalog.run_dir).as_posix() for p in found)
 
     # ------------------------------------------------------------------ colour
 
-    def scale(self, slide_id: str, head: str, name: str, mode: str, vmin: str | None = None,
-              vmax: str | None = None) -> Scale:  # fmt: skip
+    def scale(
+        self, slide_id: str, head: str, name: str, mode: str, vmin: str | None = None, vmax: str | None = None
+    ) -> Scale:
         cmap = cmap_for(name)
         if mode == "fixed":
             return Scale(mode, fixed_range(vmin, vmax), cmap)
@@ -120,7 +144,9 @@ class ViewerService:
         values = self.catalog.map_values(slide_id, head, name)  # KeyError for an unknown map
 
         if mode == "slide":
-            score_range = self.ranges.get((slide_id, head, name), lambda: percentile_range(values, signed=is_signed(name)))
+            score_range = self.ranges.get(
+                (slide_id, head, name), lambda: percentile_range(values, signed=is_signed(name))
+            )
         else:
             score_range = self.cohort_ranges(head)[name]
         return Scale(mode, score_range, cmap)
@@ -160,20 +186,28 @@ class ViewerService:
 
             bag = read_bag(bag_path)
             downsample = bag.mask_attrs.get("downsample")
-            return TissueMask(bag.tissue_mask, float(downsample)) if bag.tissue_mask is not None and downsample else None
+            return (
+                TissueMask(bag.tissue_mask, float(downsample)) if bag.tissue_mask is not None and downsample else None
+            )
 
         return self.objects.get(("tissue", slide_id), load)
 
     def _map_tiles(self, slide_id: str, head: str, name: str) -> Any:
         def make() -> Any:
             scores = self.catalog.scores(slide_id, head)
-            return map_tiles(scores.coords, self.catalog.map_values(slide_id, head, name),
-                            patch_size_level0=scores.patch_size_level0, grid=self.grid(slide_id),
-                            tissue=self._tissue(slide_id))  # fmt: skip
+            return map_tiles(
+                scores.coords,
+                self.catalog.map_values(slide_id, head, name),
+                patch_size_level0=scores.patch_size_level0,
+                grid=self.grid(slide_id),
+                tissue=self._tissue(slide_id),
+            )
 
         return self.objects.get(("maptiles", slide_id, head, name), make)
 
-    def overlay_tile(self, slide_id: str, head: str, name: str, level: int, col: int, row: int, *, scale: Scale) -> bytes:
+    def overlay_tile(
+        self, slide_id: str, head: str, name: str, level: int, col: int, row: int, *, scale: Scale
+    ) -> bytes:
         key = ("overlay", slide_id, head, name, level, col, row, scale.cmap, scale.score_range)
 
         def render() -> bytes:
@@ -194,8 +228,10 @@ class ViewerService:
             return load_ground_truth(annotation, grid.dimensions)
 
         truth = self.objects.get(("truth", slide_id), load)
-        return self.tiles.get(("annotation", slide_id, level, col, row),
-                              lambda: outline_tile(truth.grades > 0, truth.downsample, grid, level, col, row))  # fmt: skip
+        return self.tiles.get(
+            ("annotation", slide_id, level, col, row),
+            lambda: outline_tile(truth.grades > 0, truth.downsample, grid, level, col, row),
+        )
 
     # ------------------------------------------------------------------ patches
 
@@ -204,7 +240,9 @@ class ViewerService:
         scores = self.catalog.scores(slide_id, head)
         size = scores.patch_size_level0
         coords = scores.coords
-        inside = np.flatnonzero((coords[:, 0] <= x) & (x < coords[:, 0] + size) & (coords[:, 1] <= y) & (y < coords[:, 1] + size))
+        inside = np.flatnonzero(
+            (coords[:, 0] <= x) & (x < coords[:, 0] + size) & (coords[:, 1] <= y) & (y < coords[:, 1] + size)
+        )
         if not len(inside):
             return None
         centres = coords[inside] + size / 2
@@ -223,10 +261,18 @@ class ViewerService:
             values: dict[str, Any] = {name: float(v[row]) for name, v in self.catalog.maps(slide_id, head).items()}
             for key in ("instance_logits", "contribution"):
                 if key in scores.arrays:
-                    values[key] = dict(zip(classes, (float(v) for v in np.ravel(scores.arrays[key][row])), strict=False))
+                    values[key] = dict(
+                        zip(classes, (float(v) for v in np.ravel(scores.arrays[key][row])), strict=False)
+                    )
             cx, cy = (int(v) for v in scores.coords[row])
-            out["heads"][head] = {"row": row, "x": cx, "y": cy, "size": scores.patch_size_level0, "values": values,
-                                  "cams": self._cam_methods(slide_id, head, row)}  # fmt: skip
+            out["heads"][head] = {
+                "row": row,
+                "x": cx,
+                "y": cy,
+                "size": scores.patch_size_level0,
+                "values": values,
+                "cams": self._cam_methods(slide_id, head, row),
+            }
         return out
 
     def _cams(self, slide_id: str, head: str) -> Any:

@@ -166,13 +166,23 @@ class GridMapTiles:
     :func:`wsi_mil.explain.stitch.patch_extents` where patches span several pixels).
     """
 
-    def __init__(self, cells: np.ndarray, origin: np.ndarray, values: np.ndarray, *, patch_size_level0: int, grid: Grid,
-                 tissue: TissueMask | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        cells: np.ndarray,
+        origin: np.ndarray,
+        values: np.ndarray,
+        *,
+        patch_size_level0: int,
+        grid: Grid,
+        tissue: TissueMask | None = None,
+    ) -> None:
         """cells: (N, 2) int64 (column, row) of each patch in the grid that starts at level-0 ``origin`` (x, y)."""
         self.size, self.grid, self.tissue, self.origin = int(patch_size_level0), grid, tissue, origin
         width, height = grid.dimensions
-        shape = (max(-(-(height - int(self.origin[1])) // self.size), int(cells[:, 1].max(initial=-1)) + 1, 1),
-                 max(-(-(width - int(self.origin[0])) // self.size), int(cells[:, 0].max(initial=-1)) + 1, 1))  # fmt: skip
+        shape = (
+            max(-(-(height - int(self.origin[1])) // self.size), int(cells[:, 1].max(initial=-1)) + 1, 1),
+            max(-(-(width - int(self.origin[0])) // self.size), int(cells[:, 0].max(initial=-1)) + 1, 1),
+        )
         base = np.full(shape, np.nan, dtype=np.float32)
         base[cells[:, 1], cells[:, 0]] = values
         self.levels = [base]
@@ -199,8 +209,9 @@ class GridMapTiles:
         return out
 
 
-def map_tiles(coords: np.ndarray, values: np.ndarray, *, patch_size_level0: float, grid: Grid,
-              tissue: TissueMask | None = None) -> GridMapTiles | MapTiles:  # fmt: skip
+def map_tiles(
+    coords: np.ndarray, values: np.ndarray, *, patch_size_level0: float, grid: Grid, tissue: TissueMask | None = None
+) -> GridMapTiles | MapTiles:
     """The fastest tile source for these patches: a cell grid where they tile one, else the painter."""
     values = np.asarray(values, dtype=np.float64).reshape(-1)
     found = grid_cells(coords, patch_size_level0)
@@ -233,8 +244,15 @@ def grid_cells(coords: np.ndarray, patch_size_level0: float) -> tuple[np.ndarray
 class MapTiles:
     """Float tiles of one per-patch map on a slide's grid (painted from the patch table)."""
 
-    def __init__(self, coords: np.ndarray, values: np.ndarray, *, patch_size_level0: float, grid: Grid,
-                 tissue: TissueMask | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        coords: np.ndarray,
+        values: np.ndarray,
+        *,
+        patch_size_level0: float,
+        grid: Grid,
+        tissue: TissueMask | None = None,
+    ) -> None:
         self.coords, self.values, self.size = coords, values, float(patch_size_level0)
         self.grid, self.tissue = grid, tissue
         self.painters = LRU(64)
@@ -246,8 +264,14 @@ class MapTiles:
 
         def make() -> ScorePainter:
             geometry = CanvasGeometry.for_slide(self.grid.dimensions, fine)
-            return ScorePainter(self.coords, self.values, patch_size_level0=self.size, geometry=geometry,
-                                chunks=(TILE * factor, TILE * factor), tissue=self.tissue)  # fmt: skip
+            return ScorePainter(
+                self.coords,
+                self.values,
+                patch_size_level0=self.size,
+                geometry=geometry,
+                chunks=(TILE * factor, TILE * factor),
+                tissue=self.tissue,
+            )
 
         return self.painters.get(level, make), factor
 
@@ -271,8 +295,16 @@ def colour_tile(scores: np.ndarray, lut: np.ndarray, score_range: ScoreRange) ->
     return png(colorize_block(scores, lut, score_range))
 
 
-def outline_tile(mask: np.ndarray, mask_downsample: float, grid: Grid, level: int, col: int, row: int,
-                 *, colour: tuple[int, int, int] = (0, 230, 0)) -> bytes:  # fmt: skip
+def outline_tile(
+    mask: np.ndarray,
+    mask_downsample: float,
+    grid: Grid,
+    level: int,
+    col: int,
+    row: int,
+    *,
+    colour: tuple[int, int, int] = (0, 230, 0),
+) -> bytes:
     """The border of a boolean level-0 ``mask`` (sampled at ``mask_downsample``) inside one tile, as RGBA PNG."""
     width, height = grid.tile_bounds(level, col, row)
     d = grid.downsample(level)
@@ -283,7 +315,12 @@ def outline_tile(mask: np.ndarray, mask_downsample: float, grid: Grid, level: in
     inside = mask[mr][:, mc]
     core = inside[1:-1, 1:-1]
     # both sides of the border: a 2-px line that survives the browser's smoothing
-    edge = (core != inside[:-2, 1:-1]) | (core != inside[2:, 1:-1]) | (core != inside[1:-1, :-2]) | (core != inside[1:-1, 2:])
+    edge = (
+        (core != inside[:-2, 1:-1])
+        | (core != inside[2:, 1:-1])
+        | (core != inside[1:-1, :-2])
+        | (core != inside[1:-1, 2:])
+    )
     rgba = np.zeros((height, width, 4), dtype=np.uint8)
     rgba[edge] = (*colour, 255)
     return png(rgba)
