@@ -19,7 +19,8 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/wsi-mil demo
 
-test: $(STAMP)
+# The tests run after the lint gate: a formatting, rule or type error fails `make test` too.
+test: lint
 	$(BIN)/python -m pytest -q
 
 # The lint gate: formatting, the rule set in pyproject.toml [tool.ruff.lint], and types.
