@@ -232,7 +232,7 @@ def instance_maps(
     """Per map name: slide -> per-instance scores from the fold model that held the slide out."""
     import torch
 
-    from wsi_mil.mil.train import load_fold_model
+    from wsi_mil.mil.fold_io import load_fold_model
 
     maps: dict[str, dict[str, np.ndarray]] = {"attention": {}, "latent": {}}
     for fold_dir in sorted(model_dir.glob("fold_*")):

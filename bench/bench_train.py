@@ -81,7 +81,7 @@ def bench_model(
     import torch
 
     from wsi_mil.config import TrainConfig
-    from wsi_mil.mil.train import torch_threads, training_precision, training_threads
+    from wsi_mil.mil.compute import torch_threads, training_precision, training_threads
 
     config = replace(
         TrainConfig(model=model, epochs=1, min_epochs=0, device="cpu", transformer=transformer), **overrides

@@ -9,7 +9,7 @@ import pytest
 
 from wsi_mil.cli import main
 from wsi_mil.errors import LabelError
-from wsi_mil.mil.data import read_labels
+from wsi_mil.mil.labels import read_labels
 from wsi_mil.mil.splits import check_fold_plan
 from wsi_mil.synthetic import Region, write_synthetic_slide
 

@@ -14,7 +14,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 from wsi_mil.cli import main  # noqa: E402
 from wsi_mil.config import Config, TrainConfig  # noqa: E402
 from wsi_mil.errors import FeatureFormatError, LabelError  # noqa: E402
-from wsi_mil.mil.data import find_feature_sets, read_labels  # noqa: E402
+from wsi_mil.mil.data import find_feature_sets  # noqa: E402
+from wsi_mil.mil.labels import read_labels  # noqa: E402
 from wsi_mil.mil.metrics import compute_metrics  # noqa: E402
 from wsi_mil.mil.run import train_run  # noqa: E402
 from wsi_mil.mil.synthetic import make_planted_bags, write_planted_bags  # noqa: E402

@@ -19,10 +19,11 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 from wsi_mil.config import Config, TrainConfig  # noqa: E402
 from wsi_mil.mil.batching import pad_bags, plan_batches  # noqa: E402
 from wsi_mil.mil.data import BagStore, find_feature_sets  # noqa: E402
+from wsi_mil.mil.fold_io import load_fold_model  # noqa: E402
 from wsi_mil.mil.registry import create_mil_model  # noqa: E402
 from wsi_mil.mil.run import train_run  # noqa: E402
 from wsi_mil.mil.synthetic import make_planted_bags, write_planted_bags  # noqa: E402
-from wsi_mil.mil.train import FoldTrainer, load_fold_model  # noqa: E402
+from wsi_mil.mil.train import FoldTrainer  # noqa: E402
 from wsi_mil.store.scores import read_scores  # noqa: E402
 
 SMALL = TrainConfig(epochs=3, min_epochs=1, hidden_dim=16, attention_dim=8, device="cpu", threads=1)

@@ -143,7 +143,7 @@ def check_labels_plan(config: Config, *, where: str = "config") -> None:
     for ``train.folds`` and folds unbalanced by patient grouping are errors, advising
     ``--set train.folds=N``.
     """
-    from wsi_mil.mil.data import read_labels
+    from wsi_mil.mil.labels import read_labels
     from wsi_mil.mil.splits import check_fold_plan, fold_option
 
     run, options = config.run, config.train

@@ -63,7 +63,7 @@ def locate_heads(scores: Any, *, run_dir: Path, model: str, subset: Path) -> Hea
 
 
 def load_heads(fold_dirs: Sequence[Path], device: Any) -> list[Any]:
-    from wsi_mil.mil.train import load_fold_model
+    from wsi_mil.mil.fold_io import load_fold_model
 
     return [load_fold_model(d, device)[0] for d in fold_dirs]
 

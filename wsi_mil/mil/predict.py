@@ -101,7 +101,7 @@ class SetScorer:
     """The fold models of one feature set and the rule choosing among them."""
 
     def __init__(self, set_dir: Path, device: Any, *, all_folds: bool) -> None:
-        from wsi_mil.mil.train import load_fold_model
+        from wsi_mil.mil.fold_io import load_fold_model
 
         fold_dirs = sorted(
             (d for d in set_dir.glob("fold_*") if (d / "metrics.json").exists()),

@@ -19,15 +19,12 @@ mix results and says so.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +33,12 @@ import numpy as np
 from wsi_mil import __version__
 from wsi_mil.config import Config, neutral_keys
 from wsi_mil.errors import LabelError, WsiMilError
-from wsi_mil.mil.data import BagStore, FeatureSet, MatchReport, find_feature_sets, match_labels, read_labels
-from wsi_mil.mil.metrics import METRICS, compute_metrics, summarize
+from wsi_mil.mil.data import BagStore, FeatureSet, find_feature_sets
+from wsi_mil.mil.labels import match_labels, read_labels
+from wsi_mil.mil.metrics import compute_metrics
+from wsi_mil.mil.report import SetResult, write_summary
 from wsi_mil.mil.splits import Splits, fold_count_text, make_splits, read_splits, write_splits
 from wsi_mil.run_layout import TRAIN_CONFIG, RunLayout
-from wsi_mil.stats import format_mean_std
 from wsi_mil.store.atomic import atomic_output, remove_path
 
 logger = logging.getLogger(__name__)
@@ -48,27 +46,6 @@ logger = logging.getLogger(__name__)
 #: Train keys a resume accepts a change of: those declared neutral on their config field, the
 #: output folder's name, and the number of repeats (finished folds of earlier repeats stay valid).
 RESUME_NEUTRAL = (*sorted(k.split(".", 1)[1] for k in neutral_keys() if k.startswith("train.")), "name", "repeats")
-
-
-@dataclass
-class SetResult:
-    feature_set: FeatureSet
-    classes: list[str]
-    report: MatchReport
-    folds: list[dict[str, Any]] = field(default_factory=list)  #: per fold of every repeat: test metrics
-    repeat_of_fold: list[int] = field(default_factory=list)  #: the repeat of each entry of ``folds``
-    pooled: list[dict[str, Any]] = field(
-        default_factory=list
-    )  #: per repeat: metrics of the pooled out-of-fold predictions
-    out_dir: Path | None = None
-
-    def repeat_means(self) -> list[dict[str, float]]:
-        """Per repeat: the mean over its folds of each metric."""
-        means = []
-        for repeat in sorted(set(self.repeat_of_fold)):
-            rows = [row for row, r in zip(self.folds, self.repeat_of_fold, strict=True) if r == repeat]
-            means.append({m: mean for m, (mean, _, _) in summarize(rows).items()})
-        return means
 
 
 def model_dir_for(run_dir: str | Path, config: Config) -> Path:
@@ -166,8 +143,8 @@ def train_run(
 
 
 def _train_set(feature_set: FeatureSet, table: Any, *, config: Config, device: Any, out_dir: Path) -> SetResult:
+    from wsi_mil.mil.compute import torch_threads, training_threads
     from wsi_mil.mil.plots import plot_confusion, plot_roc
-    from wsi_mil.mil.train import torch_threads, training_threads
 
     options = config.train
     report = match_labels(table, feature_set)
@@ -226,7 +203,8 @@ def _train_repeat(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Every fold of one round of cross-validation (resuming finished folds); the pooled
     out-of-fold labels (n,) and probabilities (n, C)."""
-    from wsi_mil.mil.train import MODEL_FORMAT_VERSION, FoldTrainer, write_fold
+    from wsi_mil.mil.fold_io import MODEL_FORMAT_VERSION, prediction_row, read_predictions, write_fold
+    from wsi_mil.mil.train import FoldTrainer
 
     options = config.train
     pooled_true, pooled_probs = [], []
@@ -273,7 +251,7 @@ def _train_repeat(
                 "format_version": MODEL_FORMAT_VERSION,
                 "wsi_mil_version": __version__,
             }
-            predictions = [_prediction_row(s, table, classes, labels[s], p) for s, p in zip(test, probs, strict=True)]
+            predictions = [prediction_row(s, table, classes, labels[s], p) for s, p in zip(test, probs, strict=True)]
             write_fold(fold_dir, trainer, model_config=model_config, metrics=metrics, predictions=predictions)
             logger.info(
                 "%sfold %d: %s, kept epoch %d of %d, test ROC-AUC %.3f, accuracy %.3f (%.1f s)",
@@ -289,7 +267,7 @@ def _train_repeat(
         saved = json.loads((fold_dir / "metrics.json").read_text())
         result.folds.append({k: math.nan if v is None else v for k, v in saved["test"].items()})
         result.repeat_of_fold.append(repeat)
-        true, probs = _read_predictions(fold_dir / "predictions.csv", classes)
+        true, probs = read_predictions(fold_dir / "predictions.csv", classes)
         pooled_true.append(true)
         pooled_probs.append(probs)
     return np.concatenate(pooled_true), np.concatenate(pooled_probs)
@@ -320,113 +298,3 @@ def _splits(path: Path, labels: dict[str, str], table: Any, options: Any, where:
     )
     write_splits(splits, path)
     return splits
-
-
-def _prediction_row(slide_id: str, table: Any, classes: list[str], label: int, probs: np.ndarray) -> dict[str, Any]:
-    row = {
-        "slide_id": slide_id,
-        "patient_id": table.patients[slide_id],
-        "label": classes[label],
-        "label_index": label,
-        "pred": int(probs.argmax()),
-        "pred_label": classes[int(probs.argmax())],
-    }
-    row.update({f"prob_{c}": f"{p:.6f}" for c, p in zip(classes, probs, strict=True)})
-    return row
-
-
-def _read_predictions(path: Path, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    with path.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    true = np.array([int(r["label_index"]) for r in rows], dtype=np.int64)
-    probs = np.array([[float(r[f"prob_{c}"]) for c in classes] for r in rows]).reshape(-1, len(classes))
-    return true, probs
-
-
-def write_summary(model_dir: Path, results: list[SetResult], *, config: Config) -> None:
-    """``metrics.csv`` and ``summary.md``: per fold; mean and std over folds; over repeats; pooled out of fold."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["feature_set", "repeat", "fold", *METRICS])
-    cell = lambda v: f"{v:.6f}"  # noqa: E731
-    for result in results:
-        key = result.feature_set.key or "-"
-        folds_seen: dict[int, int] = {}
-        for row, repeat in zip(result.folds, result.repeat_of_fold, strict=True):
-            fold = folds_seen[repeat] = folds_seen.get(repeat, -1) + 1
-            writer.writerow([key, repeat, fold, *(cell(row[m]) for m in METRICS)])
-        summary = summarize(result.folds)
-        writer.writerow([key, "", "mean", *(cell(summary[m][0]) for m in METRICS)])
-        writer.writerow([key, "", "std", *(cell(summary[m][1]) for m in METRICS)])
-        if len(result.pooled) > 1:
-            over_repeats = summarize(result.repeat_means())
-            writer.writerow([key, "", "repeat_mean", *(cell(over_repeats[m][0]) for m in METRICS)])
-            writer.writerow([key, "", "repeat_std", *(cell(over_repeats[m][1]) for m in METRICS)])
-        for repeat, pooled in enumerate(result.pooled):
-            writer.writerow([key, repeat, "pooled", *(cell(pooled[m]) for m in METRICS)])
-    with atomic_output(model_dir / "metrics.csv") as tmp:
-        tmp.write_text(buffer.getvalue())
-    with atomic_output(model_dir / "summary.md") as tmp:
-        tmp.write_text(_summary_markdown(results, config=config))
-
-
-def _mean_std_cell(mean: float, std: float, count: int, total: int) -> str:
-    return format_mean_std(mean, std) + (f" ({count}/{total})" if 0 < count < total else "")
-
-
-def _summary_markdown(results: list[SetResult], *, config: Config) -> str:
-    options = config.train
-    first = results[0]
-    repeats = len(first.pooled)
-    n_folds = len(first.folds) // max(1, repeats)
-    lines = [f"# {options.name or options.model}: {options.model}, cross-validated", ""]
-    rounds = f"{repeats} repeats of {n_folds} folds" if repeats > 1 else f"{n_folds} fold(s)"
-    lines += [
-        f"Head `{options.model}`, {rounds}, seed {options.seed}, classes "
-        + ", ".join(f"{i} = `{c}`" for i, c in enumerate(first.classes))
-        + ".",
-        "Metrics on each fold's held-out test slides, mean ± sample std over "
-        + ("all folds of all repeats" if repeats > 1 else "folds")
-        + (
-            " (two classes: precision, recall, F1 of class 1)."
-            if len(first.classes) == 2
-            else " (macro averages; ROC-AUC one-vs-rest)."
-        )
-        + " Pooled OOF ROC-AUC: the ROC-AUC of every slide's out-of-fold probability pooled over the folds "
-        "(the curve in `roc.png`)" + (", mean ± std over repeats." if repeats > 1 else "."),
-        "",
-    ]
-    header = "| feature set | " + " | ".join(m.replace("_", " ") for m in METRICS) + " | pooled OOF ROC-AUC |"
-    lines += [header, "|---|" + "---:|" * (len(METRICS) + 1)]
-    for result in results:
-        summary = summarize(result.folds)
-        pooled = summarize(result.pooled)["roc_auc"]
-        cells = [_mean_std_cell(*summary[m], len(result.folds)) for m in METRICS]
-        cells.append(_mean_std_cell(*pooled, len(result.pooled)))
-        lines.append(f"| {result.feature_set.key or result.feature_set.root.name} | " + " | ".join(cells) + " |")
-    if repeats > 1:
-        lines += [
-            "",
-            f"Over repeats: each repeat's mean over its folds, then mean ± std over the {repeats} repeats "
-            "(how much the estimate moves with the fold assignment).",
-            "",
-            "| feature set | " + " | ".join(m.replace("_", " ") for m in METRICS) + " |",
-            "|---|" + "---:|" * len(METRICS),
-        ]
-        for result in results:
-            over = summarize(result.repeat_means())
-            cells = [_mean_std_cell(*over[m], repeats) for m in METRICS]
-            lines.append(f"| {result.feature_set.key or result.feature_set.root.name} | " + " | ".join(cells) + " |")
-    lines += ["", "## Data", ""]
-    for result in results:
-        name = result.feature_set.key or result.feature_set.root.name
-        lines += [f"- {name} ({result.feature_set.root}): " + "; ".join(result.report.lines())]
-    lines += [
-        "",
-        "Out-of-fold ROC curves and confusion matrices: `roc.png`, `confusion.png` "
-        "(per feature set folder when there are several). Per fold: `fold_<k>/` (its `metrics.json` records "
-        "the model-selection rule applied and why, and the kept epoch)"
-        + ("; later repeats in `repeat_<r>/`." if repeats > 1 else "."),
-        "",
-    ]
-    return "\n".join(lines)

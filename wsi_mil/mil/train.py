@@ -15,141 +15,31 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import csv
 import dataclasses
-import functools
-import json
 import logging
 import math
-import os
 import time
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from wsi_mil.config import TrainConfig
-from wsi_mil.mil.batching import BagBatch, pad_bags, plan_batches
+from wsi_mil.mil.batching import BagBatch, PreparedBags, iterate_batches, plan_batches
+from wsi_mil.mil.compute import training_precision
 from wsi_mil.mil.data import BagStore
 from wsi_mil.mil.metrics import compute_metrics
 from wsi_mil.mil.registry import HeadOptions, create_mil_model
 from wsi_mil.mil.selection import plan_selection, smoothed
 from wsi_mil.mil.standardize import inputs_standardized
-from wsi_mil.store.atomic import atomic_output
 
 logger = logging.getLogger(__name__)
-
-MODEL_FORMAT_VERSION = "1.1"
-WEIGHTS_NAME = "model.safetensors"
-#: ``threads: null``: one thread while a step's work is below this many feature values
-#: (instances x dim per bag x bags per batch); tiny steps gain nothing from more threads
-#: and lose much on a busy machine (BENCHMARKS.md).
-SMALL_STEP_VALUES = 2**21
 
 
 def head_options_from(config: TrainConfig) -> dict[str, Any]:
     """The head options among the train config keys."""
     names = {f.name for f in dataclasses.fields(HeadOptions)}
     return {k: v for k, v in dataclasses.asdict(config).items() if k in names}
-
-
-def training_threads(config: TrainConfig, store: BagStore) -> int:
-    """``train.threads``, or for null: 1 for small steps, else the usable cores (at most 8)."""
-    if config.threads is not None:
-        return config.threads
-    sizes = [store.sizes[s] for s in store.slide_ids]
-    rows = float(np.mean(sizes)) if sizes else 0.0
-    if config.max_instances is not None:
-        rows = min(rows, config.max_instances)
-    if rows * store.dim * config.batch_bags < SMALL_STEP_VALUES:
-        return 1
-    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
-
-
-def native_bfloat16(device: Any) -> bool:
-    """Whether ``device`` computes bfloat16 matmuls natively (CUDA with bf16; a CPU with AVX-512 BF16 or AMX)."""
-    import torch
-
-    if device.type == "cuda":
-        return bool(torch.cuda.is_bf16_supported())
-    return _cpu_has_bfloat16()
-
-
-@functools.cache
-def _cpu_has_bfloat16() -> bool:
-    """From /proc/cpuinfo, read once per process (every fold asks)."""
-    try:
-        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
-    except OSError:
-        return False
-    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
-
-
-def training_precision(config: TrainConfig, device: Any) -> str:
-    """``train.precision`` resolved for ``device``: float32 or bfloat16."""
-    if config.precision == "auto":
-        return "bfloat16" if native_bfloat16(device) else "float32"
-    return config.precision
-
-
-@contextlib.contextmanager
-def torch_threads(count: int) -> Iterator[None]:
-    """Run torch's intra-op work on ``count`` threads, restoring the previous count after."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-def iterate_batches(store: BagStore, batches: Sequence[Sequence[str]], transform: Any = None) -> Iterator[BagBatch]:
-    """Padded batches; ``transform(features, coords)`` per bag first (e.g. subsampling).
-    When streaming from disk the next batch is read while this one trains."""
-
-    def load(slide_ids: Sequence[str]) -> BagBatch:
-        bags = [store.get(s) for s in slide_ids]
-        if transform is not None:
-            bags = [transform(f, c) for f, c in bags]
-        return pad_bags(slide_ids, bags)
-
-    if store.in_memory or not batches:
-        for batch in batches:
-            yield load(batch)
-        return
-    with ThreadPoolExecutor(1) as pool:
-        pending = pool.submit(load, batches[0])
-        for index in range(len(batches)):
-            loaded = pending.result()
-            if index + 1 < len(batches):
-                pending = pool.submit(load, batches[index + 1])
-            yield loaded
-
-
-class PreparedBags:
-    """A fold's training bags standardized with the head's statistics and cast to the
-    training dtype once, instead of at every step (in-memory stores with bfloat16 training:
-    half the store's memory again). The numbers are those the head would compute itself:
-    float32 standardization, then the cast that autocast makes at the first linear layer."""
-
-    in_memory = True
-
-    def __init__(self, store: BagStore, slide_ids: Sequence[str], standardizer: Any, dtype: Any) -> None:
-        import torch
-
-        self.sizes = store.sizes
-        self._bags: dict[str, tuple[Any, Any]] = {}
-        with torch.no_grad():
-            for slide_id in dict.fromkeys(slide_ids):
-                features, coords = store.get(slide_id)
-                self._bags[slide_id] = (standardizer(features).to(dtype), coords)
-
-    def get(self, slide_id: str) -> tuple[Any, Any]:
-        return self._bags[slide_id]
 
 
 def _subsample(n: int, config: TrainConfig, generator: Any) -> Any:
@@ -387,44 +277,3 @@ class FoldTrainer:
             "n_train_used": len(train),
             "precision": self.precision,
         }
-
-
-def write_fold(
-    fold_dir: Path,
-    trainer: FoldTrainer,
-    *,
-    model_config: dict[str, Any],
-    metrics: dict[str, Any],
-    predictions: list[dict[str, Any]],
-) -> Path:
-    """model.safetensors, config.json, metrics.json, predictions.csv, in one atomic folder."""
-    from safetensors.torch import save_file
-
-    with atomic_output(fold_dir) as tmp:
-        tmp.mkdir(parents=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in trainer.model.state_dict().items()}
-        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format_version": MODEL_FORMAT_VERSION})
-        (tmp / "config.json").write_text(json.dumps(model_config, indent=2, sort_keys=True))
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True, default=_json_default))
-        with (tmp / "predictions.csv").open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(predictions[0]) if predictions else ["slide_id"])
-            writer.writeheader()
-            writer.writerows(predictions)
-    return fold_dir
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    raise TypeError(f"not JSON serializable: {type(value).__name__}")
-
-
-def load_fold_model(fold_dir: Path, device: Any) -> tuple[Any, dict[str, Any]]:
-    """A trained head from ``fold_<k>/`` (config.json + model.safetensors), in eval mode."""
-    from safetensors.torch import load_file
-
-    config = json.loads((fold_dir / "config.json").read_text())
-    options = {"standardize": False, **config["head_options"]}  # heads saved before standardization existed
-    model = create_mil_model(config["model"], in_dim=config["in_dim"], n_classes=len(config["classes"]), **options)
-    model.load_state_dict(load_file(str(fold_dir / WEIGHTS_NAME)))
-    return model.to(device).eval(), config
