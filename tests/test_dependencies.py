@@ -39,6 +39,8 @@ LAYERS = (
     ("mil",),
     ("explain",),
     (
+        "pipeline_config",
+        "pipeline_resume",
         "pipeline",
         "demo",
         "demo_cohort",
