@@ -10,7 +10,7 @@ sides read that same file and slide, resize to 224, run ResNet-50 truncated afte
 average pooling (1024-d), random weights (``pretrained=False``: model hubs are unreachable here;
 the time is the same), batch 256, one torch thread, and write an HDF5 feature file.
 
-- ours: ``wsi_mil.features.extract.extract_bag`` on the coords file (its CLAM/TRIDENT path), CPU
+- ours: ``wsi_mil.features.extract_slide.extract_bag`` on the coords file (its CLAM/TRIDENT path), CPU
   defaults (one reading thread, TorchScript-frozen encoder). The first call in the process
   includes the freeze; the second is the steady state, reported as the headline.
 - CLAM: its ``extract_features_fp.compute_w_loader`` over its ``Whole_Slide_Bag_FP`` dataset and
@@ -74,7 +74,8 @@ def worker_ours(coords: Path, slide: Path, out: Path) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     from wsi_mil.config import Config
-    from wsi_mil.features import extract
+    from wsi_mil.features import encoder_cache, extract_slide
+    from wsi_mil.features.jobs import ExtractionJob
 
     config = Config()
     options = dataclasses.replace(
@@ -84,11 +85,11 @@ def worker_ours(coords: Path, slide: Path, out: Path) -> dict[str, Any]:
     runs = []
     clock = Clock()
     for index in range(2):
-        job = extract.ExtractionJob("slide", "-", coords, out / f"run{index}.h5", foreign=True, slide_path=slide)
-        record = extract.extract_bag(job, config=config)
+        job = ExtractionJob("slide", "-", coords, out / f"run{index}.h5", foreign=True, slide_path=slide)
+        record = extract_slide.extract_bag(job, config=config)
         assert record["n_patches"] == N_PATCHES, record
         runs.append(clock.lap())
-    model = next(v for k, v in extract._ENCODER_CACHE.items() if k[0] == "frozen")
+    model = next(v for k, v in encoder_cache._ENCODER_CACHE.items() if k[0] == "frozen")
     batch = torch.randn(BATCH, 3, 224, 224)
     with torch.inference_mode():
         model(batch[:8])  # warm

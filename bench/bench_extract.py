@@ -123,7 +123,8 @@ def backbone_rate(model: Callable[[Any], Any], x: Any, repeats: int) -> float:
 def end_to_end_rate(bag_path: Path, run_dir: Path, encoder_name: str, batch_size: int) -> Callable[[], tuple]:
     """A function that times one ``extract_bag`` of the whole bag (after one warm-up call)."""
     from wsi_mil.config import Config, ExtractConfig, ParallelConfig
-    from wsi_mil.features.extract import ExtractionJob, extract_bag
+    from wsi_mil.features.extract_slide import extract_bag
+    from wsi_mil.features.jobs import ExtractionJob
 
     config = Config(
         extract=ExtractConfig(encoder=encoder_name, device="cpu", batch_size=batch_size),

@@ -35,7 +35,7 @@ def _field(key: str) -> dataclasses.Field:
 
 
 def test_neutral_keys_are_the_fields_that_say_so() -> None:
-    from wsi_mil.pipeline import NEUTRAL_KEYS
+    from wsi_mil.pipeline_resume import NEUTRAL_KEYS
 
     keys = neutral_keys()
     assert keys == NEUTRAL_KEYS
@@ -55,7 +55,7 @@ def test_neutral_keys_are_the_fields_that_say_so() -> None:
     ],
 )
 def test_a_neutral_change_leaves_the_run_config_unchanged(section: str, values: dict) -> None:
-    from wsi_mil.pipeline import changed_keys
+    from wsi_mil.pipeline_resume import changed_keys
 
     saved = json.loads(config_to_json(Config()))  # as run_config.json holds it
     assert changed_keys(saved, config_from_dict({section: values})) == {}
@@ -71,7 +71,7 @@ def test_a_neutral_change_leaves_the_run_config_unchanged(section: str, values: 
     ],
 )
 def test_an_output_changing_key_is_reported(section: str, key: str, value: object) -> None:
-    from wsi_mil.pipeline import changed_keys
+    from wsi_mil.pipeline_resume import changed_keys
 
     saved = json.loads(config_to_json(Config()))  # as run_config.json holds it
     changed = changed_keys(saved, config_from_dict({section: {key: value}}))

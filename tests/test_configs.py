@@ -21,7 +21,8 @@ import yaml
 from tests.test_readme import parse_or_fail, shell_commands, wsi_mil_argv
 from wsi_mil.config import SECTIONS, TissueConfig, load_config
 from wsi_mil.errors import ConfigError
-from wsi_mil.pipeline import check_run_config, load_run_config
+from wsi_mil.pipeline import load_run_config
+from wsi_mil.pipeline_config import check_run_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 FILES = sorted(CONFIGS.glob("*.yaml"))

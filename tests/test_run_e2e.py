@@ -570,7 +570,8 @@ def test_which_changes_make_which_outputs_stale(
 ) -> None:
     from wsi_mil.config import config_to_json
     from wsi_mil.errors import ConfigError
-    from wsi_mil.pipeline import RUN_CONFIG, stale_outputs
+    from wsi_mil.pipeline_resume import stale_outputs
+    from wsi_mil.run_layout import RUN_CONFIG
 
     run = tmp_path / "run"
     _touch(run, *outputs)
@@ -590,7 +591,8 @@ def test_which_changes_make_which_outputs_stale(
 def test_heads_of_run_models_ignore_train_model_and_old_files_count_defaults(tmp_path: Path) -> None:
     from wsi_mil.config import config_to_dict
     from wsi_mil.errors import ConfigError
-    from wsi_mil.pipeline import RUN_CONFIG, stale_outputs
+    from wsi_mil.pipeline_resume import stale_outputs
+    from wsi_mil.run_layout import RUN_CONFIG
 
     run = tmp_path / "run"
     _touch(run, *ALL_OUTPUTS)

@@ -40,7 +40,7 @@ def test_mean_std_is_the_sample_std() -> None:
 
 
 def test_every_table_uses_it() -> None:
-    from wsi_mil.explain.evaluate import summarize as localization_summary
+    from wsi_mil.explain.evaluate_tables import summarize as localization_summary
     from wsi_mil.mil.metrics import METRICS, summarize
 
     folds = [dict.fromkeys(METRICS, v) for v in (0.6, 0.7, 0.9, 1.0)]

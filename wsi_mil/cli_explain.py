@@ -134,7 +134,8 @@ def _run_heatmap(args: argparse.Namespace) -> int:
 
 
 def _run_evaluate_maps(args: argparse.Namespace) -> int:
-    from wsi_mil.explain.evaluate import EXPLANATIONS_MD, evaluate_maps
+    from wsi_mil.explain.evaluate import evaluate_maps
+    from wsi_mil.explain.evaluate_tables import EXPLANATIONS_MD
 
     result = evaluate_maps(
         args.run_dir,

@@ -124,7 +124,7 @@ def slide_metrics(model_dir: Path) -> dict[str, float]:
 
 
 def localization(run_dir: Path, model: str) -> list[dict[str, Any]]:
-    from wsi_mil.explain.evaluate import EXPLANATIONS_CSV
+    from wsi_mil.explain.evaluate_tables import EXPLANATIONS_CSV
 
     with (RunLayout(run_dir).explanations_dir(model) / EXPLANATIONS_CSV).open(newline="") as handle:
         return [

@@ -250,7 +250,7 @@ def _check_cam_checkpoint(jobs: list[HeatmapJob], checkpoint_path: str | None) -
     A missing, different or unloadable file is one warning here; every slide's maps are still made and
     its record notes why it has no CAMs (the CAM stage loads a checkpoint only when its hash matches)."""
     from wsi_mil.explain.patch_cams import locate_cam_inputs
-    from wsi_mil.features.extract import check_checkpoint
+    from wsi_mil.features.encoder_cache import check_checkpoint
     from wsi_mil.store.features import read_feature_attrs
 
     for job in jobs:
