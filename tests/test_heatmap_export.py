@@ -250,3 +250,23 @@ def test_run_cli_manifest_skip_and_bad_slide(tmp_path: Path, make_slide: Callabl
     config = load_config(sets=["parallel.workers=0", "heatmap.formats=[tiff, geojson]", "heatmap.maps=[attention_pct]"])
     records = heatmap_run(run, config=config, progress=False)
     assert [r["status"] for r in records] == ["skipped"]
+
+
+def test_a_damaged_map_file_is_written_again_not_skipped(tmp_path: Path, make_slide: Callable[..., Path]) -> None:
+    """Resume checks outputs: a heatmap TIFF cut short or a PNG with a broken chunk is redone."""
+    from PIL import Image
+
+    run = tmp_path / "run"
+    _write_run(run, make_slide())
+    config = load_config(sets=["parallel.workers=0", "heatmap.formats=[tiff, png]", "heatmap.maps=[attention_pct]"])
+    assert [r["status"] for r in heatmap_run(run, config=config, progress=False)] == ["done"]
+    out = run / "heatmaps" / MODEL / "reference"
+    tiff, png = out / "attention_pct.tiff", out / "attention_pct_overlay.png"
+    whole_tiff, whole_png = tiff.read_bytes(), png.read_bytes()
+    tiff.write_bytes(whole_tiff[: len(whole_tiff) // 2])
+    png.write_bytes(whole_png[:100] + bytes(50) + whole_png[150:])
+    records = heatmap_run(run, config=config, progress=False)
+    assert [r["status"] for r in records] == ["done"] and records[0]["files_written"] == 2
+    assert tiff.read_bytes() == whole_tiff and png.stat().st_size == len(whole_png)
+    Image.open(png).verify()
+    assert [r["status"] for r in heatmap_run(run, config=config, progress=False)] == ["skipped"]

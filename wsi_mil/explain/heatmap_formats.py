@@ -9,6 +9,7 @@ at any downsample); each file appears atomically and complete files are skipped 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,8 @@ from wsi_mil.explain.stitch import CanvasGeometry, ScorePainter, ScoreRange, Tis
 TIFF_TILE = 256
 #: Dask chunks of TIFF levels that are canvases (smoothed maps): one row of 256-px tiles per chunk row
 TIFF_CHUNK = (TIFF_TILE, 2048)
+logger = logging.getLogger(__name__)
+
 #: file name pattern of each per-map format
 MAP_FILES = {
     "zarr": "{map}.ome.zarr",
@@ -141,6 +144,16 @@ def provenance(
     }
 
 
+def _redo(path: Path) -> bool:
+    """True when ``path`` must be written: missing, or damaged since (a warning names it)."""
+    from wsi_mil.store.complete import image_file_problem
+
+    problem = image_file_problem(path)
+    if problem not in (None, "missing"):
+        logger.warning("%s: %s; writing it again", path, problem)
+    return problem is not None
+
+
 def write_map(
     name: str,
     values: np.ndarray,
@@ -159,7 +172,7 @@ def write_map(
     from wsi_mil.explain.scaling import map_cmap
 
     todo = {f: out_dir / MAP_FILES[f].format(map=name) for f in options.formats if f in MAP_FILES}
-    todo = {f: p for f, p in todo.items() if overwrite or not p.exists()}
+    todo = {f: p for f, p in todo.items() if overwrite or _redo(p)}
     if not todo:
         return 0
     cmap = map_cmap(name, options)

@@ -94,3 +94,45 @@ def _zarr_problem(path: Path, arrays: tuple[str, ...]) -> str | None:
             ):
                 return f"incomplete ({name}: {array.nchunks_initialized} of {array.nchunks} chunks on disk)"
     return _rows_problem(marker, lengths)
+
+
+def image_file_problem(path: str | Path) -> str | None:
+    """Why a written map image (TIFF, PNG, OME-Zarr folder) cannot be reused, or None when it can.
+
+    Every map file appears atomically, so this is about files damaged afterwards (a copy cut
+    short, a full disk on another tool's side): a TIFF whose pages point past its end, a PNG
+    whose chunks fail their checksums, a Zarr group that does not open.
+    """
+    path = Path(path)
+    if not path.exists():
+        return "missing"
+    try:
+        if path.suffix in (".tif", ".tiff"):
+            return _tiff_problem(path)
+        if path.suffix == ".png":
+            from PIL import Image
+
+            with Image.open(path) as image:
+                image.verify()
+            return None
+        if path.suffix == ".zarr":
+            import zarr
+
+            group = zarr.open_group(str(path), mode="r")
+            if not any(True for _ in group.arrays()):
+                return "incomplete (no arrays)"
+        return None
+    except Exception as error:  # noqa: BLE001 -- any library error here means the file cannot be used
+        return f"unreadable ({type(error).__name__}: {error})"
+
+
+def _tiff_problem(path: Path) -> str | None:
+    import tifffile
+
+    size = path.stat().st_size
+    with tifffile.TiffFile(path) as tif:
+        for page in tif.pages:
+            ends = [int(o) + int(n) for o, n in zip(page.dataoffsets, page.databytecounts, strict=True)]
+            if not ends or max(ends) > size:
+                return f"truncated (page data ends past the file's {size} bytes)"
+    return None
