@@ -72,7 +72,9 @@ def _object_head(encoder, field: np.ndarray, thing: np.ndarray) -> torch.nn.Modu
     with torch.no_grad():
         features = encoder.model(encoder.transform(torch.from_numpy(images))).float()
     torch.manual_seed(0)
-    head = create_mil_model("abmil", in_dim=features.shape[1], n_classes=2)
+    head = create_mil_model(
+        "abmil", in_dim=features.shape[1], n_classes=2, hidden_dim=512, attention_dim=256
+    )  # the sizes the test was set with
     optimiser = torch.optim.Adam(head.parameters(), lr=1e-3)
     for _ in range(60):
         logits = torch.cat([head(features[i : i + 1]).logits.reshape(1, -1) for i in range(len(labels))])
