@@ -176,7 +176,9 @@ def test_cams_of_homogeneous_real_tissue_draw_no_border_ring(shared_data) -> Non
     size = lite0.config.input_size
     stride = target_layer_and_stride(lite0.model, size)[1]
     torch.manual_seed(0)
-    head = create_mil_model("abmil", in_dim=lite0.config.embed_dim, n_classes=2).eval()
+    head = create_mil_model(
+        "abmil", in_dim=lite0.config.embed_dim, n_classes=2, hidden_dim=512, attention_dim=256
+    ).eval()  # the random head the ring statistic was set with
     corners = [(x, y) for x in (180, 330, 480) for y in (200, 400)]
 
     def profiles(fraction: float) -> dict[str, tuple[float, float, float]]:
