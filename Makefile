@@ -25,8 +25,8 @@ test: lint
 
 # The lint gate: formatting, the rule set in pyproject.toml [tool.ruff.lint], and types.
 lint: $(STAMP)
-	$(BIN)/ruff format --check wsi_mil tests bench pipelines
-	$(BIN)/ruff check wsi_mil tests bench pipelines
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
 	$(BIN)/mypy wsi_mil
 
 clean:
