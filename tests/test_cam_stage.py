@@ -16,6 +16,7 @@ torch = pytest.importorskip("torch")
 timm = pytest.importorskip("timm")
 pytest.importorskip("captum")
 
+from tests.cli_runs import train_and_predict  # noqa: E402
 from wsi_mil.cli import main  # noqa: E402
 from wsi_mil.synthetic import Region, write_synthetic_slide  # noqa: E402
 
@@ -70,31 +71,7 @@ def _run(root: Path, arch: str) -> tuple[Path, Path]:
         )
         == 0
     )
-    assert (
-        main(
-            [
-                "train",
-                str(run),
-                "--labels",
-                str(labels),
-                "--model",
-                "abmil",
-                "--folds",
-                "2",
-                "--epochs",
-                "1",
-                "--device",
-                "cpu",
-                "--set",
-                "train.min_epochs=1",
-                "--set",
-                "train.val_fraction=0",
-                "--quiet",
-            ]
-        )
-        == 0
-    )
-    assert main(["predict", str(run), "--model-dir", str(run / "models" / "abmil"), "--device", "cpu", "--quiet"]) == 0
+    train_and_predict(run, labels)
     return run, checkpoint
 
 

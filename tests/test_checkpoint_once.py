@@ -10,6 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
 
+from tests.cli_runs import train_and_predict  # noqa: E402
 from wsi_mil.cli import main  # noqa: E402
 from wsi_mil.synthetic import Region, write_synthetic_slide  # noqa: E402
 
@@ -101,31 +102,7 @@ def test_heatmap_checks_the_checkpoint_of_the_features_once_and_still_makes_the_
         )
         == 0
     )
-    assert (
-        main(
-            [
-                "train",
-                str(run),
-                "--labels",
-                str(labels),
-                "--model",
-                "abmil",
-                "--folds",
-                "2",
-                "--epochs",
-                "1",
-                "--device",
-                "cpu",
-                "--set",
-                "train.min_epochs=1",
-                "--set",
-                "train.val_fraction=0",
-                "--quiet",
-            ]
-        )
-        == 0
-    )
-    assert main(["predict", str(run), "--model-dir", str(run / "models" / "abmil"), "--device", "cpu", "--quiet"]) == 0
+    train_and_predict(run, labels)
     heatmap = [
         "heatmap",
         str(run),

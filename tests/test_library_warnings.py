@@ -17,6 +17,7 @@ import pytest
 
 pytest.importorskip("torch")
 
+from tests.cli_runs import train_and_predict
 from wsi_mil.cli import main
 from wsi_mil.synthetic import tissue_texture
 
@@ -89,31 +90,7 @@ def test_library_warnings_name_their_slide_in_every_stage(
         main(["extract", str(run), "--encoder", "resnet18", "--weights", "random", "--batch-size", "16", *QUIET]) == 0
     )
     _check_stage(run, "extract", capsys, caplog)
-    assert (
-        main(
-            [
-                "train",
-                str(run),
-                "--labels",
-                str(labels),
-                "--model",
-                "abmil",
-                "--folds",
-                "2",
-                "--epochs",
-                "1",
-                "--device",
-                "cpu",
-                "--set",
-                "train.min_epochs=1",
-                "--set",
-                "train.val_fraction=0",
-                "--quiet",
-            ]
-        )
-        == 0
-    )
-    assert main(["predict", str(run), "--model-dir", str(run / "models" / "abmil"), "--device", "cpu", "--quiet"]) == 0
+    train_and_predict(run, labels)
     capsys.readouterr()
     assert (
         main(

@@ -14,6 +14,7 @@ import pytest
 
 pytest.importorskip("torch")
 
+from tests.cli_runs import train_and_predict
 from wsi_mil.cli import main
 from wsi_mil.synthetic import Region, write_synthetic_slide
 
@@ -41,31 +42,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert (
         main(["extract", str(run), "--encoder", "resnet18", "--weights", "random", "--batch-size", "16", *quiet]) == 0
     )
-    assert (
-        main(
-            [
-                "train",
-                str(run),
-                "--labels",
-                str(labels),
-                "--model",
-                "ilam",
-                "--folds",
-                "2",
-                "--epochs",
-                "2",
-                "--device",
-                "cpu",
-                "--set",
-                "train.min_epochs=1",
-                "--set",
-                "train.val_fraction=0",
-                "--quiet",
-            ]
-        )
-        == 0
-    )
-    assert main(["predict", str(run), "--model-dir", str(run / "models" / "ilam"), "--device", "cpu", "--quiet"]) == 0
+    train_and_predict(run, labels, model="ilam", epochs=2)
     assert (
         main(
             [

@@ -18,7 +18,7 @@ from wsi_mil.config import load_config
 from wsi_mil.io.discover import find_slides
 from wsi_mil.manifest import Manifest
 from wsi_mil.store.bags import read_bag
-from wsi_mil.store.scores import write_scores
+from wsi_mil.store.scores import GEOMETRY_ATTRS, write_scores
 from wsi_mil.tiling.tile import tile_slide
 
 MODEL = "abmil"
@@ -75,18 +75,7 @@ def build_run(run: Path, slides: dict[str, Path], *, masks: Path) -> Path:
         bag = read_bag(run / "bags" / f"{slide_id}.h5")
         lesion = slide_id == "lesion"
         maps = _maps(bag.coords, lesion=lesion, seed=len(labels))
-        geometry = {
-            k: bag.attrs[k]
-            for k in (
-                "patch_size_level0",
-                "patch_size",
-                "patch_level",
-                "slide_mpp",
-                "target_mpp",
-                "slide_path",
-                "slide_id",
-            )
-        }
+        geometry = {k: bag.attrs[k] for k in GEOMETRY_ATTRS if k in bag.attrs}
         for head, probs in (
             (MODEL, [0.02, 0.98] if lesion else [0.9, 0.1]),
             (SECOND, [0.1, 0.9] if lesion else [0.7, 0.3]),
