@@ -14,20 +14,23 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from wsi_mil.mil.dropout import Dropout
 from wsi_mil.mil.instance_loss import InstanceClusterer
-from wsi_mil.mil.layers import ChannelAttention, GatedAttention, PlainAttention, as_batch, masked_softmax, pool
+from wsi_mil.mil.layers import (
+    GatedAttention,
+    InstanceEmbedding,
+    PlainAttention,
+    as_batch,
+    masked_softmax,
+    pool,
+)
 from wsi_mil.mil.registry import HeadOptions, MilModelConfig, MilOutput, register_mil_model
-from wsi_mil.mil.standardize import InputStandardizer
 
 
-class AttentionMIL(nn.Module):
+class AttentionMIL(InstanceEmbedding):
     def __init__(self, in_dim: int, n_classes: int, options: HeadOptions, *, gated: bool = True) -> None:
         super().__init__()
         hidden = options.hidden_dim
-        self.standardize = InputStandardizer(in_dim) if options.standardize else None
-        self.projection = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), Dropout(options.dropout))
-        self.channel_attention = ChannelAttention(hidden) if options.channel_attention else None
+        self.build_embedding(in_dim, options)
         pooling = GatedAttention if gated else PlainAttention
         self.attention = pooling(hidden, options.attention_dim, options.dropout)
         self.classifier = nn.Linear(hidden, n_classes)
@@ -43,11 +46,7 @@ class AttentionMIL(nn.Module):
     ) -> MilOutput:
         """features (N, D) or (B, N, D) with mask (B, N); coords are not used."""
         x, _, mask, batched = as_batch(features, coords, mask)
-        if self.standardize is not None:
-            x = self.standardize(x)
-        h = self.projection(x)
-        if self.channel_attention is not None:
-            h = self.channel_attention(h, mask)
+        h = self.embed(x, mask)
         scores = self.attention(h)
         weights = masked_softmax(scores, mask)
         out = MilOutput(

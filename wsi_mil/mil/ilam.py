@@ -25,20 +25,23 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from wsi_mil.mil.dropout import Dropout
 from wsi_mil.mil.instance_loss import InstanceClusterer
-from wsi_mil.mil.layers import ChannelAttention, GatedAttention, InstanceContext, as_batch, masked_softmax, pool
+from wsi_mil.mil.layers import (
+    GatedAttention,
+    InstanceContext,
+    InstanceEmbedding,
+    as_batch,
+    masked_softmax,
+    pool,
+)
 from wsi_mil.mil.registry import HeadOptions, MilModelConfig, MilOutput, register_mil_model
-from wsi_mil.mil.standardize import InputStandardizer
 
 
-class ILAM(nn.Module):
+class ILAM(InstanceEmbedding):
     def __init__(self, in_dim: int, n_classes: int, options: HeadOptions) -> None:
         super().__init__()
         hidden = options.hidden_dim
-        self.standardize = InputStandardizer(in_dim) if options.standardize else None
-        self.projection = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), Dropout(options.dropout))
-        self.channel_attention = ChannelAttention(hidden) if options.channel_attention else None
+        self.build_embedding(in_dim, options)
         self.context = None
         if options.transformer:
             self.context = InstanceContext(
@@ -63,11 +66,7 @@ class ILAM(nn.Module):
     ) -> MilOutput:
         """features (N, D), coords (N, 2); or a padded batch (B, N, D), (B, N, 2) with mask (B, N)."""
         x, coords, mask, batched = as_batch(features, coords, mask)
-        if self.standardize is not None:
-            x = self.standardize(x)
-        phi = self.projection(x)
-        if self.channel_attention is not None:
-            phi = self.channel_attention(phi, mask)
+        phi = self.embed(x, mask)
         rollouts: list = []
         context = phi
         if self.context is not None:

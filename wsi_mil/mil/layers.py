@@ -14,7 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wsi_mil.config import HeadOptions
 from wsi_mil.mil.dropout import Dropout
+from wsi_mil.mil.standardize import InputStandardizer
 
 
 class GatedAttention(nn.Module):
@@ -218,3 +220,23 @@ class InstanceContext(nn.Module):
             if rollout and joint is not None:
                 rollouts.append((index, joint))
         return out, rollouts
+
+
+class InstanceEmbedding(nn.Module):
+    """What every head does first: standardize the features (the fold's statistics), project
+    them D -> ``hidden_dim`` (ReLU, dropout) and optionally re-weight channels. Heads inherit
+    it, so the modules keep their names (``standardize``, ``projection``, ``channel_attention``)
+    in saved weights."""
+
+    def build_embedding(self, in_dim: int, options: HeadOptions) -> None:
+        hidden = options.hidden_dim
+        self.standardize = InputStandardizer(in_dim) if options.standardize else None
+        self.projection = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), Dropout(options.dropout))
+        self.channel_attention = ChannelAttention(hidden) if options.channel_attention else None
+
+    def embed(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Padded features (B, N, D) -> instance embeddings (B, N, hidden_dim)."""
+        if self.standardize is not None:
+            x = self.standardize(x)
+        h = self.projection(x)
+        return h if self.channel_attention is None else self.channel_attention(h, mask)
