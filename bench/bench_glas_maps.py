@@ -124,12 +124,11 @@ def neighbour_mean(values: np.ndarray, coords: np.ndarray, step: float) -> np.nd
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sklearn.metrics import roc_auc_score
-
     from wsi_mil.config import load_config
     from wsi_mil.mil.metrics import METRICS, summarize
     from wsi_mil.mil.predict import predict_run
     from wsi_mil.mil.run import train_run
+    from wsi_mil.stats import mean_std, roc_auc
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -164,13 +163,13 @@ def main(argv: list[str] | None = None) -> int:
         for slide_id in mixed:
             table = per_map if slide_id in malignant else in_benign
             for name, values in learned_maps(run / "scores" / head / f"{slide_id}.h5").items():
-                table.setdefault(f"{head}: {name}", []).append(roc_auc_score(truth[slide_id] >= 0.5, values))
+                table.setdefault(f"{head}: {name}", []).append(roc_auc(values, truth[slide_id] >= 0.5))
     references = reference_scores(glas / "features", truth, labels, patients)
     for slide_id in mixed:
         table = per_map if slide_id in malignant else in_benign
         maps = {**stain_baselines(run, slide_id), **references[slide_id]}
         for name, values in maps.items():
-            table.setdefault(name, []).append(roc_auc_score(truth[slide_id] >= 0.5, values))
+            table.setdefault(name, []).append(roc_auc(values, truth[slide_id] >= 0.5))
     print(
         f"\nPatch ROC-AUC against the gland masks, mean ± std over {len(malignant)} malignant images "
         "(a patch is positive when at least half of it is gland):\n"
@@ -178,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| map | patch ROC-AUC, malignant | in the {len(benign)} benign images |\n|---|---:|---:|")
     for name, values in sorted(per_map.items(), key=lambda kv: -np.mean(kv[1])):
         other = in_benign.get(name, [np.nan])
-        print(f"| {name} | {np.mean(values):.3f} ± {np.std(values, ddof=1):.3f} | {np.mean(other):.3f} |")
+        print(f"| {name} | {mean_std(values)} | {np.mean(other):.3f} |")
     (glas / "maps.json").write_text(json.dumps({k: float(np.mean(v)) for k, v in per_map.items()}, indent=2))
     return 0
 
