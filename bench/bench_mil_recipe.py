@@ -214,13 +214,10 @@ def run_head(head: str, folder: Path, overrides: list[str], run_dir: Path) -> Pa
     return run_dir / "models" / head
 
 
-def repeat_dirs(model_dir: Path) -> list[Path]:
-    """The head's folder of each repeat of cross-validation: repeat 0 is the folder itself."""
-    return [model_dir, *sorted(model_dir.glob("repeat_*"), key=lambda p: int(p.name.split("_")[1]))]
-
-
 def fold_results(model_dir: Path) -> list[dict[str, float]]:
     """Test metrics of every fold of every repeat."""
+    from wsi_mil.mil.fold_io import repeat_dirs
+
     return [
         json.loads(p.read_text())["test"] for d in repeat_dirs(model_dir) for p in sorted(d.glob("fold_*/metrics.json"))
     ]
@@ -277,6 +274,7 @@ def mean_std(values: list[float | None]) -> str:
 def bench_set(name: str, heads: list[str], overrides: list[str]) -> list[str]:
     import torch
 
+    from wsi_mil.mil.fold_io import repeat_dirs
     from wsi_mil.mil.metrics import compute_metrics
 
     folder = build_set(name, SETS[name]) if name in SETS else CACHE / name

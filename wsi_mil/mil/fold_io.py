@@ -24,6 +24,18 @@ MODEL_FORMAT_VERSION = "1.1"
 WEIGHTS_NAME = "model.safetensors"
 
 
+def repeat_dir(model_dir: Path, repeat: int) -> Path:
+    """The folder of one round of cross-validation: the head's folder itself for round 0,
+    ``repeat_<r>/`` inside it for the others (``train.repeats``)."""
+    return model_dir / f"repeat_{repeat}" if repeat else model_dir
+
+
+def repeat_dirs(model_dir: Path) -> list[Path]:
+    """Every round's folder of a trained head, round 0 first."""
+    rounds = sorted(model_dir.glob("repeat_*"), key=lambda p: int(p.name.split("_")[1]))
+    return [model_dir, *rounds]
+
+
 def write_fold(
     fold_dir: Path,
     trainer: FoldTrainer,

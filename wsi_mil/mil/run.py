@@ -34,6 +34,7 @@ from wsi_mil import __version__
 from wsi_mil.config import Config, neutral_keys
 from wsi_mil.errors import LabelError, WsiMilError
 from wsi_mil.mil.data import BagStore, FeatureSet, find_feature_sets
+from wsi_mil.mil.fold_io import repeat_dir
 from wsi_mil.mil.labels import match_labels, read_labels
 from wsi_mil.mil.metrics import compute_metrics
 from wsi_mil.mil.report import SetResult, write_summary
@@ -162,8 +163,8 @@ def _train_set(feature_set: FeatureSet, table: Any, *, config: Config, device: A
     )
     with torch_threads(threads):
         for repeat in range(options.repeats):
-            repeat_dir = out_dir / f"repeat_{repeat}" if repeat else out_dir
-            splits = _splits(repeat_dir / "splits.csv", labels_text, table, options, where, repeat=repeat)
+            round_dir = repeat_dir(out_dir, repeat)
+            splits = _splits(round_dir / "splits.csv", labels_text, table, options, where, repeat=repeat)
             true, probs = _train_repeat(
                 store,
                 labels,
@@ -172,7 +173,7 @@ def _train_set(feature_set: FeatureSet, table: Any, *, config: Config, device: A
                 splits,
                 config=config,
                 device=device,
-                out_dir=repeat_dir,
+                out_dir=round_dir,
                 repeat=repeat,
                 result=result,
                 threads=threads,
