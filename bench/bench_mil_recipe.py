@@ -271,7 +271,7 @@ def mean_std(values: list[float | None]) -> str:
     return str(summary(x for x in values if x is not None))
 
 
-def bench_set(name: str, heads: list[str], overrides: list[str]) -> list[str]:
+def bench_set(name: str, heads: list[str], overrides: list[str], tag: str = "") -> list[str]:
     import torch
 
     from wsi_mil.mil.fold_io import repeat_dirs
@@ -282,7 +282,7 @@ def bench_set(name: str, heads: list[str], overrides: list[str]) -> list[str]:
         raise SystemExit(f"{folder}: no labels.csv; for glas run bench/bench_glas_features.py first")
     bags, labels = load_bags(folder)
     witnesses = dict(np.load(folder / "witnesses.npz")) if (folder / "witnesses.npz").exists() else None
-    run_dir = CACHE / "runs" / name
+    run_dir = CACHE / "runs" / (f"{name}-{tag}" if tag else name)
     lines = []
     splits_paths: list[Path] = []
     for head in [h for h in heads if h != "reference"]:
@@ -312,13 +312,14 @@ def bench_set(name: str, heads: list[str], overrides: list[str]) -> list[str]:
         torch.set_num_threads(1)
         wall, cpu = time.perf_counter(), cpu_seconds()
         folds, attentions = [], []
-        for splits_path in splits_paths:  # the same folds as our heads, repeat by repeat
+        for repeat, splits_path in enumerate(splits_paths):  # the same folds as our heads, repeat by repeat
             rows = read_rows(splits_path)
             attention: dict[str, np.ndarray] = {}
             for fold in range(max(int(r["test_fold"]) for r in rows) + 1):
                 train = [r["slide_id"] for r in rows if r[f"fold_{fold}"] in ("train", "val")]
                 test = [r["slide_id"] for r in rows if r[f"fold_{fold}"] == "test"]
-                probs, att = reference_fold(bags, labels, train, test, seed=fold)
+                # a new seed in every repeat, as our heads get: one seed's luck does not repeat
+                probs, att = reference_fold(bags, labels, train, test, seed=fold + 1000 * repeat)
                 attention.update(att)
                 folds.append(compute_metrics(np.array([labels[s] for s in test]), np.stack([1 - probs, probs], 1)))
             attentions.append(attention)
@@ -344,6 +345,7 @@ def main() -> None:
         default=1,
         help="rounds of cross-validation (new fold seeds); the reference trains on the same folds",
     )
+    parser.add_argument("--tag", default="", help="run folder runs/<set>-<tag>, so that runs can go side by side")
     args = parser.parse_args()
     if args.repeats > 1:
         args.overrides.append(f"train.repeats={args.repeats}")
@@ -353,7 +355,7 @@ def main() -> None:
     print("| set | head | accuracy | ROC-AUC | instance AUROC | train s wall / CPU | selection |")
     print("|---|---|---:|---:|---|---:|---|", flush=True)
     for name in args.sets:
-        bench_set(name, args.heads, args.overrides)
+        bench_set(name, args.heads, args.overrides, args.tag)
 
 
 if __name__ == "__main__":

@@ -269,3 +269,22 @@ def test_cpu_dropout_drops_p_scales_the_rest_and_repeats_with_the_seed() -> None
     out = layer.train()(x)
     out.sum().backward()
     assert torch.equal(x.grad == 0, out == 0)  # the gradient flows through kept elements only
+
+
+def test_the_optimizer_option_chooses_where_weight_decay_goes() -> None:
+    from wsi_mil.config import load_config
+    from wsi_mil.errors import ConfigError
+    from wsi_mil.mil.compute import make_optimizer
+
+    weight = torch.nn.Parameter(torch.ones(3))
+    steps = {}
+    for name in ("adamw", "adam"):
+        weight.data.fill_(1.0)
+        optimizer = make_optimizer([weight], replace(SMALL, optimizer=name, lr=0.1, weight_decay=0.5))
+        weight.grad = torch.zeros(3)  # no data gradient: only weight decay moves the weight
+        optimizer.step()
+        steps[name] = 1.0 - float(weight.data[0])
+    # AdamW shrinks by lr x wd = 0.05; Adam normalizes the L2 gradient wd x w: a full lr step of 0.1
+    assert steps["adamw"] == pytest.approx(0.05) and steps["adam"] == pytest.approx(0.1, rel=1e-3)
+    with pytest.raises(ConfigError, match="train.optimizer = 'sgd'; allowed values: adamw, adam"):
+        load_config(None, sets=["train.optimizer=sgd"])

@@ -69,6 +69,8 @@ class TrainConfig(HeadOptions):
     #: Training matmuls: auto (bfloat16 where the CPU or GPU computes it natively, else float32),
     #: float32 or bfloat16. Weights, softmax, losses and evaluation stay float32.
     precision: str = "auto"
+    #: adamw (decoupled weight decay) or adam (weight decay as an L2 term in the gradient).
+    optimizer: str = "adamw"
     lr: float = 5e-4
     weight_decay: float = 1e-4
     scheduler: str = "cosine"
@@ -93,6 +95,7 @@ class TrainConfig(HeadOptions):
         "monitor": ("val_loss", "val_auc"),
         "selection": ("auto", "fixed", "early_stopping"),
         "precision": ("auto", "float32", "bfloat16"),
+        "optimizer": ("adamw", "adam"),
         "scheduler": ("cosine", "plateau", "none"),
         "balance": ("weighted", "sampler", "none"),
     }

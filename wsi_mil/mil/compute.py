@@ -1,4 +1,4 @@
-"""Where and how a fold trains: torch thread counts and the training precision.
+"""Where and how a fold trains: torch thread counts, the training precision, the optimizer.
 
 ``train.threads: null`` picks the thread count from the bag sizes (one thread for small
 steps); ``train.precision: auto`` trains in bfloat16 only where the device computes it
@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,26 @@ def training_precision(config: TrainConfig, device: Any) -> str:
     if config.precision == "auto":
         return "bfloat16" if native_bfloat16(device) else "float32"
     return config.precision
+
+
+def make_optimizer(parameters: Iterable[Any], config: TrainConfig) -> Any:
+    """``train.optimizer``: AdamW (weight decay decoupled from the gradient) or Adam (weight
+    decay added to the gradient as an L2 term, as in many reference implementations)."""
+    import torch
+
+    optimizer = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    return optimizer(parameters, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def make_scheduler(optimizer: Any, config: TrainConfig) -> Any:
+    """``train.scheduler``: cosine to 1% of lr over the epochs, halving on a plateau, or None."""
+    import torch
+
+    if config.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs, eta_min=config.lr * 0.01)
+    if config.scheduler == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=max(1, config.patience // 2))
+    return None
 
 
 @contextlib.contextmanager

@@ -1,7 +1,7 @@
 """One fold of MIL training: standardization, mini-batches of bags, the model-selection rule.
 
 Per fold: a per-channel feature standardization fitted on the training bags' instances
-(stored in the head, see :mod:`wsi_mil.mil.standardize`); AdamW with a cosine (or
+(stored in the head, see :mod:`wsi_mil.mil.standardize`); AdamW (or Adam) with a cosine (or
 plateau) schedule; mini-batches of ``batch_bags`` padded bags with masked attention
 (:mod:`wsi_mil.mil.batching`); class-weighted loss; and the epoch chosen by
 :mod:`wsi_mil.mil.selection`. Seeded from the config's seed, the repeat and the fold,
@@ -26,7 +26,7 @@ import numpy as np
 
 from wsi_mil.config import TrainConfig
 from wsi_mil.mil.batching import BagBatch, PreparedBags, iterate_batches, plan_batches
-from wsi_mil.mil.compute import training_precision
+from wsi_mil.mil.compute import make_optimizer, make_scheduler, training_precision
 from wsi_mil.mil.data import BagStore
 from wsi_mil.mil.metrics import compute_metrics
 from wsi_mil.mil.registry import HeadOptions, create_mil_model
@@ -185,18 +185,8 @@ class FoldTrainer:
         class_weight = (
             torch.tensor(weights, dtype=torch.float32, device=self.device) if config.balance == "weighted" else None
         )
-        optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        scheduler: torch.optim.lr_scheduler.LRScheduler | None
-        if config.scheduler == "cosine":
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-                optimizer, T_max=config.epochs, eta_min=config.lr * 0.01
-            )
-        elif config.scheduler == "plateau":
-            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                optimizer, factor=0.5, patience=max(1, config.patience // 2)
-            )
-        else:
-            scheduler = None
+        optimizer = make_optimizer(self.model.parameters(), config)
+        scheduler = make_scheduler(optimizer, config)
         monitor = config.monitor
         if val and monitor == "val_auc" and len({self.labels[s] for s in val}) < self.n_classes:
             logger.warning(
