@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from wsi_mil.config import HeatmapConfig
+from wsi_mil.explain.blend_patches import PatchBlender, TileBlender
 from wsi_mil.explain.export_overview import blend
 from wsi_mil.explain.export_tiff import TILE, JpegLayout
 from wsi_mil.explain.stitch import ScorePainter, ScoreRange, colormap_lut
@@ -178,30 +179,6 @@ class StoredJpegTiles:
         os.close(self._fd)
 
 
-class TileBlender:
-    """:func:`~wsi_mil.explain.export_overview.blend`, bit for bit, for whole tiles.
-
-    Same float32 arithmetic in the same order, but over the whole tile with a final
-    select instead of boolean gathers and scatters: about 3x faster on 256-px tiles.
-    """
-
-    def __init__(self, *, cmap: str, score_range: ScoreRange, alpha: float) -> None:
-        self.score_range, self.alpha = score_range, alpha
-        self._weighted_lut = np.float32(alpha) * colormap_lut(cmap).astype(np.float32)  # (256, 3) alpha * colour
-
-    def __call__(self, rgb: np.ndarray, scores: np.ndarray) -> np.ndarray:
-        """rgb: (h, w, 3) uint8; scores: (h, w) float, NaN and near-neutral values keep the slide."""
-        valid = self.score_range.visible(scores)
-        index = (self.score_range.normalize(np.where(valid, scores, 0.0)) * 255.0 + 0.5).astype(np.uint8)
-        mixed = rgb.astype(np.float32)
-        mixed *= 1.0 - self.alpha
-        mixed += np.take(self._weighted_lut, index, axis=0)
-        mixed += 0.5
-        if valid.all():  # the usual tile under a patch: no select needed
-            return mixed.astype(np.uint8)
-        return np.where(valid[..., None], mixed.astype(np.uint8), rgb)
-
-
 class BlendTiles:
     """One level of the blended overlay, tile by tile: a tile source for ``write_pyramid_tiff``.
 
@@ -221,6 +198,8 @@ class BlendTiles:
     ) -> None:
         self.scores, self.slides, self.downsample, self.stored = scores, slides, downsample, stored
         self.blend = TileBlender(cmap=cmap, score_range=score_range, alpha=alpha)
+        #: disjoint patches (a tiling grid): blended by table lookups, without painting scores
+        self.patches = PatchBlender(scores, cmap=cmap, score_range=score_range, alpha=alpha) if scores.disjoint else None
         self.shape = (*scores.shape, 3)
         #: copied tiles keep the slide's JPEG layout, so the whole level must use it
         self.jpeg_layout = stored.layout if stored is not None else None
@@ -241,7 +220,9 @@ class BlendTiles:
         rgb = rgb[: rows.stop - rows.start, : cols.stop - cols.start]  # a stored edge tile is padded
         if not scored:
             return rgb
-        return self.blend(rgb, self.scores.tile(row, col))
+        if self.patches is None:
+            return self.blend(rgb, self.scores.tile(row, col))
+        return self.patches(rgb if rgb.flags.writeable else rgb.copy(), row, col)
 
 
 def stored_tiles_for(slide: Any, shape: tuple[int, int], downsample: float) -> StoredJpegTiles | None:
