@@ -71,6 +71,11 @@ class PatchBlender:
         self._index(*blender.colour_index(painter.values.astype(np.float32)))
         self.tables, self.affine, self.exact = blend_maps(cmap, float(alpha))
 
+    def shows(self, row: int, col: int) -> bool:
+        """Whether tile (row, col) has a patch drawn over it (scores in the clear band are not drawn)."""
+        flat = row * self.painter.index.grid[1] + col
+        return bool(self._offsets[flat + 1] > self._offsets[flat])
+
     def __call__(self, rgb: np.ndarray, row: int, col: int) -> np.ndarray:
         """Blend ``rgb``, the (h, w, 3) uint8 slide pixels of tile (row, col), in place; returns it."""
         import cv2
