@@ -205,7 +205,9 @@ class BlendTiles:
         self.background = background
         self.blend = TileBlender(cmap=cmap, score_range=score_range, alpha=alpha)
         #: disjoint patches (a tiling grid): blended by table lookups, without painting scores
-        self.patches = PatchBlender(scores, cmap=cmap, score_range=score_range, alpha=alpha) if scores.disjoint else None
+        self.patches = (
+            PatchBlender(scores, cmap=cmap, score_range=score_range, alpha=alpha) if scores.disjoint else None
+        )
         self.shape = (*scores.shape, 3)
         #: copied tiles keep the slide's JPEG layout, so the whole level must use it
         self.jpeg_layout = stored.layout if stored is not None else None
@@ -306,7 +308,9 @@ def write_blend_tiff(
             if isinstance(level_scores, ScorePainter):
                 stored.append(stored_tiles_for(slide, level_scores.shape, downsample))
                 background = getattr(slide, "background", (255, 255, 255))
-                levels.append(BlendTiles(level_scores, slides, stored=stored[-1], background=background, **blend_options))
+                levels.append(
+                    BlendTiles(level_scores, slides, stored=stored[-1], background=background, **blend_options)
+                )
             else:
                 levels.append(blended_canvas(level_scores, slides, **blend_options))
         return write_pyramid_tiff(

@@ -85,7 +85,9 @@ class PatchBlender:
         if start == stop:
             return rgb
         tissue = self._tissue(*self.painter.bounds(row, col))
-        for (r0, r1, c0, c1), colour in zip(self._rects[start:stop].tolist(), self._colours[start:stop].tolist()):
+        for (r0, r1, c0, c1), colour in zip(
+            self._rects[start:stop].tolist(), self._colours[start:stop].tolist(), strict=True
+        ):
             region = rgb[r0:r1, c0:c1]
             if tissue is None:
                 self._mix(region, colour, region)
@@ -167,7 +169,7 @@ def blend_maps(cmap: str, alpha: float) -> tuple[np.ndarray, np.ndarray, np.ndar
             fits = (cv2.transform(row, trial[index])[0] == tables[index, :, 0]).all(axis=0) & ~found[index]
             offsets[index, fits] = trial[index, fits, 3]
             found[index] |= fits
-    affine, exact = maps(offsets), found.all(axis=1)
+    affine, exact = maps(offsets), np.array(found.all(axis=1), dtype=bool)
     for index in np.flatnonzero(exact):
         expected = tables[index, :, 0]
         exact[index] = np.array_equal(cv2.transform(row, affine[index])[0], expected) and np.array_equal(
