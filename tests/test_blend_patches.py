@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.test_heatmap_tiles import write_rgb_jpeg_slide
 from wsi_mil.config import HeatmapConfig
 from wsi_mil.explain.blend import StoredJpegTiles, write_blend_tiff
 from wsi_mil.explain.blend_patches import PatchBlender, TileBlender, blend_maps
@@ -92,26 +93,6 @@ def test_tissue_covers_is_sample_all() -> None:
         assert tissue.covers(slice(0, 16), slice(0, 16), 1.0) == bool(mask[0, 0])
 
 
-def _floor_pyramid_slide(path: Path, image: np.ndarray) -> Path:
-    """An Aperio-like JPEG pyramid whose second level is the level-0 size divided by 4, rounded down."""
-    import tifffile
-
-    height, width = image.shape[:2]
-    small = np.asarray(image[: height // 4 * 4 : 4, : width // 4 * 4 : 4])
-    with tifffile.TiffWriter(path) as writer:
-        for index, level in enumerate((image, small)):
-            text = f"Aperio Image Library v12.0.0 \r\n{width}x{height} (256x256) JPEG/RGB|MPP = 0.5000"
-            writer.write(
-                np.ascontiguousarray(level),
-                tile=(256, 256),
-                photometric="rgb",
-                compression="jpeg",
-                description=text if index == 0 else None,
-                metadata=None,
-            )
-    return path
-
-
 def test_blend_copies_the_tiles_of_a_level_a_pixel_short_of_the_canvas(tmp_path: Path) -> None:
     """Level 1 is 320 x 257 (rounded down), its canvas 321 x 258: inside tiles are copied, the edge is background."""
     import tifffile
@@ -120,7 +101,7 @@ def test_blend_copies_the_tiles_of_a_level_a_pixel_short_of_the_canvas(tmp_path:
 
     y, x = np.mgrid[0:1030, 0:1283]
     image = np.stack([(x // 3) % 256, (y // 2) % 256, ((x + y) // 5) % 256], axis=-1).astype(np.uint8)
-    slide_path = _floor_pyramid_slide(tmp_path / "slide.svs", image)
+    slide_path = write_rgb_jpeg_slide(tmp_path / "slide.svs", image, photometric_rgb=False, floor=True)
     coords, values = np.array([[1024, 768]]), np.array([0.9])  # one patch, far from level 1's first tile
 
     def scores(downsample: float) -> ScorePainter:

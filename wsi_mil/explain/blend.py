@@ -9,6 +9,10 @@ Most of a level-0 overlay has no score: those tiles are the slide's own pixels. 
 slide stores that level as JPEG tiles on the same 256-px grid (Aperio SVS, tifffile
 pyramids), :class:`BlendTiles` copies their stored bytes into the output -- no decode,
 no re-encode, and no second JPEG generation loss -- and decodes only tiles under scores.
+The reduced levels do the same with the slide's reduced levels, also when a level is a
+pixel short of the canvas (sizes rounded down). Tiles under a patch grid are blended
+patch by patch (:class:`~wsi_mil.explain.blend_patches.PatchBlender`: one uint8 map per
+colour, no float scores painted), so a tile's cost is its JPEG decode and encode.
 """
 
 from __future__ import annotations
