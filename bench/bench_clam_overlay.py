@@ -35,6 +35,7 @@ import dataclasses
 import sys
 import tempfile
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,33 +70,7 @@ def prepare(size: str) -> tuple[Path, Path, int]:
 
 def worker_ours(scores_path: Path, bag_path: Path, out: Path) -> dict[str, Any]:
     """explain/blend.py's write_blend_tiff over ScorePainter levels, as the heatmap stage calls it."""
-    import h5py
-
-    from wsi_mil.config import HeatmapConfig
-    from wsi_mil.explain.blend import write_blend_tiff
-    from wsi_mil.explain.stitch import CanvasGeometry, ScorePainter, ScoreRange, TissueMask
-    from wsi_mil.io.open import open_slide
-    from wsi_mil.store.bags import read_bag
-
-    with h5py.File(scores_path, "r") as handle:
-        coords, values = handle["coords"][:], handle[_find_scores(handle)][:].astype(np.float64)
-        patch = int(handle["coords"].attrs["patch_size_level0"])
-    bag = read_bag(bag_path)
-    tissue = TissueMask(bag.tissue_mask, float(bag.mask_attrs["downsample"]))
-    slide = open_slide(bag.attrs["slide_path"])
-    options = HeatmapConfig(formats=("blend_tiff",), cmap=CMAP, alpha=ALPHA, threads=1)
-
-    def level(downsample: float) -> ScorePainter:
-        geometry = CanvasGeometry.for_slide(slide.dimensions, downsample)
-        return ScorePainter(
-            coords, values, patch_size_level0=patch, tissue=tissue, chunks=(256, 256), geometry=geometry
-        )
-
-    def write() -> None:
-        write_blend_tiff(
-            out / "attention_pct_blend.tiff", slide, level, options=options, score_range=ScoreRange(0.0, 1.0)
-        )
-
+    write, slide = ours_writer(scores_path, bag_path, out)
     clock = Clock()
     # The libraries the write imports on first use, imported before the clock as CLAM's worker
     # imports its own (its WholeSlideImage module imports cv2, matplotlib.pyplot, openslide).
@@ -123,6 +98,38 @@ def worker_ours(scores_path: Path, bag_path: Path, out: Path) -> dict[str, Any]:
         "tracemalloc_mb": traced_mb,
         "output": str(_reduced_ours(out, slide.dimensions)),
     }
+
+
+def ours_writer(scores_path: Path, bag_path: Path, out: Path) -> tuple[Callable[[], None], Any]:
+    """(write, slide): a call that writes our overlay of the benchmark's scores, and the open slide."""
+    import h5py
+
+    from wsi_mil.config import HeatmapConfig
+    from wsi_mil.explain.blend import write_blend_tiff
+    from wsi_mil.explain.stitch import CanvasGeometry, ScorePainter, ScoreRange, TissueMask
+    from wsi_mil.io.open import open_slide
+    from wsi_mil.store.bags import read_bag
+
+    with h5py.File(scores_path, "r") as handle:
+        coords, values = handle["coords"][:], handle[_find_scores(handle)][:].astype(np.float64)
+        patch = int(handle["coords"].attrs["patch_size_level0"])
+    bag = read_bag(bag_path)
+    tissue = TissueMask(bag.tissue_mask, float(bag.mask_attrs["downsample"]))
+    slide = open_slide(bag.attrs["slide_path"])
+    options = HeatmapConfig(formats=("blend_tiff",), cmap=CMAP, alpha=ALPHA, threads=1)
+
+    def level(downsample: float) -> ScorePainter:
+        geometry = CanvasGeometry.for_slide(slide.dimensions, downsample)
+        return ScorePainter(
+            coords, values, patch_size_level0=patch, tissue=tissue, chunks=(256, 256), geometry=geometry
+        )
+
+    def write() -> None:
+        write_blend_tiff(
+            out / "attention_pct_blend.tiff", slide, level, options=options, score_range=ScoreRange(0.0, 1.0)
+        )
+
+    return write, slide
 
 
 def _reduced_ours(out: Path, dimensions: tuple[int, int]) -> Path:
