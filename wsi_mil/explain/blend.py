@@ -191,6 +191,8 @@ class BlendTiles:
     """One level of the blended overlay, tile by tile: a tile source for ``write_pyramid_tiff``.
 
     scores: the level's :class:`ScorePainter` with 256-px chunks (the TIFF tile grid).
+    Tiles without a drawn patch are the slide's stored bytes where it has them; the others
+    are decoded (or read) and blended, patch by patch when the patches do not overlap.
     """
 
     def __init__(

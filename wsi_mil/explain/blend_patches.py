@@ -3,9 +3,10 @@
 :class:`TileBlender` is :func:`~wsi_mil.explain.export_overview.blend` over a whole tile of
 float scores. :class:`PatchBlender` gives the same pixels bit for bit without painting
 scores: when no two patches overlap, the colour is one per patch, so each patch's
-rectangle in the tile is a per-channel 256-entry table lookup of the slide's pixels
-(``cv2.LUT``, in place). The 256 tables (one per colour index) are computed once, by
-:class:`TileBlender`'s own float32 arithmetic over every (colour, slide value) pair.
+rectangle in the tile is one uint8 map of the slide's pixels, in place. The maps (one per
+colour index, :func:`blend_maps`) are computed once per colour map and alpha, by
+:class:`TileBlender`'s own float32 arithmetic over every (colour, slide value) pair, and
+applied by ``cv2.transform`` where it gives exactly them, else by ``cv2.LUT``.
 """
 
 from __future__ import annotations
