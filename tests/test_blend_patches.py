@@ -126,3 +126,32 @@ def test_blend_copies_the_tiles_of_a_level_a_pixel_short_of_the_canvas(tmp_path:
     # past the level: the background, white (a 1-px line beside colours: JPEG's chroma bleeds into it a little)
     assert np.abs(pixels[257, :320].astype(int) - 255).mean() < 6
     assert np.abs(pixels[:257, 320].astype(int) - 255).mean() < 6
+
+
+def test_one_thread_writes_the_same_file_as_the_pool(tmp_path: Path) -> None:
+    """threads=1 makes and writes the tiles in the calling thread: the same tiles, in the same order."""
+    import tifffile
+
+    from wsi_mil.io.open import open_slide
+
+    y, x = np.mgrid[0:1030, 0:1283]
+    image = np.stack([(x // 3) % 256, (y // 2) % 256, ((x + y) // 5) % 256], axis=-1).astype(np.uint8)
+    slide_path = write_rgb_jpeg_slide(tmp_path / "slide.svs", image, photometric_rgb=False, floor=True)
+    rng = np.random.default_rng(5)
+    coords, values = _grid_patches(rng)
+    coords = coords[(coords[:, 0] < 1283 - 256) & (coords[:, 1] < 1030 - 256)]
+
+    def scores(downsample: float) -> ScorePainter:
+        geometry = CanvasGeometry.for_slide((1283, 1030), downsample)
+        return ScorePainter(coords, values[: len(coords)], patch_size_level0=256, geometry=geometry, chunks=(256, 256))
+
+    pages = []
+    for threads in (1, 3):
+        out = tmp_path / f"blend-{threads}.tiff"
+        with open_slide(slide_path) as slide:
+            options = HeatmapConfig(threads=threads)
+            write_blend_tiff(out, slide, scores, options=options, score_range=ScoreRange(0.0, 1.0))
+        with tifffile.TiffFile(out) as tif:
+            segments = [tif.filehandle.read_segments(page.dataoffsets, page.databytecounts) for page in tif.pages]
+            pages.append([[data for data, _ in page] for page in segments])
+    assert pages[0] == pages[1]
