@@ -20,9 +20,13 @@ its ``visHeatmap`` divides by 100).
 Both outputs are RGB images of the slide at level 0 (20000x15000), blended with the colour map
 over the scored tissue. They are compared at 1/16 (CLAM's image box-reduced; ours: its
 pyramid level at downsample 16): mean absolute difference inside and outside the patches.
+Timing: CPU (user + system) and wall seconds of the first call in the worker process, with
+each side's libraries imported before the clock (CLAM's module imports cv2, matplotlib and
+openslide; ours imports cv2, imagecodecs, matplotlib and tifffile on first use, so the worker
+imports them first and reports what that cost). A second call of ours is timed as well.
 Peak memory: the process's peak RSS (``ru_maxrss``) for both; for ours also tracemalloc's peak
-(numpy's allocations included) in a second run, and the same on a 40000x30000 slide with
-4809 patches to show that it does not grow with the slide.
+(numpy's allocations included) in a third run, and the same on a 40000x30000 slide with
+5010 patches to show that it does not grow with the slide.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import dataclasses
 import sys
 import tempfile
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +70,38 @@ def prepare(size: str) -> tuple[Path, Path, int]:
 
 def worker_ours(scores_path: Path, bag_path: Path, out: Path) -> dict[str, Any]:
     """explain/blend.py's write_blend_tiff over ScorePainter levels, as the heatmap stage calls it."""
+    write, slide = ours_writer(scores_path, bag_path, out)
+    clock = Clock()
+    # The libraries the write imports on first use, imported before the clock as CLAM's worker
+    # imports its own (its WholeSlideImage module imports cv2, matplotlib.pyplot, openslide).
+    import cv2  # noqa: F401
+    import imagecodecs  # noqa: F401
+    import matplotlib  # noqa: F401
+    import tifffile  # noqa: F401
+
+    imports = clock.lap()
+    write()
+    timed = clock.lap()
+    write()
+    second = clock.lap()
+    rss = peak_rss_mb()
+    tracemalloc.start()
+    write()
+    traced_mb = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
+    return {
+        **timed,
+        "second_cpu_s": second["cpu_s"],
+        "second_wall_s": second["wall_s"],
+        "imports_cpu_s": imports["cpu_s"],
+        "rss_mb": rss,
+        "tracemalloc_mb": traced_mb,
+        "output": str(_reduced_ours(out, slide.dimensions)),
+    }
+
+
+def ours_writer(scores_path: Path, bag_path: Path, out: Path) -> tuple[Callable[[], None], Any]:
+    """(write, slide): a call that writes our overlay of the benchmark's scores, and the open slide."""
     import h5py
 
     from wsi_mil.config import HeatmapConfig
@@ -92,15 +129,7 @@ def worker_ours(scores_path: Path, bag_path: Path, out: Path) -> dict[str, Any]:
             out / "attention_pct_blend.tiff", slide, level, options=options, score_range=ScoreRange(0.0, 1.0)
         )
 
-    clock = Clock()
-    write()
-    timed = clock.lap()
-    rss = peak_rss_mb()
-    tracemalloc.start()
-    write()
-    traced_mb = tracemalloc.get_traced_memory()[1] / 2**20
-    tracemalloc.stop()
-    return {**timed, "rss_mb": rss, "tracemalloc_mb": traced_mb, "output": str(_reduced_ours(out, slide.dimensions))}
+    return write, slide
 
 
 def _reduced_ours(out: Path, dimensions: tuple[int, int]) -> Path:
@@ -209,8 +238,10 @@ def main(argv: list[str] | None = None) -> int:
             )
             results[size] = {"patches": n, "ours": ours}
             print(
-                f"  {size} ({n} patches) wsi-mil: CPU {ours['cpu_s']:.2f} s, wall {ours['wall_s']:.2f} s, peak RSS "
-                f"{ours['rss_mb']:.0f} MB, tracemalloc peak {ours['tracemalloc_mb']:.0f} MB ({load_note()})",
+                f"  {size} ({n} patches) wsi-mil: CPU {ours['cpu_s']:.2f} s, wall {ours['wall_s']:.2f} s (second call: "
+                f"CPU {ours['second_cpu_s']:.2f} s, wall {ours['second_wall_s']:.2f} s; its libraries' imports before: "
+                f"CPU {ours['imports_cpu_s']:.2f} s), peak RSS {ours['rss_mb']:.0f} MB, tracemalloc peak "
+                f"{ours['tracemalloc_mb']:.0f} MB ({load_note()})",
                 flush=True,
             )
         scores_path, bag_path, n = prepare("20000x15000")
@@ -234,7 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     cpu_ratio, wall_ratio = clam["cpu_s"] / ours["cpu_s"], clam["wall_s"] / ours["wall_s"]
     verdict = "MET" if cpu_ratio >= TARGET_SPEEDUP else "NOT MET"
     print(
-        f"\n  speed-up at 20000x15000: CPU {cpu_ratio:.1f}x, wall {wall_ratio:.1f}x (target >= {TARGET_SPEEDUP:g}x: {verdict})"
+        f"\n  speed-up at 20000x15000: CPU {cpu_ratio:.1f}x, wall {wall_ratio:.1f}x (target >= {TARGET_SPEEDUP:g}x: {verdict}); "
+        f"second call CPU {clam['cpu_s'] / ours['second_cpu_s']:.1f}x; first call with our libraries' imports "
+        f"counted CPU {clam['cpu_s'] / (ours['cpu_s'] + ours['imports_cpu_s']):.1f}x"
     )
     peaks = [r["ours"]["rss_mb"] for r in results.values()]
     print(

@@ -84,15 +84,20 @@ def test_tile_blender_is_the_overview_blend_bit_for_bit() -> None:
     np.testing.assert_array_equal(TileBlender(cmap="jet", score_range=score_range, alpha=0.4)(rgb, scores), expected)
 
 
-def _write_rgb_jpeg_slide(path: Path, image: np.ndarray, *, photometric_rgb: bool) -> Path:
-    """An Aperio-like two-level JPEG pyramid; JPEG data in YCbCr (tifffile's default) or RGB (as Aperio writes)."""
+def write_rgb_jpeg_slide(path: Path, image: np.ndarray, *, photometric_rgb: bool, floor: bool = False) -> Path:
+    """An Aperio-like two-level JPEG pyramid; JPEG data in YCbCr (tifffile's default) or RGB (as Aperio writes).
+
+    The second level is the first's size divided by 4, rounded up (``floor``: down, as Aperio rounds).
+    """
     import tifffile
 
     colour = (
         {"subsampling": (1, 1), "compressionargs": {"level": 90, "outcolorspace": "RGB"}} if photometric_rgb else {}
     )
+    height, width = image.shape[:2]
+    reduced = image[: height // 4 * 4 : 4, : width // 4 * 4 : 4] if floor else image[::4, ::4]
     with tifffile.TiffWriter(path) as writer:
-        for index, level in enumerate((image, image[::4, ::4])):
+        for index, level in enumerate((image, reduced)):
             text = f"Aperio Image Library v12.0.0 \r\n{image.shape[1]}x{image.shape[0]} (256x256) JPEG/RGB|MPP = 0.5000"
             writer.write(
                 np.ascontiguousarray(level),
@@ -115,7 +120,7 @@ def test_blend_copies_the_slides_jpeg_tiles_where_there_is_no_score(tmp_path: Pa
 
     y, x = np.mgrid[0:1024, 0:1280]
     image = np.stack([(x // 3) % 256, (y // 2) % 256, ((x + y) // 5) % 256], axis=-1).astype(np.uint8)
-    slide_path = _write_rgb_jpeg_slide(tmp_path / "slide.svs", image, photometric_rgb=photometric_rgb)
+    slide_path = write_rgb_jpeg_slide(tmp_path / "slide.svs", image, photometric_rgb=photometric_rgb)
     coords = np.array([[512, 256], [768, 256]])  # scores on level-0 tiles (1, 2) and (1, 3) only
     values = np.array([0.2, 0.9])
 

@@ -197,6 +197,16 @@ def iter_source_tiles(
         piece = source.tile(row, col)
         return piece if isinstance(piece, bytes) else encode(_padded(piece, tile))
 
+    if workers == 1:  # in this thread: a pool of one would only add a hand-over per tile
+        for row in range(rows):
+            for col in range(cols):
+                if source.has_data(row, col):
+                    yield encoded(row, col)
+                elif empty is None:
+                    raise ValueError(f"tile ({row}, {col}) has no data, and this TIFF kind has no no-data tile")
+                else:
+                    yield empty
+        return
     window: deque[Future[bytes] | bytes] = deque()
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tiff-tile") as pool:
         for row in range(rows):

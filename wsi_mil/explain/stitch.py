@@ -103,12 +103,31 @@ class TissueMask:
 
     def sample(self, rows: slice, cols: slice, downsample: float) -> np.ndarray:
         """(len(rows), len(cols)) bool: the mask at the centres of canvas pixels (nearest)."""
-        h, w = self.mask.shape
-        r = np.arange(rows.start, rows.stop)
-        c = np.arange(cols.start, cols.stop)
-        mr = np.clip(((r + 0.5) * downsample / self.downsample).astype(np.int64), 0, h - 1)
-        mc = np.clip(((c + 0.5) * downsample / self.downsample).astype(np.int64), 0, w - 1)
+        mr = self._nearest(np.arange(rows.start, rows.stop), downsample, 0)
+        mc = self._nearest(np.arange(cols.start, cols.stop), downsample, 1)
         return self.mask[mr][:, mc]  # rows then columns: ~6x faster than one np.ix_ gather
+
+    def covers(self, rows: slice, cols: slice, downsample: float) -> bool:
+        """Whether :meth:`sample` is all True, from the mask pixels under the block's corners (no sampling).
+
+        The nearest mask pixel grows with the canvas pixel, so the sampled ones lie in
+        the rectangle between the first and the last; all tissue there is all tissue.
+        """
+        if rows.stop <= rows.start or cols.stop <= cols.start:
+            return True
+        h, w = self.mask.shape
+
+        def nearest(pixel: int, size: int) -> int:  # _nearest's arithmetic on one pixel (same float64 steps)
+            return min(max(int((pixel + 0.5) * downsample / self.downsample), 0), size - 1)
+
+        r0, r1 = nearest(rows.start, h), nearest(rows.stop - 1, h)
+        c0, c1 = nearest(cols.start, w), nearest(cols.stop - 1, w)
+        return bool(self.mask[r0 : r1 + 1, c0 : c1 + 1].all())
+
+    def _nearest(self, pixels: np.ndarray, downsample: float, axis: int) -> np.ndarray:
+        """Indices along ``axis`` of the mask pixels holding the centres of canvas ``pixels``."""
+        scaled = ((pixels + 0.5) * downsample / self.downsample).astype(np.int64)
+        return np.clip(scaled, 0, self.mask.shape[axis] - 1)
 
 
 def patches_disjoint(coords: np.ndarray, patch_size_level0: float) -> bool:
