@@ -29,7 +29,8 @@ our run's ``splits.csv`` (train + val slides train it; the test fold tests it).
 
 Columns: accuracy and ROC-AUC mean ± std over folds; instance AUROC (witness vs other
 instances of the positive test bags, pooled over folds; each head's out-of-fold model):
-ABMIL's attention, ILAM's attention and ILAM's latent map s_i(1) - s_i(0); wall and CPU
+ABMIL's attention, ILAM's attention, latent map s_i(1) - s_i(0) and contribution map
+a_i (s_i(1) - s_i(0)) (the heatmap stage's ``contribution``); wall and CPU
 seconds of training (the whole cross-validation).
 """
 
@@ -231,7 +232,7 @@ def instance_maps(
 
     from wsi_mil.mil.fold_io import load_fold_model
 
-    maps: dict[str, dict[str, np.ndarray]] = {"attention": {}, "latent": {}}
+    maps: dict[str, dict[str, np.ndarray]] = {"attention": {}, "latent": {}, "contribution": {}}
     for fold_dir in sorted(model_dir.glob("fold_*")):
         fold = int(fold_dir.name.split("_")[1])
         model, _ = load_fold_model(fold_dir, "cpu")
@@ -243,6 +244,9 @@ def instance_maps(
                 maps["attention"][row["slide_id"]] = out.attention_raw.numpy()
                 s = out.instance_logits.numpy()
                 maps["latent"][row["slide_id"]] = s[:, 1] - s[:, 0]
+                if out.contribution is not None:  # ILAM: m_i = a_i (s_i(1) - s_i(0)), its heatmap
+                    m = out.contribution.numpy()
+                    maps["contribution"][row["slide_id"]] = m[:, 1] - m[:, 0]
     return maps
 
 
@@ -300,6 +304,7 @@ def bench_set(name: str, heads: list[str], overrides: list[str], tag: str = "") 
         inst = f"attention {repeat_instance_auroc([m['attention'] for m in maps], witnesses):.3f}"
         if head == "ilam":
             inst += f", latent {repeat_instance_auroc([m['latent'] for m in maps], witnesses):.3f}"
+            inst += f", contribution {repeat_instance_auroc([m['contribution'] for m in maps], witnesses):.3f}"
         lines.append(
             f"| {name} | {head} | {mean_std([f['accuracy'] for f in folds])} | "
             f"{mean_std([f['roc_auc'] for f in folds])} | {inst} | {wall:.0f} / {cpu:.0f} | "
