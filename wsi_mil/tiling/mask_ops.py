@@ -25,8 +25,14 @@ def otsu_uint8(image: np.ndarray) -> float:
     """``skimage.filters.threshold_otsu`` of a uint8 image that holds two values or more, with
     its arithmetic on the same histogram (one bin per value from min to max), without
     importing scikit-image's filters."""
-    counts = np.bincount(image.ravel(), minlength=256)
+    return otsu_counts(np.bincount(image.ravel(), minlength=256))
+
+
+def otsu_counts(counts: np.ndarray) -> float:
+    """:func:`otsu_uint8` from the image's 256-bin histogram; the lowest value present when only one is."""
     present = np.flatnonzero(counts)
+    if len(present) < 2:
+        return float(present[0]) if len(present) else 0.0
     counts = counts[present[0] : present[-1] + 1].astype(np.float32)  # skimage sums float32 counts
     centers = np.arange(present[0], present[-1] + 1)
     weight1 = np.cumsum(counts)
