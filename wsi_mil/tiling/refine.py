@@ -37,7 +37,15 @@ from wsi_mil.errors import SlideReadError
 from wsi_mil.io.base import BaseReader
 from wsi_mil.io.bounded import describe_unreadable, read_level_reduced
 from wsi_mil.tiling.colours import Colours
-from wsi_mil.tiling.mask_ops import closing_disk, label_components, median_uint8, otsu_counts
+from wsi_mil.tiling.mask_ops import (
+    closing_disk,
+    edge_labels,
+    fill_small_holes,
+    label_components,
+    median_uint8,
+    otsu_counts,
+    remove_small_objects,
+)
 from wsi_mil.tiling.thumbnail import ASSUMED_MPP, ThumbnailPlan, plan_thumbnail, read_detection_thumbnail
 from wsi_mil.tiling.tissue import Detection, detect, detect_tissue, pen_mask
 
@@ -111,8 +119,8 @@ def uncertain_pixels(
     floor = int(255 * config.faint_saturation * _POSSIBLE_SHARE)
     possible = (Colours(coarse_rgb).saturation8 > floor) & ~detection.mask
     # Glass noise makes specks of a few pixels; faint tissue joins the mask or spreads wider.
-    labels, stats = label_components(possible, 8)
-    keep = stats[:, 4] * (coarse_mpp * coarse_mpp) >= config.min_object_um2 * _POSSIBLE_SHARE**2
+    labels, areas = label_components(possible, 8)
+    keep = areas * (coarse_mpp * coarse_mpp) >= config.min_object_um2 * _POSSIBLE_SHARE**2
     keep[labels[possible & (cv2.dilate(mask, square) > 0)]] = True
     keep[0] = False
     return _dilate(edge | keep[labels] | _enclosed(~detection.mask), 1)
@@ -121,9 +129,9 @@ def uncertain_pixels(
 def _enclosed(background: np.ndarray) -> np.ndarray:
     """Background areas that do not reach the image's border: holes in the tissue, where pale
     tissue (fat, loose stroma) averages to glass at the coarse level."""
-    labels, stats = label_components(background, 4)
-    x, y, w, h = (stats[:, i] for i in range(4))
-    inner = (x > 0) & (y > 0) & (x + w < background.shape[1]) & (y + h < background.shape[0])
+    labels, areas = label_components(background, 4)
+    inner = np.ones(len(areas), dtype=bool)
+    inner[edge_labels(labels)] = False
     inner[0] = False
     return inner[labels]
 
@@ -164,11 +172,6 @@ class _Context:
     everywhere: bool
 
 
-def _edge_labels(labels: np.ndarray) -> np.ndarray:
-    """Labels on the outer rows and columns of a region (parts that may go on outside it)."""
-    return np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
-
-
 @dataclass
 class _Run:
     """A read region of the fine image: where it lies, its colours and median-filtered saturation."""
@@ -185,9 +188,8 @@ def _read_run(rgb: np.ndarray, box: tuple[slice, slice], config: TissueConfig) -
 
 def _classify(run: _Run, context: _Context, config: TissueConfig, mpp: float) -> np.ndarray:
     """Tissue at the fine resolution in ``run``, as :func:`~wsi_mil.tiling.tissue.detect`
-    decides it. What depends on pixels beyond the region is decided inclusively: faint areas
-    that reach its edge are kept (they may join tissue outside it), small objects and holes
-    are removed and filled only inside it."""
+    decides it up to the closing (:func:`_clean` does the rest). Faint areas that reach the
+    region's edge are kept: they may join tissue outside it."""
     colours, box = run.colours, run.box
     saturation8 = colours.saturation8
     low = config.saturation_range[0]
@@ -209,28 +211,32 @@ def _classify(run: _Run, context: _Context, config: TissueConfig, mpp: float) ->
     sure = context.sure[box]
     tissue = candidates | sure
     if candidates is not strong:  # hysteresis: faint areas joined to stain, to the coarse mask or to the edge
-        labels, stats = label_components(tissue, 8)
-        keep = np.zeros(len(stats), dtype=bool)
+        labels, areas = label_components(tissue, 8)
+        keep = np.zeros(len(areas), dtype=bool)
         keep[labels[strong | sure]] = True
-        keep[_edge_labels(labels)] = True
+        keep[edge_labels(labels)] = True
         keep[0] = False
         tissue = keep[labels]
     radius = int(round(config.closing_radius_um / mpp))
     if radius > 0:
         tissue = closing_disk(tissue, radius)
-    pixel_area = mpp * mpp
-    for value, limit in ((True, config.min_object_um2), (False, config.max_hole_um2)):
-        # small objects (value True) removed, small holes (False) filled: those wholly inside the region
-        part = tissue if value else ~tissue
-        labels, stats = label_components(part, 4)
-        small = stats[:, 4] <= int(limit / pixel_area)
-        small[_edge_labels(labels)] = False
-        if value:
-            small[labels[sure]] = False
-        small[0] = False
-        if small.any():
-            tissue = tissue & ~small[labels] if value else tissue | small[labels]
     return tissue
+
+
+def _clean(mask: np.ndarray, window: tuple[slice, slice], config: TissueConfig, mpp: float) -> np.ndarray:
+    """``mask[window]`` with small objects removed and small holes filled, as in
+    :func:`~wsi_mil.tiling.tissue.detect`, for those wholly inside the window (what reaches its
+    edge may go on outside it: kept as it is)."""
+    pixel_area = mpp * mpp
+    tissue = remove_small_objects(mask[window], int(config.min_object_um2 / pixel_area), keep_edges=True)
+    return fill_small_holes(tissue, int(config.max_hole_um2 / pixel_area))
+
+
+def _context_width(config: TissueConfig, mpp: float) -> int:
+    """Fine pixels around a refined region that decide whether a hole or object in it is small:
+    the diameter of a disc of ``max_hole_um2`` (or ``min_object_um2``), at most ``BLOCK``."""
+    area = max(config.max_hole_um2, config.min_object_um2) / (mpp * mpp)
+    return min(BLOCK, int(np.ceil(2 * np.sqrt(area / np.pi))) + 2)
 
 
 def refine(
@@ -296,6 +302,13 @@ def refine(
         inner = tissue[y0 - top : y1 - top, x0 - left : x1 - left]
         where = uncertain_fine[y0:y1, x0:x1]
         mask[y0:y1, x0:x1][where] = inner[where]
+    # Small objects and holes once every run is refined, each run with the mask around it
+    pad = _context_width(config, fine_mpp)
+    for y0, y1, x0, x1, _ in runs:
+        wy0, wx0 = max(0, y0 - pad), max(0, x0 - pad)
+        window = (slice(wy0, min(height, y1 + pad)), slice(wx0, min(width, x1 + pad)))
+        cleaned = _clean(mask, window, config, fine_mpp)
+        mask[y0:y1, x0:x1] = cleaned[y0 - wy0 : y1 - wy0, x0 - wx0 : x1 - wx0]
     return Refined(mask, read / float(height * width), coarse, whole)
 
 

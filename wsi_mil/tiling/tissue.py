@@ -33,7 +33,6 @@ from wsi_mil.tiling.mask_ops import (
     median_uint8,
     otsu_uint8,
     remove_small_objects,
-    set_labels,
 )
 
 
@@ -191,10 +190,11 @@ def _with_faint(mask: np.ndarray, faint: np.ndarray) -> np.ndarray:
     set by dense tissue; above ``faint_saturation`` and joined to it, they are tissue.
     ``faint`` has only a 3-px median (the 5-px one erases fat's membranes); glass stays
     below its level."""
-    labels, stats = label_components(faint | mask, 8)
-    keep = np.zeros(len(stats), dtype=bool)
+    labels, areas = label_components(faint | mask, 8)
+    keep = np.zeros(len(areas), dtype=bool)
     keep[labels[mask]] = True
-    return set_labels(faint | mask, labels, stats, np.flatnonzero(~keep[1:]) + 1, False)
+    keep[0] = False
+    return keep[labels]
 
 
 @dataclass(frozen=True)
