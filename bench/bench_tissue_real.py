@@ -80,7 +80,8 @@ def measure(image: np.ndarray, mpp: float, glass: np.ndarray, config, *, thumbna
     from PIL import Image
 
     from wsi_mil.tiling.grid import tissue_fractions
-    from wsi_mil.tiling.refine import MAX_RATIO, refine
+    from wsi_mil.tiling.refine import refine
+    from wsi_mil.tiling.slide_tissue import MAX_RATIO
     from wsi_mil.tiling.tissue import detect_tissue
 
     canvas, (top, left, bottom, right) = _on_glass(image, glass)
@@ -219,7 +220,9 @@ def main(argv: list[str] | None = None) -> None:
         kept = sum(r["patches_kept"] for r in results) / patches if patches else float("nan")
         share = np.mean([r["fine_share"] for r in results])
         if kind == "tissue":
-            print(f"| {group} | tissue | {len(results)} | {area:.3f} | {kept:.3f} ({patches}) | {around:.3f} | | {share:.2f} |")
+            print(
+                f"| {group} | tissue | {len(results)} | {area:.3f} | {kept:.3f} ({patches}) | {around:.3f} | | {share:.2f} |"
+            )
         else:
             print(f"| {group} | glass | {len(results)} | | | {around:.3f} | {1 - area:.3f} | {share:.2f} |")
     usage = resource.getrusage(resource.RUSAGE_SELF)

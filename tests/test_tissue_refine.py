@@ -17,7 +17,8 @@ from wsi_mil.io.discover import SlideSource
 from wsi_mil.store.bags import read_bag
 from wsi_mil.synthetic import Region, tissue_texture
 from wsi_mil.tiling.grid import tissue_fractions
-from wsi_mil.tiling.refine import MAX_RATIO, coarse_level, detect_slide_tissue, refine
+from wsi_mil.tiling.refine import refine
+from wsi_mil.tiling.slide_tissue import MAX_RATIO, coarse_level, detect_slide_tissue
 from wsi_mil.tiling.thumbnail import plan_thumbnail, read_detection_thumbnail
 from wsi_mil.tiling.tile import tile_slide
 from wsi_mil.tiling.tissue import detect_tissue
@@ -146,7 +147,10 @@ def test_tiling_a_pyramid_keeps_the_patches_of_the_whole_detection(tmp_path: Pat
     fast = tile_slide(source, tmp_path / "fast", config=config)
     slow = tile_slide(source, tmp_path / "slow", config=whole)
     assert fast[0]["status"] == slow[0]["status"] == "done"
-    fast_bag, slow_bag = read_bag(tmp_path / "fast" / "bags" / "pyramid.h5"), read_bag(tmp_path / "slow" / "bags" / "pyramid.h5")
+    fast_bag, slow_bag = (
+        read_bag(tmp_path / "fast" / "bags" / "pyramid.h5"),
+        read_bag(tmp_path / "slow" / "bags" / "pyramid.h5"),
+    )
     fast_coords = {tuple(c) for c in fast_bag.coords}
     slow_coords = {tuple(c) for c in slow_bag.coords}
     assert len(slow_coords) > 500

@@ -33,9 +33,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from wsi_mil.config import TissueConfig
-from wsi_mil.errors import SlideReadError
-from wsi_mil.io.base import BaseReader
-from wsi_mil.io.bounded import describe_unreadable, read_level_reduced
 from wsi_mil.tiling.colours import Colours
 from wsi_mil.tiling.mask_ops import (
     closing_disk,
@@ -46,8 +43,7 @@ from wsi_mil.tiling.mask_ops import (
     otsu_counts,
     remove_small_objects,
 )
-from wsi_mil.tiling.thumbnail import ASSUMED_MPP, ThumbnailPlan, plan_thumbnail, read_detection_thumbnail
-from wsi_mil.tiling.tissue import Detection, detect, detect_tissue, pen_mask
+from wsi_mil.tiling.tissue import Detection, detect, pen_mask
 
 logger = logging.getLogger(__name__)
 
@@ -55,9 +51,6 @@ logger = logging.getLogger(__name__)
 BLOCK = 48
 #: A fine pixel's classification looks this far around it (median windows, closing).
 _MARGIN = 4
-#: The coarse level is at most this many times coarser than the detection resolution: averaged
-#: over more pixels, pale tissue (BreakHis fields at 2 -> 32 um/px) falls below what step 2 sees.
-MAX_RATIO = 4.0
 #: A pixel read in blocks costs about this many read whole (OpenSlide at a level whose
 #: downsample is not an integer resamples every region read off the origin); above
 #: 1 / PARTIAL_READ_COST of the blocks the fine image is read whole.
@@ -166,7 +159,7 @@ class _Context:
 
     sure: np.ndarray  #: coarse tissue, not uncertain
     ink: np.ndarray | None  #: coarse ink strokes less their outer coarse pixel
-    ink_edge: np.ndarray | None  #: a coarse pixel either side of a stroke's edge: ink where the fine pixel has an ink colour
+    ink_edge: np.ndarray | None  #: a coarse pixel either side of a stroke's edge: ink where ink-coloured
     near_ink: np.ndarray | None  #: within ``pen_halo_um`` of a stroke
     threshold: float
     everywhere: bool
@@ -290,7 +283,7 @@ def refine(
     # The coarse level's Otsu threshold, or the one of the fine pixels read where it is lower
     # (averaging over coarse pixels blurs stain into glass): a pixel is never dropped for
     # the coarse level's sake.
-    counts = sum(np.bincount(run.score8.ravel(), minlength=256) for *_, run in runs)
+    counts = np.sum([np.bincount(run.score8.ravel(), minlength=256) for *_, run in runs], axis=0)
     low, high = config.saturation_range
     fine_threshold = float(np.clip(otsu_counts(counts) / 255, low, high))
     context = dataclasses.replace(context, threshold=min(context.threshold, fine_threshold))
@@ -310,77 +303,3 @@ def refine(
         cleaned = _clean(mask, window, config, fine_mpp)
         mask[y0:y1, x0:x1] = cleaned[y0 - wy0 : y1 - wy0, x0 - wx0 : x1 - wx0]
     return Refined(mask, read / float(height * width), coarse, whole)
-
-
-@dataclass(frozen=True)
-class SlideTissue:
-    """A slide's tissue mask at the detection resolution (``plan``'s shape, downsample and MPP).
-
-    ``rgb``: the detection thumbnail when it was read whole (None after coarse-to-fine);
-    ``unreadable``: level-0 (x, y, w, h) left undecoded; ``fine_share``: share of the
-    detection resolution decoded."""
-
-    mask: np.ndarray
-    plan: ThumbnailPlan
-    unreadable: tuple[tuple[int, int, int, int], ...]
-    rgb: np.ndarray | None
-    fine_share: float
-
-
-def coarse_level(slide: BaseReader, plan: ThumbnailPlan, coarse_mpp: float) -> int | None:
-    """The coarsest stored level at most ``coarse_mpp`` um/px and 2 to ``MAX_RATIO`` times as
-    coarse as the detection thumbnail; None when there is none (or ``coarse_mpp`` is 0)."""
-    if coarse_mpp <= 0:
-        return None
-    mpp = slide.mpp or ASSUMED_MPP
-    found = None
-    for level, downsample in enumerate(slide.level_downsamples):
-        ratio = downsample / plan.downsample
-        if 2 * 0.99 <= ratio <= MAX_RATIO * 1.01 and mpp * downsample <= coarse_mpp * 1.01:
-            found = level
-    return found
-
-
-def detect_slide_tissue(slide: BaseReader, *, config: TissueConfig, max_unreadable: float = 0.0) -> SlideTissue:
-    """Tissue of a slide at ``config.thumbnail_mpp``: coarse-to-fine (:func:`refine`) when the
-    pyramid has a level of about ``config.coarse_mpp``, else the detection thumbnail whole."""
-    plan = plan_thumbnail(slide, target_mpp=config.thumbnail_mpp, max_mpp=config.thumbnail_mpp_max)
-    fine_mpp = plan.mpp or ASSUMED_MPP * plan.downsample
-    level = coarse_level(slide, plan, config.coarse_mpp) if config.method in ("auto", "hsv_otsu") else None
-    if level is not None:
-        coarse = read_level_reduced(slide, level, 1, max_unreadable=max_unreadable)
-        coarse_mpp = (slide.mpp or ASSUMED_MPP) * slide.dimensions[0] / coarse.rgb.shape[1]
-        lost: list[tuple[int, int, int, int]] = []
-
-        def read_fine(x: int, y: int, width: int, height: int) -> np.ndarray | None:
-            try:
-                return plan.read_region(slide, x, y, width, height)
-            except SlideReadError:  # the coarse decision stays there
-                scale = plan.downsample
-                lost.append((int(x * scale), int(y * scale), int(width * scale), int(height * scale)))
-                return None
-
-        def read_all() -> np.ndarray:
-            read = read_level_reduced(slide, plan.level, plan.factor, max_unreadable=max_unreadable)
-            lost.extend(read.unreadable)
-            return read.rgb
-
-        refined = refine(
-            coarse.rgb,
-            coarse_mpp=coarse_mpp,
-            fine_shape=plan.shape,
-            fine_mpp=fine_mpp,
-            read_fine=read_fine,
-            config=config,
-            read_all=read_all,
-        )
-        if refined is not None:
-            if lost:
-                logger.warning("%s: %s kept at the coarse level's detection", slide.path.name, describe_unreadable(lost))
-            unreadable = tuple(coarse.unreadable + lost)
-            return SlideTissue(refined.mask, plan, unreadable, refined.fine_rgb, refined.fine_share)
-    thumb = read_detection_thumbnail(
-        slide, target_mpp=config.thumbnail_mpp, max_mpp=config.thumbnail_mpp_max, max_unreadable=max_unreadable
-    )
-    mask = detect_tissue(thumb.rgb, mpp=fine_mpp, config=config)
-    return SlideTissue(mask, plan, thumb.unreadable, thumb.rgb, 1.0)

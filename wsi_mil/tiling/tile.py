@@ -36,7 +36,7 @@ from wsi_mil.store.bags import BAG_FORMAT_VERSION, TISSUE_FRACTION, TISSUE_MASK,
 from wsi_mil.store.runlock import run_lock
 from wsi_mil.tiling.grid import GridSpec, plan_grid, select_patches
 from wsi_mil.tiling.qc import render_qc, save_qc
-from wsi_mil.tiling.refine import SlideTissue, detect_slide_tissue
+from wsi_mil.tiling.slide_tissue import SlideTissue, detect_slide_tissue
 from wsi_mil.tiling.thumbnail import read_detection_thumbnail
 
 logger = logging.getLogger(__name__)
