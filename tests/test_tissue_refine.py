@@ -157,3 +157,50 @@ def test_tiling_a_pyramid_keeps_the_patches_of_the_whole_detection(tmp_path: Pat
     assert len(fast_coords ^ slow_coords) <= 0.01 * len(slow_coords)
     assert fast_bag.tissue_mask.shape == slow_bag.tissue_mask.shape
     assert (tmp_path / "fast" / "qc" / "pyramid.png").exists()  # QC from the 8 um/px level as before
+
+
+def test_a_block_that_cannot_be_read_keeps_the_coarse_decision() -> None:
+    fine = _tissue_on_glass(512)
+    coarse = _reduce(fine, 4)
+    config = TissueConfig()
+
+    def read_fine(x: int, y: int, w: int, h: int) -> np.ndarray | None:
+        return None if y < 128 else fine[y : y + h, x : x + w]
+
+    refined = refine(
+        coarse,
+        coarse_mpp=4 * FINE_MPP,
+        fine_shape=fine.shape[:2],
+        fine_mpp=FINE_MPP,
+        read_fine=read_fine,
+        config=config,
+    )
+    assert refined is not None
+    upsampled = np.repeat(np.repeat(refined.coarse.mask, 4, axis=0), 4, axis=1)
+    assert np.array_equal(refined.mask[:120], upsampled[:120])
+    full = detect_tissue(fine, mpp=FINE_MPP, config=config)
+    assert refined.mask[200:][full[200:]].mean() > 0.995
+
+
+def test_fine_level_reduced_from_a_finer_one(make_slide) -> None:
+    """No stored 8-16 um/px level: the fine image is level 1 (2 um/px) box-reduced by 4, read in
+    blocks; the coarse level is 64x (32 um/px)."""
+    path = make_slide(
+        "no8",
+        width=8192,
+        height=8192,
+        mpp=0.5,
+        downsamples=(1, 4, 64),
+        tile=128,
+        regions=(Region(1024, 1024, 4096, 3072), Region(5000, 5000, 2000, 2500, "ellipse")),
+    )
+    with open_slide(path) as slide:
+        config = TissueConfig()
+        assert len(slide.level_dimensions) == 3
+        tissue = detect_slide_tissue(slide, config=config)
+        assert (tissue.plan.level, tissue.plan.factor) == (1, 4)
+        assert 0 < tissue.fine_share < 1
+        whole = read_detection_thumbnail(slide, target_mpp=8.0, max_mpp=16.0)
+        full = detect_tissue(whole.rgb, mpp=whole.mpp, config=config)
+        assert tissue.mask.shape == full.shape
+        assert tissue.mask[full].mean() > 0.995 and np.count_nonzero(tissue.mask != full) < 0.01 * full.sum()
