@@ -211,13 +211,11 @@ def _ink(rgb: np.ndarray, opacity: np.ndarray, ink: tuple[int, int, int]) -> np.
     return np.clip(rgb * transmittance ** opacity[..., None], 0, 255).astype(np.uint8)
 
 
-@pytest.mark.parametrize("ink", sorted(INKS))
-@pytest.mark.parametrize(("name", "mpp"), [("01_TUMOR", 8), ("04_LYMPHO", 8), ("CMU-1", 4)])
-def test_marker_over_dense_tissue_is_removed_and_the_tissue_beside_it_kept(
+def _inked_on_glass(
     shared_data: Path, name: str, mpp: float, ink: str
-) -> None:
-    """Strokes drawn over real tissue on glass at detection resolutions (CMU-1's small
-    region is only 1.1 x 1.5 mm: at 4 um/px it is 280 x 370 px)."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
+    """Real tissue in the middle of glass twice its size, and the same with marker strokes:
+    (rgb, inked, tissue detected without pen removal, ink opacity, mpp)."""
     tissue_rgb, mpp = _real_tissue(shared_data, name, mpp)
     height, width = tissue_rgb.shape[:2]
     rgb = np.full((2 * height, 2 * width, 3), 235, dtype=np.uint8)
@@ -225,8 +223,17 @@ def test_marker_over_dense_tissue_is_removed_and_the_tissue_beside_it_kept(
     rgb[box[0] : box[2], box[1] : box[3]] = tissue_rgb
     before = detect_tissue(rgb, mpp=mpp, config=TissueConfig(remove_pen=False))
     opacity = _marker_strokes(before.shape, box, mpp)
-    inked = _ink(rgb, opacity, INKS[ink])
+    return rgb, _ink(rgb, opacity, INKS[ink]), before, opacity, mpp
 
+
+@pytest.mark.parametrize("ink", sorted(INKS))
+@pytest.mark.parametrize(("name", "mpp"), [("01_TUMOR", 8), ("04_LYMPHO", 8), ("CMU-1", 4)])
+def test_marker_over_dense_tissue_is_removed_and_the_tissue_beside_it_kept(
+    shared_data: Path, name: str, mpp: float, ink: str
+) -> None:
+    """Strokes drawn over real tissue on glass at detection resolutions (CMU-1's small
+    region is only 1.1 x 1.5 mm: at 4 um/px it is 280 x 370 px)."""
+    _, inked, before, opacity, mpp = _inked_on_glass(shared_data, name, mpp, ink)
     stroke_on_tissue = (opacity > 0.5) & before
     assert stroke_on_tissue.sum() > 1000
     assert _pen(inked, mpp)[stroke_on_tissue].mean() > 0.9
@@ -277,14 +284,7 @@ def _coarse_to_fine(rgb: np.ndarray, mpp: float) -> np.ndarray:
 @pytest.mark.parametrize("name", ["01_TUMOR", "04_LYMPHO"])
 def test_marker_is_removed_by_coarse_to_fine_detection(shared_data: Path, name: str, ink: str) -> None:
     """Pen removal through the coarse level (ink found at 32 um/px, its edge refined at 8)."""
-    tissue_rgb, mpp = _real_tissue(shared_data, name, 8)
-    height, width = tissue_rgb.shape[:2]
-    rgb = np.full((2 * height, 2 * width, 3), 235, dtype=np.uint8)
-    box = (height // 2, width // 2, height // 2 + height, width // 2 + width)
-    rgb[box[0] : box[2], box[1] : box[3]] = tissue_rgb
-    before = detect_tissue(rgb, mpp=mpp, config=TissueConfig(remove_pen=False))
-    opacity = _marker_strokes(before.shape, box, mpp)
-    inked = _ink(rgb, opacity, INKS[ink])
+    rgb, inked, before, opacity, mpp = _inked_on_glass(shared_data, name, 8, ink)
     stroke_on_tissue = (opacity > 0.5) & before
     assert stroke_on_tissue.sum() > 1000
     after = _coarse_to_fine(inked, mpp)
