@@ -8,9 +8,10 @@ Slides: the tiling benchmark's generator and tissue layout (bench_tiling.big_sli
 26% tissue, Aperio-style JPEG pyramid 1/4/16/64), at 0.5 um/px so that both sides cut the same
 256-px level-0 patches, at 20000x15000, 40000x30000 and 80000x60000 px (cached in bench/.cache).
 
-- ours: ``wsi_mil.tiling.tile_slide`` with the default config and QC images off: open, read
-  the detection thumbnail, ``detect_tissue``, grid, HDF5 bag write (coords, tissue fractions,
-  tissue mask).
+- ours: ``wsi_mil.tiling.tile_slide`` with the default config and QC images off: open, tissue
+  detection coarse to fine (the 32 um/px level whole, the 8 um/px level only around the coarse
+  mask's edges, holes and faint colour: ``wsi_mil.tiling.refine``), grid, HDF5 bag write
+  (coords, tissue fractions, the 8 um/px tissue mask).
 - CLAM: what ``create_patches_fp.py --seg --patch`` times per slide: ``WholeSlideImage(path)``,
   ``segmentTissue`` at the level nearest downsample 64 with the script's defaults (sthresh 8,
   mthresh 7, close 4, a_t 100, a_h 16, max_n_holes 8), ``process_contours`` (256 px, step 256,

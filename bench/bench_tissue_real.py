@@ -80,12 +80,26 @@ def measure(image: np.ndarray, mpp: float, glass: np.ndarray, config, *, thumbna
     from PIL import Image
 
     from wsi_mil.tiling.grid import tissue_fractions
+    from wsi_mil.tiling.refine import refine
+    from wsi_mil.tiling.slide_tissue import MAX_RATIO
     from wsi_mil.tiling.tissue import detect_tissue
 
     canvas, (top, left, bottom, right) = _on_glass(image, glass)
     factor = max(1, int(config.thumbnail_mpp / mpp + 1e-6)) if thumbnail else 1
     small = np.asarray(Image.fromarray(canvas).reduce(factor)) if factor > 1 else canvas
-    mask = detect_tissue(small, mpp=mpp * factor, config=config)
+    coarse_factor = min(int(config.coarse_mpp / mpp + 1e-6), int(MAX_RATIO) * factor) if thumbnail else 0
+    refined = None
+    if coarse_factor >= 2 * factor:  # a pyramid level at coarse_mpp: coarse-to-fine, as tiling detects
+        coarse = np.asarray(Image.fromarray(canvas).reduce(coarse_factor))
+        refined = refine(
+            coarse,
+            coarse_mpp=mpp * coarse_factor,
+            fine_shape=small.shape[:2],
+            fine_mpp=mpp * factor,
+            read_fine=lambda x, y, w, h: small[y : y + h, x : x + w],
+            config=config,
+        )
+    mask = refined.mask if refined is not None else detect_tissue(small, mpp=mpp * factor, config=config)
     inside = np.zeros(mask.shape, bool)
     inside[top // factor : bottom // factor, left // factor : right // factor] = True
     patch = int(round(PATCH_UM / mpp))
@@ -96,6 +110,7 @@ def measure(image: np.ndarray, mpp: float, glass: np.ndarray, config, *, thumbna
         "glass_dropped": float(1 - mask[~inside].mean()),
         "patches": fractions.size,
         "patches_kept": float((fractions >= 0.5 - 1e-9).sum()),
+        "fine_share": 1.0 if refined is None else refined.fine_share,
     }
 
 
@@ -177,7 +192,11 @@ def main(argv: list[str] | None = None) -> None:
         overrides[key] = (
             tuple(float(v) for v in value.split(","))
             if "," in value
-            else (value.lower() == "true" if value.lower() in ("true", "false") else float(value))
+            else (
+                value.lower() == "true"
+                if value.lower() in ("true", "false")
+                else (int(value) if value.lstrip("-").isdigit() else float(value))
+            )
         )
     tissue_configs = configs(overrides)
     glass = _quilt(sorted((data / "kather2016-samples" / "08_EMPTY").glob("*.tif")), grid=4, seed=7)
@@ -190,18 +209,22 @@ def main(argv: list[str] | None = None) -> None:
         f"tissue settings: defaults{''.join(f', {k}={v}' for k, v in overrides.items())} (BreakHis: configs/breakhis.yaml)"
     )
     print(
-        "| group | kind | images | tissue kept (area) | tissue patches kept | glass dropped (around) | glass dropped (image) |"
+        "| group | kind | images | tissue kept (area) | tissue patches kept | glass dropped (around) | glass dropped (image) "
+        "| fine level read |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     for (group, kind), results in sorted(rows.items(), key=lambda r: (r[0][1] != "tissue", r[0][0])):
         around = np.mean([r["glass_dropped"] for r in results])
         area = np.mean([r["area_kept"] for r in results])
         patches = sum(r["patches"] for r in results)
         kept = sum(r["patches_kept"] for r in results) / patches if patches else float("nan")
+        share = np.mean([r["fine_share"] for r in results])
         if kind == "tissue":
-            print(f"| {group} | tissue | {len(results)} | {area:.3f} | {kept:.3f} ({patches}) | {around:.3f} | |")
+            print(
+                f"| {group} | tissue | {len(results)} | {area:.3f} | {kept:.3f} ({patches}) | {around:.3f} | | {share:.2f} |"
+            )
         else:
-            print(f"| {group} | glass | {len(results)} | | | {around:.3f} | {1 - area:.3f} |")
+            print(f"| {group} | glass | {len(results)} | | | {around:.3f} | {1 - area:.3f} | {share:.2f} |")
     usage = resource.getrusage(resource.RUSAGE_SELF)
     print(
         f"{sum(len(r) for r in rows.values())} images in {wall:.1f} s wall, {cpu:.1f} s CPU "

@@ -211,13 +211,11 @@ def _ink(rgb: np.ndarray, opacity: np.ndarray, ink: tuple[int, int, int]) -> np.
     return np.clip(rgb * transmittance ** opacity[..., None], 0, 255).astype(np.uint8)
 
 
-@pytest.mark.parametrize("ink", sorted(INKS))
-@pytest.mark.parametrize(("name", "mpp"), [("01_TUMOR", 8), ("04_LYMPHO", 8), ("CMU-1", 4)])
-def test_marker_over_dense_tissue_is_removed_and_the_tissue_beside_it_kept(
+def _inked_on_glass(
     shared_data: Path, name: str, mpp: float, ink: str
-) -> None:
-    """Strokes drawn over real tissue on glass at detection resolutions (CMU-1's small
-    region is only 1.1 x 1.5 mm: at 4 um/px it is 280 x 370 px)."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
+    """Real tissue in the middle of glass twice its size, and the same with marker strokes:
+    (rgb, inked, tissue detected without pen removal, ink opacity, mpp)."""
     tissue_rgb, mpp = _real_tissue(shared_data, name, mpp)
     height, width = tissue_rgb.shape[:2]
     rgb = np.full((2 * height, 2 * width, 3), 235, dtype=np.uint8)
@@ -225,8 +223,17 @@ def test_marker_over_dense_tissue_is_removed_and_the_tissue_beside_it_kept(
     rgb[box[0] : box[2], box[1] : box[3]] = tissue_rgb
     before = detect_tissue(rgb, mpp=mpp, config=TissueConfig(remove_pen=False))
     opacity = _marker_strokes(before.shape, box, mpp)
-    inked = _ink(rgb, opacity, INKS[ink])
+    return rgb, _ink(rgb, opacity, INKS[ink]), before, opacity, mpp
 
+
+@pytest.mark.parametrize("ink", sorted(INKS))
+@pytest.mark.parametrize(("name", "mpp"), [("01_TUMOR", 8), ("04_LYMPHO", 8), ("CMU-1", 4)])
+def test_marker_over_dense_tissue_is_removed_and_the_tissue_beside_it_kept(
+    shared_data: Path, name: str, mpp: float, ink: str
+) -> None:
+    """Strokes drawn over real tissue on glass at detection resolutions (CMU-1's small
+    region is only 1.1 x 1.5 mm: at 4 um/px it is 280 x 370 px)."""
+    _, inked, before, opacity, mpp = _inked_on_glass(shared_data, name, mpp, ink)
     stroke_on_tissue = (opacity > 0.5) & before
     assert stroke_on_tissue.sum() > 1000
     assert _pen(inked, mpp)[stroke_on_tissue].mean() > 0.9
@@ -254,3 +261,33 @@ def test_black_out_of_slide_area_is_not_black_ink(shared_data: Path, name: str) 
     tissue = detect_tissue(rgb, mpp=mpp, config=TissueConfig(remove_pen=False))
     assert tissue.mean() > 0.3
     assert detect_tissue(rgb, mpp=mpp, config=TissueConfig(remove_pen=True))[tissue].mean() > 0.99
+
+
+def _coarse_to_fine(rgb: np.ndarray, mpp: float) -> np.ndarray:
+    """Tiling's default detection of ``rgb`` as a pyramid level whose next level is 4x coarser:
+    the coarse level whole, ``rgb`` only where the coarse mask is uncertain."""
+    from wsi_mil.tiling.refine import refine
+
+    refined = refine(
+        _reduce(rgb, 4),
+        coarse_mpp=4 * mpp,
+        fine_shape=rgb.shape[:2],
+        fine_mpp=mpp,
+        read_fine=lambda x, y, w, h: rgb[y : y + h, x : x + w],
+        config=TissueConfig(),
+    )
+    assert refined is not None
+    return refined.mask
+
+
+@pytest.mark.parametrize("ink", sorted(INKS))
+@pytest.mark.parametrize("name", ["01_TUMOR", "04_LYMPHO"])
+def test_marker_is_removed_by_coarse_to_fine_detection(shared_data: Path, name: str, ink: str) -> None:
+    """Pen removal through the coarse level (ink found at 32 um/px, its edge refined at 8)."""
+    rgb, inked, before, opacity, mpp = _inked_on_glass(shared_data, name, 8, ink)
+    stroke_on_tissue = (opacity > 0.5) & before
+    assert stroke_on_tissue.sum() > 1000
+    after = _coarse_to_fine(inked, mpp)
+    assert after[stroke_on_tissue].mean() < 0.1
+    assert after[before & (opacity < 0.01)].mean() > 0.95
+    assert _coarse_to_fine(rgb, mpp)[before].mean() > 0.99  # without ink: all of the tissue

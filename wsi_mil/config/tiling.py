@@ -40,6 +40,11 @@ class TissueConfig:
     #: ``thumbnail_mpp_max`` is used as stored, otherwise a finer one is reduced to it.
     thumbnail_mpp: float = 8.0
     thumbnail_mpp_max: float = 16.0
+    #: Coarse-to-fine detection: a stored level at most this coarse (um/px, and at least twice
+    #: as coarse as the detection resolution) is detected whole, and the detection resolution
+    #: is read only where the coarse mask could be wrong (its edges, faint colour). 0: detect
+    #: the whole slide at the detection resolution.
+    coarse_mpp: float = 32.0
     #: Median filter window, in thumbnail pixels (odd).
     median_size: int = 5
     #: Clip range of the Otsu threshold on saturation (0-1).

@@ -93,7 +93,15 @@ def candidate_axes(dimensions: tuple[int, int], spec: GridSpec) -> tuple[np.ndar
 
 
 def _integral(mask: np.ndarray) -> np.ndarray:
-    """Summed-area table with a zero first row and column, (H+1, W+1) float64."""
+    """Summed-area table with a zero first row and column, (H+1, W+1).
+
+    A bool mask's table is OpenCV's int32 ``integral`` (one pass, ~25x faster than two
+    float64 cumsums; exact while the mask has fewer than 2**31 pixels, and the same
+    numbers); other masks (area fractions) are summed in float64."""
+    if mask.dtype == bool and mask.size < 2**31:
+        import cv2
+
+        return cv2.integral(np.ascontiguousarray(mask).view(np.uint8))
     table = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), dtype=np.float64)
     np.cumsum(np.cumsum(mask, axis=0, dtype=np.float64), axis=1, out=table[1:, 1:])
     return table
@@ -127,7 +135,7 @@ def tissue_fractions(
     """
     if len(xs) == 0 or len(ys) == 0:
         return np.zeros((len(ys), len(xs)))
-    table = _integral(mask.astype(np.float64))
+    table = _integral(mask if mask.dtype == bool else mask.astype(np.float64))
     x_edges = np.concatenate([xs, xs + size0]) / mask_downsample
     y_edges = np.concatenate([ys, ys + size0]) / mask_downsample
     at_x = _interp_axis(table, x_edges, axis=1)  # (H+1, 2*nx)

@@ -7,6 +7,8 @@ thumbnail) and without importing scikit-image's filters.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 
@@ -25,8 +27,14 @@ def otsu_uint8(image: np.ndarray) -> float:
     """``skimage.filters.threshold_otsu`` of a uint8 image that holds two values or more, with
     its arithmetic on the same histogram (one bin per value from min to max), without
     importing scikit-image's filters."""
-    counts = np.bincount(image.ravel(), minlength=256)
+    return otsu_counts(np.bincount(image.ravel(), minlength=256))
+
+
+def otsu_counts(counts: np.ndarray) -> float:
+    """:func:`otsu_uint8` from the image's 256-bin histogram; the lowest value present when only one is."""
     present = np.flatnonzero(counts)
+    if len(present) < 2:
+        return float(present[0]) if len(present) else 0.0
     counts = counts[present[0] : present[-1] + 1].astype(np.float32)  # skimage sums float32 counts
     centers = np.arange(present[0], present[-1] + 1)
     weight1 = np.cumsum(counts)
@@ -39,38 +47,36 @@ def otsu_uint8(image: np.ndarray) -> float:
 
 def label_components(mask: np.ndarray, connectivity: int) -> tuple[np.ndarray, np.ndarray]:
     """Connected True areas of ``mask`` (4- or 8-connected): (H, W) int32 labels (0 elsewhere)
-    and (count, 5) int32 stats (x, y, width, height, area) per label, OpenCV's."""
+    and the pixel count of every label (label 0 first). OpenCV's labelling without its
+    per-label statistics, three to four times quicker than with them."""
     import cv2
 
-    image = np.ascontiguousarray(mask).view(np.uint8)
-    _, labels, stats, _ = cv2.connectedComponentsWithStats(image, connectivity=connectivity)
-    return labels, stats
+    count, labels = cv2.connectedComponents(np.ascontiguousarray(mask).view(np.uint8), connectivity=connectivity)
+    return labels, np.bincount(labels.ravel(), minlength=count)
 
 
-#: Up to this many labels are set by their bounding boxes; more, by one gather over the image.
-_FEW = 256
+def edge_labels(labels: np.ndarray) -> np.ndarray:
+    """The labels on an image's outer rows and columns."""
+    return np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
 
 
-def set_labels(image: np.ndarray, labels: np.ndarray, stats: np.ndarray, which: np.ndarray, value: bool) -> np.ndarray:
-    """A copy of ``image`` (bool) with the pixels of the labels ``which`` set to ``value``."""
-    if which.size > _FEW:
-        chosen = np.zeros(len(stats), dtype=bool)
-        chosen[which] = True
-        return image | chosen[labels] if value else image & ~chosen[labels]
-    out = image.copy()
-    for label in which:  # usually a handful: only their bounding boxes are looked at
-        x, y, w, h = (int(v) for v in stats[label, :4])
-        box = labels[y : y + h, x : x + w] == label
-        out[y : y + h, x : x + w][box] = value
-    return out
-
-
-def remove_small_objects(mask: np.ndarray, max_size: int) -> np.ndarray:
+def remove_small_objects(mask: np.ndarray, max_size: int, *, keep_edges: bool = False) -> np.ndarray:
     """``skimage.morphology.remove_small_objects(mask, max_size=max_size)``: 4-connected areas
-    of at most ``max_size`` px removed (OpenCV's labelling, several times faster)."""
-    labels, stats = label_components(mask, 4)
-    small = np.flatnonzero(stats[1:, 4] <= max_size) + 1
-    return set_labels(mask, labels, stats, small, False)
+    of at most ``max_size`` px removed (OpenCV's labelling, several times faster).
+    ``keep_edges``: areas that reach the image's border are kept (they may go on beyond it)."""
+    labels, areas = label_components(mask, 4)
+    small = areas <= max_size
+    if keep_edges:
+        small[edge_labels(labels)] = False
+    small[0] = False
+    return mask & ~small[labels] if small.any() else mask.copy()
+
+
+@functools.cache
+def _disk_steps(radius: int) -> tuple[tuple[np.ndarray, int], ...]:
+    from skimage import morphology
+
+    return tuple(morphology.disk(radius, decomposition="sequence"))
 
 
 def closing_disk(mask: np.ndarray, radius: int) -> np.ndarray:
@@ -79,9 +85,8 @@ def closing_disk(mask: np.ndarray, radius: int) -> np.ndarray:
     decompose into T-shaped steps: skimage's erosion takes them mirrored, its dilation not,
     and every step reflects the edge again."""
     import cv2
-    from skimage import morphology
 
-    steps = morphology.disk(radius, decomposition="sequence")
+    steps = _disk_steps(radius)
     image: np.ndarray = np.ascontiguousarray(mask).view(np.uint8)
     for operation, mirror in ((cv2.dilate, False), (cv2.erode, True)):
         for footprint, count in steps:
@@ -93,7 +98,8 @@ def closing_disk(mask: np.ndarray, radius: int) -> np.ndarray:
 
 def fill_small_holes(mask: np.ndarray, max_pixels: int) -> np.ndarray:
     """Fill background components of at most ``max_pixels`` that do not touch the border."""
-    labels, stats = label_components(~mask, 4)
-    x, y, w, h, area = (stats[1:, i] for i in range(5))
-    inner = (x > 0) & (y > 0) & (x + w < mask.shape[1]) & (y + h < mask.shape[0])
-    return set_labels(mask, labels, stats, np.flatnonzero(inner & (area <= max_pixels)) + 1, True)
+    labels, areas = label_components(~mask, 4)
+    small = areas <= max_pixels
+    small[edge_labels(labels)] = False
+    small[0] = False
+    return mask | small[labels] if small.any() else mask.copy()

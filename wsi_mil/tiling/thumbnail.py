@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 
 from wsi_mil.io.base import BaseReader
 from wsi_mil.io.bounded import read_level_reduced
@@ -34,15 +35,30 @@ class Thumbnail:
     unreadable: tuple[tuple[int, int, int, int], ...] = ()
 
 
-def read_detection_thumbnail(
-    slide: BaseReader, *, target_mpp: float, max_mpp: float, max_unreadable: float = 0.0
-) -> Thumbnail:
-    """A thumbnail at ``target_mpp``..``max_mpp`` um/px.
+@dataclass(frozen=True)
+class ThumbnailPlan:
+    """Where a detection thumbnail comes from: ``level`` box-reduced by ``factor`` to ``shape`` (h, w)."""
 
-    Without a slide MPP, level 0 is assumed to be ``ASSUMED_MPP`` um/px; the
-    returned ``mpp`` is then None and callers use the assumption explicitly.
-    ``max_unreadable``: the fraction of the read level that may be undecodable.
-    """
+    level: int
+    factor: int
+    shape: tuple[int, int]
+    downsample: float
+    mpp: float | None
+    level_downsample: float  #: of ``level``
+
+    def read_region(self, slide: BaseReader, x: int, y: int, width: int, height: int) -> np.ndarray:
+        """(height, width, 3) uint8 of the thumbnail at thumbnail (x, y), read from the slide."""
+        scale = self.factor * self.level_downsample
+        location = (int(round(x * scale)), int(round(y * scale)))
+        size = (width * self.factor, height * self.factor)
+        rgb = slide.read_region(location, self.level, size, as_array=True)
+        if self.factor > 1:
+            rgb = np.asarray(Image.fromarray(rgb).reduce(self.factor))
+        return rgb
+
+
+def plan_thumbnail(slide: BaseReader, *, target_mpp: float, max_mpp: float) -> ThumbnailPlan:
+    """The level and reduction of :func:`read_detection_thumbnail`, before any pixel is read."""
     mpp = slide.mpp
     width0 = slide.dimensions[0]
     if mpp is None:
@@ -52,14 +68,29 @@ def read_detection_thumbnail(
         for level in range(slide.level_count):
             level_mpp = mpp * slide.level_downsamples[level]
             if target_mpp * 0.99 <= level_mpp <= max_mpp * 1.01:
-                read = read_level_reduced(slide, level, 1, max_unreadable=max_unreadable)
-                return Thumbnail(read.rgb, slide.level_downsamples[level], level_mpp, level, tuple(read.unreadable))
+                width, height = slide.level_dimensions[level]
+                scale = slide.level_downsamples[level]
+                return ThumbnailPlan(level, 1, (height, width), scale, level_mpp, scale)
         wanted_downsample = max(1.0, target_mpp / mpp)
-
     level = slide.get_best_level_for_downsample(wanted_downsample)
     factor = max(1, int(math.floor(wanted_downsample / slide.level_downsamples[level] + 1e-6)))
-    read = read_level_reduced(slide, level, factor, max_unreadable=max_unreadable)
-    rgb = read.rgb
+    width, height = slide.level_dimensions[level]
+    shape = (max(1, height // factor), max(1, width // factor))
     # Effective downsample from the actual sizes (levels are not always exact multiples).
-    downsample = width0 / rgb.shape[1] if rgb.shape[1] else 1.0
-    return Thumbnail(rgb, downsample, None if mpp is None else mpp * downsample, level, tuple(read.unreadable))
+    downsample = width0 / shape[1]
+    scale = slide.level_downsamples[level]
+    return ThumbnailPlan(level, factor, shape, downsample, None if mpp is None else mpp * downsample, scale)
+
+
+def read_detection_thumbnail(
+    slide: BaseReader, *, target_mpp: float, max_mpp: float, max_unreadable: float = 0.0
+) -> Thumbnail:
+    """A thumbnail at ``target_mpp``..``max_mpp`` um/px.
+
+    Without a slide MPP, level 0 is assumed to be ``ASSUMED_MPP`` um/px; the
+    returned ``mpp`` is then None and callers use the assumption explicitly.
+    ``max_unreadable``: the fraction of the read level that may be undecodable.
+    """
+    plan = plan_thumbnail(slide, target_mpp=target_mpp, max_mpp=max_mpp)
+    read = read_level_reduced(slide, plan.level, plan.factor, max_unreadable=max_unreadable)
+    return Thumbnail(read.rgb, plan.downsample, plan.mpp, plan.level, tuple(read.unreadable))

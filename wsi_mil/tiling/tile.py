@@ -36,8 +36,8 @@ from wsi_mil.store.bags import BAG_FORMAT_VERSION, TISSUE_FRACTION, TISSUE_MASK,
 from wsi_mil.store.runlock import run_lock
 from wsi_mil.tiling.grid import GridSpec, plan_grid, select_patches
 from wsi_mil.tiling.qc import render_qc, save_qc
-from wsi_mil.tiling.thumbnail import ASSUMED_MPP, Thumbnail, read_detection_thumbnail
-from wsi_mil.tiling.tissue import detect_tissue
+from wsi_mil.tiling.slide_tissue import SlideTissue, detect_slide_tissue
+from wsi_mil.tiling.thumbnail import read_detection_thumbnail
 
 logger = logging.getLogger(__name__)
 
@@ -148,17 +148,18 @@ def _bag_attrs(source: SlideSource, slide: BaseReader, spec: GridSpec, config: C
 def _write_set(
     source: SlideSource,
     slide: BaseReader,
-    thumb: Thumbnail,
-    mask: np.ndarray,
+    tissue: SlideTissue,
+    qc_rgb: np.ndarray | None,
     bag_set: BagSet,
     config: Config,
     started: float,
 ) -> dict[str, Any]:
     tiling = config.tiling
+    mask, downsample = tissue.mask, tissue.plan.downsample
     spec = plan_grid(
         slide, patch_size=tiling.patch_size, target_mpp=bag_set.target_mpp, level=bag_set.level, overlap=tiling.overlap
     )
-    coords, fractions = select_patches(mask, thumb.downsample, slide.dimensions, spec, tiling.tissue_threshold)
+    coords, fractions = select_patches(mask, downsample, slide.dimensions, spec, tiling.tissue_threshold)
     note = ""
     width, height = slide.dimensions
     if min(width, height) < spec.patch_size_level0:
@@ -167,16 +168,16 @@ def _write_set(
         note = "no tissue found"
     elif len(coords) == 0:
         note = f"no patch reaches tissue_threshold {tiling.tissue_threshold}"
-    if thumb.unreadable:
-        note = "; ".join(filter(None, [note, f"{describe_unreadable(list(thumb.unreadable))} filled as background"]))
+    if tissue.unreadable:
+        note = "; ".join(filter(None, [note, f"{describe_unreadable(list(tissue.unreadable))} filled as background"]))
 
-    if tiling.qc:  # before the bag: the bag is the set's completion marker
-        qc = render_qc(thumb.rgb, mask, coords, spec.patch_size_level0, thumb.downsample)
+    if tiling.qc and qc_rgb is not None:  # before the bag: the bag is the set's completion marker
+        qc = render_qc(qc_rgb, mask, coords, spec.patch_size_level0, downsample)
         save_qc(qc, qc_path(bag_set, source.slide_id))
         write_tissue_geojson(
             qc_path(bag_set, source.slide_id).with_suffix(".geojson"),
             mask,
-            thumb.downsample,
+            downsample,
             slide_id=source.slide_id,
             mpp=slide.mpp,
         )
@@ -184,7 +185,7 @@ def _write_set(
     with open_bag_writer(path) as writer:
         writer.write_coords(coords, _bag_attrs(source, slide, spec, config))
         writer.write_array(TISSUE_FRACTION, fractions)
-        writer.write_array(TISSUE_MASK, mask.astype(np.uint8), {"downsample": thumb.downsample, "mpp": thumb.mpp})
+        writer.write_array(TISSUE_MASK, mask.view(np.uint8), {"downsample": downsample, "mpp": tissue.plan.mpp})
         if tiling.save_pixels:
             writer.create_pixels(len(coords), spec.target_patch_size)
             for start in range(0, len(coords), PIXEL_BATCH):
@@ -275,19 +276,20 @@ def _tile_sets(
             if not todo:
                 return records
         try:
-            thumb = read_detection_thumbnail(
-                slide,
-                target_mpp=config.tissue.thumbnail_mpp,
-                max_mpp=config.tissue.thumbnail_mpp_max,
-                max_unreadable=config.tiling.max_unreadable_fraction,
-            )
-            mask = detect_tissue(thumb.rgb, mpp=thumb.mpp or ASSUMED_MPP * thumb.downsample, config=config.tissue)
+            limit = config.tiling.max_unreadable_fraction
+            tissue = detect_slide_tissue(slide, config=config.tissue, max_unreadable=limit)
+            qc_rgb = tissue.rgb
+            if config.tiling.qc and qc_rgb is None:  # coarse-to-fine read only part of the thumbnail
+                detection = config.tissue
+                qc_rgb = read_detection_thumbnail(
+                    slide, target_mpp=detection.thumbnail_mpp, max_mpp=detection.thumbnail_mpp_max, max_unreadable=1.0
+                ).rgb
         except Exception as error:  # noqa: BLE001 -- recorded as this slide's failure; the batch goes on
             return records + [_failure(source, s, error, started, debug) for s in todo]
         for bag_set in todo:
             try:
                 slide.check_deadline()
-                records.append(_write_set(source, slide, thumb, mask, bag_set, config, started))
+                records.append(_write_set(source, slide, tissue, qc_rgb, bag_set, config, started))
             except Exception as error:  # noqa: BLE001 -- recorded as this set's failure
                 records.append(_failure(source, bag_set, error, started, debug))
     return records

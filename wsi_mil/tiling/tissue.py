@@ -20,6 +20,8 @@ given in micrometres and mean the same thing on every slide. Steps:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from wsi_mil.config import TissueConfig
@@ -31,7 +33,6 @@ from wsi_mil.tiling.mask_ops import (
     median_uint8,
     otsu_uint8,
     remove_small_objects,
-    set_labels,
 )
 
 
@@ -108,8 +109,9 @@ def _ink_halo(hue: np.ndarray, sat: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def pen_mask(hsv: np.ndarray, *, black_value: float = TissueConfig.black_value) -> np.ndarray:
-    """Ink cores, colours no H&E stain takes: (H, W, 3) float HSV in 0-1 -> (H, W) bool.
+def pen_mask(hsv: np.ndarray | Colours, *, black_value: float = TissueConfig.black_value) -> np.ndarray:
+    """Ink cores, colours no H&E stain takes: (H, W, 3) float HSV in 0-1 (or
+    :class:`~wsi_mil.tiling.colours.Colours`) -> (H, W) bool.
 
     Blue and green ink (hue outside H&E's blue-to-red range, saturated), black ink (dark
     and grey), bright red ink (redder and more saturated than eosin). :func:`detect_pen`
@@ -188,10 +190,24 @@ def _with_faint(mask: np.ndarray, faint: np.ndarray) -> np.ndarray:
     set by dense tissue; above ``faint_saturation`` and joined to it, they are tissue.
     ``faint`` has only a 3-px median (the 5-px one erases fat's membranes); glass stays
     below its level."""
-    labels, stats = label_components(faint | mask, 8)
-    keep = np.zeros(len(stats), dtype=bool)
+    labels, areas = label_components(faint | mask, 8)
+    keep = np.zeros(len(areas), dtype=bool)
     keep[labels[mask]] = True
-    return set_labels(faint | mask, labels, stats, np.flatnonzero(~keep[1:]) + 1, False)
+    keep[0] = False
+    return keep[labels]
+
+
+@dataclass(frozen=True)
+class Detection:
+    """What :func:`detect_tissue` decided on a thumbnail, for a finer pass over parts of it
+    (:mod:`wsi_mil.tiling.refine`): the mask, the method used, the clipped Otsu threshold
+    (0-1), whether tissue filled the whole image, and the ink strokes removed."""
+
+    mask: np.ndarray
+    method: str
+    threshold: float
+    everywhere: bool
+    ink: np.ndarray | None
 
 
 def detect_tissue(rgb: np.ndarray, *, mpp: float, config: TissueConfig | None = None) -> np.ndarray:
@@ -199,12 +215,17 @@ def detect_tissue(rgb: np.ndarray, *, mpp: float, config: TissueConfig | None = 
 
     rgb: (H, W, 3) uint8 at ``mpp`` um/px. Returns (H, W) bool.
     """
+    return detect(rgb, mpp=mpp, config=config).mask
+
+
+def detect(rgb: np.ndarray, *, mpp: float, config: TissueConfig | None = None) -> Detection:
+    """:func:`detect_tissue` with its intermediate decisions (:class:`Detection`)."""
     config = config or TissueConfig()
     methods = TissueConfig.CHOICES["method"]
     if config.method not in methods:
         raise ValueError(f"unknown tissue method {config.method!r}; choose one of {methods}")
     if rgb.size == 0:
-        return np.zeros(rgb.shape[:2], dtype=bool)
+        return Detection(np.zeros(rgb.shape[:2], dtype=bool), config.method, 1.0, False, None)
 
     colours = Colours(rgb)
     method = config.method
@@ -234,7 +255,8 @@ def detect_tissue(rgb: np.ndarray, *, mpp: float, config: TissueConfig | None = 
     threshold = float(np.clip(threshold, low, high))
     mask = score8 > 255 * threshold
     faint = None
-    if not background_like.any():  # tissue everywhere: any stain counts
+    everywhere = not background_like.any()
+    if everywhere:  # tissue everywhere: any stain counts
         mask = score8 > 255 * low
     elif method == "hsv_otsu" and config.faint_saturation > 0:
         faint = median_uint8(raw8, 3) > 255 * config.faint_saturation  # a 3-px median: noise off, membranes kept
@@ -242,6 +264,7 @@ def detect_tissue(rgb: np.ndarray, *, mpp: float, config: TissueConfig | None = 
         mask &= colours.value_above(config.black_value)
 
     pixel_area = mpp * mpp
+    ink = None
     if config.remove_pen and method != "fluorescence":
         ink = detect_pen(colours, mpp=mpp, config=config)
         mask &= ~ink
@@ -257,4 +280,4 @@ def detect_tissue(rgb: np.ndarray, *, mpp: float, config: TissueConfig | None = 
         mask = closing_disk(mask, radius)
     mask = remove_small_objects(mask, int(config.min_object_um2 / pixel_area))
     mask = fill_small_holes(mask, int(config.max_hole_um2 / pixel_area))
-    return mask
+    return Detection(mask, method, threshold, everywhere, ink)
