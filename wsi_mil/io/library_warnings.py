@@ -4,9 +4,11 @@ tifffile, tiffslide, Pillow and imagecodecs report oddities of a file through
 ``logging`` or ``warnings`` (``shaped series shape does not match page shape``,
 ``DecompressionBombWarning``...). Printed raw, they name no slide and interleave
 between parallel workers. Inside :func:`capture_library_warnings` they are collected
-instead, and the caller attaches them to the slide's manifest row and log line.
-libjpeg errors inside OpenSlide surface as read errors (with the tile's position);
-messages a C library writes straight to the process's stderr are not captured.
+instead, and the caller attaches them to the slide's manifest row and log line. So are
+the lines C libraries write straight to the process's stderr (file descriptor 2), through
+:func:`wsi_mil.io.stderr_capture.capture_stderr` (read its notes on threads).
+libjpeg warnings inside OpenSlide surface as read errors (with the tile's position);
+imagecodecs (tiffslide) decodes such tiles without a word.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import Any
+
+from wsi_mil.io.stderr_capture import capture_stderr
 
 #: Loggers of the libraries that read slides.
 LIBRARY_LOGGERS = ("tifffile", "tiffslide", "PIL", "imagecodecs", "openslide", "pydicom")
@@ -42,7 +46,15 @@ class _Collect(logging.Handler):
 
 @contextlib.contextmanager
 def capture_library_warnings() -> Iterator[list[str]]:
-    """Collect the libraries' warnings (logging and ``warnings``) into the yielded list, filled on exit."""
+    """Collect the libraries' warnings (logging, ``warnings`` and lines written to descriptor 2) into
+    the yielded list, filled on exit."""
+    with capture_stderr() as from_c, _capture_python() as captured:
+        yield captured
+    captured.extend(from_c)
+
+
+@contextlib.contextmanager
+def _capture_python() -> Iterator[list[str]]:
     captured: list[str] = []
     handler = _Collect(captured)
     saved = []

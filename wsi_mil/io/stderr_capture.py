@@ -1,0 +1,202 @@
+"""Messages that C libraries write straight to file descriptor 2, captured per slide.
+
+OpenSlide's GLib warnings (``OpenSlide-WARNING **: libtiff warning: ...`` under
+``OPENSLIDE_DEBUG=decoding``), a C library's ``fprintf(stderr, ...)``, and the lines that
+reading processes started during the slide (DataLoader workers) write to the stderr they
+inherit never pass through Python. While :func:`capture_stderr` is open, descriptor 2
+points at a temporary file; on exit the lines written in the window are read back and
+handed to the caller (the slide's manifest row and log line), not printed.
+
+Python's own output is not swallowed: for the window, ``sys.stderr``, every logging
+handler that wrote to it, and :mod:`faulthandler` are pointed at a duplicate of the
+original descriptor, so tracebacks, log lines and progress bars still reach the user.
+
+Threads. Descriptor 2 belongs to the process, not to a thread. wsi-mil's own runners read
+one slide per process at a time (Dask workers with one thread each, ``--workers 0`` one
+slide after another, the time-limit child), so there a line is the slide's. When
+captures overlap in one process (a library caller's threads, a Dask worker with several
+threads), one redirect is shared and each capture keeps the lines written during its
+window, marked as possibly another slide's: attribution by time, with a note, rather than
+serializing slides.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import faulthandler
+import functools
+import io
+import logging
+import os
+import re
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+#: Bytes kept per slide (a runaway library cannot fill memory through the manifest).
+MAX_BYTES = 1 << 20
+#: GLib's ``(process:1234): `` prefix and ``**: 00:37:40.601: `` time stamp: dropped, so repeats count as one.
+_GLIB_NOISE = re.compile(r"^\(process:\d+\): |(?<=\*\*: )\d\d:\d\d:\d\d\.\d+: ")
+#: Marks the lines of a window that overlapped another slide's in this process.
+SHARED_NOTE = " [written while another slide was read in this process; it may be that slide's]"
+
+
+@dataclass
+class _Window:
+    start: int
+    overlapped: bool = False
+    lines: list[str] = field(default_factory=list)
+
+
+class _Redirect:
+    """Descriptor 2 pointed at a temporary file while at least one window is open."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.open: list[_Window] = []
+        self.file: Any = None
+        self.saved_fd = -1
+        self.stream: io.TextIOWrapper | None = None
+        self.swapped: list[tuple[Any, Any]] = []  # (handler, its stream) or (None, sys.stderr)
+        self.faulthandler_was_on = False
+
+    def enter(self) -> _Window | None:
+        with self.lock:
+            if not self.open and not self._start():
+                return None
+            window = _Window(start=os.lseek(2, 0, os.SEEK_CUR), overlapped=bool(self.open))
+            for other in self.open:
+                other.overlapped = True
+            self.open.append(window)
+            return window
+
+    def exit(self, window: _Window) -> None:
+        with self.lock:
+            _flush_c_stdio()
+            end = os.lseek(2, 0, os.SEEK_CUR)
+            data = os.pread(self.file.fileno(), min(end - window.start, MAX_BYTES), window.start)
+            window.lines = _lines(data)
+            self.open.remove(window)
+            if not self.open:
+                self._stop()
+
+    def _start(self) -> bool:
+        """Redirect descriptor 2; False (nothing changed) where this process has no usable one."""
+        _flush_python()
+        _flush_c_stdio()
+        try:
+            self.saved_fd = os.dup(2)
+            self.file = tempfile.TemporaryFile(prefix="wsi-mil-stderr-")
+        except OSError as error:
+            if self.saved_fd >= 0:
+                os.close(self.saved_fd)
+                self.saved_fd = -1
+            logger.debug("C-level stderr not captured: %s", error)
+            return False
+        os.dup2(self.file.fileno(), 2)
+        self.stream = io.TextIOWrapper(
+            io.FileIO(self.saved_fd, "w", closefd=False),
+            encoding=getattr(sys.stderr, "encoding", None) or "utf-8",
+            errors="backslashreplace",
+            line_buffering=True,
+            write_through=True,
+        )
+        self._point_python_at(self.stream)
+        return True
+
+    def _stop(self) -> None:
+        _flush_python()
+        os.dup2(self.saved_fd, 2)
+        self._restore_python()
+        os.close(self.saved_fd)
+        self.saved_fd = -1
+        self.file.close()
+        self.file = self.stream = None
+
+    def _point_python_at(self, stream: io.TextIOWrapper) -> None:
+        """Python's writers to descriptor 2 (``sys.stderr``, logging handlers, faulthandler) to ``stream``."""
+        targets = {id(s) for s in (sys.stderr, sys.__stderr__) if _writes_to_fd2(s)}
+        if _writes_to_fd2(sys.stderr):
+            self.swapped.append((None, sys.stderr))
+            sys.stderr = stream
+        for handler in _stream_handlers():
+            if id(handler.stream) in targets:
+                self.swapped.append((handler, handler.setStream(stream)))
+        self.faulthandler_was_on = faulthandler.is_enabled()
+        if self.faulthandler_was_on:
+            faulthandler.enable(file=stream)
+
+    def _restore_python(self) -> None:
+        for handler, stream in reversed(self.swapped):
+            if handler is None:
+                sys.stderr = stream
+            else:
+                handler.setStream(stream)
+        self.swapped.clear()
+        if self.faulthandler_was_on:
+            faulthandler.enable(file=sys.__stderr__ or sys.stderr)
+
+
+_REDIRECT = _Redirect()
+
+
+@contextlib.contextmanager
+def capture_stderr() -> Iterator[list[str]]:
+    """Collect the lines written to descriptor 2 in this block into the yielded list, filled on exit.
+
+    Each line is ``stderr: <text>``, with :data:`SHARED_NOTE` when another capture was open in this
+    process meanwhile. Where the process has no descriptor 2 to redirect, nothing is collected."""
+    captured: list[str] = []
+    window = _REDIRECT.enter()
+    try:
+        yield captured
+    finally:
+        if window is not None:
+            _REDIRECT.exit(window)
+            note = SHARED_NOTE if window.overlapped else ""
+            captured.extend(f"stderr: {line}{note}" for line in window.lines)
+
+
+def _lines(data: bytes) -> list[str]:
+    text = data.decode("utf-8", errors="backslashreplace")
+    return [_GLIB_NOISE.sub("", line).strip() for line in text.splitlines() if line.strip()]
+
+
+def _writes_to_fd2(stream: Any) -> bool:
+    try:
+        return stream is not None and stream.fileno() == 2
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError and a ValueError
+        return False
+
+
+def _stream_handlers() -> list[logging.StreamHandler]:
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    return [
+        handler
+        for one in loggers
+        for handler in getattr(one, "handlers", ())
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
+    ]
+
+
+def _flush_python() -> None:
+    for stream in (sys.stderr, sys.__stderr__):
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            stream.flush()  # type: ignore[union-attr]
+
+
+@functools.cache
+def _libc() -> Any:
+    return ctypes.CDLL(None)
+
+
+def _flush_c_stdio() -> None:
+    """C's buffered ``stderr``/``stdout`` written out, so a line lands on the right side of a redirect."""
+    with contextlib.suppress(OSError, AttributeError):
+        _libc().fflush(None)
