@@ -43,6 +43,8 @@ logger = logging.getLogger(__name__)
 MAX_BYTES = 1 << 20
 #: GLib's ``(process:1234): `` prefix and ``**: 00:37:40.601: `` time stamp: dropped, so repeats count as one.
 _GLIB_NOISE = re.compile(r"^\(process:\d+\): |(?<=\*\*: )\d\d:\d\d:\d\d\.\d+: ")
+#: Starts the lines a reading process writes for its parent's capture (:func:`write_for_parent`).
+CHILD_MARK = "[wsi-mil reader] "
 #: Marks the lines of a window that overlapped another slide's in this process.
 SHARED_NOTE = " [written while another slide was read in this process; it may be that slide's]"
 
@@ -160,7 +162,18 @@ def capture_stderr() -> Iterator[list[str]]:
         if window is not None:
             _REDIRECT.exit(window)
             note = SHARED_NOTE if window.overlapped else ""
-            captured.extend(f"stderr: {line}{note}" for line in window.lines)
+            captured.extend(
+                line.removeprefix(CHILD_MARK) + note if line.startswith(CHILD_MARK) else f"stderr: {line}{note}"
+                for line in window.lines
+            )
+
+
+def write_for_parent(message: str) -> None:
+    """One line on descriptor 2 that a parent's :func:`capture_stderr` keeps as ``message`` (no
+    ``stderr:`` prefix): how a reading process (a DataLoader worker) hands its warnings to the slide."""
+    text = CHILD_MARK + " ".join(message.split()) + "\n"
+    with contextlib.suppress(OSError):
+        os.write(2, text.encode("utf-8", errors="backslashreplace"))
 
 
 def _lines(data: bytes) -> list[str]:
