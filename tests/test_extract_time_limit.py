@@ -26,9 +26,11 @@ def _slow_tiles(path: Path, *, claim: int) -> Path:
     """A 2048 x 1536 Aperio-style slide whose level-0 JPEG tiles claim ``claim`` x ``claim`` pixels."""
     import tifffile
 
-    write_synthetic_slide(path, width=2048, height=1536, mpp=0.5, downsamples=(1, 4), regions=(Region(256, 256, 1792, 1280),))
+    write_synthetic_slide(
+        path, width=2048, height=1536, mpp=0.5, downsamples=(1, 4), regions=(Region(256, 256, 1792, 1280),)
+    )
     with tifffile.TiffFile(path) as tif:
-        spans = list(zip(tif.pages[0].dataoffsets, tif.pages[0].databytecounts))
+        spans = list(zip(tif.pages[0].dataoffsets, tif.pages[0].databytecounts, strict=True))
     with path.open("r+b") as handle:
         for offset, count in spans:
             handle.seek(offset)
@@ -46,7 +48,9 @@ def _extract_rows(run: Path) -> dict[str, dict[str, str]]:
 def test_a_slide_with_slow_tiles_passes_tiling_and_is_stopped_at_extraction(tmp_path: Path) -> None:
     slides, run = tmp_path / "slides", tmp_path / "run"
     _slow_tiles(slides / "slow.svs", claim=4096)
-    write_synthetic_slide(slides / "good.svs", width=1024, height=768, mpp=0.5, downsamples=(1, 4), regions=(Region(256, 256, 768, 512),))
+    write_synthetic_slide(
+        slides / "good.svs", width=1024, height=768, mpp=0.5, downsamples=(1, 4), regions=(Region(256, 256, 768, 512),)
+    )
     assert main(["tile", str(slides), "--out", str(run), "--patch-size", "256", *QUIET]) == 0
 
     extract = ["extract", str(run), "--encoder", "resnet18", "--weights", "random", "--batch-size", "4"]
@@ -59,7 +63,9 @@ def test_a_slide_with_slow_tiles_passes_tiling_and_is_stopped_at_extraction(tmp_
     assert float(slow["seconds"]) < 30, slow  # all 35 tiles would take ~11 s here; 20000-px claims, minutes
 
 
-def test_extract_slide_timeout_is_checked_like_other_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_extract_slide_timeout_is_checked_like_other_options(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as stopped:
         main(["extract", str(tmp_path), "--slide-timeout", "-1"])
     assert stopped.value.code == 2

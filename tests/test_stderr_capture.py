@@ -34,7 +34,9 @@ LIBTIFF = "libtiff warning: TIFFReadDirectoryCheckOrder: Invalid TIFF directory;
 def _slide(path: Path, *, unsorted_tags: bool) -> None:
     """A small Aperio-style JPEG slide; ``unsorted_tags``: its first directory has two tag entries
     swapped (libtiff warns, then reads it as usual)."""
-    write_synthetic_slide(path, width=1024, height=768, mpp=0.5, downsamples=(1, 4), regions=(Region(256, 256, 768, 512),))
+    write_synthetic_slide(
+        path, width=1024, height=768, mpp=0.5, downsamples=(1, 4), regions=(Region(256, 256, 768, 512),)
+    )
     if not unsorted_tags:
         return
     with path.open("r+b") as handle:
@@ -56,6 +58,10 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
     done = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     return done
+
+
+def _tile(slides: Path, run: Path) -> list[str]:
+    return ["-m", "wsi_mil", "tile", str(slides), "--out", str(run), "--patch-size", "128", "--reader", "openslide"]
 
 
 def _warnings(run: Path, stage: str) -> dict[str, str]:
@@ -82,11 +88,14 @@ def two_slides(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("workers", ["0", "1"])  # in this process; in a Dask worker process
-def test_openslide_c_warnings_reach_the_manifest_in_tile(two_slides: Path, tmp_path: Path, workers: str) -> None:
+@pytest.mark.parametrize(
+    "where",
+    [["--workers", "0"], ["--workers", "1"], ["--workers", "0", "--slide-timeout", "600"]],
+    ids=["this process", "a Dask worker", "the time limit's child"],
+)
+def test_openslide_c_warnings_reach_the_manifest_in_tile(two_slides: Path, tmp_path: Path, where: list[str]) -> None:
     run = tmp_path / "run"
-    tile = ["-m", "wsi_mil", "tile", str(two_slides), "--out", str(run), "--patch-size", "128", "--reader", "openslide"]
-    _check_stage(_run(*tile, "--workers", workers, "--quiet"), run, "tile")
+    _check_stage(_run(*_tile(two_slides, run), *where, "--quiet"), run, "tile")
 
 
 @pytest.mark.slow
@@ -95,7 +104,7 @@ def test_openslide_c_warnings_reach_the_manifest_in_extract_and_heatmap(two_slid
     from tests.cli_runs import train_and_predict
 
     run, quiet = tmp_path / "run", ["--workers", "0", "--quiet"]
-    _run("-m", "wsi_mil", "tile", str(two_slides), "--out", str(run), "--patch-size", "128", "--reader", "openslide", *quiet)
+    _run(*_tile(two_slides, run), *quiet)
     extract = ["extract", str(run), "--encoder", "resnet18", "--weights", "random", "--batch-size", "16"]
     _check_stage(_run("-m", "wsi_mil", *extract, *quiet), run, "extract")
     labels = tmp_path / "labels.csv"
@@ -127,7 +136,11 @@ def test_python_stderr_still_reaches_the_user_while_descriptor_2_is_captured(two
     )
     done = _run("-W", "always", "-c", script)
     assert "OpenSlide-WARNING" not in done.stderr, done.stderr
-    for shown in ("wsi_mil.check python log line", "RuntimeError: python traceback", "DeprecationWarning: code warning"):
+    for shown in (
+        "wsi_mil.check python log line",
+        "RuntimeError: python traceback",
+        "DeprecationWarning: code warning",
+    ):
         assert shown in done.stderr, done.stderr
     captured = json.loads(done.stdout)
     assert captured and set(captured) == {f"stderr: OpenSlide-WARNING **: {LIBTIFF} in ascending order"}, captured

@@ -94,7 +94,7 @@ class _Redirect:
         _flush_c_stdio()
         try:
             self.saved_fd = os.dup(2)
-            self.file = tempfile.TemporaryFile(prefix="wsi-mil-stderr-")
+            self.file = tempfile.TemporaryFile(prefix="wsi-mil-stderr-")  # noqa: SIM115 -- closed by _stop
         except OSError as error:
             if self.saved_fd >= 0:
                 os.close(self.saved_fd)
