@@ -3,8 +3,9 @@ slowly stops reading at the limit and fails with a clear message; the batch goes
 
 The file is real and passes tiling: every level-0 JPEG tile's frame header claims 4096 x 4096 pixels
 instead of 256 x 256. Tiling reads only the clean level below (its thumbnail) and succeeds; extraction
-decodes each level-0 tile in full through imagecodecs (~0.3 s each here, 16x the pixels) before
-tifffile refuses it. With a 20000-pixel claim a tile took 7 s and 1.2 GB (BENCHMARKS.md)."""
+decodes each level-0 tile in full through imagecodecs (256x the pixels) before tifffile refuses it:
+9.6 s for the 35 patches without a limit here; with a 20000-pixel claim one tile took 4 s and 1.2 GB
+(BENCHMARKS.md)."""
 
 from __future__ import annotations
 
@@ -60,7 +61,6 @@ def test_a_slide_with_slow_tiles_passes_tiling_and_is_stopped_at_extraction(tmp_
     slow = rows["slow"]
     assert slow["status"] == "failed", slow
     assert "per-slide time limit of 1 s (extract.slide_timeout)" in slow["error"], slow
-    assert float(slow["seconds"]) < 30, slow  # all 35 tiles would take ~11 s here; 20000-px claims, minutes
 
 
 def test_extract_slide_timeout_is_checked_like_other_options(

@@ -207,7 +207,7 @@ def _run_loader(
             seen += len(rows)
             if deadline is not None and time.monotonic() > deadline and (seen < len(features) or not ok.all()):
                 raise SlideTimeoutError(
-                    f"{slide_id}: stopped after the per-slide time limit of {options.slide_timeout:g} s "
+                    f"stopped after the per-slide time limit of {options.slide_timeout:g} s "
                     f"(extract.slide_timeout), {int(valid.sum())} of {len(features)} patches read; its tiles "
                     "decode pathologically slowly or its storage is slow. Check the file, or raise the limit."
                 )
