@@ -18,13 +18,15 @@ import os
 import struct
 import subprocess
 import sys
+import tempfile
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 
 from wsi_mil.io.library_warnings import capture_library_warnings
-from wsi_mil.io.stderr_capture import SHARED_NOTE, capture_stderr
+from wsi_mil.io.stderr_capture import FILE_PREFIX, SHARED_NOTE, capture_stderr
 from wsi_mil.synthetic import Region, write_synthetic_slide
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -190,3 +192,40 @@ def test_dataloader_worker_warnings_reach_the_slide(tmp_path: Path, caplog: pyte
         assert [batch.tolist() for batch in loader] == [[0, 1]]
     assert any(line.startswith("tifffile: ") and RAW in line for line in captured), captured
     assert not [r for r in caplog.records if r.name == "tifffile"]
+
+
+def _dies_after_a_message(item: str) -> None:
+    with capture_stderr():
+        os.write(2, f"{item}: assertion failed in a C library\n".encode())
+        os.abort()
+
+
+def _hangs_after_a_message(item: str) -> None:
+    with capture_stderr():
+        os.write(2, f"{item}: waiting for a storage that does not answer\n".encode())
+        time.sleep(600)
+
+
+def test_a_child_that_dies_or_is_stopped_inside_a_capture_leaves_its_last_words(tmp_path: Path) -> None:
+    """What a slide's process wrote to the captured descriptor before it crashed or was stopped at the
+    time limit is not lost with it: it ends the error message, and its file is removed."""
+    from wsi_mil.errors import SlideTimeoutError
+    from wsi_mil.time_limit import ChildDiedError, run_with_time_limit
+
+    with pytest.raises(ChildDiedError, match=r"last words on stderr: crash\.svs: assertion failed in a C library"):
+        run_with_time_limit(_dies_after_a_message, "crash.svs", seconds=60)
+    with pytest.raises(SlideTimeoutError, match=r"last words on stderr: stuck\.svs: waiting for a storage"):
+        run_with_time_limit(_hangs_after_a_message, "stuck.svs", seconds=0.5)
+    assert not list(Path(tempfile.gettempdir()).glob(f"{FILE_PREFIX}*")) or all(
+        _pid_alive(path) for path in Path(tempfile.gettempdir()).glob(f"{FILE_PREFIX}*")
+    )
+
+
+def _pid_alive(path: Path) -> bool:
+    """A window's file that belongs to a live process (another test run's) is not a leftover."""
+    pid = int(path.name.removeprefix(FILE_PREFIX).split("-")[0])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from wsi_mil.errors import SlideTimeoutError, WsiMilError
+from wsi_mil.io.stderr_capture import left_by
 
 logger = logging.getLogger(__name__)
 
@@ -52,10 +53,11 @@ def run_with_time_limit(
     name = getattr(item, "path", item)
     try:
         if not receive.poll(seconds + GRACE_S):
+            _end(child)
             raise SlideTimeoutError(
                 f"{name}: stopped after the per-slide time limit of {seconds:g} s (tiling.slide_timeout); its "
                 "process was stuck inside a library call. The file is pathological, very large, or on a storage "
-                "that does not answer; check it, or raise the limit."
+                "that does not answer; check it, or raise the limit." + _last_words(child.pid)
             )
         try:
             status, value = receive.recv()
@@ -64,7 +66,7 @@ def run_with_time_limit(
             raise ChildDiedError(
                 f"{name}: the process working on this slide died (exit code {child.exitcode}) "
                 "without a result; the file probably crashes its reader. Try another "
-                "--reader, or check the file."
+                "--reader, or check the file." + _last_words(child.pid)
             ) from None
     finally:
         receive.close()
@@ -86,7 +88,19 @@ def _child(send: Any, function: Callable[..., Any], item: Any, kwargs: dict[str,
     send.close()
 
 
+def _last_words(pid: int | None) -> str:
+    """What the stopped child had written to its captured stderr (a C library's last message), if anything."""
+    text = left_by(pid) if pid is not None else ""
+    return f" Its last words on stderr: {text}" if text else ""
+
+
 def _stop(child: Any) -> None:
+    """End ``child`` (:func:`_end`) and release it."""
+    _end(child)
+    child.close()
+
+
+def _end(child: Any) -> None:
     """End ``child``: at once when it is done, else SIGTERM, then SIGKILL."""
     child.join(0.5 if child.is_alive() else None)
     if child.is_alive():
@@ -96,4 +110,3 @@ def _stop(child: Any) -> None:
         logger.debug("%s did not end on SIGTERM; killing it", child.name)
         child.kill()
         child.join()
-    child.close()

@@ -35,6 +35,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,8 @@ logger = logging.getLogger(__name__)
 MAX_BYTES = 1 << 20
 #: GLib's ``(process:1234): `` prefix and ``**: 00:37:40.601: `` time stamp: dropped, so repeats count as one.
 _GLIB_NOISE = re.compile(r"^\(process:\d+\): |(?<=\*\*: )\d\d:\d\d:\d\d\.\d+: ")
+#: Names the temporary files of the windows, followed by the process id (see :func:`left_by`).
+FILE_PREFIX = "wsi-mil-stderr-"
 #: Starts the lines a reading process writes for its parent's capture (:func:`write_for_parent`).
 CHILD_MARK = "[wsi-mil reader] "
 #: Marks the lines of a window that overlapped another slide's in this process.
@@ -57,12 +60,19 @@ class _Window:
 
 
 class _Redirect:
-    """Descriptor 2 pointed at a temporary file while at least one window is open."""
+    """Descriptor 2 pointed at a temporary file while at least one window is open.
+
+    The duplicate of the original descriptor (``saved_fd``) and its Python stream outlive the
+    window, so a handler or progress bar that picked up the stream inside it keeps writing to the
+    real stderr afterwards; they are renewed only when descriptor 2 itself has been pointed
+    elsewhere since (pytest's capture between two tests does that). The file is named after the
+    process (:func:`left_by`): a process that dies inside a window leaves what it wrote there."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.open: list[_Window] = []
-        self.file: Any = None
+        self.file_fd = -1
+        self.file_path = ""
         self.saved_fd = -1
         self.stream: io.TextIOWrapper | None = None
         self.swapped: list[tuple[Any, Any]] = []  # (handler, its stream) or (None, sys.stderr)
@@ -82,7 +92,7 @@ class _Redirect:
         with self.lock:
             _flush_c_stdio()
             end = os.lseek(2, 0, os.SEEK_CUR)
-            data = os.pread(self.file.fileno(), min(end - window.start, MAX_BYTES), window.start)
+            data = os.pread(self.file_fd, min(end - window.start, MAX_BYTES), window.start)
             window.lines = _lines(data)
             self.open.remove(window)
             if not self.open:
@@ -93,33 +103,38 @@ class _Redirect:
         _flush_python()
         _flush_c_stdio()
         try:
-            self.saved_fd = os.dup(2)
-            self.file = tempfile.TemporaryFile(prefix="wsi-mil-stderr-")  # noqa: SIM115 -- closed by _stop
+            if self.saved_fd < 0 or not _same_file(self.saved_fd, 2):
+                self._renew_saved()
+            self.file_fd, self.file_path = tempfile.mkstemp(prefix=f"{FILE_PREFIX}{os.getpid()}-", suffix=".txt")
         except OSError as error:
-            if self.saved_fd >= 0:
-                os.close(self.saved_fd)
-                self.saved_fd = -1
             logger.debug("C-level stderr not captured: %s", error)
             return False
-        os.dup2(self.file.fileno(), 2)
+        os.dup2(self.file_fd, 2)
+        assert self.stream is not None  # set by _renew_saved
+        self._point_python_at(self.stream)
+        return True
+
+    def _renew_saved(self) -> None:
+        saved = os.dup(2)
+        if self.saved_fd >= 0:
+            os.close(self.saved_fd)
+        self.saved_fd = saved
         self.stream = io.TextIOWrapper(
-            io.FileIO(self.saved_fd, "w", closefd=False),
+            io.FileIO(saved, "w", closefd=False),
             encoding=getattr(sys.stderr, "encoding", None) or "utf-8",
             errors="backslashreplace",
             line_buffering=True,
             write_through=True,
         )
-        self._point_python_at(self.stream)
-        return True
 
     def _stop(self) -> None:
         _flush_python()
         os.dup2(self.saved_fd, 2)
         self._restore_python()
-        os.close(self.saved_fd)
-        self.saved_fd = -1
-        self.file.close()
-        self.file = self.stream = None
+        os.close(self.file_fd)
+        with contextlib.suppress(OSError):
+            os.unlink(self.file_path)
+        self.file_fd, self.file_path = -1, ""
 
     def _point_python_at(self, stream: io.TextIOWrapper) -> None:
         """Python's writers to descriptor 2 (``sys.stderr``, logging handlers, faulthandler) to ``stream``."""
@@ -135,10 +150,10 @@ class _Redirect:
             faulthandler.enable(file=stream)
 
     def _restore_python(self) -> None:
-        for handler, stream in reversed(self.swapped):
-            if handler is None:
+        for handler, stream in reversed(self.swapped):  # what was pointed elsewhere meanwhile stays there
+            if handler is None and sys.stderr is self.stream:
                 sys.stderr = stream
-            else:
+            elif handler is not None and handler.stream is self.stream:
                 handler.setStream(stream)
         self.swapped.clear()
         if self.faulthandler_was_on:
@@ -174,6 +189,22 @@ def write_for_parent(message: str) -> None:
     text = CHILD_MARK + " ".join(message.split()) + "\n"
     with contextlib.suppress(OSError):
         os.write(2, text.encode("utf-8", errors="backslashreplace"))
+
+
+def left_by(pid: int, *, keep: int = 2000) -> str:
+    """What process ``pid`` wrote to its captured stderr before it died inside a window (the last
+    ``keep`` characters; the C library's last words before a crash); the files are removed."""
+    text = ""
+    for path in sorted(Path(tempfile.gettempdir()).glob(f"{FILE_PREFIX}{pid}-*.txt")):
+        with contextlib.suppress(OSError):
+            text += "\n".join(_lines(path.read_bytes()[-keep:])) + "\n"
+            path.unlink()
+    return text.strip()[-keep:]
+
+
+def _same_file(a: int, b: int) -> bool:
+    first, second = os.fstat(a), os.fstat(b)
+    return (first.st_dev, first.st_ino) == (second.st_dev, second.st_ino)
 
 
 def _lines(data: bytes) -> list[str]:
