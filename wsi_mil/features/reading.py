@@ -228,7 +228,10 @@ class PatchDataset:
             return self.source.read(index), True
         except Exception as error:  # noqa: BLE001 -- a corrupt tile must not stop the slide
             x, y = self.source.coords[index]
-            logger.warning("patch %d at (%d, %d) unreadable: %s: %s", index, x, y, type(error).__name__, error)
+            name = getattr(self.source, "slide_path", None) or getattr(self.source, "bag_path", "")
+            logger.warning(
+                "%s: patch %d at (%d, %d) unreadable: %s: %s", name, index, x, y, type(error).__name__, error
+            )
             return None, False
 
     def __getitem__(self, index: int) -> tuple[Any, bool, int]:
