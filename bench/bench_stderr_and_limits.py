@@ -19,11 +19,12 @@ import resource
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench_slide_timeout import _timed  # noqa: E402 -- wall and CPU seconds of one call
 
 READ_ONE_TILE = """
 import resource, sys, time, tiffslide
@@ -38,12 +39,6 @@ else:
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(f"{time.perf_counter() - wall:.2f} s wall, {time.process_time() - cpu:.2f} s cpu, peak {peak:.0f} MB, {outcome}")
 """
-
-
-def _timed(work: object) -> tuple[float, float]:
-    wall, cpu = time.perf_counter(), time.process_time()
-    work()  # type: ignore[operator]
-    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def main() -> None:

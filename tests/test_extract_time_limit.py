@@ -3,9 +3,8 @@ slowly stops reading at the limit and fails with a clear message; the batch goes
 
 The file is real and passes tiling: every level-0 JPEG tile's frame header claims 4096 x 4096 pixels
 instead of 256 x 256. Tiling reads only the clean level below (its thumbnail) and succeeds; extraction
-decodes each level-0 tile in full through imagecodecs (256x the pixels) before tifffile refuses it:
-9.6 s for the 35 patches without a limit here; with a 20000-pixel claim one tile took 4 s and 1.2 GB
-(BENCHMARKS.md)."""
+decodes each level-0 tile in full through imagecodecs (256x the pixels) before tifffile refuses it.
+With a 20000-pixel claim one tile took 4 s and 1.2 GB (BENCHMARKS.md); 4096 keeps the test cheap."""
 
 from __future__ import annotations
 
