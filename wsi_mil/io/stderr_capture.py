@@ -9,7 +9,10 @@ handed to the caller (the slide's manifest row and log line), not printed.
 
 Python's own output is not swallowed: for the window, ``sys.stderr``, every logging
 handler that wrote to it, and :mod:`faulthandler` are pointed at a duplicate of the
-original descriptor, so tracebacks, log lines and progress bars still reach the user.
+original descriptor, so tracebacks, log lines and progress bars still reach the user. An
+object that kept the original ``sys.stderr`` from before the window and writes during it (a
+progress bar redrawn by tqdm's monitor thread) is the exception: its text is kept with the
+slide's lines, not lost.
 
 Threads. Descriptor 2 belongs to the process, not to a thread. wsi-mil's own runners read
 one slide per process at a time (Dask workers with one thread each, ``--workers 0`` one
