@@ -32,7 +32,13 @@ class ChildDiedError(WsiMilError, ChildProcessError):
 
 
 def run_with_time_limit(
-    function: Callable[..., Any], item: Any, *, seconds: float, preload: Sequence[str] = (), **kwargs: Any
+    function: Callable[..., Any],
+    item: Any,
+    *,
+    seconds: float,
+    preload: Sequence[str] = (),
+    limit_key: str = "tiling.slide_timeout",
+    **kwargs: Any,
 ) -> Any:
     """``function(item, **kwargs)`` in a child process; :class:`SlideTimeoutError` when it has not
     returned after ``seconds`` (+ :data:`GRACE_S`), the child stopped. Its exceptions are re-raised here;
@@ -41,7 +47,7 @@ def run_with_time_limit(
 
     ``preload``: modules the job imports as it runs (readers, scikit-image...), imported once by the
     forkserver instead of once per child (about 1 s a slide for tiling). It takes effect when this
-    process starts its forkserver, that is on the first call."""
+    process starts its forkserver, that is on the first call. ``limit_key``: the setting the message names."""
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([function.__module__, *preload])
     receive, send = context.Pipe(duplex=False)
@@ -55,7 +61,7 @@ def run_with_time_limit(
         if not receive.poll(seconds + GRACE_S):
             _end(child)
             raise SlideTimeoutError(
-                f"{name}: stopped after the per-slide time limit of {seconds:g} s (tiling.slide_timeout); its "
+                f"{name}: stopped after the per-slide time limit of {seconds:g} s ({limit_key}); its "
                 "process was stuck inside a library call. The file is pathological, very large, or on a storage "
                 "that does not answer; check it, or raise the limit." + _last_words(child.pid)
             )
