@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from wsi_mil.io.library_warnings import capture_library_warnings
-from wsi_mil.io.stderr_capture import FILE_PREFIX, SHARED_NOTE, capture_stderr
+from wsi_mil.io.stderr_capture import FILE_PREFIX, SHARED_NOTE, STALE_S, _alive, _remove_stale_files, capture_stderr
 from wsi_mil.synthetic import Region, write_synthetic_slide
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -212,20 +212,34 @@ def test_a_child_that_dies_or_is_stopped_inside_a_capture_leaves_its_last_words(
     from wsi_mil.errors import SlideTimeoutError
     from wsi_mil.time_limit import ChildDiedError, run_with_time_limit
 
+    before = set(Path(tempfile.gettempdir()).glob(f"{FILE_PREFIX}*"))
     with pytest.raises(ChildDiedError, match=r"last words on stderr: crash\.svs: assertion failed in a C library"):
         run_with_time_limit(_dies_after_a_message, "crash.svs", seconds=60)
     with pytest.raises(SlideTimeoutError, match=r"last words on stderr: stuck\.svs: waiting for a storage"):
         run_with_time_limit(_hangs_after_a_message, "stuck.svs", seconds=0.5)
-    assert not list(Path(tempfile.gettempdir()).glob(f"{FILE_PREFIX}*")) or all(
-        _pid_alive(path) for path in Path(tempfile.gettempdir()).glob(f"{FILE_PREFIX}*")
+    left = set(Path(tempfile.gettempdir()).glob(f"{FILE_PREFIX}*")) - before
+    assert not [path for path in left if not _alive(int(path.name[len(FILE_PREFIX) :].split("-")[0]))], left
+
+
+def test_files_of_processes_killed_inside_a_window_are_removed_once_stale(tmp_path: Path) -> None:
+    """A process killed with SIGKILL inside a window (no parent reads its file) leaves the file; the next
+    process that captures removes it once it is older than STALE_S, and leaves a live process's alone."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    folder = Path(tempfile.gettempdir())
+    stale, fresh, live = (
+        folder / f"{FILE_PREFIX}{dead.pid}-test-stale.txt",
+        folder / f"{FILE_PREFIX}{dead.pid}-test-fresh.txt",
+        folder / f"{FILE_PREFIX}{os.getpid()}-test-live.txt",
     )
-
-
-def _pid_alive(path: Path) -> bool:
-    """A window's file that belongs to a live process (another test run's) is not a leftover."""
-    pid = int(path.name.removeprefix(FILE_PREFIX).split("-")[0])
+    for path in (stale, fresh, live):
+        path.write_text("last words\n")
+    old = time.time() - STALE_S - 60
+    os.utime(stale, (old, old))
+    os.utime(live, (old, old))
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+        _remove_stale_files()
+        assert not stale.exists() and fresh.exists() and live.exists()
+    finally:
+        for path in (stale, fresh, live):
+            path.unlink(missing_ok=True)

@@ -36,6 +36,7 @@ import re
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,9 @@ MAX_BYTES = 1 << 20
 _GLIB_NOISE = re.compile(r"^\(process:\d+\): |(?<=\*\*: )\d\d:\d\d:\d\d\.\d+: ")
 #: Names the temporary files of the windows, followed by the process id (see :func:`left_by`).
 FILE_PREFIX = "wsi-mil-stderr-"
+#: Seconds after which the file of a process that died inside a window (killed with SIGKILL, with no
+#: parent to read it through :func:`left_by`) is removed by the next process that captures.
+STALE_S = 600.0
 #: Starts the lines a reading process writes for its parent's capture (:func:`write_for_parent`).
 CHILD_MARK = "[wsi-mil reader] "
 #: Marks the lines of a window that overlapped another slide's in this process.
@@ -105,6 +109,8 @@ class _Redirect:
         """Redirect descriptor 2; False (nothing changed) where this process has no usable one."""
         _flush_python()
         _flush_c_stdio()
+        if self.saved_fd < 0:  # the first window of this process
+            _remove_stale_files()
         try:
             if self.saved_fd < 0 or not _same_file(self.saved_fd, 2):
                 self._renew_saved()
@@ -203,6 +209,25 @@ def left_by(pid: int, *, keep: int = 2000) -> str:
             text += "\n".join(_lines(path.read_bytes()[-keep:])) + "\n"
             path.unlink()
     return text.strip()[-keep:]
+
+
+def _remove_stale_files() -> None:
+    """Remove the window files of processes that died inside a window more than :data:`STALE_S` ago."""
+    now = time.time()
+    for path in Path(tempfile.gettempdir()).glob(f"{FILE_PREFIX}*.txt"):
+        with contextlib.suppress(OSError, ValueError):
+            if now - path.stat().st_mtime > STALE_S and not _alive(int(path.name[len(FILE_PREFIX) :].split("-")[0])):
+                path.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _same_file(a: int, b: int) -> bool:
