@@ -1,4 +1,4 @@
-"""Issue 13's remainder, measured: what the per-slide stderr capture costs, and what one
+"""Hardening, measured: what the per-slide stderr capture costs, and what one
 pathological level-0 tile (passes tiling, decoded by extraction) costs with and without
 ``extract.slide_timeout``.
 
