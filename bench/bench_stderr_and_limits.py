@@ -5,10 +5,10 @@ pathological level-0 tile (passes tiling, decoded by extraction) costs with and 
 1. ``capture_library_warnings`` opened and closed ``--windows`` times (descriptor 2 redirected
    and restored each time), against the Python-only capture it wraps.
 2. One tile read through tiffslide from slides whose level-0 JPEG tiles claim ``--claims``
-   pixels a side (tests/test_extract_time_limit.py writes them): wall, CPU, peak RSS of a child.
-3. ``wsi-mil extract`` of the 4096-pixel slide (35 patches) without a limit and with ``--slide-timeout 1``.
+   pixels a side (tests/test_stage_time_limits.py writes them): wall, CPU, peak RSS of a child.
+3. ``wsi-mil extract`` of the first claim's slide (35 patches) without a limit and with ``--slide-timeout LIMIT``.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_stderr_and_limits.py [--windows 2000] [--claims 4096 20000]
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_stderr_and_limits.py [--windows 2000] [--claims 16000 20000] [--limit 8]
 """
 
 from __future__ import annotations
@@ -42,13 +42,14 @@ print(f"{time.perf_counter() - wall:.2f} s wall, {time.process_time() - cpu:.2f}
 
 
 def main() -> None:
-    from tests.test_extract_time_limit import _slow_tiles
+    from tests.test_stage_time_limits import _slow_tiles
     from wsi_mil.cli import main as wsi_mil
     from wsi_mil.io import library_warnings
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--windows", type=int, default=2000)
-    parser.add_argument("--claims", type=int, nargs="+", default=[4096])
+    parser.add_argument("--claims", type=int, nargs="+", default=[16000])
+    parser.add_argument("--limit", type=float, default=8.0)
     args = parser.parse_args()
 
     def windows(capture: object) -> None:
@@ -74,7 +75,8 @@ def main() -> None:
         run = Path(folder) / "run"
         wsi_mil(["tile", str(slides), "--out", str(run), "--patch-size", "256", "--workers", "0", "--quiet"])
         extract = ["extract", str(run), "--encoder", "resnet18", "--weights", "random", "--batch-size", "4"]
-        for label, extra in (("no limit", []), ("--slide-timeout 1", ["--slide-timeout", "1"])):
+        limit = ["--slide-timeout", f"{args.limit:g}"]
+        for label, extra in (("no limit", []), (" ".join(limit), limit)):
             argv = [*extract, "--workers", "0", "--quiet", "--overwrite", "--set", "extract.freeze=eager", *extra]
             wall, cpu = _timed(lambda argv=argv: wsi_mil(argv))
             with (run / "manifest.csv").open(newline="") as handle:
