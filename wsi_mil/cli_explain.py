@@ -69,6 +69,12 @@ def add_heatmap(commands: Any) -> None:
         metavar=("LOW", "HIGH"),
         help=configured("colour range of --scale fixed", "heatmap.range", none="none"),
     )
+    heatmap.add_argument(
+        "--slide-timeout",
+        type=options.positive_float,
+        metavar="SECONDS",
+        help=configured("a slide taking longer fails and the batch goes on", "heatmap.slide_timeout", none="no limit"),
+    )
     add_common(heatmap)
     heatmap.set_defaults(handler=_run_heatmap)
 
@@ -117,7 +123,18 @@ def _run_heatmap(args: argparse.Namespace) -> int:
 
     heatmap = {
         key: getattr(args, key)
-        for key in ("maps", "formats", "level", "mpp", "smooth_sigma", "cmap", "alpha", "scale", "range")
+        for key in (
+            "maps",
+            "formats",
+            "level",
+            "mpp",
+            "smooth_sigma",
+            "cmap",
+            "alpha",
+            "scale",
+            "range",
+            "slide_timeout",
+        )
         if getattr(args, key) is not None
     }
     parallel = parallel_overrides(args)

@@ -172,6 +172,16 @@ def add_extract(commands: Any) -> None:
             "also write RUN_DIR/clam/<encoder>/h5_files + pt_files (CLAM main.py's layout)", "extract.clam_files"
         ),
     )
+    extract.add_argument(
+        "--slide-timeout",
+        type=options.positive_float,
+        metavar="SECONDS",
+        help=configured(
+            "a slide taking longer stops reading patches and fails; the batch goes on",
+            "extract.slide_timeout",
+            none="no limit",
+        ),
+    )
     add_common(extract, workers="one per GPU with --device auto on CUDA, else 1")
     extract.set_defaults(handler=_run_extract)
 
@@ -238,6 +248,7 @@ def _run_extract(args: argparse.Namespace) -> int:
             "feature_format",
             "dtype",
             "clam_files",
+            "slide_timeout",
         )
         if getattr(args, key) is not None
     }

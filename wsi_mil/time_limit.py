@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from wsi_mil.errors import SlideTimeoutError, WsiMilError
+from wsi_mil.io.stderr_capture import left_by
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +32,13 @@ class ChildDiedError(WsiMilError, ChildProcessError):
 
 
 def run_with_time_limit(
-    function: Callable[..., Any], item: Any, *, seconds: float, preload: Sequence[str] = (), **kwargs: Any
+    function: Callable[..., Any],
+    item: Any,
+    *,
+    seconds: float,
+    preload: Sequence[str] = (),
+    limit_key: str = "tiling.slide_timeout",
+    **kwargs: Any,
 ) -> Any:
     """``function(item, **kwargs)`` in a child process; :class:`SlideTimeoutError` when it has not
     returned after ``seconds`` (+ :data:`GRACE_S`), the child stopped. Its exceptions are re-raised here;
@@ -40,7 +47,7 @@ def run_with_time_limit(
 
     ``preload``: modules the job imports as it runs (readers, scikit-image...), imported once by the
     forkserver instead of once per child (about 1 s a slide for tiling). It takes effect when this
-    process starts its forkserver, that is on the first call."""
+    process starts its forkserver, that is on the first call. ``limit_key``: the setting the message names."""
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([function.__module__, *preload])
     receive, send = context.Pipe(duplex=False)
@@ -52,10 +59,11 @@ def run_with_time_limit(
     name = getattr(item, "path", item)
     try:
         if not receive.poll(seconds + GRACE_S):
+            _end(child)
             raise SlideTimeoutError(
-                f"{name}: stopped after the per-slide time limit of {seconds:g} s (tiling.slide_timeout); its "
+                f"{name}: stopped after the per-slide time limit of {seconds:g} s ({limit_key}); its "
                 "process was stuck inside a library call. The file is pathological, very large, or on a storage "
-                "that does not answer; check it, or raise the limit."
+                "that does not answer; check it, or raise the limit." + _last_words(child.pid)
             )
         try:
             status, value = receive.recv()
@@ -64,7 +72,7 @@ def run_with_time_limit(
             raise ChildDiedError(
                 f"{name}: the process working on this slide died (exit code {child.exitcode}) "
                 "without a result; the file probably crashes its reader. Try another "
-                "--reader, or check the file."
+                "--reader, or check the file." + _last_words(child.pid)
             ) from None
     finally:
         receive.close()
@@ -86,7 +94,19 @@ def _child(send: Any, function: Callable[..., Any], item: Any, kwargs: dict[str,
     send.close()
 
 
+def _last_words(pid: int | None) -> str:
+    """What the stopped child had written to its captured stderr (a C library's last message), if anything."""
+    text = left_by(pid) if pid is not None else ""
+    return f" Its last words on stderr: {text}" if text else ""
+
+
 def _stop(child: Any) -> None:
+    """End ``child`` (:func:`_end`) and release it."""
+    _end(child)
+    child.close()
+
+
+def _end(child: Any) -> None:
     """End ``child``: at once when it is done, else SIGTERM, then SIGKILL."""
     child.join(0.5 if child.is_alive() else None)
     if child.is_alive():
@@ -96,4 +116,3 @@ def _stop(child: Any) -> None:
         logger.debug("%s did not end on SIGTERM; killing it", child.name)
         child.kill()
         child.join()
-    child.close()

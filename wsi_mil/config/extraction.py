@@ -40,6 +40,8 @@ class ExtractConfig:
     feature_format: str = "h5"
     #: Also write CLAM's layout, RUN_DIR/clam/<encoder>/{h5_files,pt_files}/, which CLAM's main.py trains on.
     clam_files: bool = neutral_field(False)
+    #: Seconds one slide may take; past them no further patch is read and the slide fails (null: no limit).
+    slide_timeout: float | None = neutral_field(None)
 
     CHOICES: typing.ClassVar[dict[str, tuple[Any, ...]]] = {
         "weights": ("imagenet", "random"),
@@ -56,6 +58,8 @@ class ExtractConfig:
             raise ValueError("num_workers must be >= 0")
         if self.threads is not None and self.threads < 1:
             raise ValueError("threads must be at least 1 (or null: all cores)")
+        if self.slide_timeout is not None and self.slide_timeout <= 0:
+            raise ValueError("slide_timeout must be a positive number of seconds (or null: no limit)")
         check_device("device", self.device)
 
 

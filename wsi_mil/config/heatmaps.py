@@ -83,6 +83,9 @@ class HeatmapConfig:
     #: the CAM sees the surroundings instead of zero padding, which draws a ring into maps
     #: of the patch alone. 0: the patch alone.
     cam_context: float = 0.25
+    #: Seconds one slide may take; over it the slide is failed and the batch goes on. Each slide then
+    #: runs in a child process, stopped at the limit even inside a C call (null: no limit, no child).
+    slide_timeout: float | None = neutral_field(None)
 
     FORMATS: typing.ClassVar[tuple[str, ...]] = ("zarr", "tiff", "rgba_tiff", "png", "geojson", "gallery", "blend_tiff")
     CHOICES: typing.ClassVar[dict[str, tuple[Any, ...]]] = {"scale": ("slide", "cohort", "fixed")}
@@ -128,3 +131,5 @@ class HeatmapConfig:
         check_device("cam_device", self.cam_device)
         if not 0.0 <= self.cam_context <= 1.0:
             raise ValueError("cam_context must be in [0, 1] (a fraction of the patch side)")
+        if self.slide_timeout is not None and self.slide_timeout <= 0:
+            raise ValueError("slide_timeout must be a positive number of seconds (or null: no limit)")

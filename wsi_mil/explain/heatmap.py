@@ -18,16 +18,17 @@ outputs are made by :mod:`~wsi_mil.explain.heatmap_slide`, each map's file forma
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from wsi_mil.config import Config, HeatmapConfig
-from wsi_mil.errors import WsiMilError
+from wsi_mil.errors import SlideTimeoutError, WsiMilError
 from wsi_mil.explain.heatmap_slide import heatmap_slide
 from wsi_mil.explain.maps import read_scores, select_maps
 from wsi_mil.explain.stitch import ScoreRange
@@ -39,6 +40,8 @@ from wsi_mil.run_layout import HEATMAP_CONFIG, RunLayout
 logger = logging.getLogger(__name__)
 
 STAGE = "heatmap"
+#: Modules a slide's child process imports, loaded once by the forkserver (see wsi_mil.time_limit).
+CHILD_PRELOAD = ("openslide", "tiffslide", "zarr", "tifffile", "matplotlib", "wsi_mil.explain.heatmap_formats")
 
 
 @dataclass(frozen=True)
@@ -225,8 +228,12 @@ def heatmap_run(
             {"stage": STAGE, "slide_id": job.slide_id, "bag_set": job.label, "path": str(job.scores_path)}, error
         )
 
+    job_function: Callable[..., dict[str, Any]] = heatmap_job
+    limit = config.heatmap.slide_timeout
+    if limit is not None:  # hard limit: each slide in a child process, stopped even inside a C call
+        job_function = functools.partial(_heatmap_job_in_child, seconds=limit)
     map_slides(
-        heatmap_job,
+        job_function,
         jobs,
         on_result=lambda _, record: recorder.add([record]),
         on_crash=on_crash,
@@ -234,6 +241,7 @@ def heatmap_run(
         scheduler=config.parallel.scheduler,
         desc="heatmaps",
         progress=progress,
+        daemon=limit is None,  # a daemonic Dask worker may not start the child process
         options=config.heatmap,
         reader=config.tiling.reader,
         overwrite=overwrite,
@@ -242,6 +250,21 @@ def heatmap_run(
         checkpoint_path=config.extract.checkpoint_path,
     )
     return recorder.records
+
+
+def _heatmap_job_in_child(job: HeatmapJob, *, seconds: float, **kwargs: Any) -> dict[str, Any]:
+    """:func:`heatmap_job` in a child process stopped after ``seconds``: a slide whose reads never
+    return (a storage that does not answer) or crash its reader fails, and the batch goes on."""
+    from wsi_mil.time_limit import ChildDiedError, run_with_time_limit
+
+    started = time.perf_counter()
+    try:
+        return run_with_time_limit(
+            heatmap_job, job, seconds=seconds, preload=CHILD_PRELOAD, limit_key="heatmap.slide_timeout", **kwargs
+        )
+    except (SlideTimeoutError, ChildDiedError) as error:
+        record = {"stage": STAGE, "slide_id": job.slide_id, "bag_set": job.label, "path": str(job.scores_path)}
+        return failure_record(record, error, path=job.slide_path or job.scores_path, started=started)
 
 
 def _check_cam_checkpoint(jobs: list[HeatmapJob], checkpoint_path: str | None) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from wsi_mil.config import Config, ExtractConfig
-from wsi_mil.errors import SlideMismatchError
+from wsi_mil.errors import SlideMismatchError, SlideTimeoutError
 from wsi_mil.features.encoder_cache import cached_encoder, frozen_encoder
 from wsi_mil.features.jobs import ExtractionJob
 from wsi_mil.io.library_warnings import attach_warnings, capture_library_warnings
@@ -115,15 +115,17 @@ def extract_bag(job: ExtractionJob, *, config: Config, progress: bool = False) -
             )
             source_kind = source.kind
             blank = int(source.size or bag.attrs.get("target_patch_size") or bag.attrs["patch_size"])
+            # counted from the first read: the model's load is not the slide's
+            deadline = None if options.slide_timeout is None else time.monotonic() + options.slide_timeout
             loader = make_loader(
-                PatchDataset(source, blank_size=blank, ring_size=ring_size()),
+                PatchDataset(source, blank_size=blank, ring_size=ring_size(), deadline=deadline),
                 kind=resolve_loader(options.loader, device),
                 batch_size=batch_size,
                 workers=num_workers,
                 pin_memory=device.type == "cuda",
             )
             try:
-                _run_loader(loader, encoder, device, options, features, valid, progress, job.slide_id)
+                _run_loader(loader, encoder, device, options, features, valid, progress, job.slide_id, deadline)
             finally:
                 source.close()
     finally:
@@ -183,13 +185,14 @@ def _run_loader(
     valid: np.ndarray,
     progress: bool,
     slide_id: str,
+    deadline: float | None = None,
 ) -> None:
     import torch
     from tqdm import tqdm
 
     from wsi_mil.features.freeze import autocast_context
 
-    model = None
+    model, seen = None, 0
     with tqdm(total=len(features), desc=slide_id, unit="patch", disable=not progress, leave=False) as bar:
         for images, ok, index in loader:
             x = encoder.transform(images.to(device, non_blocking=True))
@@ -201,6 +204,13 @@ def _run_loader(
             features[rows] = out.float().cpu().numpy().astype(features.dtype, copy=False)
             valid[rows] = ok.numpy()
             bar.update(len(rows))
+            seen += len(rows)
+            if deadline is not None and time.monotonic() > deadline and (seen < len(features) or not ok.all()):
+                raise SlideTimeoutError(
+                    f"stopped after the per-slide time limit of {options.slide_timeout:g} s "
+                    f"(extract.slide_timeout), {int(valid.sum())} of {len(features)} patches read; its tiles "
+                    "decode pathologically slowly or its storage is slow. Check the file, or raise the limit."
+                )
 
 
 def extract_job(

@@ -116,7 +116,10 @@ def ring_size() -> int:
 def _worker_init(_: int) -> None:
     import torch
 
+    from wsi_mil.io.library_warnings import report_to_parent
+
     torch.set_num_threads(1)  # loader workers decode; compute threads belong to the main process
+    report_to_parent()  # the worker's library warnings reach the slide's row, through descriptor 2
     _keep_freed_memory()
 
 

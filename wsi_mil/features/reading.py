@@ -17,6 +17,7 @@ import abc
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -191,10 +192,14 @@ class PatchDataset:
     Items: (uint8 (H, W, 3) tensor, valid flag, index); batches: (images, valid, indices).
     """
 
-    def __init__(self, source: PatchSource, *, blank_size: int, ring_size: int = 8) -> None:
+    def __init__(
+        self, source: PatchSource, *, blank_size: int, ring_size: int = 8, deadline: float | None = None
+    ) -> None:
         self.source = source
         self.blank_size = blank_size
         self.ring_size = ring_size
+        #: ``time.monotonic()`` past which no patch is read (blank, invalid): the slide's time limit.
+        self.deadline = deadline
         self._ring: dict[tuple[int, ...], list[Any]] = {}
         self._turn = 0
 
@@ -217,11 +222,16 @@ class PatchDataset:
         return len(self.source)
 
     def _read(self, index: int) -> tuple[np.ndarray | None, bool]:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            return None, False  # the extraction loop fails the slide after this batch
         try:
             return self.source.read(index), True
         except Exception as error:  # noqa: BLE001 -- a corrupt tile must not stop the slide
             x, y = self.source.coords[index]
-            logger.warning("patch %d at (%d, %d) unreadable: %s: %s", index, x, y, type(error).__name__, error)
+            name = getattr(self.source, "slide_path", None) or getattr(self.source, "bag_path", "")
+            logger.warning(
+                "%s: patch %d at (%d, %d) unreadable: %s: %s", name, index, x, y, type(error).__name__, error
+            )
             return None, False
 
     def __getitem__(self, index: int) -> tuple[Any, bool, int]:

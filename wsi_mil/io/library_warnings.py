@@ -4,9 +4,11 @@ tifffile, tiffslide, Pillow and imagecodecs report oddities of a file through
 ``logging`` or ``warnings`` (``shaped series shape does not match page shape``,
 ``DecompressionBombWarning``...). Printed raw, they name no slide and interleave
 between parallel workers. Inside :func:`capture_library_warnings` they are collected
-instead, and the caller attaches them to the slide's manifest row and log line.
-libjpeg errors inside OpenSlide surface as read errors (with the tile's position);
-messages a C library writes straight to the process's stderr are not captured.
+instead, and the caller attaches them to the slide's manifest row and log line. So are
+the lines C libraries write straight to the process's stderr (file descriptor 2), through
+:func:`wsi_mil.io.stderr_capture.capture_stderr` (read its notes on threads).
+libjpeg warnings inside OpenSlide surface as read errors (with the tile's position);
+imagecodecs (tiffslide) decodes such tiles without a word.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ import contextlib
 import logging
 import warnings
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
+
+from wsi_mil.io.stderr_capture import capture_stderr, write_for_parent
 
 #: Loggers of the libraries that read slides.
 LIBRARY_LOGGERS = ("tifffile", "tiffslide", "PIL", "imagecodecs", "openslide", "pydicom")
@@ -29,28 +33,30 @@ logger = logging.getLogger(__name__)
 
 
 class _Collect(logging.Handler):
-    def __init__(self, sink: list[str]) -> None:
+    def __init__(self, sink: Callable[[str], None]) -> None:
         super().__init__(logging.WARNING)
         self.sink = sink
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self.sink.append(f"{record.name}: {record.getMessage()}")
+            self.sink(f"{record.name}: {record.getMessage()}")
         except Exception:  # noqa: BLE001 -- a malformed log call must not fail the slide
             self.handleError(record)
 
 
 @contextlib.contextmanager
 def capture_library_warnings() -> Iterator[list[str]]:
-    """Collect the libraries' warnings (logging and ``warnings``) into the yielded list, filled on exit."""
+    """Collect the libraries' warnings (logging, ``warnings`` and lines written to descriptor 2) into
+    the yielded list, filled on exit."""
+    with capture_stderr() as from_c, _capture_python() as captured:
+        yield captured
+    captured.extend(from_c)
+
+
+@contextlib.contextmanager
+def _capture_python() -> Iterator[list[str]]:
     captured: list[str] = []
-    handler = _Collect(captured)
-    saved = []
-    for name in LIBRARY_LOGGERS:
-        library_logger = logging.getLogger(name)
-        saved.append((library_logger, library_logger.handlers, library_logger.propagate))
-        library_logger.handlers = [handler]
-        library_logger.propagate = False
+    saved = _route_library_loggers(_Collect(captured.append))
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -66,6 +72,35 @@ def capture_library_warnings() -> Iterator[list[str]]:
                 )
             else:
                 captured.append(f"{caught_warning.category.__name__}: {caught_warning.message}")
+
+
+def report_to_parent() -> None:
+    """In a reading process (a DataLoader worker) started inside a parent's capture: the libraries'
+    warnings go to descriptor 2 as lines that the parent's capture keeps for the slide.
+
+    A forked worker inherits the parent's collecting handler and ``warnings`` recorder, whose lists
+    are copies that nobody reads: without this, the worker's warnings were lost."""
+    _route_library_loggers(_Collect(write_for_parent))
+    usual = warnings.showwarning
+
+    def show(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if issubclass(category, DEVELOPER_WARNINGS):  # about code, not the slide: as usual
+            usual(message, category, *args, **kwargs)
+        else:
+            write_for_parent(f"{category.__name__}: {message}")
+
+    warnings.showwarning = show
+
+
+def _route_library_loggers(handler: logging.Handler) -> list[tuple[logging.Logger, list[logging.Handler], bool]]:
+    """The libraries' loggers to ``handler`` alone; returns what to restore."""
+    saved = []
+    for name in LIBRARY_LOGGERS:
+        library_logger = logging.getLogger(name)
+        saved.append((library_logger, library_logger.handlers, library_logger.propagate))
+        library_logger.handlers = [handler]
+        library_logger.propagate = False
+    return saved
 
 
 def summarize_warnings(messages: list[str]) -> str:
