@@ -148,7 +148,8 @@ def test_early_stopping_never_keeps_an_epoch_before_min_epochs(tmp_path: Path) -
     bags = make_planted_bags(24, n_instances=(4, 8), dim=6, seed=4)
     store = bag_store(tmp_path, bags)
     labels = {b.slide_id: b.label for b in bags}
-    config = replace(SMALL, selection="early_stopping", epochs=8, min_epochs=5, patience=1, lr=0.05)
+    # constant lr (the default): the loss of the first epochs can stay the lowest, and must still not be kept
+    config = replace(SMALL, selection="early_stopping", epochs=8, min_epochs=5, patience=1, lr=0.05, scheduler="none")
     history = FoldTrainer(store, labels, 2, config=config, device=torch.device("cpu"), fold=0).fit(
         [b.slide_id for b in bags[:16]], [b.slide_id for b in bags[16:]]
     )

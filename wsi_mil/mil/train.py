@@ -1,8 +1,8 @@
 """One fold of MIL training: standardization, mini-batches of bags, the model-selection rule.
 
 Per fold: a per-channel feature standardization fitted on the training bags' instances
-(stored in the head, see :mod:`wsi_mil.mil.standardize`); AdamW (or Adam) with a cosine (or
-plateau) schedule; mini-batches of ``batch_bags`` padded bags with masked attention
+(stored in the head, see :mod:`wsi_mil.mil.standardize`); AdamW (or Adam) at a constant rate (or a
+cosine or plateau schedule); mini-batches of ``batch_bags`` padded bags with masked attention
 (:mod:`wsi_mil.mil.batching`); class-weighted loss; and the epoch chosen by
 :mod:`wsi_mil.mil.selection`. Seeded from the config's seed, the repeat and the fold,
 and run on ``threads`` torch threads set on purpose, so a CPU run gives the same weights
@@ -246,8 +246,10 @@ class FoldTrainer:
                 continue
             scores.append(record["val_loss"] if monitor == "val_loss" else -record["val_auc"])
             score = smoothed(scores, config.smooth_epochs)
-            if epoch + 1 < config.min_epochs or score < best_score:
-                best_score, best_epoch, since_best = min(score, best_score), epoch, 0
+            if epoch + 1 < config.min_epochs:
+                continue  # no candidate yet: the first one is epoch min_epochs, whatever came before
+            if score < best_score:
+                best_score, best_epoch, since_best = score, epoch, 0
                 best_state = copy.deepcopy(self.model.state_dict())
             else:
                 since_best += 1
