@@ -14,7 +14,7 @@ from wsi_mil.errors import SlideReadError
 from wsi_mil.io.base import BaseReader
 from wsi_mil.io.bounded import describe_unreadable, read_level_reduced
 from wsi_mil.tiling.refine import refine
-from wsi_mil.tiling.thumbnail import ASSUMED_MPP, ThumbnailPlan, plan_thumbnail, read_detection_thumbnail
+from wsi_mil.tiling.thumbnail import ASSUMED_MPP, ThumbnailPlan, plan_thumbnail
 from wsi_mil.tiling.tissue import detect_tissue
 
 logger = logging.getLogger(__name__)
@@ -94,8 +94,6 @@ def detect_slide_tissue(slide: BaseReader, *, config: TissueConfig, max_unreadab
                 )
             unreadable = tuple(coarse.unreadable + lost)
             return SlideTissue(refined.mask, plan, unreadable, refined.fine_rgb, refined.fine_share)
-    thumb = read_detection_thumbnail(
-        slide, target_mpp=config.thumbnail_mpp, max_mpp=config.thumbnail_mpp_max, max_unreadable=max_unreadable
-    )
-    mask = detect_tissue(thumb.rgb, mpp=fine_mpp, config=config)
-    return SlideTissue(mask, plan, thumb.unreadable, thumb.rgb, 1.0)
+    whole = read_level_reduced(slide, plan.level, plan.factor, max_unreadable=max_unreadable)  # the plan's thumbnail
+    mask = detect_tissue(whole.rgb, mpp=fine_mpp, config=config)
+    return SlideTissue(mask, plan, tuple(whole.unreadable), whole.rgb, 1.0)
