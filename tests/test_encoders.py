@@ -126,3 +126,25 @@ def test_features_do_not_depend_on_batch_composition() -> None:
         together = encoder.model(encoder.transform(images))
         alone = encoder.model(encoder.transform(images[:1]))
     torch.testing.assert_close(together[:1], alone, rtol=1e-4, atol=1e-4)
+
+
+def test_freezing_traces_a_few_patches_and_runs_whole_batches_like_eager() -> None:
+    """TorchScript freezing runs the model four times on its example: on a whole batch that
+    cost ~90 CPU s with ResNet-50, so it traces the first few patches only."""
+    import torch
+
+    from wsi_mil.features.freeze import FREEZE_EXAMPLE_PATCHES, optimize_for_inference
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()
+    ).eval()
+    seen: list[int] = []
+    model.register_forward_pre_hook(lambda _module, args: seen.append(int(args[0].shape[0])))
+    batch = torch.rand(32, 3, 16, 16)
+    frozen = optimize_for_inference(model, batch, device=torch.device("cpu"), mode="jit")
+    assert frozen is not model, "freezing fell back to eager"
+    assert seen and max(seen) <= FREEZE_EXAMPLE_PATCHES
+    with torch.inference_mode():
+        for n in (32, 3):
+            torch.testing.assert_close(frozen(batch[:n]), model(batch[:n]), rtol=1e-4, atol=1e-5)

@@ -3,8 +3,8 @@
 - always: eval mode, frozen parameters, channels_last, ``torch.inference_mode``;
 - CPU, ``mode="jit"`` (the CPU default): TorchScript trace + ``torch.jit.freeze`` +
   ``optimize_for_inference``, which folds conv+BN and pre-packs weights; the frozen
-  module is checked against eager output on the example batch and dropped (with a
-  warning) if tracing fails or disagrees;
+  module is checked against eager output on the first patches of the example batch and
+  dropped (with a warning) if tracing fails or disagrees;
 - CUDA: eager under ``torch.autocast`` with the encoder's precision (float16 for CNNs,
   bfloat16 for ViTs); ``mode="compile"`` adds ``torch.compile``.
 """
@@ -20,6 +20,11 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 FREEZE_MODES = ("auto", "eager", "jit", "compile")
+#: TorchScript traces, checks and specialises on this many patches of the example batch:
+#: the four forward passes that costs on a whole batch of 256 took ~90 CPU seconds with
+#: ResNet-50 on one thread, and the frozen module runs full batches as fast either way
+#: (BENCHMARKS.md).
+FREEZE_EXAMPLE_PATCHES = 4
 
 
 def autocast_context(device: Any, precision: str) -> contextlib.AbstractContextManager:
@@ -43,7 +48,7 @@ def optimize_for_inference(model: Any, example: Any, *, device: Any, mode: str =
         return model
     if mode == "compile":
         return torch.compile(model, mode="max-autotune" if device.type == "cuda" else "default")
-    example = example.to(device)
+    example = example[:FREEZE_EXAMPLE_PATCHES].to(device)
     try:
         with torch.inference_mode():
             reference = model(example)
