@@ -136,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--heads", nargs="+", default=list(HEADS))
     parser.add_argument("--scored", action="store_true", help="score the maps already in the run (no training)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="train.key=value for every head")
+    parser.add_argument(
+        "--run", default="run", help="run folder under the cache folder, so that runs can go side by side"
+    )
     args = parser.parse_args(argv)
     glas = CACHE / args.cache
     if not (glas / "gland_fraction.npz").exists():
@@ -147,14 +151,18 @@ def main(argv: list[str] | None = None) -> int:
     mixed = [s for s in truth if 0 < (truth[s] >= 0.5).mean() < 1]
     malignant = [s for s in mixed if labels.get(s) == "malignant"]
     benign = [s for s in mixed if labels.get(s) == "benign"]
-    run = glas / "run"
+    run = glas / args.run
+    for shared in ("bags", "features"):  # another run folder reuses the tiled and extracted images
+        if run != glas / "run" and (glas / "run" / shared).exists() and not (run / shared).exists():
+            run.mkdir(parents=True, exist_ok=True)
+            (run / shared).symlink_to(Path("..") / "run" / shared)
     print("| head | " + " | ".join(m.replace("_", " ") for m in METRICS) + " | pooled OOF ROC-AUC |")
     print("|---|" + "---:|" * (len(METRICS) + 1))
     per_map: dict[str, list[float]] = {}
     in_benign: dict[str, list[float]] = {}
     for head in args.heads:
         if not args.scored:
-            config = load_config(None, sets=[f"train.model={head}", "train.folds=5"])
+            config = load_config(None, sets=[f"train.model={head}", "train.folds=5", *args.overrides])
             (result,) = train_run(run, glas / "labels.csv", config=config, features=[glas / "features"], overwrite=True)
             summary = summarize(result.folds)
             cells = [f"{summary[m][0]:.3f} ± {summary[m][1]:.3f}" for m in METRICS]

@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 from wsi_mil.config import Config, TrainConfig  # noqa: E402
-from wsi_mil.mil.batching import pad_bags, plan_batches  # noqa: E402
+from wsi_mil.mil.batching import pad_bags, plan_batches, training_batch_bags  # noqa: E402
 from wsi_mil.mil.data import BagStore, find_feature_sets  # noqa: E402
 from wsi_mil.mil.fold_io import load_fold_model  # noqa: E402
 from wsi_mil.mil.registry import create_mil_model  # noqa: E402
@@ -142,6 +142,17 @@ def test_a_small_cohort_trains_a_fixed_budget_and_records_why(tmp_path: Path) ->
         assert selection["rule"] == "fixed" and "auto needs 40" in selection["reason"]
         assert metrics["n_val"] > 0 and metrics["n_train_used"] == metrics["n_train"] + metrics["n_val"]
         assert metrics["best_epoch"] == 3 and metrics["epochs_run"] == 4 and "val_loss" not in metrics["history"][-1]
+        # 10 training bags in batches of 8 would be 2 steps an epoch: batches of 1 make 10
+        assert selection["batch_bags"] == 1 and "min_steps_per_epoch" in selection["batch_reason"]
+        assert all(epoch["steps"] == metrics["n_train_used"] for epoch in metrics["history"])
+
+
+def test_a_small_cohort_trains_in_smaller_batches() -> None:
+    assert training_batch_bags(8, 32, 10)[0] == 3  # 11 steps an epoch instead of 4
+    assert training_batch_bags(8, 80, 10) == (8, "train.batch_bags (8)")
+    assert training_batch_bags(8, 5, 10)[0] == 1
+    assert training_batch_bags(8, 32, 0)[0] == 8  # 0: always batch_bags
+    assert training_batch_bags(1, 3, 10)[0] == 1
 
 
 def test_early_stopping_never_keeps_an_epoch_before_min_epochs(tmp_path: Path) -> None:
@@ -238,7 +249,7 @@ def test_training_on_prepared_bags_equals_standardizing_every_step(tmp_path: Pat
         bag.features[:] = bag.features * 300 + 120  # raw scales: standardization matters
     store = bag_store(tmp_path, bags)
     labels = {b.slide_id: b.label for b in bags}
-    config = replace(SMALL, precision="bfloat16", batch_bags=4)
+    config = replace(SMALL, precision="bfloat16", batch_bags=4, min_steps_per_epoch=0)  # batches of 4 on 10 bags
     states = []
     for prepared in (True, False):
         torch.manual_seed(0)

@@ -62,8 +62,12 @@ class TrainConfig(HeadOptions):
     monitor: str = "val_loss"
     #: The monitored value is averaged over this many trailing epochs.
     smooth_epochs: int = 3
-    #: Bags per optimizer step (padded, with masked attention).
+    #: Bags per optimizer step (padded, with masked attention): at most this many, see min_steps_per_epoch.
     batch_bags: int = 8
+    #: A small cohort trains in smaller batches (down to one bag) so that an epoch holds at
+    #: least this many optimizer steps: 32 bags in batches of 8 were 4 steps an epoch, too few
+    #: for attention to find rare witnesses in long bags (BENCHMARKS.md); 0: always batch_bags.
+    min_steps_per_epoch: int = 10
     #: Torch threads while training; null: 1 for small steps, else the usable cores (at most 8).
     threads: int | None = None
     #: Training matmuls: auto (bfloat16 where the CPU or GPU computes it natively, else float32),
@@ -117,6 +121,8 @@ class TrainConfig(HeadOptions):
             )
         if self.repeats < 1 or self.batch_bags < 1 or self.smooth_epochs < 1 or self.min_val_bags < 1:
             raise ValueError("repeats, batch_bags, smooth_epochs and min_val_bags must be at least 1")
+        if self.min_steps_per_epoch < 0:
+            raise ValueError("min_steps_per_epoch must be at least 0 (0: always batch_bags)")
         if self.threads is not None and self.threads < 1:
             raise ValueError("threads must be at least 1 (or null: chosen from the bag sizes)")
         if not 0.0 <= self.val_fraction < 1.0:

@@ -4,7 +4,9 @@ Bags differ in length, so a batch pads them to its longest bag and carries a mas
 (True for a bag's own instances). The heads compute every softmax, mean and instance
 choice over the mask only, so a bag's outputs do not depend on its batch mates. A batch
 holds at most ``batch_bags`` bags and at most :data:`MAX_BATCH_ROWS` padded instances
-(a long bag goes alone), so memory stays bounded whatever the bag sizes.
+(a long bag goes alone), so memory stays bounded whatever the bag sizes; a small cohort
+trains in smaller batches (:func:`training_batch_bags`) so that an epoch is not only a
+handful of steps.
 :func:`iterate_batches` yields the padded batches of a plan, reading the next one while
 the current one trains; :class:`PreparedBags` holds a fold's training bags standardized
 and cast once.
@@ -51,6 +53,19 @@ def pad_bags(slide_ids: Sequence[str], bags: Sequence[tuple[torch.Tensor, torch.
     for b, (f, c) in enumerate(bags):
         features[b, : len(f)], coords[b, : len(c)], mask[b, : len(f)] = f, c, True
     return BagBatch(list(slide_ids), features, coords, mask)
+
+
+def training_batch_bags(batch_bags: int, n_train: int, min_steps_per_epoch: int) -> tuple[int, str]:
+    """Bags per training step for a fold of ``n_train`` bags, and why: ``batch_bags``, or fewer
+    (at least one) when ``batch_bags`` would give an epoch fewer than ``min_steps_per_epoch`` steps."""
+    if min_steps_per_epoch <= 0 or n_train >= batch_bags * min_steps_per_epoch:
+        return batch_bags, f"train.batch_bags ({batch_bags})"
+    size = max(1, n_train // min_steps_per_epoch)
+    steps = -(-n_train // batch_bags)
+    return size, (
+        f"{n_train} training bags in batches of {batch_bags} would be {steps} steps an epoch; "
+        f"train.min_steps_per_epoch asks for {min_steps_per_epoch}, so batches of {size}"
+    )
 
 
 def plan_batches(

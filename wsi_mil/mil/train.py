@@ -3,7 +3,8 @@
 Per fold: a per-channel feature standardization fitted on the training bags' instances
 (stored in the head, see :mod:`wsi_mil.mil.standardize`); AdamW (or Adam) at a constant rate (or a
 cosine or plateau schedule); mini-batches of ``batch_bags`` padded bags with masked attention
-(:mod:`wsi_mil.mil.batching`); class-weighted loss; and the epoch chosen by
+(:mod:`wsi_mil.mil.batching`; smaller for a small cohort, so that an epoch holds at least
+``min_steps_per_epoch`` steps); class-weighted loss; and the epoch chosen by
 :mod:`wsi_mil.mil.selection`. Seeded from the config's seed, the repeat and the fold,
 and run on ``threads`` torch threads set on purpose, so a CPU run gives the same weights
 and metrics every time, whatever the environment's default thread count.
@@ -25,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from wsi_mil.config import TrainConfig
-from wsi_mil.mil.batching import BagBatch, PreparedBags, iterate_batches, plan_batches
+from wsi_mil.mil.batching import BagBatch, PreparedBags, iterate_batches, plan_batches, training_batch_bags
 from wsi_mil.mil.compute import make_optimizer, make_scheduler, training_precision
 from wsi_mil.mil.data import BagStore
 from wsi_mil.mil.metrics import compute_metrics
@@ -145,8 +146,10 @@ class FoldTrainer:
             losses = losses * class_weight[target]
         return losses.mean()
 
-    def _batches(self, slide_ids: Sequence[str], sizes: Sequence[int]) -> list[list[str]]:
-        return plan_batches(slide_ids, sizes, self.config.batch_bags)
+    def _batches(
+        self, slide_ids: Sequence[str], sizes: Sequence[int], batch_bags: int | None = None
+    ) -> list[list[str]]:
+        return plan_batches(slide_ids, sizes, batch_bags or self.config.batch_bags)
 
     def evaluate(self, slide_ids: Sequence[str]) -> tuple[np.ndarray, float]:
         """Softmax probabilities (n, C) in ``slide_ids`` order and the mean unweighted cross-entropy."""
@@ -185,6 +188,9 @@ class FoldTrainer:
         class_weight = (
             torch.tensor(weights, dtype=torch.float32, device=self.device) if config.balance == "weighted" else None
         )
+        batch_bags, batch_reason = training_batch_bags(config.batch_bags, len(train), config.min_steps_per_epoch)
+        if batch_bags != config.batch_bags:
+            logger.info("fold %d: %s", self.fold, batch_reason)
         optimizer = make_optimizer(self.model.parameters(), config)
         scheduler = make_scheduler(optimizer, config)
         monitor = config.monitor
@@ -211,7 +217,7 @@ class FoldTrainer:
             sizes = [self.store.sizes[s] for s in order]
             if config.max_instances is not None:
                 sizes = [min(size, config.max_instances) for size in sizes]
-            batches = self._batches(order, sizes)
+            batches = self._batches(order, sizes, batch_bags)
             for batch in iterate_batches(source, batches, subsample):
                 batch = batch.to(self.device)
                 autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bfloat16")
@@ -263,7 +269,7 @@ class FoldTrainer:
             "best_epoch": best_epoch,
             "epochs_run": len(history),
             "monitor": monitor if val else None,
-            "selection": plan.as_dict(),
+            "selection": {**plan.as_dict(), "batch_bags": batch_bags, "batch_reason": batch_reason},
             "standardization": standardization,
             "history": history,
             "n_train_used": len(train),
