@@ -156,7 +156,14 @@ def test_tiling_a_pyramid_keeps_the_patches_of_the_whole_detection(tmp_path: Pat
     assert len(slow_coords) > 500
     assert len(fast_coords ^ slow_coords) <= 0.01 * len(slow_coords)
     assert fast_bag.tissue_mask.shape == slow_bag.tissue_mask.shape
-    assert (tmp_path / "fast" / "qc" / "pyramid.png").exists()  # QC from the 8 um/px level as before
+    # the QC picture from the coarse level (no second read of the 8 um/px one), at the mask's size
+    from PIL import Image
+
+    with (
+        Image.open(tmp_path / "fast" / "qc" / "pyramid.png") as fast_qc,
+        Image.open(tmp_path / "slow" / "qc" / "pyramid.png") as slow_qc,
+    ):
+        assert fast_qc.size == slow_qc.size
 
 
 def test_a_block_that_cannot_be_read_keeps_the_coarse_decision() -> None:

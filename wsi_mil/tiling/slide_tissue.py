@@ -29,14 +29,15 @@ MAX_RATIO = 4.0
 class SlideTissue:
     """A slide's tissue mask at the detection resolution (``plan``'s shape, downsample and MPP).
 
-    ``rgb``: the detection thumbnail when it was read whole (None after coarse-to-fine);
+    ``picture``: the whole slide for the QC image: the detection thumbnail when it was read
+    whole, else the coarse level (coarse-to-fine reads only parts of the thumbnail);
     ``unreadable``: level-0 (x, y, w, h) left undecoded; ``fine_share``: share of the
     detection resolution decoded."""
 
     mask: np.ndarray
     plan: ThumbnailPlan
     unreadable: tuple[tuple[int, int, int, int], ...]
-    rgb: np.ndarray | None
+    picture: np.ndarray
     fine_share: float
 
 
@@ -93,7 +94,8 @@ def detect_slide_tissue(slide: BaseReader, *, config: TissueConfig, max_unreadab
                     "%s: %s kept at the coarse level's detection", slide.path.name, describe_unreadable(lost)
                 )
             unreadable = tuple(coarse.unreadable + lost)
-            return SlideTissue(refined.mask, plan, unreadable, refined.fine_rgb, refined.fine_share)
+            picture = coarse.rgb if refined.fine_rgb is None else refined.fine_rgb
+            return SlideTissue(refined.mask, plan, unreadable, picture, refined.fine_share)
     whole = read_level_reduced(slide, plan.level, plan.factor, max_unreadable=max_unreadable)  # the plan's thumbnail
     mask = detect_tissue(whole.rgb, mpp=fine_mpp, config=config)
     return SlideTissue(mask, plan, tuple(whole.unreadable), whole.rgb, 1.0)

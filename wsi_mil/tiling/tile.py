@@ -37,7 +37,6 @@ from wsi_mil.store.runlock import run_lock
 from wsi_mil.tiling.grid import GridSpec, plan_grid, select_patches
 from wsi_mil.tiling.qc import render_qc, save_qc
 from wsi_mil.tiling.slide_tissue import SlideTissue, detect_slide_tissue
-from wsi_mil.tiling.thumbnail import read_detection_thumbnail
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +148,6 @@ def _write_set(
     source: SlideSource,
     slide: BaseReader,
     tissue: SlideTissue,
-    qc_rgb: np.ndarray | None,
     bag_set: BagSet,
     config: Config,
     started: float,
@@ -171,8 +169,8 @@ def _write_set(
     if tissue.unreadable:
         note = "; ".join(filter(None, [note, f"{describe_unreadable(list(tissue.unreadable))} filled as background"]))
 
-    if tiling.qc and qc_rgb is not None:  # before the bag: the bag is the set's completion marker
-        qc = render_qc(qc_rgb, mask, coords, spec.patch_size_level0, downsample)
+    if tiling.qc:  # before the bag: the bag is the set's completion marker
+        qc = render_qc(tissue.picture, mask, coords, spec.patch_size_level0, downsample)
         save_qc(qc, qc_path(bag_set, source.slide_id))
         write_tissue_geojson(
             qc_path(bag_set, source.slide_id).with_suffix(".geojson"),
@@ -278,18 +276,12 @@ def _tile_sets(
         try:
             limit = config.tiling.max_unreadable_fraction
             tissue = detect_slide_tissue(slide, config=config.tissue, max_unreadable=limit)
-            qc_rgb = tissue.rgb
-            if config.tiling.qc and qc_rgb is None:  # coarse-to-fine read only part of the thumbnail
-                detection = config.tissue
-                qc_rgb = read_detection_thumbnail(
-                    slide, target_mpp=detection.thumbnail_mpp, max_mpp=detection.thumbnail_mpp_max, max_unreadable=1.0
-                ).rgb
         except Exception as error:  # noqa: BLE001 -- recorded as this slide's failure; the batch goes on
             return records + [_failure(source, s, error, started, debug) for s in todo]
         for bag_set in todo:
             try:
                 slide.check_deadline()
-                records.append(_write_set(source, slide, tissue, qc_rgb, bag_set, config, started))
+                records.append(_write_set(source, slide, tissue, bag_set, config, started))
             except Exception as error:  # noqa: BLE001 -- recorded as this set's failure
                 records.append(_failure(source, bag_set, error, started, debug))
     return records
