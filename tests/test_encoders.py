@@ -137,7 +137,11 @@ def test_freezing_traces_a_few_patches_and_runs_whole_batches_like_eager() -> No
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()
+        torch.nn.Conv2d(3, 8, 3),
+        torch.nn.BatchNorm2d(8),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
     ).eval()
     seen: list[int] = []
     model.register_forward_pre_hook(lambda _module, args: seen.append(int(args[0].shape[0])))

@@ -27,10 +27,7 @@ def qc_shape(mask_shape: tuple[int, int]) -> tuple[int, int]:
     enlarged by a whole factor up to about QC_MIN_SIDE or reduced to QC_MAX_SIDE."""
     height, width = mask_shape
     longest = max(1, height, width)
-    if longest > QC_MAX_SIDE:
-        scale = QC_MAX_SIDE / longest
-    else:
-        scale = float(max(1, QC_MIN_SIDE // longest))
+    scale = QC_MAX_SIDE / longest if longest > QC_MAX_SIDE else float(max(1, QC_MIN_SIDE // longest))
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
