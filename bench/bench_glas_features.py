@@ -2,11 +2,14 @@
 
     .venv/bin/python bench/bench_glas_features.py          # needs ../shared/data/glas; about 5-10 CPU minutes
     .venv/bin/python bench/bench_glas_features.py --patch-size 64   # finer grid into glas-64/ (4x the patches)
+    .venv/bin/python bench/bench_glas_features.py --encoder uni --checkpoint-path UNI.bin   # into glas-uni/
+    .venv/bin/python bench/bench_glas_maps.py --cache glas-uni
 
 Each GlaS image (775 x 522 px, 20x, about 0.62 um/px) is one bag: tiled at its own
 resolution (level 0) into 128-px patches (about 79 um) without overlap, every patch kept
 whose tissue fraction is at least a quarter (the fields were chosen by a pathologist),
-features from the offline ImageNet EfficientNet-Lite0 (the default encoder). Writes, under
+features from the offline ImageNet EfficientNet-Lite0 (the default encoder; ``--encoder`` and
+``--checkpoint-path`` for another, e.g. a pathology encoder's weights). Writes, under
 bench/.cache/recipe/glas/ (what ``bench_mil_recipe.py --sets glas`` and
 ``bench_glas_maps.py`` read):
 
@@ -33,16 +36,28 @@ sys.path.insert(0, str(ROOT))
 OUT = ROOT / "bench" / ".cache" / "recipe" / "glas"
 MPP = 0.62
 PATCH = 128
+ENCODER = "efficientnet_lite0"
 
 
 def main(argv: list[str] | None = None) -> int:
     from wsi_mil.datasets import shared_data_dir
+    from wsi_mil.run_layout import encoder_dir_name
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--patch-size", type=int, default=PATCH, help="patch side in image pixels (default 128)")
-    parser.add_argument("--out", type=Path, default=None, help="cache folder (default: glas/, or glas-<size>/)")
+    parser.add_argument("--encoder", default=ENCODER, help=f"wsi-mil extract --encoder (default {ENCODER})")
+    parser.add_argument("--checkpoint-path", default=None, help="wsi-mil extract --checkpoint-path, e.g. UNI's weights")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="cache folder (default: glas/, glas-<size>/, glas[-<size>]-<encoder>/)"
+    )
     args = parser.parse_args(argv)
-    out = args.out or (OUT if args.patch_size == PATCH else OUT.with_name(f"glas-{args.patch_size}"))
+    suffix = "".join(
+        [
+            f"-{args.patch_size}" if args.patch_size != PATCH else "",
+            f"-{args.encoder}" if args.encoder != ENCODER else "",
+        ]
+    )
+    out = args.out or OUT.with_name(f"glas{suffix}")
 
     data = shared_data_dir()
     if data is None or not (data / "glas" / "labels.csv").exists():
@@ -87,13 +102,14 @@ def main(argv: list[str] | None = None) -> int:
         check=True,
     )
     tiled = time.perf_counter()
-    subprocess.run(
-        [*wsi_mil, "extract", str(run), "--workers", "0", "--quiet", "--set", "extract.threads=1"], check=True
-    )
+    extract = [*wsi_mil, "extract", str(run), "--encoder", args.encoder, "--workers", "0", "--quiet"]
+    if args.checkpoint_path:
+        extract += ["--checkpoint-path", str(args.checkpoint_path)]
+    subprocess.run([*extract, "--set", "extract.threads=1"], check=True)
     extracted = time.perf_counter()
     link = out / "features"
     if not link.exists():
-        link.symlink_to(run / "features" / "efficientnet_lite0")
+        link.symlink_to(run / "features" / encoder_dir_name(args.encoder))
     fractions = gland_fractions(rows, glas, run, patch=args.patch_size)
     np.savez(out / "gland_fraction.npz", **fractions)
     n = [len(v) for v in fractions.values()]
