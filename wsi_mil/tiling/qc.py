@@ -2,7 +2,8 @@
 
 The picture is the detection thumbnail when tiling read it whole, else the coarse level it
 detected on (coarse-to-fine reads only parts of the thumbnail; reading it again for the
-picture alone cost more than the detection), resized to 1024-2048 px on the longer side."""
+picture alone cost more than the detection), at most 2048 px on the longer side (small
+slides enlarged toward 1024 px)."""
 
 from __future__ import annotations
 
