@@ -18,17 +18,20 @@ class WrappedSlideReader(BaseReader):
     def __init__(self, path: str | Path, *, mpp_override: float | None = None) -> None:
         super().__init__(path, mpp_override=mpp_override)
         self._slide = self._open(self.path)
+        # asked for on every region read (~50 times a slide in tiling): read once
+        self._level_dimensions = tuple((int(w), int(h)) for w, h in self._slide.level_dimensions)
+        self._level_downsamples = tuple(float(d) for d in self._slide.level_downsamples)
 
     @abc.abstractmethod
     def _open(self, path: Path) -> Any: ...
 
     @property
     def level_dimensions(self) -> tuple[tuple[int, int], ...]:
-        return tuple((int(w), int(h)) for w, h in self._slide.level_dimensions)
+        return self._level_dimensions
 
     @property
     def level_downsamples(self) -> tuple[float, ...]:
-        return tuple(float(d) for d in self._slide.level_downsamples)
+        return self._level_downsamples
 
     @property
     def properties(self) -> Mapping[str, Any]:

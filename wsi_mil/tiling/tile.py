@@ -124,6 +124,12 @@ def _read_pixels(slide: BaseReader, coords: np.ndarray, spec: GridSpec) -> np.nd
     return out
 
 
+@functools.lru_cache(maxsize=4)
+def _config_json(config: Config) -> str:
+    """The config as stored in every bag, encoded once per config (a batch shares one)."""
+    return config_to_json(config)
+
+
 def _bag_attrs(source: SlideSource, slide: BaseReader, spec: GridSpec, config: Config) -> dict[str, Any]:
     return {
         "patch_size": spec.patch_size,
@@ -140,7 +146,7 @@ def _bag_attrs(source: SlideSource, slide: BaseReader, spec: GridSpec, config: C
         "reader": slide.backend,
         "tissue_threshold": config.tiling.tissue_threshold,
         "format_version": BAG_FORMAT_VERSION,
-        "tiling_config": config_to_json(config),
+        "tiling_config": _config_json(config),
     }
 
 
