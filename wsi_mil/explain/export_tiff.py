@@ -197,29 +197,28 @@ def iter_source_tiles(
         piece = source.tile(row, col)
         return piece if isinstance(piece, bytes) else encode(_padded(piece, tile))
 
-    if workers == 1:  # in this thread: a pool of one would only add a hand-over per tile
+    def plan() -> Iterator[tuple[int, int] | bytes]:
+        """Each tile in TIFF order: (row, col) to make, or the shared no-data tile."""
         for row in range(rows):
             for col in range(cols):
                 if source.has_data(row, col):
-                    yield encoded(row, col)
+                    yield row, col
                 elif empty is None:
                     raise ValueError(f"tile ({row}, {col}) has no data, and this TIFF kind has no no-data tile")
                 else:
                     yield empty
+
+    if workers == 1:  # in this thread: a pool of one would only add a hand-over per tile
+        for item in plan():
+            yield item if isinstance(item, bytes) else encoded(*item)
         return
     window: deque[Future[bytes] | bytes] = deque()
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tiff-tile") as pool:
-        for row in range(rows):
-            for col in range(cols):
-                if source.has_data(row, col):
-                    window.append(pool.submit(encoded, row, col))
-                elif empty is None:
-                    raise ValueError(f"tile ({row}, {col}) has no data, and this TIFF kind has no no-data tile")
-                else:
-                    window.append(empty)
-                while len(window) > workers * TILES_IN_FLIGHT_PER_THREAD:
-                    head = window.popleft()
-                    yield head if isinstance(head, bytes) else head.result()
+        for item in plan():
+            window.append(item if isinstance(item, bytes) else pool.submit(encoded, *item))
+            while len(window) > workers * TILES_IN_FLIGHT_PER_THREAD:
+                head = window.popleft()
+                yield head if isinstance(head, bytes) else head.result()
         while window:
             head = window.popleft()
             yield head if isinstance(head, bytes) else head.result()

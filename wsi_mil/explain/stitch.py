@@ -115,13 +115,8 @@ class TissueMask:
         """
         if rows.stop <= rows.start or cols.stop <= cols.start:
             return True
-        h, w = self.mask.shape
-
-        def nearest(pixel: int, size: int) -> int:  # _nearest's arithmetic on one pixel (same float64 steps)
-            return min(max(int((pixel + 0.5) * downsample / self.downsample), 0), size - 1)
-
-        r0, r1 = nearest(rows.start, h), nearest(rows.stop - 1, h)
-        c0, c1 = nearest(cols.start, w), nearest(cols.stop - 1, w)
+        r0, r1 = self._nearest(np.array([rows.start, rows.stop - 1]), downsample, 0).tolist()
+        c0, c1 = self._nearest(np.array([cols.start, cols.stop - 1]), downsample, 1).tolist()
         return bool(self.mask[r0 : r1 + 1, c0 : c1 + 1].all())
 
     def _nearest(self, pixels: np.ndarray, downsample: float, axis: int) -> np.ndarray:

@@ -60,6 +60,26 @@ def edge_labels(labels: np.ndarray) -> np.ndarray:
     return np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
 
 
+def joined_components(mask: np.ndarray, seeds: np.ndarray, *, keep_edges: bool = False) -> np.ndarray:
+    """The 8-connected areas of ``mask`` that hold a ``seeds`` pixel (hysteresis), and with
+    ``keep_edges`` also those that reach the image's border (they may be joined beyond it)."""
+    labels, areas = label_components(mask, 8)
+    keep = np.zeros(len(areas), dtype=bool)
+    keep[labels[seeds]] = True
+    if keep_edges:
+        keep[edge_labels(labels)] = True
+    keep[0] = False
+    return keep[labels]
+
+
+def resize_nearest(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A bool mask resized to ``shape`` (h, w), nearest neighbour (OpenCV)."""
+    import cv2
+
+    image = np.ascontiguousarray(mask).view(np.uint8)
+    return cv2.resize(image, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST).view(bool)
+
+
 def remove_small_objects(mask: np.ndarray, max_size: int, *, keep_edges: bool = False) -> np.ndarray:
     """``skimage.morphology.remove_small_objects(mask, max_size=max_size)``: 4-connected areas
     of at most ``max_size`` px removed (OpenCV's labelling, several times faster).

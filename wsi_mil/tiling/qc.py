@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from wsi_mil.store.atomic import atomic_output
+from wsi_mil.tiling.mask_ops import resize_nearest
 
 CONTOUR_COLOR = (0, 200, 0)
 GRID_COLOR = (30, 80, 255)
@@ -32,14 +33,15 @@ def qc_shape(mask_shape: tuple[int, int]) -> tuple[int, int]:
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
-def _resized(image: np.ndarray, shape: tuple[int, int], *, nearest: bool = False) -> np.ndarray:
+def _resized(rgb: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """``rgb`` at ``shape`` (h, w): area-averaged when smaller, bilinear when larger."""
     import cv2
 
-    if image.shape[:2] == shape:
-        return image
-    shrinking = shape[0] * shape[1] < image.shape[0] * image.shape[1]
-    method = cv2.INTER_NEAREST if nearest else cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-    return cv2.resize(np.ascontiguousarray(image), (shape[1], shape[0]), interpolation=method)
+    if rgb.shape[:2] == shape:
+        return rgb
+    shrinking = shape[0] * shape[1] < rgb.shape[0] * rgb.shape[1]
+    method = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    return cv2.resize(np.ascontiguousarray(rgb), (shape[1], shape[0]), interpolation=method)
 
 
 def render_qc(
@@ -56,7 +58,7 @@ def render_qc(
     shape = qc_shape(mask.shape[:2])
     downsample = downsample * mask.shape[1] / shape[1]
     canvas = _resized(rgb, shape).copy()
-    inside = _resized(mask.view(np.uint8), shape, nearest=True)
+    inside = resize_nearest(mask, shape).view(np.uint8)
     cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
     edge = (inside > 0) & (cv2.erode(inside, cross) == 0)  # skimage's find_boundaries(mode="inner")
     edge |= np.roll(edge, 1, axis=0) | np.roll(edge, 1, axis=1)  # 2 px, visible when reduced

@@ -38,10 +38,12 @@ from wsi_mil.tiling.mask_ops import (
     closing_disk,
     edge_labels,
     fill_small_holes,
+    joined_components,
     label_components,
     median_uint8,
     otsu_counts,
     remove_small_objects,
+    resize_nearest,
 )
 from wsi_mil.tiling.tissue import Detection, detect, pen_mask
 
@@ -82,13 +84,6 @@ def coarse_config(config: TissueConfig, *, coarse_mpp: float, fine_mpp: float) -
     at least 3 pixels; everything else is physical (um, um^2) and unchanged."""
     window = int(round(config.median_size * fine_mpp / coarse_mpp))
     return dataclasses.replace(config, median_size=max(3, window | 1))
-
-
-def _resize_nearest(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    import cv2
-
-    out = cv2.resize(np.ascontiguousarray(image).view(np.uint8), (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
-    return out.view(bool)
 
 
 def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
@@ -204,12 +199,7 @@ def _classify(run: _Run, context: _Context, config: TissueConfig, mpp: float) ->
     sure = context.sure[box]
     tissue = candidates | sure
     if candidates is not strong:  # hysteresis: faint areas joined to stain, to the coarse mask or to the edge
-        labels, areas = label_components(tissue, 8)
-        keep = np.zeros(len(areas), dtype=bool)
-        keep[labels[strong | sure]] = True
-        keep[edge_labels(labels)] = True
-        keep[0] = False
-        tissue = keep[labels]
+        tissue = joined_components(tissue, strong | sure, keep_edges=True)
     radius = int(round(config.closing_radius_um / mpp))
     if radius > 0:
         tissue = closing_disk(tissue, radius)
@@ -250,18 +240,18 @@ def refine(
     if coarse.method != "hsv_otsu":
         return None
     uncertain = uncertain_pixels(coarse_rgb, coarse, config, coarse_mpp=coarse_mpp)
-    mask = _resize_nearest(coarse.mask, fine_shape)
+    mask = resize_nearest(coarse.mask, fine_shape)
     blocks = _blocks(uncertain, fine_shape)
     if not blocks.any():
         return Refined(mask, 0.0, coarse, None)
-    uncertain_fine = _resize_nearest(uncertain, fine_shape)
+    uncertain_fine = resize_nearest(uncertain, fine_shape)
     ink = ink_edge = near_ink = None
     if coarse.ink is not None and coarse.ink.any():
         halo = int(np.ceil(config.pen_halo_um / coarse_mpp))
         core = cv2.erode(coarse.ink.view(np.uint8), np.ones((3, 3), dtype=np.uint8)).view(bool)
-        ink = _resize_nearest(core, fine_shape)
-        ink_edge = _resize_nearest(_dilate(coarse.ink, 1), fine_shape) & ~ink
-        near_ink = _resize_nearest(_dilate(coarse.ink, halo), fine_shape)
+        ink = resize_nearest(core, fine_shape)
+        ink_edge = resize_nearest(_dilate(coarse.ink, 1), fine_shape) & ~ink
+        near_ink = resize_nearest(_dilate(coarse.ink, halo), fine_shape)
     context = _Context(mask & ~uncertain_fine, ink, ink_edge, near_ink, coarse.threshold, coarse.everywhere)
     height, width = fine_shape
     whole = None

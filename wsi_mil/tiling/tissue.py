@@ -29,7 +29,7 @@ from wsi_mil.tiling.colours import Colours, HsvArray
 from wsi_mil.tiling.mask_ops import (
     closing_disk,
     fill_small_holes,
-    label_components,
+    joined_components,
     median_uint8,
     otsu_uint8,
     remove_small_objects,
@@ -190,11 +190,7 @@ def _with_faint(mask: np.ndarray, faint: np.ndarray) -> np.ndarray:
     set by dense tissue; above ``faint_saturation`` and joined to it, they are tissue.
     ``faint`` has only a 3-px median (the 5-px one erases fat's membranes); glass stays
     below its level."""
-    labels, areas = label_components(faint | mask, 8)
-    keep = np.zeros(len(areas), dtype=bool)
-    keep[labels[mask]] = True
-    keep[0] = False
-    return keep[labels]
+    return joined_components(faint | mask, mask)
 
 
 @dataclass(frozen=True)
