@@ -195,12 +195,25 @@ class BaseReader(abc.ABC):
         except SlideReadError:
             raise
         except Exception as error:  # backend libraries raise their own types
-            raise SlideReadError(
-                f"{self.path}: could not decode pixels at {tuple(location)} level {level} "
-                f"({type(error).__name__}: {error}). The file is damaged or uses an unsupported "
-                "compression; re-copy or re-export it."
-            ) from error
+            raise self.decode_error(f"{tuple(location)} level {level}", error) from error
         return rgb if as_array else Image.fromarray(rgb)
+
+    def decode_error(self, where: str, error: Exception) -> SlideReadError:
+        """The error for pixels at ``where`` that the backend could not decode."""
+        return SlideReadError(
+            f"{self.path}: could not decode pixels at {where} ({type(error).__name__}: {error}). "
+            "The file is damaged or uses an unsupported compression; re-copy or re-export it."
+        )
+
+    def read_level_region(self, level: int, location: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
+        """(h, w, 3) uint8 of ``level`` from ``location`` in that level's own pixels.
+
+        A backend that decodes the level's tiles itself returns an exact crop of the level;
+        the default goes through :meth:`read_region` (OpenSlide resamples a region read off
+        the origin of a level whose downsample is not an integer)."""
+        downsample = self.level_downsamples[level]
+        origin = (int(round(location[0] * downsample)), int(round(location[1] * downsample)))
+        return self.read_region(origin, level, size, as_array=True)
 
     def set_time_limit(self, seconds: float | None, *, elapsed: float = 0.0) -> None:
         """Reads raise :class:`SlideTimeoutError` once ``seconds`` have passed, of which ``elapsed``

@@ -123,7 +123,7 @@ def _read_block(
     """(height, width, 3) pixels of ``level`` at level-``level`` (x, y), and the area lost to bad pieces."""
     downsample = slide.level_downsamples[level]
     try:
-        return slide.read_region(_level0(x, y, downsample), level, (width, height), as_array=True), 0
+        return slide.read_level_region(level, (x, y), (width, height)), 0
     except SlideReadError:
         pass
     out = np.empty((height, width, 3), dtype=np.uint8)
@@ -133,7 +133,7 @@ def _read_block(
             pw, ph = min(PIECE, width - px), min(PIECE, height - py)
             location = _level0(x + px, y + py, downsample)
             try:
-                out[py : py + ph, px : px + pw] = slide.read_region(location, level, (pw, ph), as_array=True)
+                out[py : py + ph, px : px + pw] = slide.read_level_region(level, (x + px, y + py), (pw, ph))
             except SlideReadError:
                 out[py : py + ph, px : px + pw] = slide.background
                 bad.append((*location, int(round(pw * downsample)), int(round(ph * downsample))))

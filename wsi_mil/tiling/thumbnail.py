@@ -44,14 +44,12 @@ class ThumbnailPlan:
     shape: tuple[int, int]
     downsample: float
     mpp: float | None
-    level_downsample: float  #: of ``level``
 
     def read_region(self, slide: BaseReader, x: int, y: int, width: int, height: int) -> np.ndarray:
         """(height, width, 3) uint8 of the thumbnail at thumbnail (x, y), read from the slide."""
-        scale = self.factor * self.level_downsample
-        location = (int(round(x * scale)), int(round(y * scale)))
+        location = (x * self.factor, y * self.factor)
         size = (width * self.factor, height * self.factor)
-        rgb = slide.read_region(location, self.level, size, as_array=True)
+        rgb = slide.read_level_region(self.level, location, size)
         if self.factor > 1:
             rgb = np.asarray(Image.fromarray(rgb).reduce(self.factor))
         return rgb
@@ -69,8 +67,7 @@ def plan_thumbnail(slide: BaseReader, *, target_mpp: float, max_mpp: float) -> T
             level_mpp = mpp * slide.level_downsamples[level]
             if target_mpp * 0.99 <= level_mpp <= max_mpp * 1.01:
                 width, height = slide.level_dimensions[level]
-                scale = slide.level_downsamples[level]
-                return ThumbnailPlan(level, 1, (height, width), scale, level_mpp, scale)
+                return ThumbnailPlan(level, 1, (height, width), slide.level_downsamples[level], level_mpp)
         wanted_downsample = max(1.0, target_mpp / mpp)
     level = slide.get_best_level_for_downsample(wanted_downsample)
     factor = max(1, int(math.floor(wanted_downsample / slide.level_downsamples[level] + 1e-6)))
@@ -78,8 +75,7 @@ def plan_thumbnail(slide: BaseReader, *, target_mpp: float, max_mpp: float) -> T
     shape = (max(1, height // factor), max(1, width // factor))
     # Effective downsample from the actual sizes (levels are not always exact multiples).
     downsample = width0 / shape[1]
-    scale = slide.level_downsamples[level]
-    return ThumbnailPlan(level, factor, shape, downsample, None if mpp is None else mpp * downsample, scale)
+    return ThumbnailPlan(level, factor, shape, downsample, None if mpp is None else mpp * downsample)
 
 
 def read_detection_thumbnail(
