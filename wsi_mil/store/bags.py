@@ -131,7 +131,8 @@ class H5BagWriter(BagWriter):
             dataset.attrs[key] = h5_attr(value)
 
     def write_array(self, name: str, data: np.ndarray, attrs: dict[str, Any] | None = None) -> None:
-        options = {"compression": "gzip", "compression_opts": 4} if data.size > 1024 else {}
+        # deflate level 1: a tissue mask compresses almost as well as at 4, in half the time
+        options = {"compression": "gzip", "compression_opts": 1} if data.size > 1024 else {}
         dataset = self._file.create_dataset(name, data=data, **options)
         for key, value in (attrs or {}).items():
             dataset.attrs[key] = h5_attr(value)

@@ -39,23 +39,24 @@ class Colours:
     """
 
     def __init__(self, rgb: np.ndarray) -> None:
-        self.planes = [np.ascontiguousarray(rgb[..., c]) for c in range(3)]  # numpy reduces planes quickly
+        self.planes = _planes(rgb)  # numpy reduces planes quickly
         self.high = np.maximum(np.maximum(self.planes[0], self.planes[1]), self.planes[2])
         self.low = np.minimum(np.minimum(self.planes[0], self.planes[1]), self.planes[2])
         self.shape = self.high.shape
 
     @functools.cached_property
     def _pair(self) -> np.ndarray:
-        return (self.high.astype(np.intp) << 8) | self.low
+        """(H, W) uint16: max channel x 256 + min channel, the index into the saturation tables."""
+        return (self.high.astype(np.uint16) << 8) | self.low
 
     @functools.cached_property
     def saturation(self) -> np.ndarray:
-        return _saturation_tables()[0].ravel()[self._pair]
+        return np.take(_saturation_tables()[0].ravel(), self._pair)
 
     @functools.cached_property
     def saturation8(self) -> np.ndarray:
         """(H, W) uint8: saturation x 255, truncated."""
-        return _saturation_tables()[1].ravel()[self._pair]
+        return np.take(_saturation_tables()[1].ravel(), self._pair)
 
     @functools.cached_property
     def value(self) -> np.ndarray:
@@ -93,6 +94,16 @@ class Colours:
         hue[delta == 0.0] = 0.0
         hue *= 360.0
         return np.where(hue > 180.0, hue - 360.0, hue)
+
+
+def _planes(rgb: np.ndarray) -> list[np.ndarray]:
+    """The three channels of an (H, W, 3) uint8 image as contiguous planes (OpenCV's split is
+    about twice as quick as copying strided views)."""
+    import cv2
+
+    if rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3 and rgb.size:
+        return list(cv2.split(np.ascontiguousarray(rgb)))
+    return [np.ascontiguousarray(rgb[..., c]) for c in range(3)]
 
 
 class HsvArray:

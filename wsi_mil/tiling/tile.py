@@ -35,6 +35,7 @@ from wsi_mil.store.atomic import atomic_output
 from wsi_mil.store.bags import BAG_FORMAT_VERSION, TISSUE_FRACTION, TISSUE_MASK, bag_path, bag_problem, open_bag_writer
 from wsi_mil.store.runlock import run_lock
 from wsi_mil.tiling.grid import GridSpec, plan_grid, select_patches
+from wsi_mil.tiling.mask_ops import one_opencv_thread
 from wsi_mil.tiling.qc import render_qc, save_qc
 from wsi_mil.tiling.slide_tissue import SlideTissue, detect_slide_tissue
 
@@ -226,7 +227,7 @@ def tile_slide(
     records = [_record(source, s, status="skipped", note="complete bag exists") for s in sets if s not in todo]
     if not todo:
         return records
-    with capture_library_warnings() as captured:
+    with capture_library_warnings() as captured, one_opencv_thread():
         done = _tile_sets(source, todo, config, started, debug)
     return records + attach_warnings(done, captured, slide_id=source.slide_id)  # not printed raw
 
