@@ -105,3 +105,31 @@ def test_otsu_equals_skimage_on_a_large_image() -> None:
     rng = np.random.default_rng(4)
     image = np.clip(rng.normal(60, 25, (2500, 2000)), 0, 255).astype(np.uint8)
     assert mask_ops.otsu_uint8(image) == float(filters.threshold_otsu(image))
+
+
+@pytest.mark.parametrize("shape", [(0, 5), (1, 1), (300, 257), (4097, 4097)])
+def test_histogram_counts_every_value_exactly(shape: tuple[int, int]) -> None:
+    """OpenCV's float32 histogram below 2**24 pixels, numpy's counts from there on."""
+    image = np.random.default_rng(5).integers(0, 7, shape, dtype=np.uint8) * 40
+    counts = mask_ops.histogram_uint8(image)
+    np.testing.assert_array_equal(counts, np.bincount(image.ravel(), minlength=256))
+    assert counts.dtype == np.int64
+
+
+def test_small_objects_and_holes_with_edges_kept() -> None:
+    """Areas that reach the border stay whatever their size; inner ones go by size."""
+    mask = np.zeros((40, 50), dtype=bool)
+    mask[0:3, 10:13] = True  # small, on the border: kept
+    mask[10:13, 10:13] = True  # small, inside: removed
+    mask[20:35, 20:45] = True  # large, inside: kept
+    mask[25:27, 30:32] = False  # small hole: filled
+    cleaned = mask_ops.remove_small_objects(mask, 20, keep_edges=True)
+    expected = mask.copy()
+    expected[10:13, 10:13] = False
+    np.testing.assert_array_equal(cleaned, expected)
+    expected[25:27, 30:32] = True
+    np.testing.assert_array_equal(mask_ops.fill_small_holes(cleaned, 10), expected)
+    only_edges = np.zeros((10, 10), dtype=bool)
+    only_edges[:, :3] = True  # one object and one background area, both on the border: nothing to do
+    np.testing.assert_array_equal(mask_ops.remove_small_objects(only_edges, 1000, keep_edges=True), only_edges)
+    np.testing.assert_array_equal(mask_ops.fill_small_holes(only_edges, 1000), only_edges)

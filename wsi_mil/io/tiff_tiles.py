@@ -127,24 +127,28 @@ class TiffTiles:
 
 
 def _level_pages(tif: Any, level_dimensions: Sequence[tuple[int, int]]) -> list[Any] | None:
-    """The tifffile page of each level, when every level is one tiled 8-bit RGB page of the
-    same size as the level and a compression in ``COMPRESSIONS``; else None."""
+    """The tifffile page of each level: the next tiled page of the level's size, in file order
+    (the thumbnail, label and macro images of an Aperio file lie between or after them); None
+    unless every level has one, as a tiled 8-bit RGB page in a compression of ``COMPRESSIONS``.
+    (Walking the pages costs half of tifffile's ``series``, which parses every page's metadata.)"""
     import tifffile
 
-    if not tif.series or tif.is_ndpi:
+    if tif.is_ndpi:
         return None
-    levels = tif.series[0].levels
-    if len(levels) != len(level_dimensions):
-        return None
+    remaining = iter(tif.pages)
     pages = []
-    for level, (width, height) in zip(levels, level_dimensions, strict=True):
-        if len(level.pages) != 1 or not isinstance(level.pages[0], tifffile.TiffPage):
+    for width, height in level_dimensions:
+        for page in remaining:
+            if (
+                isinstance(page, tifffile.TiffPage)
+                and page.is_tiled
+                and (int(page.imagewidth), int(page.imagelength)) == (width, height)
+            ):
+                break
+        else:
             return None
-        page = level.pages[0]
         if (
-            (int(page.imagewidth), int(page.imagelength)) != (width, height)
-            or not page.is_tiled
-            or page.tiledepth > 1
+            page.tiledepth > 1
             or int(page.compression) not in COMPRESSIONS
             or int(page.planarconfig) != 1
             or page.samplesperpixel != 3

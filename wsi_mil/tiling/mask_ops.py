@@ -44,7 +44,20 @@ def otsu_uint8(image: np.ndarray) -> float:
     """``skimage.filters.threshold_otsu`` of a uint8 image that holds two values or more, with
     its arithmetic on the same histogram (one bin per value from min to max), without
     importing scikit-image's filters."""
-    return otsu_counts(np.bincount(image.ravel(), minlength=256))
+    return otsu_counts(histogram_uint8(image))
+
+
+def histogram_uint8(image: np.ndarray) -> np.ndarray:
+    """(256,) int64 counts of each value of a uint8 image (OpenCV's histogram: numpy's
+    ``bincount`` first converts every pixel to a 64-bit index)."""
+    import cv2
+
+    if image.size >= 2**24:  # a count could pass float32's exact integers
+        return np.bincount(image.ravel(), minlength=256)
+    if image.size == 0:
+        return np.zeros(256, dtype=np.int64)
+    counts = cv2.calcHist([np.ascontiguousarray(image)], [0], None, [256], [0, 256])
+    return np.rint(counts.ravel()).astype(np.int64)  # float32 counts: exact below 2**24 per value
 
 
 def otsu_counts(counts: np.ndarray) -> float:

@@ -38,6 +38,7 @@ from wsi_mil.tiling.mask_ops import (
     closing_disk,
     edge_labels,
     fill_small_holes,
+    histogram_uint8,
     joined_components,
     label_components,
     median_uint8,
@@ -273,7 +274,7 @@ def refine(
     # The coarse level's Otsu threshold, or the one of the fine pixels read where it is lower
     # (averaging over coarse pixels blurs stain into glass): a pixel is never dropped for
     # the coarse level's sake.
-    counts = np.sum([np.bincount(run.score8.ravel(), minlength=256) for *_, run in runs], axis=0)
+    counts = np.sum([histogram_uint8(run.score8) for *_, run in runs], axis=0)
     low, high = config.saturation_range
     fine_threshold = float(np.clip(otsu_counts(counts) / 255, low, high))
     context = dataclasses.replace(context, threshold=min(context.threshold, fine_threshold))
