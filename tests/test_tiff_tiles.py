@@ -112,3 +112,54 @@ def test_an_undecodable_tile_is_a_read_error_naming_the_file(odd_slide: Path, tm
         # a whole-level read keeps going: the bad tile is background, reported with its position
         read = read_level_reduced(slide, 0, 1, max_unreadable=0.5)
         assert read.unreadable and read.unreadable[0][:2] == (5 * 256, 0)
+
+
+def test_aligned_patches_read_as_blocks_of_tiles(odd_slide: Path) -> None:
+    from wsi_mil.features.tiles import try_tile_grid
+
+    with open_slide(odd_slide, reader="openslide") as slide:
+        coords = np.array([[0, 0], [512, 256], [3840, 2816]])
+        grid = try_tile_grid(slide.path, 0, slide.level_dimensions, coords, 1.0, 256, slide.background)
+        assert grid is not None
+        try:
+            for x, y in coords:
+                expected = slide.read_region((int(x), int(y)), 0, (256, 256), as_array=True)
+                np.testing.assert_array_equal(grid.read(int(x), int(y), 256), expected)
+        finally:
+            grid.close()
+        assert try_tile_grid(slide.path, 0, slide.level_dimensions, coords + 8, 1.0, 256) is None  # off the tile grid
+
+
+def test_jpeg2000_patches_decode_directly(shared_data: Path) -> None:
+    """Whole JPEG 2000 levels stay with OpenSlide, aligned patches do not (faster at level 0)."""
+    from wsi_mil.features.tiles import TileGrid
+
+    with open_slide(shared_data / "slides" / "TCGA-CR-7395-01A-01-TS1.svs", reader="openslide") as slide:
+        grid = TileGrid(slide.path, 0, slide.level_dimensions, slide.background)
+        try:
+            side = grid.tile_w
+            np.testing.assert_array_equal(
+                grid.read(side, side, side), slide.read_region((side, side), 0, (side, side), as_array=True)
+            )
+        finally:
+            grid.close()
+
+
+def test_virtual_levels_are_left_to_the_reader(tmp_path: Path) -> None:
+    """A flat tiled TIFF read by the image reader: level 0 is a stored page, the 2x levels are not."""
+    import tifffile
+
+    rgb = np.random.default_rng(0).integers(0, 256, (700, 900, 3), dtype=np.uint8)
+    path = tmp_path / "flat.tif"
+    tifffile.imwrite(path, rgb, tile=(128, 128), photometric="rgb", compression="zlib")
+    with open_slide(path, reader="image") as slide:
+        assert slide.level_count > 1
+        tiles = TiffTiles.open(path, slide.level_dimensions, slide.background)
+        assert tiles is not None
+        try:
+            assert tiles.has_level(0) and not tiles.has_level(1)
+            np.testing.assert_array_equal(tiles.read(0, 100, 50, 300, 200), rgb[50:250, 100:400])
+            with pytest.raises(ValueError, match="not a stored tiled page"):
+                tiles.read(1, 0, 0, 8, 8)
+        finally:
+            tiles.close()

@@ -107,14 +107,15 @@ class RegionSource(PatchSource):
 class TileSource(PatchSource):
     slide_path: Path = Path()
     level: int = 0
-    level_dimensions: tuple[int, int] = (0, 0)
+    level_dimensions: tuple[tuple[int, int], ...] = ()  #: of every level, as the reader lists them
     downsample: float = 1.0
+    background: tuple[int, int, int] = (255, 255, 255)
     kind: str = "tiles"
 
     def _open(self) -> Any:
         from wsi_mil.features.tiles import TileGrid
 
-        return TileGrid(self.slide_path, self.level, self.level_dimensions)
+        return TileGrid(self.slide_path, self.level, self.level_dimensions, self.background)
 
     def read(self, index: int) -> np.ndarray:
         from wsi_mil.features.tiles import level_coordinates
@@ -163,7 +164,7 @@ def make_source(
         from wsi_mil.features.tiles import try_tile_grid
 
         downsample = slide.level_downsamples[level]
-        grid = try_tile_grid(slide.path, level, slide.level_dimensions[level], bag.coords, downsample, size)
+        grid = try_tile_grid(slide.path, level, slide.level_dimensions, bag.coords, downsample, size, slide.background)
         if grid is not None:
             grid.close()
             return TileSource(
@@ -171,8 +172,9 @@ def make_source(
                 size,
                 slide_path=slide.path,
                 level=level,
-                level_dimensions=slide.level_dimensions[level],
+                level_dimensions=tuple(slide.level_dimensions),
                 downsample=downsample,
+                background=slide.background,
             )
     return RegionSource(bag.coords, size, slide_path=slide.path, reader=reader, mpp=mpp, level=level)
 

@@ -1,46 +1,48 @@
-"""Direct reading of stored TIFF tiles with tifffile + imagecodecs, bypassing read_region.
+"""Patches read as whole blocks of stored TIFF tiles (:mod:`wsi_mil.io.tiff_tiles`), bypassing read_region.
 
 When a bag's patches line up with the file's tile grid at the read level (the read
 level is a stored level, the read size is a multiple of the tile size and every
 patch corner falls on a tile corner), each patch is exactly a block of stored tiles:
-their compressed bytes are read and decoded once each, with no resampling and no
-re-decoding of tiles shared by neighbouring reads.
+their compressed bytes are read and decoded once each, with no resampling.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from wsi_mil.io.tiff_tiles import COMPRESSIONS, TiffTiles
+
 logger = logging.getLogger(__name__)
+
+#: Aligned patches decode directly in JPEG 2000 too (33003, 33005: Aperio; 34712: JPEG 2000):
+#: faster than OpenSlide at level 0 of a JPEG 2000 SVS (bench/bench_level_reads.py).
+PATCH_COMPRESSIONS = COMPRESSIONS | {33003, 33005, 34712}
 
 
 class TileGrid:
     """One pyramid level of a tiled TIFF: decode the tiles that make up aligned patches."""
 
-    def __init__(self, path: str | Path, level: int, level_dimensions: tuple[int, int]) -> None:
-        import tifffile
-
+    def __init__(
+        self,
+        path: str | Path,
+        level: int,
+        level_dimensions: Sequence[tuple[int, int]],
+        background: tuple[int, int, int] = (255, 255, 255),
+    ) -> None:
         self.path = Path(path)
-        self._tif = tifffile.TiffFile(self.path)
-        levels = self._tif.series[0].levels
-        page = levels[level].pages[0] if level < len(levels) else None
-        if not isinstance(page, tifffile.TiffPage) or not page.is_tiled:  # a TiffFrame has no tile tags
-            self.close()
-            raise ValueError(f"{self.path}: level {level} is not a tiled TIFF level")
-        height, width = page.shape[:2]
-        if (width, height) != tuple(level_dimensions):
-            self.close()
-            raise ValueError(f"{self.path}: TIFF level {level} is {width}x{height}, the reader's is {level_dimensions}")
-        if page.samplesperpixel not in (3, 4) or page.dtype != np.uint8:
-            self.close()
-            raise ValueError(f"{self.path}: level {level} is not 8-bit RGB")
-        self.page = page
-        self.tile_w, self.tile_h = int(page.tilewidth), int(page.tilelength)
-        self.tiles_across = -(-width // self.tile_w)
-        self._handle = self._tif.filehandle
+        # aligned patches never share a tile: nothing to cache
+        tiles = TiffTiles.open(self.path, level_dimensions, background, compressions=PATCH_COMPRESSIONS, cache_bytes=0)
+        if tiles is None or not tiles.has_level(level):
+            if tiles is not None:
+                tiles.close()
+            raise ValueError(f"{self.path}: level {level} is not a tiled 8-bit RGB TIFF page")
+        self._tiles = tiles
+        self.level = level
+        self.tile_w, self.tile_h = tiles.tile_size(level)
 
     def aligned(self, level_xy: np.ndarray, size: int) -> bool:
         """True when every patch (level coordinates, ``size`` px) is a whole block of tiles."""
@@ -51,30 +53,12 @@ class TileGrid:
             and bool(np.all(level_xy[:, 1] % self.tile_h == 0))
         )
 
-    def _tile(self, column: int, row: int) -> np.ndarray:
-        index = row * self.tiles_across + column
-        offset, count = self.page.dataoffsets[index], self.page.databytecounts[index]
-        if count == 0:
-            raise ValueError(f"tile {column},{row} is empty (not stored)")
-        self._handle.seek(offset)
-        data = self._handle.read(count)
-        segment, _, _ = self.page.decode(data, index, jpegtables=self.page.jpegtables)
-        if segment is None:
-            raise ValueError(f"tile {column},{row} could not be decoded")
-        return segment[0, :, :, :3]
-
     def read(self, x: int, y: int, size: int) -> np.ndarray:
         """(size, size, 3) uint8 at level coordinates (x, y), both multiples of the tile size."""
-        out = np.empty((size, size, 3), dtype=np.uint8)
-        for dy in range(0, size, self.tile_h):
-            for dx in range(0, size, self.tile_w):
-                out[dy : dy + self.tile_h, dx : dx + self.tile_w] = self._tile(
-                    (x + dx) // self.tile_w, (y + dy) // self.tile_h
-                )
-        return out
+        return self._tiles.read(self.level, x, y, size, size)
 
     def close(self) -> None:
-        self._tif.close()
+        self._tiles.close()
 
 
 def level_coordinates(coords: np.ndarray, downsample: float) -> np.ndarray:
@@ -83,11 +67,17 @@ def level_coordinates(coords: np.ndarray, downsample: float) -> np.ndarray:
 
 
 def try_tile_grid(
-    path: str | Path, level: int, level_dimensions: tuple[int, int], coords: np.ndarray, downsample: float, size: int
+    path: str | Path,
+    level: int,
+    level_dimensions: Sequence[tuple[int, int]],
+    coords: np.ndarray,
+    downsample: float,
+    size: int,
+    background: tuple[int, int, int] = (255, 255, 255),
 ) -> TileGrid | None:
     """A :class:`TileGrid` when the patches line up with the stored tiles, else None."""
     try:
-        grid = TileGrid(path, level, level_dimensions)
+        grid = TileGrid(path, level, level_dimensions, background)
     except Exception as error:  # noqa: BLE001 -- not a TIFF, not tiled, another layout: use read_region
         logger.debug("direct tile path unavailable for %s: %s", path, error)
         return None

@@ -84,7 +84,7 @@ class OpenSlideReader(WrappedSlideReader):
         """An exact crop of ``level``, decoded by tifffile where the pyramid allows it
         (:mod:`wsi_mil.io.tiff_tiles`), else through OpenSlide."""
         tiles = self._direct_tiles()
-        if tiles is None:
+        if tiles is None or not tiles.has_level(level):
             return super().read_level_region(level, location, size)
         self.check_deadline()
         try:
@@ -100,11 +100,11 @@ class OpenSlideReader(WrappedSlideReader):
         return self._tiles
 
     def _checked_tiles(self) -> TiffTiles | None:
-        """The direct tile reader, when a probe at the coarsest level's origin equals OpenSlide's read."""
+        """The direct tile reader, when a probe at the coarsest stored level's origin equals OpenSlide's read."""
         tiles = TiffTiles.open(self.path, self.level_dimensions, self.background)
         if tiles is None:
             return None
-        level = self.level_count - 1
+        level = max(level for level in range(self.level_count) if tiles.has_level(level))  # the coarsest
         width, height = self.level_dimensions[level]
         size = (min(width, PROBE_SIDE), min(height, PROBE_SIDE))
         try:

@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-#: TIFF compressions decoded here: none, LZW, JPEG, deflate (both codes), zstd.
+#: TIFF compressions decoded here in place of OpenSlide's reads: none, LZW, JPEG, deflate (both
+#: codes), zstd. (JPEG 2000 decodes no faster here than through OpenSlide for whole levels.)
 COMPRESSIONS = frozenset({1, 5, 7, 8, 32946, 50000})
 #: Decoded tiles kept for the next read (neighbouring refinement blocks share tiles).
 CACHE_BYTES = 32 << 20
@@ -32,39 +33,61 @@ CACHE_BYTES = 32 << 20
 class TiffTiles:
     """The levels of a tiled TIFF pyramid, read as exact crops (``read``)."""
 
-    def __init__(self, tif: Any, pages: Sequence[Any], background: tuple[int, int, int]) -> None:
+    def __init__(
+        self, tif: Any, pages: Sequence[Any], background: tuple[int, int, int], *, cache_bytes: int | None = None
+    ) -> None:
         self._tif = tif
         self._pages = list(pages)
         self._background = np.asarray(background, dtype=np.uint8)
         self._cache: OrderedDict[tuple[int, int], np.ndarray | None] = OrderedDict()
         self._cached_bytes = 0
+        self._cache_limit = CACHE_BYTES if cache_bytes is None else cache_bytes
         self._lock = threading.Lock()  # tifffile's file handle is not thread-safe
 
     @classmethod
     def open(
-        cls, path: Path, level_dimensions: Sequence[tuple[int, int]], background: tuple[int, int, int]
+        cls,
+        path: Path,
+        level_dimensions: Sequence[tuple[int, int]],
+        background: tuple[int, int, int],
+        *,
+        compressions: frozenset[int] = COMPRESSIONS,
+        cache_bytes: int | None = None,
     ) -> TiffTiles | None:
-        """The pyramid of ``path`` when tifffile sees the levels OpenSlide lists (``level_dimensions``,
-        (w, h)) as tiled RGB pages it decodes quickly; None otherwise."""
+        """The pyramid of ``path`` when tifffile sees the reader's levels (``level_dimensions``,
+        (w, h)) as tiled 8-bit RGB pages in one of ``compressions``; None otherwise.
+        ``cache_bytes``: decoded tiles kept for later reads (0 where reads never share tiles; None:
+        ``CACHE_BYTES``)."""
         import tifffile
 
         try:
             tif = tifffile.TiffFile(path)
-        except Exception:  # noqa: BLE001 -- not a TIFF tifffile reads: OpenSlide keeps every read
+        except Exception:  # noqa: BLE001 -- not a TIFF tifffile reads: the reader keeps every read
             return None
         try:
-            pages = _level_pages(tif, level_dimensions)
-        except Exception:  # noqa: BLE001 -- odd structure: OpenSlide keeps every read
+            pages = _level_pages(tif, level_dimensions, compressions)
+        except Exception:  # noqa: BLE001 -- odd structure: the reader keeps every read
             pages = None
         if pages is None:
             tif.close()
             return None
-        return cls(tif, pages, background)
+        return cls(tif, pages, background, cache_bytes=cache_bytes)
+
+    def has_level(self, level: int) -> bool:
+        """Whether ``level`` is decoded here (some levels may not be stored pages: virtual levels)."""
+        return 0 <= level < len(self._pages) and self._pages[level] is not None
+
+    def tile_size(self, level: int) -> tuple[int, int]:
+        """(width, height) of ``level``'s tiles."""
+        page = self._pages[level]
+        return int(page.tilewidth), int(page.tilelength)
 
     def read(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
         """(height, width, 3) uint8: ``level``'s pixels from level pixel (x, y); outside the level
-        is the background."""
+        is the background. ``level`` must be one of :meth:`has_level`."""
         page = self._pages[level]
+        if page is None:
+            raise ValueError(f"level {level} is not a stored tiled page")
         out = np.empty((height, width, 3), dtype=np.uint8)
         tile_w, tile_h = int(page.tilewidth), int(page.tilelength)
         image_w, image_h = int(page.imagewidth), int(page.imagelength)
@@ -106,9 +129,11 @@ class TiffTiles:
             data = handle.read(count)
             decoded, _, _ = page.decode(data, index, jpegtables=page.jpegtables)
             tile = np.asarray(decoded).reshape(int(page.tilelength), int(page.tilewidth), 3)
+        if self._cache_limit <= 0:
+            return tile
         self._cache[key] = tile
         self._cached_bytes += 0 if tile is None else tile.nbytes
-        while self._cached_bytes > CACHE_BYTES and len(self._cache) > 1:
+        while self._cached_bytes > self._cache_limit and len(self._cache) > 1:
             _, dropped = self._cache.popitem(last=False)
             self._cached_bytes -= 0 if dropped is None else dropped.nbytes
         return tile
@@ -116,6 +141,8 @@ class TiffTiles:
     def agrees(self, reference: np.ndarray, level: int) -> bool:
         """Whether ``reference``, another reader's pixels from ``level``'s origin, equals this read."""
         height, width = reference.shape[:2]
+        if not self.has_level(level):
+            return False
         try:
             return bool(np.array_equal(self.read(level, 0, 0, width, height), reference))
         except Exception:  # noqa: BLE001 -- a tile tifffile cannot decode: not this reader's slide
@@ -126,36 +153,45 @@ class TiffTiles:
         self._tif.close()
 
 
-def _level_pages(tif: Any, level_dimensions: Sequence[tuple[int, int]]) -> list[Any] | None:
+def _level_pages(
+    tif: Any, level_dimensions: Sequence[tuple[int, int]], compressions: frozenset[int]
+) -> list[Any] | None:
     """The tifffile page of each level: the next tiled page of the level's size, in file order
-    (the thumbnail, label and macro images of an Aperio file lie between or after them); None
-    unless every level has one, as a tiled 8-bit RGB page in a compression of ``COMPRESSIONS``.
-    (Walking the pages costs half of tifffile's ``series``, which parses every page's metadata.)"""
+    (the thumbnail, label and macro images of an Aperio file lie between or after them), or None
+    for a level without one or not a tiled 8-bit RGB page in one of ``compressions`` (a virtual
+    level, say); None when no level has a page. (Walking the pages costs half of tifffile's
+    ``series``, which parses every page's metadata.)"""
     import tifffile
 
     if tif.is_ndpi:
         return None
-    remaining = iter(tif.pages)
-    pages = []
+    candidates = [page for page in tif.pages if isinstance(page, tifffile.TiffPage) and page.is_tiled]
+    position = 0
+    pages: list[Any] = []
     for width, height in level_dimensions:
-        for page in remaining:
-            if (
-                isinstance(page, tifffile.TiffPage)
-                and page.is_tiled
-                and (int(page.imagewidth), int(page.imagelength)) == (width, height)
-            ):
-                break
-        else:
-            return None
-        if (
-            page.tiledepth > 1
-            or int(page.compression) not in COMPRESSIONS
-            or int(page.planarconfig) != 1
-            or page.samplesperpixel != 3
-            or page.bitspersample != 8
-            or page.dtype != np.uint8
-            or int(page.photometric) not in (2, 6)  # RGB, YCbCr
-        ):
-            return None
-        pages.append(page)
-    return pages
+        found = next(
+            (
+                index
+                for index in range(position, len(candidates))
+                if (int(candidates[index].imagewidth), int(candidates[index].imagelength)) == (width, height)
+            ),
+            None,
+        )
+        if found is None:
+            pages.append(None)
+            continue
+        position = found + 1
+        pages.append(candidates[found] if _decodable(candidates[found], compressions) else None)
+    return pages if any(page is not None for page in pages) else None
+
+
+def _decodable(page: Any, compressions: frozenset[int]) -> bool:
+    return (
+        page.tiledepth == 1
+        and int(page.compression) in compressions
+        and int(page.planarconfig) == 1
+        and page.samplesperpixel == 3
+        and page.bitspersample == 8
+        and page.dtype == np.uint8
+        and int(page.photometric) in (2, 6)  # RGB, YCbCr
+    )
