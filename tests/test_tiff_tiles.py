@@ -60,7 +60,9 @@ def test_real_aperio_slide_decodes_directly_and_identically(shared_data: Path) -
     "name",
     [
         "test3-DAPI-2-(387).ndpi",  # NDPI strips: OpenSlide decodes them faster
-        "TCGA-CR-7395-01A-01-TS1.svs",  # JPEG 2000: OpenSlide decodes it faster
+        pytest.param(  # JPEG 2000: OpenSlide decodes it faster
+            "TCGA-CR-7395-01A-01-TS1.svs", marks=pytest.mark.restricted_data
+        ),
     ],
 )
 def test_other_formats_stay_with_openslide(shared_data: Path, name: str) -> None:
@@ -130,6 +132,7 @@ def test_aligned_patches_read_as_blocks_of_tiles(odd_slide: Path) -> None:
         assert try_tile_grid(slide.path, 0, slide.level_dimensions, coords + 8, 1.0, 256) is None  # off the tile grid
 
 
+@pytest.mark.restricted_data
 def test_jpeg2000_patches_decode_directly(shared_data: Path) -> None:
     """Whole JPEG 2000 levels stay with OpenSlide, aligned patches do not (faster at level 0)."""
     from wsi_mil.features.tiles import TileGrid

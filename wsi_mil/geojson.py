@@ -98,8 +98,9 @@ def mask_geometry(mask: np.ndarray, downsample: float, *, simplify: bool = True)
     mask = np.asarray(mask, dtype=bool)
     padded = np.zeros((mask.shape[0], mask.shape[1] + 2), dtype=np.int8)
     padded[:, 1:-1] = mask
-    rows, starts = np.nonzero(np.diff(padded, axis=1) == 1)
-    _, stops = np.nonzero(np.diff(padded, axis=1) == -1)
+    steps = np.diff(padded, axis=1)
+    rows, starts = np.nonzero(steps == 1)
+    _, stops = np.nonzero(steps == -1)
     if len(rows) == 0:
         return shapely.Polygon()
     d = float(downsample)
