@@ -1,16 +1,17 @@
 """Exact crops of a tiled TIFF pyramid level, decoded tile by tile with tifffile.
 
-OpenSlide decodes a JPEG tile into premultiplied ARGB, composites it through cairo and
-converts it back to RGB in Python; for an Aperio or generic tiled TIFF, tifffile and
-imagecodecs give the same pixels, bit for bit, for 3-4 times less CPU (2,220 x 2,967 px of
-CMU-1: 98 ms with OpenSlide, 28 ms tile by tile; ``bench/bench_level_reads.py``). A region
-of a level is also read exactly here: OpenSlide resamples a region read off the origin of a
-level whose downsample is not an integer.
+OpenSlide decodes a JPEG tile into premultiplied ARGB, composites it through cairo, and the
+reader converts it back to RGB; for an Aperio or generic tiled TIFF, tifffile and
+imagecodecs give the same pixels, bit for bit, for 5-9 times less CPU on a JPEG level
+(2,220 x 2,967 px of CMU-1: 180 ms through OpenSlide, 30 ms tile by tile;
+``bench/bench_level_reads.py``). A region of a level is also read exactly here: OpenSlide
+resamples a region read off the origin of a level whose downsample is not an integer.
 
-Only pyramids whose every level is one tiled, 8-bit RGB page with a compression measured
-to decode at least as fast as OpenSlide (not JPEG 2000, not NDPI's strips) qualify, and
-only after a probe region agrees with OpenSlide's own read (:meth:`TiffTiles.agrees`).
-Missing tiles (byte count 0) are the background, as OpenSlide shows them.
+Levels that are tiled 8-bit RGB pages in a compression measured to decode faster than
+through OpenSlide qualify (not JPEG 2000, not NDPI's strips; a level without such a page,
+e.g. a virtual level, stays with the reader), and only after a probe region agrees with
+OpenSlide's own read (:meth:`TiffTiles.agrees`). Missing tiles (byte count 0) are the
+background, as OpenSlide shows them.
 """
 
 from __future__ import annotations
