@@ -166,23 +166,30 @@ def _level_pages(
 
     if tif.is_ndpi:
         return None
-    candidates = [page for page in tif.pages if isinstance(page, tifffile.TiffPage) and page.is_tiled]
+    candidates: list[Any] = []  # the tiled pages, read from the file as far as needed
+    unread = iter(tif.pages)
+
+    def candidate(index: int) -> Any | None:
+        while len(candidates) <= index:
+            page = next(unread, None)
+            if page is None:
+                return None
+            if isinstance(page, tifffile.TiffPage) and page.is_tiled:
+                candidates.append(page)
+        return candidates[index]
+
     position = 0
     pages: list[Any] = []
     for width, height in level_dimensions:
-        found = next(
-            (
-                index
-                for index in range(position, len(candidates))
-                if (int(candidates[index].imagewidth), int(candidates[index].imagelength)) == (width, height)
-            ),
-            None,
-        )
-        if found is None:
+        index, page = position, candidate(position)
+        while page is not None and (int(page.imagewidth), int(page.imagelength)) != (width, height):
+            index += 1
+            page = candidate(index)
+        if page is None:
             pages.append(None)
             continue
-        position = found + 1
-        pages.append(candidates[found] if _decodable(candidates[found], compressions) else None)
+        position = index + 1
+        pages.append(page if _decodable(page, compressions) else None)
     return pages if any(page is not None for page in pages) else None
 
 
