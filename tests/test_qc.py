@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from skimage.segmentation import find_boundaries
 
-from wsi_mil.tiling.qc import CONTOUR_COLOR, GRID_COLOR, QC_MAX_SIDE, QC_MIN_SIDE, qc_shape, render_qc
+from wsi_mil.tiling.qc import CONTOUR_COLOR, GRID_COLOR, QC_MAX_SIDE, QC_MIN_SIDE, qc_shape, render_qc, save_qc
 
 
 def test_qc_pictures_are_enlarged_or_reduced_to_a_legible_size() -> None:
@@ -41,3 +43,14 @@ def test_the_grid_lands_on_the_patches_when_the_picture_is_coarser_than_the_mask
     contour = (picture == CONTOUR_COLOR).all(axis=-1)
     ys, xs = np.nonzero(contour)
     assert (ys.min(), xs.min()) == (80, 80) and ys.max() in (399, 400) and xs.max() in (599, 600)
+
+
+def test_the_saved_picture_is_lossless_png(tmp_path: Path) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (300, 500, 3), dtype=np.uint8)
+    path = save_qc(Image.fromarray(rgb), tmp_path / "qc" / "slide.png")
+    with Image.open(path) as saved:
+        assert saved.format == "PNG" and saved.mode == "RGB"
+        np.testing.assert_array_equal(np.asarray(saved), rgb)

@@ -72,8 +72,20 @@ def render_qc(
 
 
 def save_qc(image: Image.Image, path: str | Path) -> Path:
+    """The picture as PNG at zlib level 1 (a third of the default level's time for a 10-20%
+    larger file), every row with PNG's "up" filter: Pillow and libpng's default choose a filter
+    per row by trying them all, 40% of the encoding for a 1% smaller file on a slide picture."""
+    import cv2
+
     path = Path(path)
     with atomic_output(path) as tmp:
-        # zlib level 1: a third of the default's encoding time for a 10-20% larger file
-        image.save(tmp, format="PNG", compress_level=1)
+        if hasattr(cv2, "IMWRITE_PNG_FILTER"):  # older OpenCV builds cannot choose the filter
+            bgr = cv2.cvtColor(np.asarray(image.convert("RGB")), cv2.COLOR_RGB2BGR)
+            options = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP]
+            ok, encoded = cv2.imencode(".png", bgr, options)
+            if not ok:
+                raise OSError(f"{path}: OpenCV could not encode the QC picture as PNG")
+            tmp.write_bytes(encoded.tobytes())
+        else:
+            image.save(tmp, format="PNG", compress_level=1)
     return path
