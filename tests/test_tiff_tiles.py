@@ -166,3 +166,20 @@ def test_virtual_levels_are_left_to_the_reader(tmp_path: Path) -> None:
                 tiles.read(1, 0, 0, 8, 8)
         finally:
             tiles.close()
+
+
+def test_threads_read_one_slide_at_once(odd_slide: Path) -> None:
+    """Tiles are read with pread and decoded outside the cache's lock: threads sharing a reader
+    get the same pixels as one thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with open_slide(odd_slide, reader="openslide") as slide:
+        expected = _openslide_level(slide, 0)
+        spots = [(x, y) for x in range(0, 3800, 370) for y in range(0, 2800, 410)]
+
+        def read(spot: tuple[int, int]) -> bool:
+            x, y = spot
+            return np.array_equal(slide.read_level_region(0, (x, y), (300, 260)), expected[y : y + 260, x : x + 300])
+
+        with ThreadPoolExecutor(4) as pool:
+            assert all(pool.map(read, spots * 2))

@@ -16,6 +16,7 @@ background, as OpenSlide shows them.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -43,7 +44,9 @@ class TiffTiles:
         self._cache: OrderedDict[tuple[int, int], np.ndarray | None] = OrderedDict()
         self._cached_bytes = 0
         self._cache_limit = CACHE_BYTES if cache_bytes is None else cache_bytes
-        self._lock = threading.Lock()  # tifffile's file handle is not thread-safe
+        self._lock = threading.Lock()  # the cache's; tiles are read and decoded outside it
+        # os.pread: no file position shared between threads, or with a forked process
+        self._fd = os.open(tif.filehandle.path, os.O_RDONLY)
 
     @classmethod
     def open(
@@ -97,18 +100,17 @@ class TiffTiles:
         x1, y1 = min(image_w, x + width), min(image_h, y + height)
         if (x0, y0, x1, y1) != (x, y, x + width, y + height):
             self._fill(out)  # partly outside the level
-        with self._lock:
-            for row in range(y0 // tile_h, -(-y1 // tile_h) if y1 > y0 else 0):
-                for col in range(x0 // tile_w, -(-x1 // tile_w) if x1 > x0 else 0):
-                    tx, ty = col * tile_w, row * tile_h
-                    sx0, sy0 = max(x0, tx), max(y0, ty)
-                    sx1, sy1 = min(x1, tx + tile_w), min(y1, ty + tile_h)
-                    target = out[sy0 - y : sy1 - y, sx0 - x : sx1 - x]
-                    tile = self._tile(level, row * across + col)
-                    if tile is None:
-                        self._fill(target)
-                    else:
-                        target[...] = tile[sy0 - ty : sy1 - ty, sx0 - tx : sx1 - tx]
+        for row in range(y0 // tile_h, -(-y1 // tile_h) if y1 > y0 else 0):
+            for col in range(x0 // tile_w, -(-x1 // tile_w) if x1 > x0 else 0):
+                tx, ty = col * tile_w, row * tile_h
+                sx0, sy0 = max(x0, tx), max(y0, ty)
+                sx1, sy1 = min(x1, tx + tile_w), min(y1, ty + tile_h)
+                target = out[sy0 - y : sy1 - y, sx0 - x : sx1 - x]
+                tile = self._tile(level, row * across + col)
+                if tile is None:
+                    self._fill(target)
+                else:
+                    target[...] = tile[sy0 - ty : sy1 - ty, sx0 - tx : sx1 - tx]
         return out
 
     def _fill(self, image: np.ndarray) -> None:
@@ -117,26 +119,30 @@ class TiffTiles:
             image[..., channel] = self._background[channel]
 
     def _tile(self, level: int, index: int) -> np.ndarray | None:
+        """Tile ``index`` of ``level`` decoded, from the cache when there; None when not stored."""
         key = (level, index)
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
         page = self._pages[level]
         offset, count = int(page.dataoffsets[index]), int(page.databytecounts[index])
         tile = None
         if offset > 0 and count > 0:
-            handle = self._tif.filehandle
-            handle.seek(offset)
-            data = handle.read(count)
+            data = os.pread(self._fd, count, offset)
+            if len(data) < count:
+                raise ValueError(f"tile {index} of level {level} is cut short: the file is truncated")
             decoded, _, _ = page.decode(data, index, jpegtables=page.jpegtables)
             tile = np.asarray(decoded).reshape(int(page.tilelength), int(page.tilewidth), 3)
         if self._cache_limit <= 0:
             return tile
-        self._cache[key] = tile
-        self._cached_bytes += 0 if tile is None else tile.nbytes
-        while self._cached_bytes > self._cache_limit and len(self._cache) > 1:
-            _, dropped = self._cache.popitem(last=False)
-            self._cached_bytes -= 0 if dropped is None else dropped.nbytes
+        with self._lock:
+            if key not in self._cache:  # another thread may have decoded it meanwhile
+                self._cache[key] = tile
+                self._cached_bytes += 0 if tile is None else tile.nbytes
+            while self._cached_bytes > self._cache_limit and len(self._cache) > 1:
+                _, dropped = self._cache.popitem(last=False)
+                self._cached_bytes -= 0 if dropped is None else dropped.nbytes
         return tile
 
     def agrees(self, reference: np.ndarray, level: int) -> bool:
@@ -150,7 +156,11 @@ class TiffTiles:
             return False
 
     def close(self) -> None:
-        self._cache.clear()
+        with self._lock:
+            self._cache.clear()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
         self._tif.close()
 
 
