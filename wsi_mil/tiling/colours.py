@@ -102,7 +102,8 @@ def _planes(rgb: np.ndarray) -> list[np.ndarray]:
     import cv2
 
     if rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3 and rgb.size:
-        return list(cv2.split(np.ascontiguousarray(rgb)))
+        # a crop of a larger image splits as it is: OpenCV takes any row stride
+        return list(cv2.split(rgb if rgb.strides[1:] == (3, 1) else np.ascontiguousarray(rgb)))
     return [np.ascontiguousarray(rgb[..., c]) for c in range(3)]
 
 
